@@ -1,0 +1,30 @@
+# Two entry points, each installing what it needs into .venv on first use:
+#   make demo   simulate a small dataset, convert it to a Zarr store, inspect it
+#   make test   run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HETREC := $(VENV)/bin/hetrec
+DEMO ?= demo
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 is the CPU build on the project's machines; a machine with a GPU takes the default build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
+	else $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[test,mpi]'
+	touch $@
+
+demo: install
+	$(HETREC) simulate -o $(DEMO)/sim --n 2000 --box 64 --snr 0.1 --seed 0 --overwrite
+	$(HETREC) convert $(DEMO)/sim/particles.star -o $(DEMO)/particles.zarr --overwrite
+	$(HETREC) inspect $(DEMO)/particles.zarr
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,30 @@
+"""The `hetrec` command: one module per subcommand; user mistakes become one-line errors."""
+
+import click
+
+from hetrec_dist import __version__
+from hetrec_dist.errors import UserError
+
+
+class _UserErrorsAsMessages(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            raise click.ClickException(str(err)) from None
+
+
+@click.group(cls=_UserErrorsAsMessages, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hetrec")
+def main():
+    """Heterogeneous cryo-EM reconstruction with a sparse Fourier structural basis."""
+
+
+def _register():
+    from hetrec_dist.cli import convert, inspect, simulate
+
+    for module in (convert, inspect, simulate):
+        main.add_command(module.command)
+
+
+_register()

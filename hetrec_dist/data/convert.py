@@ -1,0 +1,236 @@
+"""Streaming, parallel, resumable conversion of particle stacks to a Zarr particle store.
+
+The metadata (poses, CTF, sources) is written first; images follow one store chunk at a time, by this
+process, by worker processes (--workers) or by MPI ranks (each rank a disjoint set of chunks). A chunk
+counts as written once its row of `chunk_stats` is; a rerun of the same command skips those, and the
+store is marked complete only after every chunk is written and the normalisation is computed.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from hetrec_dist import __version__
+from hetrec_dist.data import store as particle_store
+from hetrec_dist.data.cryodrgn import read_cryodrgn
+from hetrec_dist.data.cryosparc import read_cryosparc_cs
+from hetrec_dist.data.particles import check_stacks, open_stack
+from hetrec_dist.data.relion import read_relion_star
+from hetrec_dist.distributed.mpi_world import mpi_world
+from hetrec_dist.errors import UserError
+from hetrec_dist.physics.ctf import CTF_COLUMNS
+from hetrec_dist.physics.fourier import fourier_crop
+from hetrec_dist.physics.rotations import __doc__ as POSE_CONVENTION
+
+
+@dataclasses.dataclass
+class ConvertOptions:
+    box: int | None = None
+    dtype: str = "float32"
+    chunk_images: int | None = None
+    invert_contrast: bool = False
+    workers: int = 1
+    overwrite: bool = False
+    datadir: str | None = None
+    apix: float | None = None
+    poses: str | None = None
+    ctf: str | None = None
+
+
+def read_particle_table(input_path, options):
+    """Dispatch on the input's extension: .star, .cs, or .mrcs/.txt with --poses and --ctf."""
+    if not os.path.isfile(input_path):
+        raise UserError(f"{input_path}: no such file")
+    extension = os.path.splitext(input_path)[1].lower()
+    if extension == ".star":
+        table = read_relion_star(input_path, options.datadir, options.apix)
+    elif extension == ".cs":
+        table = read_cryosparc_cs(input_path, options.datadir, options.apix)
+    elif extension in (".mrcs", ".mrc", ".txt"):
+        table = read_cryodrgn(input_path, options.poses, options.ctf, options.datadir, options.apix)
+    else:
+        raise UserError(f"{input_path}: unknown input type {extension!r} (expected .star, .cs, .mrcs or .txt)")
+    if len(table) == 0:
+        raise UserError(f"{input_path}: lists no particles")
+    check_stacks(table)
+    return table
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _output_box(table, options):
+    box = options.box or table.box
+    if box > table.box or (box != table.box and (box % 2 or table.box % 2)):
+        raise UserError(f"--box {box}: can only downsample an even box ({table.box}) to a smaller even box")
+    return box
+
+
+def store_attrs(table, options, box, chunk_images, command):
+    """Everything the store says about itself; also the fingerprint a resumed conversion must match."""
+    return {
+        "box": box,
+        "pixel_size_A": table.pixel_size_A * table.box / box,
+        "n_particles": len(table),
+        "image_dtype": options.dtype,
+        "chunk_images": chunk_images,
+        "original_box": table.box,
+        "original_pixel_size_A": table.pixel_size_A,
+        "invert_contrast": options.invert_contrast,
+        "ctf_columns": list(CTF_COLUMNS),
+        "conventions": {
+            "pose": POSE_CONVENTION.strip(),
+            "shift": "shifts are pixels at this box; the particle centre lies at -shift from pixel D//2, "
+                     "so translating an image by +shift centres it (RELION rlnOrigin, cryoDRGN trans x D)",
+            "image": "images[i] is [row y, column x], origin at pixel D//2, as read from the stack "
+                     "(negated if invert_contrast)",
+            "ctf": "RELION's definition, see hetrec_dist.physics.ctf",
+        },
+        "sources": {
+            "metadata": [{"path": p, "sha256": _sha256(p)} for p in table.metadata_files],
+            "stacks": [{"path": p, "bytes": os.path.getsize(p)} for p in table.stack_paths],
+        },
+        "command": command,
+        "hetrec_version": __version__,
+    }
+
+
+def _write_metadata(group, table, box, pixel_size_A):
+    ctf = table.ctf.copy()
+    ctf[:, 0], ctf[:, 1] = box, pixel_size_A
+    group["rotations"][:] = table.rotations.astype(np.float32)
+    group["shifts"][:] = (table.shifts_px * box / table.box).astype(np.float32)
+    group["ctf"][:] = ctf.astype(np.float32)
+    group["optics_group"][:] = table.optics_group
+    group["source_stack"][:] = table.stack_of
+    group["source_index"][:] = table.image_in_stack
+
+
+def prepare_store(out, table, options, command):
+    """Create the store, or reopen an unfinished one made by the same command. Returns its attrs."""
+    box = _output_box(table, options)
+    chunk_images = options.chunk_images or particle_store.default_chunk_images(box, options.dtype)
+    attrs = store_attrs(table, options, box, chunk_images, command)
+    if options.overwrite:
+        particle_store.remove_store(out)
+    elif os.path.exists(out):
+        if not particle_store.is_store(out):
+            raise UserError(f"{out} exists and is not a particle store; choose another output or use --overwrite")
+        existing = particle_store.open_store(out, mode="r", require_complete=False).attrs.asdict()
+        if existing.get("complete"):
+            raise UserError(f"{out} already exists; use --overwrite to replace it")
+        if {k: existing.get(k) for k in attrs if k != "command"} != {k: v for k, v in attrs.items() if k != "command"}:
+            raise UserError(f"{out} holds an unfinished conversion of other inputs or options; "
+                            "rerun that command, or use --overwrite")
+        return existing
+    group = particle_store.create_store(out, len(table), box, options.dtype, chunk_images, attrs)
+    _write_metadata(group, table, box, attrs["pixel_size_A"])
+    return attrs
+
+
+@dataclasses.dataclass
+class ChunkTask:
+    """What a worker needs to convert one images-chunk (small enough to send to another process)."""
+    chunk: int
+    start: int
+    stack_paths: list
+    stack_of: np.ndarray
+    image_in_stack: np.ndarray
+
+
+def _chunk_tasks(table, chunk_images, chunks):
+    for chunk in chunks:
+        start = chunk * chunk_images
+        stop = min(start + chunk_images, len(table))
+        stack_of = table.stack_of[start:stop]
+        used = np.unique(stack_of)
+        yield ChunkTask(chunk, start, [table.stack_paths[s] for s in used],
+                        np.searchsorted(used, stack_of).astype(np.int32), table.image_in_stack[start:stop])
+
+
+def read_task_images(task):
+    """The task's images as float32, one stack open at a time (so no memory map outlives the chunk)."""
+    images = None
+    for stack, path in enumerate(task.stack_paths):
+        rows = np.flatnonzero(task.stack_of == stack)
+        data = open_stack(path)
+        block = np.asarray(data[task.image_in_stack[rows]], dtype=np.float32)
+        del data
+        if images is None:
+            images = np.empty((len(task.stack_of), *block.shape[1:]), dtype=np.float32)
+        images[rows] = block
+        bad = ~np.isfinite(block).all(axis=(1, 2))
+        if bad.any():
+            raise UserError(f"{path}: image {task.image_in_stack[rows][bad][0] + 1} (1-based) has NaN or "
+                            "infinite pixels")
+    return images
+
+
+def convert_chunk(store_path, task, box, dtype, invert_contrast):
+    """Read, check, crop and write one chunk of images, then its stats row. Returns the image count."""
+    images = fourier_crop(read_task_images(task), box)
+    if invert_contrast:
+        images = -images
+    stored = images.astype(dtype)
+    group = zarr.open_group(store_path, mode="r+")
+    group["images"][task.start:task.start + len(stored)] = stored
+    values = stored.astype(np.float64)
+    group["chunk_stats"][task.chunk] = [values.size, values.sum(), np.square(values).sum()]
+    return len(stored)
+
+
+def _run_tasks(store_path, tasks, attrs, workers, progress):
+    args = (attrs["box"], attrs["image_dtype"], attrs["invert_contrast"])
+    if workers <= 1:
+        for task in tasks:
+            progress.update(convert_chunk(store_path, task, *args))
+        return
+    # spawn: zarr's I/O thread and forked children do not mix (docs/store_format.md)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(convert_chunk, store_path, task, *args) for task in tasks]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                progress.update(future.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _finalize(store_path):
+    group = zarr.open_group(store_path, mode="r+")
+    if not particle_store.written_chunks(group).all():
+        raise UserError(f"{store_path}: some image chunks were not written; rerun the same command")
+    group.attrs.update({"normalization": particle_store.normalization(group["chunk_stats"][:]), "complete": True})
+
+
+def convert(input_path, out, options, command="hetrec convert", show_progress=True):
+    """Convert INPUT to the store OUT (see module doc). Under mpiexec every rank calls this."""
+    world = mpi_world()
+    table = world.run_everywhere(lambda: read_particle_table(input_path, options))
+    attrs = world.run_on_root(lambda: prepare_store(out, table, options, command))
+    done = particle_store.written_chunks(zarr.open_group(out, mode="r"))
+    chunk_sizes = np.diff(np.minimum(np.arange(len(done) + 1) * attrs["chunk_images"], len(table)))
+    pending = np.flatnonzero(~done)[world.rank::world.size]
+    already = int(chunk_sizes[done].sum())
+    tasks = _chunk_tasks(table, attrs["chunk_images"], pending)
+    started = time.perf_counter()
+    with tqdm(total=len(table), initial=already if world.rank == 0 else 0, unit="img", unit_scale=True,
+              desc=f"convert{f' rank {world.rank}' if world.size > 1 else ''}",
+              disable=not show_progress or world.rank != 0, dynamic_ncols=True) as progress:
+        world.run_everywhere(lambda: _run_tasks(out, tasks, attrs, options.workers, progress))
+    world.run_on_root(lambda: _finalize(out))
+    elapsed = time.perf_counter() - started
+    return {"n_particles": len(table), "seconds": elapsed, "resumed_from": already}

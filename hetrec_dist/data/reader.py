@@ -1,0 +1,114 @@
+"""Reading a particle store for training: whole chunks at a time, shuffled in memory.
+
+An epoch permutes the chunk order (seeded by seed and epoch), deals chunks to ranks round-robin (so ranks
+read disjoint chunks and never the same particle) and, within a rank, to DataLoader workers; each reader
+then loads a window of chunks, shuffles their particles together and yields batches. Use the DataLoader
+with batch_size=None and, with workers, multiprocessing_context="spawn" or "forkserver": every worker
+opens the store itself (zarr's I/O thread does not survive fork).
+"""
+
+import numpy as np
+import torch
+
+from hetrec_dist.data.store import n_chunks, open_store
+
+BATCH_FIELDS = ("rotations", "shifts", "ctf", "optics_group")
+
+
+class ParticleStore:
+    """A complete particle store, read by chunk or by range. Images come back as float32."""
+
+    def __init__(self, path):
+        self.path = path
+        self.group = open_store(path)
+        self.attrs = self.group.attrs.asdict()
+        self.images = self.group["images"]
+        self.n_particles, self.box = self.images.shape[0], self.images.shape[-1]
+        self.pixel_size_A = self.attrs["pixel_size_A"]
+        self.chunk_images = self.images.chunks[0]
+        self.n_chunks = n_chunks(self.n_particles, self.chunk_images)
+
+    def chunk_range(self, chunk):
+        start = chunk * self.chunk_images
+        return start, min(start + self.chunk_images, self.n_particles)
+
+    def read(self, start, stop):
+        """Particles start..stop-1 as numpy arrays: index, images and the BATCH_FIELDS."""
+        batch = {"index": np.arange(start, stop, dtype=np.int64),
+                 "images": np.asarray(self.images[start:stop], dtype=np.float32)}
+        for name in BATCH_FIELDS:
+            batch[name] = self.group[name][start:stop]
+        return batch
+
+    def read_chunk(self, chunk):
+        return self.read(*self.chunk_range(chunk))
+
+
+def _concat(batches):
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _take(batch, rows):
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def _to_torch(batch):
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+
+
+class ChunkShuffledParticles(torch.utils.data.IterableDataset):
+    """Batches (dicts of tensors) of this rank's shard of a particle store; see the module doc."""
+
+    def __init__(self, path, batch_size, rank=0, world_size=1, seed=0, shuffle=True, window_chunks=4,
+                 drop_last=False):
+        self.path, self.batch_size = path, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle, self.window_chunks, self.drop_last = seed, shuffle, window_chunks, drop_last
+        self.epoch = 0
+        self._store = None
+        probe = ParticleStore(path)  # fail early, in the caller, on a bad store
+        self.n_chunks, self.chunk_images, self.n_particles = probe.n_chunks, probe.chunk_images, probe.n_particles
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_store"] = None
+        return state
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def rank_chunks(self):
+        """The chunks this rank reads this epoch."""
+        order = np.arange(self.n_chunks)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_chunks)
+        return order[self.rank::self.world_size]
+
+    def rank_particles(self):
+        """How many particles this rank reads this epoch."""
+        chunks = self.rank_chunks()
+        return int(sum(min(self.chunk_images, self.n_particles - c * self.chunk_images) for c in chunks))
+
+    def _worker_chunks(self):
+        info = torch.utils.data.get_worker_info()
+        chunks = self.rank_chunks()
+        return (chunks, 0) if info is None else (chunks[info.id::info.num_workers], info.id)
+
+    def __iter__(self):
+        if self._store is None:
+            self._store = ParticleStore(self.path)
+        chunks, worker = self._worker_chunks()
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        pending = None
+        for first in range(0, len(chunks), self.window_chunks):
+            window = _concat([self._store.read_chunk(c) for c in chunks[first:first + self.window_chunks]])
+            if self.shuffle:
+                window = _take(window, rng.permutation(len(window["index"])))
+            if pending is not None:
+                window = _concat([pending, window])
+            n_full = len(window["index"]) // self.batch_size * self.batch_size
+            for start in range(0, n_full, self.batch_size):
+                yield _to_torch(_take(window, slice(start, start + self.batch_size)))
+            pending = _take(window, slice(n_full, None))
+        if pending is not None and len(pending["index"]) and not self.drop_last:
+            yield _to_torch(pending)

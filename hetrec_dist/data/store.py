@@ -1,0 +1,116 @@
+"""The Zarr particle store: layout, creation and validated opening. docs/store_format.md documents it.
+
+Arrays (N particles, box D):
+    images          N x D x D   float32 | float16  chunked along N, Blosc/zstd
+    rotations       N x 3 x 3   float32   pose matrices, hetrec_dist.physics.rotations convention
+    shifts          N x 2       float32   pixels at this box (cryoDRGN translations x D)
+    ctf             N x 9       float32   hetrec_dist.physics.ctf.CTF_COLUMNS
+    optics_group    N           int32
+    source_stack    N           int32     index into attrs["sources"]["stacks"]
+    source_index    N           int64     0-based image index in that stack
+    chunk_stats     C x 3       float64   per images-chunk (count, sum, sum of squares); NaN = not written
+"""
+
+import os
+import shutil
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from hetrec_dist.errors import UserError
+
+FORMAT_NAME = "hetrec-particles"
+FORMAT_VERSION = 1
+TARGET_CHUNK_BYTES = 4 * 2 ** 20
+IMAGE_DTYPES = ("float32", "float16")
+PER_PARTICLE_ARRAYS = {  # name: (trailing shape, dtype)
+    "rotations": ((3, 3), "float32"),
+    "shifts": ((2,), "float32"),
+    "ctf": ((9,), "float32"),
+    "optics_group": ((), "int32"),
+    "source_stack": ((), "int32"),
+    "source_index": ((), "int64"),
+}
+
+
+def default_chunk_images(box, dtype):
+    """Images per chunk so that a chunk holds about TARGET_CHUNK_BYTES uncompressed."""
+    return max(1, TARGET_CHUNK_BYTES // (box * box * np.dtype(dtype).itemsize))
+
+
+def n_chunks(n_images, chunk_images):
+    return -(-n_images // chunk_images)
+
+
+def is_store(path):
+    return os.path.isfile(os.path.join(path, "zarr.json"))
+
+
+def remove_store(path):
+    """Delete an existing store for --overwrite; refuse to delete anything that is not one."""
+    if not os.path.exists(path):
+        return
+    if not is_store(path):
+        raise UserError(f"{path} exists and is not a Zarr store; refusing to overwrite it")
+    shutil.rmtree(path)
+
+
+def create_store(path, n_images, box, dtype, chunk_images, attrs):
+    """An empty, incomplete store with every array allocated; attrs["complete"] is False."""
+    group = zarr.open_group(path, mode="w")
+    compressor = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+    group.create_array("images", shape=(n_images, box, box), chunks=(chunk_images, box, box), dtype=dtype,
+                       compressors=compressor, fill_value=0)
+    meta_chunk = max(chunk_images, 65536)
+    for name, (trailing, meta_dtype) in PER_PARTICLE_ARRAYS.items():
+        group.create_array(name, shape=(n_images, *trailing), chunks=(meta_chunk, *trailing), dtype=meta_dtype,
+                           compressors=compressor, fill_value=0)
+    # One storage object per images-chunk, so that concurrent writers never share one.
+    group.create_array("chunk_stats", shape=(n_chunks(n_images, chunk_images), 3), chunks=(1, 3),
+                       dtype="float64", fill_value=np.nan, compressors=None)
+    group.attrs.update({**attrs, "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": False})
+    return group
+
+
+def open_store(path, mode="r", require_complete=True):
+    """Open a particle store, refusing what is not one, a format version we do not know, or an
+    unfinished conversion (unless require_complete is False)."""
+    if not is_store(path):
+        raise UserError(f"{path}: not a particle store (no zarr.json); make one with `hetrec convert`")
+    try:
+        group = zarr.open_group(path, mode=mode)
+    except Exception as err:  # zarr raises several types for damaged metadata
+        raise UserError(f"{path}: unreadable particle store ({err})") from None
+    attrs = group.attrs.asdict()
+    if attrs.get("format") != FORMAT_NAME:
+        raise UserError(f"{path}: not a hetrec particle store (format {attrs.get('format')!r})")
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: store format version {attrs.get('format_version')} is not supported "
+                        f"(this hetrec reads version {FORMAT_VERSION})")
+    if require_complete and not attrs.get("complete"):
+        raise UserError(f"{path}: the conversion that made this store did not finish; "
+                        "rerun the same `hetrec convert` command to complete it")
+    return group
+
+
+def written_chunks(group):
+    """Boolean per images-chunk: has its conversion finished (its stats row is written and valid)?"""
+    stats = group["chunk_stats"]
+    done = np.zeros(stats.shape[0], dtype=bool)
+    try:
+        done = np.isfinite(stats[:]).all(axis=1)
+    except Exception:  # a damaged row (e.g. a kill during its write): read rows one by one
+        for chunk in range(stats.shape[0]):
+            try:
+                done[chunk] = np.isfinite(stats[chunk]).all()
+            except Exception:
+                done[chunk] = False
+    return done
+
+
+def normalization(chunk_stats):
+    """Mean and standard deviation of all pixels, from per-chunk (count, sum, sum of squares)."""
+    count, total, total_sq = chunk_stats.sum(axis=0)
+    mean = total / count
+    return {"mean": float(mean), "std": float(np.sqrt(max(total_sq / count - mean ** 2, 0.0)))}

@@ -1,0 +1,57 @@
+"""What `hetrec inspect` reports about a particle store."""
+
+import os
+
+import numpy as np
+
+from hetrec_dist.data.store import open_store, written_chunks
+
+
+def _stored_bytes(path):
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def _range(values):
+    return [float(np.min(values)), float(np.max(values))] if len(values) else [None, None]
+
+
+def viewing_directions(rotations):
+    """Tilt and rot (degrees) of each particle's viewing direction in the map frame (R^T e_z = R[2])."""
+    direction = rotations[:, 2, :]
+    tilt = np.degrees(np.arccos(np.clip(direction[:, 2], -1.0, 1.0)))
+    rot = np.degrees(np.arctan2(direction[:, 1], direction[:, 0]))
+    return tilt, rot
+
+
+def store_summary(path):
+    group = open_store(path, require_complete=False)
+    attrs = group.attrs.asdict()
+    images = group["images"]
+    n = images.shape[0]
+    raw_bytes = images.nbytes
+    stored_bytes = _stored_bytes(os.path.join(path, "images"))
+    tilt, rot = viewing_directions(group["rotations"][:])
+    shifts, ctf = group["shifts"][:], group["ctf"][:]
+    groups, counts = np.unique(group["optics_group"][:], return_counts=True)
+    return {
+        "path": os.path.abspath(path),
+        "complete": bool(attrs.get("complete")),
+        "chunks_written": f"{int(written_chunks(group).sum())}/{group['chunk_stats'].shape[0]}",
+        "n_particles": n,
+        "box": attrs["box"],
+        "pixel_size_A": attrs["pixel_size_A"],
+        "original_box": attrs["original_box"],
+        "dtype": str(images.dtype),
+        "chunk_images": images.chunks[0],
+        "compression": {"raw_MB": raw_bytes / 1e6, "stored_MB": stored_bytes / 1e6,
+                        "ratio": raw_bytes / max(stored_bytes, 1)},
+        "viewing_tilt_deg": _range(tilt),
+        "viewing_rot_deg": _range(rot),
+        "shift_x_px": _range(shifts[:, 0]),
+        "shift_y_px": _range(shifts[:, 1]),
+        "defocus_u_A": _range(ctf[:, 2]),
+        "defocus_v_A": _range(ctf[:, 3]),
+        "optics_groups": {int(g): int(c) for g, c in zip(groups, counts)},
+        "normalization": attrs.get("normalization"),
+        "sources": [s["path"] for s in attrs["sources"]["metadata"]],
+    }

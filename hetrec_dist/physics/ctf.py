@@ -1,0 +1,38 @@
+"""The contrast transfer function, with RELION's definition and sign.
+
+Parameters follow RELION (and the columns of the store's `ctf` array, which are cryoDRGN's ctf.pkl
+columns): defocus U/V in Angstrom (positive = underfocus), astigmatism angle in degrees from the x axis,
+voltage in kV, spherical aberration Cs in mm, amplitude contrast w, phase shift in degrees.
+
+    CTF(s) = -sin(chi),  chi = -pi*lambda*df(a)*s^2 + pi/2*Cs*lambda^3*s^4 - phase_shift - atan(w/sqrt(1-w^2))
+
+with df(a) = (U+V)/2 + (U-V)/2 * cos(2(a - angle)), a the direction of the spatial frequency s (1/A).
+The CTF is positive at low frequency, so a particle of positive density stays white after the CTF.
+"""
+
+import numpy as np
+
+# Columns of the store's ctf array (cryoDRGN's ctf.pkl layout).
+CTF_COLUMNS = ("box", "pixel_size_A", "defocus_u_A", "defocus_v_A", "defocus_angle_deg",
+               "voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_deg")
+
+
+def electron_wavelength_A(voltage_kv):
+    """Relativistic electron wavelength in Angstrom."""
+    volts = np.asarray(voltage_kv, dtype=np.float64) * 1e3
+    return 12.2642598 / np.sqrt(volts * (1.0 + volts * 0.978466e-6))
+
+
+def ctf_2d(freq_x, freq_y, defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kv, cs_mm,
+           amplitude_contrast, phase_shift_deg=0.0):
+    """CTF at spatial frequencies (freq_x, freq_y) in 1/A; parameters broadcast against the grid."""
+    wavelength = electron_wavelength_A(voltage_kv)
+    s2 = freq_x ** 2 + freq_y ** 2
+    direction = np.arctan2(freq_y, freq_x)
+    defocus = 0.5 * (defocus_u_A + defocus_v_A) + 0.5 * (defocus_u_A - defocus_v_A) * np.cos(
+        2.0 * (direction - np.radians(defocus_angle_deg)))
+    cs_A = np.asarray(cs_mm) * 1e7
+    w = np.asarray(amplitude_contrast, dtype=np.float64)
+    chi = (-np.pi * wavelength * defocus * s2 + 0.5 * np.pi * cs_A * wavelength ** 3 * s2 ** 2
+           - np.radians(phase_shift_deg) - np.arctan(w / np.sqrt(1.0 - w ** 2)))
+    return -np.sin(chi)
