@@ -1,10 +1,8 @@
 """hetrec convert: particle images and their metadata to a Zarr particle store."""
 
-import shlex
-import sys
-
 import click
 
+from hetrec_dist.cli.command_line import reproducible_command
 from hetrec_dist.data.store import IMAGE_DTYPES
 
 
@@ -31,7 +29,7 @@ def command(input_path, out, quiet, **options):
     """
     from hetrec_dist.data.convert import ConvertOptions, convert
 
-    result = convert(input_path, out, ConvertOptions(**options), command=shlex.join(["hetrec", *sys.argv[1:]]),
+    result = convert(input_path, out, ConvertOptions(**options), command=reproducible_command(),
                      show_progress=not quiet)
     if not quiet and result is not None:
         rate = (result["n_particles"] - result["resumed_from"]) / max(result["seconds"], 1e-9)

@@ -1,0 +1,3 @@
+from hetrec_dist.cli import main
+
+main()

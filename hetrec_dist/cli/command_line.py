@@ -1,0 +1,21 @@
+"""The command line that reproduces the current command, from its parsed parameters."""
+
+import shlex
+
+import click
+
+
+def reproducible_command():
+    """'hetrec SUBCOMMAND ARGS --option value ...' with every parameter that differs from its default
+    (--quiet left out)."""
+    ctx = click.get_current_context()
+    words = ["hetrec", ctx.info_name]
+    for param in ctx.command.params:
+        if param.name == "quiet":
+            continue
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif value not in (None, False) and value != param.default:
+            words += [param.opts[-1]] if param.is_flag else [param.opts[-1], str(value)]
+    return shlex.join(words)
