@@ -227,8 +227,10 @@ def convert(input_path, out, options, command="hetrec convert", show_progress=Tr
     already = int(chunk_sizes[done].sum())
     tasks = _chunk_tasks(table, attrs["chunk_images"], pending)
     started = time.perf_counter()
-    with tqdm(total=len(table), initial=already if world.rank == 0 else 0, unit="img", unit_scale=True,
-              desc=f"convert{f' rank {world.rank}' if world.size > 1 else ''}",
+    # Under MPI, rank 0's bar shows rank 0's share of the chunks.
+    total = int(chunk_sizes[pending].sum()) + (already if world.size == 1 else 0)
+    with tqdm(total=total, initial=total - int(chunk_sizes[pending].sum()), unit="img", unit_scale=True,
+              desc="convert" if world.size == 1 else f"convert (rank 0 of {world.size})",
               disable=not show_progress or world.rank != 0, dynamic_ncols=True) as progress:
         world.run_everywhere(lambda: _run_tasks(out, tasks, attrs, options.workers, progress))
     world.run_on_root(lambda: _finalize(out))
