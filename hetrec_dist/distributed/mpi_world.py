@@ -48,15 +48,7 @@ class MpiWorld:
 
     def run_on_root(self, fn):
         """fn() on rank 0 only; its result (or its error) reaches every rank."""
-        result, error = None, None
-        if self.rank == 0:
-            try:
-                result = fn()
-            except UserError as err:
-                if not self.comm:
-                    raise
-                error = err
-        self._agree(error)
+        result = self.run_everywhere(lambda: fn() if self.rank == 0 else None)
         return self.comm.bcast(result, root=0) if self.comm else result
 
 
