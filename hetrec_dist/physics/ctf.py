@@ -17,22 +17,32 @@ CTF_COLUMNS = ("box", "pixel_size_A", "defocus_u_A", "defocus_v_A", "defocus_ang
                "voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_deg")
 
 
+def _array_module(x):
+    """numpy for arrays and numbers, torch for tensors (imported only when a tensor is passed)."""
+    if isinstance(x, (np.ndarray, np.generic, float, int)):
+        return np
+    import torch
+
+    return torch
+
+
 def electron_wavelength_A(voltage_kv):
     """Relativistic electron wavelength in Angstrom."""
-    volts = np.asarray(voltage_kv, dtype=np.float64) * 1e3
-    return 12.2642598 / np.sqrt(volts * (1.0 + volts * 0.978466e-6))
+    volts = voltage_kv * 1e3
+    return 12.2642598 / (volts * (1.0 + volts * 0.978466e-6)) ** 0.5
 
 
 def ctf_2d(freq_x, freq_y, defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kv, cs_mm,
            amplitude_contrast, phase_shift_deg=0.0):
-    """CTF at spatial frequencies (freq_x, freq_y) in 1/A; parameters broadcast against the grid."""
+    """CTF at spatial frequencies (freq_x, freq_y) in 1/A; parameters broadcast against the grid.
+    Works on numpy arrays and on torch tensors (all arguments of one kind)."""
+    xp = _array_module(freq_x)
     wavelength = electron_wavelength_A(voltage_kv)
     s2 = freq_x ** 2 + freq_y ** 2
-    direction = np.arctan2(freq_y, freq_x)
-    defocus = 0.5 * (defocus_u_A + defocus_v_A) + 0.5 * (defocus_u_A - defocus_v_A) * np.cos(
-        2.0 * (direction - np.radians(defocus_angle_deg)))
-    cs_A = np.asarray(cs_mm) * 1e7
-    w = np.asarray(amplitude_contrast, dtype=np.float64)
-    chi = (-np.pi * wavelength * defocus * s2 + 0.5 * np.pi * cs_A * wavelength ** 3 * s2 ** 2
-           - np.radians(phase_shift_deg) - np.arctan(w / np.sqrt(1.0 - w ** 2)))
-    return -np.sin(chi)
+    direction = xp.arctan2(freq_y, freq_x)
+    defocus = 0.5 * (defocus_u_A + defocus_v_A) + 0.5 * (defocus_u_A - defocus_v_A) * xp.cos(
+        2.0 * (direction - defocus_angle_deg * (np.pi / 180)))
+    w = amplitude_contrast
+    chi = (-np.pi * wavelength * defocus * s2 + 0.5 * np.pi * cs_mm * 1e7 * wavelength ** 3 * s2 ** 2
+           - phase_shift_deg * (np.pi / 180) - xp.arctan(w / (1.0 - w ** 2) ** 0.5))
+    return -xp.sin(chi)

@@ -1,0 +1,71 @@
+"""Fourier grids of the structural basis and of the images.
+
+Index conventions (one place for all of them):
+- 2-D: an image's Fourier transform is torch.fft.rfft2(ifftshift(image), norm="ortho"), shape D x (D/2+1),
+  element [ky mod D, kx] for integer frequencies kx >= 0, ky in [-D/2, D/2).
+- 3-D: a map V[z, y, x] (origin at voxel D//2) has the transform fftn(ifftshift(V)), element
+  [kz mod D, ky mod D, kx mod D]. The basis keeps only its Hermitian half kx >= 0, inside a ball.
+"""
+
+import dataclasses
+import math
+
+import torch
+
+
+@dataclasses.dataclass
+class HalfDisk:
+    """The rfft2 coefficients of a D x D image with |k| <= radius: integer coordinates (P x 2, as kx, ky),
+    their flat index into the D x (D/2+1) rfft2 array, and loss weights (2 for kx > 0, which stand for
+    their Friedel mates too, 1 on the kx = 0 column)."""
+    box: int
+    radius: float
+    coords: torch.Tensor
+    flat_index: torch.Tensor
+    weights: torch.Tensor
+
+    @classmethod
+    def build(cls, box, radius):
+        ky = torch.arange(-(box // 2), box // 2)
+        kx = torch.arange(0, box // 2 + 1)
+        grid_y, grid_x = torch.meshgrid(ky, kx, indexing="ij")
+        inside = (grid_x ** 2 + grid_y ** 2) <= radius ** 2
+        inside &= ~((grid_x == 0) & (grid_y < 0))  # the kx = 0 column is Hermitian: keep ky >= 0
+        kx_in, ky_in = grid_x[inside], grid_y[inside]
+        flat_index = (ky_in % box) * (box // 2 + 1) + kx_in
+        weights = torch.where(kx_in > 0, 2.0, 1.0)
+        return cls(box, radius, torch.stack([kx_in, ky_in], 1).float(), flat_index, weights)
+
+    def take(self, spectra):
+        """The half-disk coefficients (B x P) of rfft2 spectra (B x D x D/2+1)."""
+        return spectra.reshape(spectra.shape[0], -1)[:, self.flat_index]
+
+
+@dataclasses.dataclass
+class HalfBall:
+    """The voxels (x >= 0) of the basis: every integer point within `radius` + 2 of the origin, so that each
+    trilinear neighbour of a point within `radius` exists. `lookup[x, y + R, z + R]` is a voxel's row
+    (or -1), R = `extent`."""
+    radius: float
+    extent: int
+    coords: torch.Tensor   # V x 3 (x, y, z)
+    lookup: torch.Tensor   # (R + 1) x (2R + 1) x (2R + 1), int64
+
+    @classmethod
+    def build(cls, radius):
+        extent = int(math.ceil(radius)) + 2
+        span = torch.arange(-extent, extent + 1)
+        x, y, z = torch.meshgrid(torch.arange(0, extent + 1), span, span, indexing="ij")
+        inside = (x ** 2 + y ** 2 + z ** 2) <= (radius + 2) ** 2
+        lookup = torch.full(x.shape, -1, dtype=torch.int64)
+        lookup[inside] = torch.arange(int(inside.sum()))
+        coords = torch.stack([x[inside], y[inside], z[inside]], 1)
+        return cls(radius, extent, coords, lookup)
+
+    @property
+    def n_voxels(self):
+        return self.coords.shape[0]
+
+    def rows(self, voxels):
+        """Rows of integer voxel coordinates (..., 3) with x >= 0."""
+        return self.lookup[voxels[..., 0], voxels[..., 1] + self.extent, voxels[..., 2] + self.extent]
