@@ -2,28 +2,63 @@
 
 The basis is one real tensor of shape V x 2(K+1): row v holds, for voxel v of a HalfBall, the real parts
 of its K+1 complex coefficients followed by their imaginary parts (component 0 is the mean volume). An
-image with weights w (K+1, w[0] = 1) sees the volume sum_k w_k basis_k. Its central slice at pose R: each
-half-disk point k2 goes to k3 = (k2, 0) @ R; where k3.x < 0 the point is flipped to -k3 and the value
-conjugated (Friedel); the value is the trilinear interpolation of the 8 voxels around k3.
+image with weights w (K+1) sees the volume sum_k w_k basis_k. Its central slice at pose R: each half-disk
+point k2 goes to k3 = (k2, 0) @ R; where k3.x < 0 the point is flipped to -k3 and the value conjugated
+(Friedel); the value is the trilinear interpolation of the 8 voxels around k3.
 
-Backward never forms a dense V x 2(K+1) gradient: it returns a coalesced sparse COO tensor holding only the
-rows of voxels that the batch's slices touched.
+The interpolation is a sparse matrix T (B*P points x U touched voxels, 8 weights a row), so
+slices = (T @ basis[touched]) . w. Backward gives the weights' gradient from the interpolated basis, and
+the basis gradient T^T @ (slice gradient x w) on the touched rows only, returned as a coalesced sparse COO
+tensor: a dense V x 2(K+1) gradient is never formed.
 """
 
 import dataclasses
+import warnings
 
 import torch
 
-IMAGES_PER_PASS = 32  # images whose gathered basis rows are in memory at once
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.long)
 
 
 @dataclasses.dataclass
 class SliceGeometry:
-    """Where a batch's slices fall in the basis: rows (B x P x 8) of the 8 neighbours of every point, their
-    trilinear weights (B x P x 8) and whether the point was Friedel-flipped (B x P)."""
+    """Where a batch's slices (B images x P points) fall in the basis.
+
+    rows, trilinear: basis rows of the 8 neighbours of every point and their weights (B x P x 8);
+    flipped: whether the point was Friedel-flipped (B x P); touched_rows: the distinct rows (U, sorted);
+    interpolation: T as CSR (B*P x U); interpolation_t: T^T as CSR (U x B*P).
+    """
     rows: torch.Tensor
     trilinear: torch.Tensor
     flipped: torch.Tensor
+    touched_rows: torch.Tensor
+    interpolation: torch.Tensor
+    interpolation_t: torch.Tensor
+
+
+def _sparse_csr(crow, col, values, shape):
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _interpolation_matrices(rows, trilinear, n_voxels):
+    """T and T^T over the touched rows; T^T by a counting sort of the entries by column."""
+    n_entries = rows.numel()
+    flat_rows = rows.reshape(-1)
+    touched = torch.zeros(n_voxels, dtype=torch.bool, device=rows.device)
+    touched[flat_rows] = True
+    touched_rows = touched.nonzero().squeeze(1)
+    column = (torch.cumsum(touched, 0) - 1)[flat_rows]
+    weights = trilinear.reshape(-1)
+    n_points = n_entries // 8
+    crow = torch.arange(0, n_entries + 1, 8, device=rows.device)
+    matrix = _sparse_csr(crow, column, weights, (n_points, len(touched_rows)))
+    order = torch.sort(column.int(), stable=True).indices
+    crow_t = torch.zeros(len(touched_rows) + 1, dtype=torch.long, device=rows.device)
+    crow_t[1:] = torch.cumsum(torch.bincount(column, minlength=len(touched_rows)), 0)
+    matrix_t = _sparse_csr(crow_t, order // 8, weights[order], (len(touched_rows), n_points))
+    return touched_rows, matrix, matrix_t
 
 
 def slice_geometry(rotations, points_2d, half_ball):
@@ -32,12 +67,12 @@ def slice_geometry(rotations, points_2d, half_ball):
     flipped = k3[..., 0] < 0
     k3 = torch.where(flipped[..., None], -k3, k3)
     floor = torch.floor(k3)
-    frac = k3 - floor
-    base = floor.long()
-    corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.long)
-    voxels = base[:, :, None, :] + corners  # B x P x 8 x 3
-    corner_weights = torch.where(corners.bool(), frac[:, :, None, :], 1 - frac[:, :, None, :])
-    return SliceGeometry(half_ball.rows(voxels), corner_weights.prod(-1), flipped)
+    frac = (k3 - floor)[:, :, None, :]
+    corners = _CORNERS.to(rotations.device)
+    rows = half_ball.rows(floor.long()[:, :, None, :] + corners)
+    trilinear = torch.where(corners.bool(), frac, 1 - frac).prod(-1)
+    touched_rows, matrix, matrix_t = _interpolation_matrices(rows, trilinear, half_ball.n_voxels)
+    return SliceGeometry(rows, trilinear, flipped, touched_rows, matrix, matrix_t)
 
 
 def _conjugate_where(values, flipped):
@@ -46,52 +81,34 @@ def _conjugate_where(values, flipped):
     return torch.stack([values[..., 0], values[..., 1] * sign], -1)
 
 
-def _gather(basis, rows, n_components):
-    """Basis rows for rows (G x P x 8) as G x (P*8*2) x (K+1)."""
-    return basis[rows.reshape(-1)].view(rows.shape[0], -1, n_components)
-
-
 class _SparseSlice(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, basis, weights, rows, trilinear, flipped):
-        n_images, n_points, _ = rows.shape
+    def forward(ctx, basis, weights, geometry):
+        n_images, n_points = geometry.flipped.shape
         n_components = weights.shape[1]
-        out = basis.new_empty(n_images, n_points, 2)
-        for start in range(0, n_images, IMAGES_PER_PASS):
-            part = slice(start, start + IMAGES_PER_PASS)
-            gathered = _gather(basis, rows[part], n_components)
-            combined = torch.bmm(gathered, weights[part, :, None]).view(-1, n_points, 8, 2)
-            out[part] = (combined * trilinear[part, :, :, None]).sum(2)
-        ctx.save_for_backward(basis, weights, rows, trilinear, flipped)
-        return _conjugate_where(out, flipped)
+        interpolated = (geometry.interpolation @ basis[geometry.touched_rows]).view(n_images, -1, n_components)
+        slices = torch.bmm(interpolated, weights[:, :, None]).view(n_images, n_points, 2)
+        ctx.save_for_backward(interpolated, weights)
+        ctx.geometry, ctx.n_voxels = geometry, basis.shape[0]
+        return _conjugate_where(slices, geometry.flipped)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        basis, weights, rows, trilinear, flipped = ctx.saved_tensors
-        n_components = weights.shape[1]
-        grad_slice = _conjugate_where(grad_out, flipped)
-        touched = torch.zeros(basis.shape[0], dtype=torch.bool, device=basis.device)
-        touched[rows.reshape(-1)] = True
-        touched_rows = touched.nonzero().squeeze(1)
-        position = torch.cumsum(touched, 0) - 1
-        grad_rows = basis.new_zeros(len(touched_rows), 2 * n_components)
-        grad_weights = torch.zeros_like(weights)
-        for start in range(0, rows.shape[0], IMAGES_PER_PASS):
-            part = slice(start, start + IMAGES_PER_PASS)
-            # per (image, point, neighbour): trilinear weight x slice gradient, one complex number
-            factors = (trilinear[part, :, :, None] * grad_slice[part, :, None, :]).flatten(1)[:, None, :]
-            grad_weights[part] = torch.bmm(factors, _gather(basis, rows[part], n_components)).squeeze(1)
-            n_part = factors.shape[0]
-            outer = factors.view(n_part, -1, 2, 1) * weights[part, None, None, :]  # G x P*8 x 2 x K+1
-            grad_rows.index_add_(0, position[rows[part].reshape(-1)], outer.reshape(-1, 2 * n_components))
-        grad_basis = torch.sparse_coo_tensor(touched_rows[None], grad_rows, basis.shape, is_coalesced=True,
-                                             check_invariants=False)
-        return grad_basis, grad_weights, None, None, None
+    def backward(ctx, grad_slices):
+        interpolated, weights = ctx.saved_tensors
+        geometry = ctx.geometry
+        n_images, n_components = weights.shape
+        grad_slices = _conjugate_where(grad_slices, geometry.flipped)
+        grad_weights = torch.bmm(grad_slices.reshape(n_images, 1, -1), interpolated).squeeze(1)
+        per_point = (grad_slices[..., None] * weights[:, None, None, :]).reshape(-1, 2 * n_components)
+        grad_rows = geometry.interpolation_t @ per_point
+        grad_basis = torch.sparse_coo_tensor(geometry.touched_rows[None], grad_rows, (ctx.n_voxels, 2 * n_components),
+                                             is_coalesced=True, check_invariants=False)
+        return grad_basis, grad_weights, None
 
 
 def project(basis, weights, geometry):
     """Slices (B x P x 2, (re, im)) of the basis weighted by `weights` (B x K+1) at `geometry`."""
-    return _SparseSlice.apply(basis, weights, geometry.rows, geometry.trilinear, geometry.flipped)
+    return _SparseSlice.apply(basis, weights, geometry)
 
 
 def project_dense_reference(basis, weights, geometry):
