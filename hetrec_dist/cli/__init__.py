@@ -21,10 +21,12 @@ def main():
 
 
 def _register():
-    from hetrec_dist.cli import convert, inspect, simulate
+    from hetrec_dist.cli import convert, inspect, simulate, train, volume
 
-    for module in (convert, inspect, simulate):
+    for module in (convert, inspect, simulate, train):
         main.add_command(module.command)
+    main.add_command(volume.volume_command)
+    main.add_command(volume.embed_command)
 
 
 _register()

@@ -13,8 +13,15 @@ import math
 import torch
 
 
+class _Grid:
+    def to(self, device):
+        """The same grid with its tensors on `device`."""
+        tensors = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v.to(device) for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+
 @dataclasses.dataclass
-class HalfDisk:
+class HalfDisk(_Grid):
     """The rfft2 coefficients of a D x D image with |k| <= radius: integer coordinates (P x 2, as kx, ky),
     their flat index into the D x (D/2+1) rfft2 array, and loss weights (2 for kx > 0, which stand for
     their Friedel mates too, 1 on the kx = 0 column)."""
@@ -42,7 +49,7 @@ class HalfDisk:
 
 
 @dataclasses.dataclass
-class HalfBall:
+class HalfBall(_Grid):
     """The voxels (x >= 0) of the basis: every integer point within `radius` + 2 of the origin, so that each
     trilinear neighbour of a point within `radius` exists. `lookup[x, y + R, z + R]` is a voxel's row
     (or -1), R = `extent`."""

@@ -1,0 +1,48 @@
+"""hetrec train: learn a latent space and a structural basis from a particle store."""
+
+import os
+
+import click
+
+from hetrec_dist.cli.command_line import reproducible_command
+
+
+@click.command("train")
+@click.argument("store", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--config", "preset", type=click.Path(dir_okay=False), help="YAML preset (see configs/); unknown keys are an error.")
+@click.option("--epochs", "-n", type=click.IntRange(min=1), help="Epochs in all (default 20).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Images per step (default 256).")
+@click.option("--zdim", type=click.IntRange(min=1), help="Latent dimension (default 8).")
+@click.option("--n-basis", type=click.IntRange(min=1), help="Basis volumes K besides the mean (default 16).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate of encoder and decoder (default 1e-3).")
+@click.option("--lr-basis", type=click.FloatRange(min=0, min_open=True), help="Learning rate of the basis (default 1e-2).")
+@click.option("--beta", type=click.FloatRange(min=0), help="Weight of the KL term (default 1).")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--device", help="cpu, cuda, cuda:N or auto (default).")
+@click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader worker processes (default 0).")
+@click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (with its saved settings).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing RUN.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def command(store, out, preset, resume, overwrite, quiet, **overrides):
+    """Train the sparse Fourier structural-basis VAE on STORE (from `hetrec convert`), writing OUT/:
+    config.yaml, train.log, tb/ (TensorBoard), checkpoints/ and z.npy (latent means, store order).
+
+    Settings come from the defaults, then --config, then these options. With --resume, the run's saved
+    config.yaml replaces the defaults and options given here (e.g. a larger --epochs) override it.
+    """
+    from hetrec_dist.errors import UserError
+    from hetrec_dist.train.config import build_config
+    from hetrec_dist.train.trainer import Trainer
+
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    saved = os.path.join(out, "config.yaml")
+    if resume and os.path.isfile(saved):
+        preset = preset or saved
+    config = build_config(preset, overrides, ignore=("store", "command") if resume else ())
+    trainer = Trainer(store, out, config, resume=resume, overwrite=overwrite, show_progress=not quiet,
+                      command=reproducible_command())
+    trainer.train()
+    if not quiet:
+        click.echo(f"trained {trainer.epoch} epochs; outputs in {out}", err=True)

@@ -1,0 +1,111 @@
+"""The sparse Fourier structural-basis VAE (Kimanius, Jamali & Scheres, NeurIPS 2022).
+
+image -> encoder -> z ~ N(mu, exp(logvar)) -> linear decoder -> weights w = (1, w_1..w_K) over K basis
+volumes and a mean -> central slice of sum_k w_k basis_k at the image's pose -> x CTF -> compared with the
+image's shift-corrected Fourier transform.
+
+Loss per image: 0.5 * sum_p c_p |data_p - CTF_p slice_p|^2 + beta * KL(q(z|x) || N(0, I)), with c_p the
+half-disk weights (unit noise variance: images are divided by the store's pixel std), averaged over the
+batch and divided by sum_p c_p (so the data term reads as an error per Fourier coefficient).
+"""
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from hetrec_dist.model.encoder import ResidualMLPEncoder
+from hetrec_dist.physics.ctf import ctf_2d
+from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
+from hetrec_dist.physics.maps import half_ball_to_map
+from hetrec_dist.physics.projector import project, slice_geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    """Everything that fixes the parameter shapes; a checkpoint only loads into the same shape."""
+    box: int
+    zdim: int = 8
+    n_basis: int = 16
+    encoder_hidden: int = 256
+    encoder_blocks: int = 5
+    encoder_radius: float = 0.25   # fraction of the box: Fourier radius of the encoder input
+    max_radius: float = 0.5        # fraction of the box: radius of the basis and the loss (< 0.5 of D)
+
+
+class HetVAE(nn.Module):
+    def __init__(self, shape: ModelShape, pixel_size_A: float, image_std: float = 1.0, init_scale: float = 1e-2):
+        super().__init__()
+        self.shape, self.pixel_size_A, self.image_std = shape, pixel_size_A, image_std
+        radius = min(shape.max_radius * shape.box, shape.box / 2 - 1)
+        self.half_ball = HalfBall.build(radius)
+        self.disk = HalfDisk.build(shape.box, radius)
+        self.register_buffer("encoder_points", self.disk.coords.norm(dim=1) <= shape.encoder_radius * shape.box,
+                             persistent=False)
+        self.encoder = ResidualMLPEncoder(2 * int(self.encoder_points.sum()), shape.zdim, shape.encoder_hidden,
+                                          shape.encoder_blocks)
+        self.decoder = nn.Linear(shape.zdim, shape.n_basis)
+        generator = torch.Generator().manual_seed(0)
+        basis = torch.randn(self.half_ball.n_voxels, 2 * (shape.n_basis + 1), generator=generator) * init_scale
+        self.basis = nn.Parameter(basis)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the grids too
+        super()._apply(fn, *args, **kwargs)
+        self.half_ball, self.disk = self.half_ball.to(self.basis.device), self.disk.to(self.basis.device)
+        return self
+
+    def dense_parameters(self):
+        return [p for name, p in self.named_parameters() if name != "basis"]
+
+    def basis_weights(self, z):
+        return torch.cat([torch.ones_like(z[:, :1]), self.decoder(z)], dim=1)
+
+    def observed_spectra(self, batch):
+        """Half-disk Fourier coefficients of the normalised images, shift-corrected (B x P, complex)."""
+        images = batch["images"] / self.image_std
+        spectra = self.disk.take(torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)), norm="ortho"))
+        phase = -2 * torch.pi * (batch["shifts"].to(images.dtype) @ self.disk.coords.T) / self.shape.box
+        return spectra * torch.polar(torch.ones_like(phase), phase)
+
+    def ctf(self, batch):
+        params = batch["ctf"].to(self.basis.dtype)
+        frequency = self.disk.coords / (self.shape.box * self.pixel_size_A)
+        p = [params[:, i, None] for i in range(2, 9)]
+        return ctf_2d(frequency[:, 0], frequency[:, 1], *p)
+
+    def encode(self, observed):
+        points = observed[:, self.encoder_points]
+        return self.encoder(torch.cat([points.real, points.imag], dim=1))
+
+    def forward(self, batch, beta=1.0, generator=None):
+        """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, and predictions."""
+        observed = self.observed_spectra(batch)
+        mu, logvar = self.encode(observed)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + noise * torch.exp(0.5 * logvar) if self.training else mu
+        geometry = slice_geometry(batch["rotations"].to(self.basis.dtype), self.disk.coords, self.half_ball)
+        slices = torch.view_as_complex(project(self.basis, self.basis_weights(z), geometry))
+        predicted = self.ctf(batch) * slices
+        weights = self.disk.weights
+        data = 0.5 * ((observed - predicted).abs() ** 2 * weights).sum(1)
+        kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)
+        norm = weights.sum()
+        return {"loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
+                "touched_fraction": len(geometry.touched_rows) / self.half_ball.n_voxels,
+                "mu": mu, "observed": observed, "predicted": predicted}
+
+    def volume(self, z):
+        """The map [z, y, x] (D^3, in the images' original units) for one latent z (zdim,)."""
+        weights = self.basis_weights(z[None].to(self.basis.dtype))[0]
+        components = self.basis.view(-1, 2, self.shape.n_basis + 1)
+        coefficients = torch.complex(components[:, 0] @ weights, components[:, 1] @ weights)
+        return half_ball_to_map(coefficients, self.half_ball, self.shape.box, self.pixel_size_A) * self.image_std
+
+    def half_disk_to_image(self, coefficients):
+        """Real-space images (B x D x D, origin at D//2) of half-disk coefficients, for display."""
+        box = self.shape.box
+        spectra = torch.zeros(coefficients.shape[0], box * (box // 2 + 1), dtype=coefficients.dtype,
+                              device=coefficients.device)
+        spectra[:, self.disk.flat_index] = coefficients
+        images = torch.fft.irfft2(spectra.view(-1, box, box // 2 + 1), s=(box, box), norm="ortho")
+        return torch.fft.fftshift(images, dim=(-2, -1))

@@ -1,0 +1,79 @@
+"""Training configuration: defaults, YAML presets (configs/*.yaml) and command-line overrides."""
+
+import dataclasses
+
+import yaml
+
+from hetrec_dist.errors import UserError
+from hetrec_dist.model.hetvae import ModelShape
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    zdim: int = 8
+    n_basis: int = 16
+    encoder_hidden: int = 256
+    encoder_blocks: int = 5
+    encoder_radius: float = 0.25
+    max_radius: float = 0.5
+    lr: float = 1e-3           # Adam, encoder and decoder
+    lr_basis: float = 1e-2     # sparse Adam, structural basis
+    beta: float = 1.0          # weight of the KL term
+    seed: int = 0
+    device: str = "auto"       # auto: cuda if available, else cpu
+    checkpoint_every: int = 5  # epochs
+    log_every: int = 10        # steps
+    num_workers: int = 0       # DataLoader worker processes (spawned)
+
+    def model_shape(self, box):
+        return ModelShape(box=box, zdim=self.zdim, n_basis=self.n_basis, encoder_hidden=self.encoder_hidden,
+                          encoder_blocks=self.encoder_blocks, encoder_radius=self.encoder_radius,
+                          max_radius=self.max_radius)
+
+
+def _check_keys(values, source):
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+def load_yaml(path, ignore=()):
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: not a readable YAML config ({err})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a config must be a mapping of setting: value")
+    values = {k: v for k, v in values.items() if k not in ignore}
+    _check_keys(values, path)
+    return values
+
+
+def build_config(preset_path=None, overrides=None, ignore=()):
+    """Defaults, then the preset (less the keys in `ignore`), then the overrides that are not None."""
+    values = load_yaml(preset_path, ignore) if preset_path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    _check_keys(values, "options")
+    return TrainConfig(**{name: _typed(field, values[name]) for name, field in _FIELDS.items() if name in values})
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _typed(field, value):
+    try:
+        typed = field.type(value)
+    except (TypeError, ValueError):
+        typed = None
+    if typed is None or (field.type is int and typed != value):
+        raise UserError(f"setting {field.name}: {value!r} is not a {field.type.__name__}")
+    return typed
+
+
+def save_config(config, path, extra=None):
+    with open(path, "w") as f:
+        yaml.safe_dump({**dataclasses.asdict(config), **(extra or {})}, f, sort_keys=False)

@@ -1,0 +1,49 @@
+"""Metrics: a small logger interface, written by one rank, with a TensorBoard implementation."""
+
+import logging
+
+import numpy as np
+
+
+class MetricsLogger:
+    """Does nothing: what ranks other than the logging rank use."""
+
+    def scalars(self, values, step):
+        pass
+
+    def images(self, tag, images, step):
+        pass
+
+    def close(self):
+        pass
+
+
+class TensorBoardLogger(MetricsLogger):
+    def __init__(self, log_dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir)
+
+    def scalars(self, values, step):
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def images(self, tag, images, step):
+        """images: N x H x W arrays, each scaled to [0, 1] on its own."""
+        low = images.min(axis=(1, 2), keepdims=True)
+        span = np.maximum(images.max(axis=(1, 2), keepdims=True) - low, 1e-12)
+        self.writer.add_images(tag, ((images - low) / span)[:, None], step, dataformats="NCHW")
+
+    def close(self):
+        self.writer.close()
+
+
+def file_logger(path):
+    """A logger that appends timestamped lines to RUN/train.log."""
+    logger = logging.getLogger(f"hetrec.{path}")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
