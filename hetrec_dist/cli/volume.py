@@ -5,7 +5,7 @@ import os
 import click
 
 
-def _run_model(run, checkpoint, device):
+def run_model(run, checkpoint, device):
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
     from hetrec_dist.train.trainer import load_model, resolve_device
@@ -44,7 +44,7 @@ def volume_command(run, z_path, out, checkpoint, device, prefix):
     import mrcfile
     import torch
 
-    model = _run_model(run, checkpoint, device)
+    model = run_model(run, checkpoint, device)
     z = read_latents(z_path, model.shape.zdim)
     os.makedirs(out, exist_ok=True)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def embed_command(run, store, checkpoint, out, device):
 
     from hetrec_dist.train.trainer import embed
 
-    model = _run_model(run, checkpoint, device)
+    model = run_model(run, checkpoint, device)
     if store is None:
         with open(os.path.join(run, "config.yaml")) as f:
             store = yaml.safe_load(f)["store"]

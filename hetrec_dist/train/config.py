@@ -70,7 +70,8 @@ def _typed(field, value):
     except (TypeError, ValueError):
         typed = None
     if typed is None or (field.type is int and typed != value):
-        raise UserError(f"setting {field.name}: {value!r} is not a {field.type.__name__}")
+        kind = {int: "an integer", float: "a number", str: "a string"}[field.type]
+        raise UserError(f"setting {field.name}: {value!r} is not {kind}")
     return typed
 
 

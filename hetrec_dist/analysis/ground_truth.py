@@ -1,0 +1,51 @@
+"""Evaluation of a trained model against a simulated dataset's ground truth (hetrec simulate)."""
+
+import json
+import os
+
+import mrcfile
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from hetrec_dist.analysis.fsc import fsc_summary
+from hetrec_dist.errors import UserError
+
+
+def read_ground_truth(directory):
+    path = os.path.join(directory, "ground_truth.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{directory}: no ground_truth.json (a `hetrec simulate` output's ground_truth/ folder)")
+    with open(path) as f:
+        truth = json.load(f)
+    coordinates = np.load(os.path.join(directory, truth["coordinates_file"]))
+    maps = [(m["coordinate"], mrcfile.read(os.path.join(directory, m["file"]))) for m in truth["maps"]]
+    return coordinates, maps
+
+
+def latent_order_correlation(z, coordinates):
+    """|Spearman rho| between the first principal component of z and the true coordinate."""
+    centred = z - z.mean(axis=0)
+    pc1 = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+    return abs(spearmanr(pc1, coordinates).statistic)
+
+
+@torch.no_grad()
+def evaluate(model, z, coordinates, maps, window=0.05):
+    """Per ground-truth map: FSC of the map decoded at the mean latent of particles within `window` of its
+    coordinate; and the latent ordering correlation."""
+    if len(z) != len(coordinates):
+        raise UserError(f"{len(z)} latents but {len(coordinates)} ground-truth coordinates")
+    per_map = []
+    for coordinate, truth in maps:
+        near = np.abs(coordinates - coordinate) <= window
+        if not near.any():
+            continue
+        latent = torch.from_numpy(z[near].mean(axis=0)).to(model.basis.device)
+        decoded = model.volume(latent).cpu().numpy()
+        summary = fsc_summary(decoded, truth, model.pixel_size_A)
+        per_map.append({"coordinate": coordinate, "n_particles": int(near.sum()), **summary})
+    return {"maps": per_map,
+            "mean_fsc": float(np.mean([m["mean_fsc"] for m in per_map])),
+            "mean_resolution_0.5_A": float(np.mean([m["resolution_0.5_A"] for m in per_map])),
+            "latent_pc1_spearman": float(latent_order_correlation(z, coordinates))}

@@ -1,0 +1,135 @@
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import assert_one_line_error, run_cli
+from hetrec_dist.model.hetvae import HetVAE, ModelShape
+from hetrec_dist.physics.maps import map_to_half_ball
+from hetrec_dist.simulate.atom_models import hinge_model
+from hetrec_dist.simulate.render import render_map
+from hetrec_dist.train.checkpoint import load_checkpoint
+
+TINY = ["--batch-size", 64, "--zdim", 2, "--n-basis", 3, "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(sim_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 3, *TINY)
+    return run
+
+
+def test_a_run_writes_config_logs_checkpoints_and_latents(tiny_run):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["epochs"] == 3 and config["zdim"] == 2 and os.path.isdir(config["store"])
+    assert "epoch 3" in (tiny_run / "train.log").read_text()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tiny_run / "tb"))
+    assert sorted(os.listdir(tiny_run / "checkpoints")) == ["epoch_0003.pt", "last.pt"]
+    z = np.load(tiny_run / "z.npy")
+    assert z.shape == (300, 2) and np.isfinite(z).all()
+
+
+def test_tensorboard_holds_loss_terms_timings_and_examples(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run / "tb")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/data", "train/kl", "perf/images_per_s", "perf/touched_fraction",
+                "perf/peak_memory_MiB", "time/data_s", "time/forward_s", "time/backward_s", "time/optimizer_s",
+                "epoch/loss"):
+        assert tag in tags, tag
+    assert "examples/data_vs_model" in events.Tags()["images"]
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(sim_store, tiny_run, tmp_path):
+    run = tmp_path / "resumed"
+    run_cli("train", sim_store, "-o", run, "--epochs", 2, *TINY)
+    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q")
+    resumed, whole = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (run, tiny_run))
+    assert resumed["epoch"] == whole["epoch"] == 3 and resumed["step"] == whole["step"]
+    for name, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    np.testing.assert_allclose(np.load(run / "z.npy"), np.load(tiny_run / "z.npy"), rtol=1e-4, atol=1e-4)
+
+
+def test_embed_recomputes_the_latents(tiny_run, tmp_path):
+    run_cli("embed", tiny_run, "-o", tmp_path / "z.npy", "--device", "cpu")
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), np.load(tiny_run / "z.npy"), atol=1e-5)
+
+
+def test_volume_writes_one_map_per_latent(tiny_run, tmp_path):
+    np.savetxt(tmp_path / "z.txt", [[0.0, 0.0], [1.0, -1.0], [2.0, 0.5]])
+    run_cli("volume", tiny_run, "--z", tmp_path / "z.txt", "-o", tmp_path / "maps", "--device", "cpu")
+    names = sorted(os.listdir(tmp_path / "maps"))
+    assert names == ["vol_000.mrc", "vol_001.mrc", "vol_002.mrc"]
+    with mrcfile.open(tmp_path / "maps" / names[1]) as mrc:
+        assert mrc.data.shape == (32, 32, 32) and abs(float(mrc.voxel_size.x) - 4.0) < 1e-5
+    np.savetxt(tmp_path / "bad.txt", [[0.0, 0.0, 0.0]])
+    result = run_cli("volume", tiny_run, "--z", tmp_path / "bad.txt", "-o", tmp_path / "m2", expect_ok=False)
+    assert_one_line_error(result, "bad.txt", "latent dimension is 2")
+
+
+def test_a_map_in_the_basis_comes_back_in_the_same_frame():
+    """The mean volume holding a map's coefficients decodes to that map: same orientation and handedness
+    (the projection side is pinned by test_projector against real-space projections)."""
+    box, apix = 32, 2.0
+    model = hinge_model()
+    truth = torch.from_numpy(render_map(model.start, model.weights, model.sigma_A, box, apix)).float()
+    vae = HetVAE(ModelShape(box=box, zdim=2, n_basis=2), pixel_size_A=apix, init_scale=0.0)
+    coefficients = map_to_half_ball(truth, vae.half_ball, apix)
+    with torch.no_grad():
+        vae.basis[:, 0], vae.basis[:, 3] = coefficients.real, coefficients.imag
+    decoded = vae.volume(torch.zeros(2))
+    assert (decoded - truth).abs().max() < 0.02 * truth.abs().max()
+
+
+def test_sparse_adam_changes_only_touched_rows_and_their_moments(sim_store):
+    from hetrec_dist.data.reader import ChunkShuffledParticles
+
+    model = HetVAE(ModelShape(box=32, zdim=2, n_basis=3), pixel_size_A=4.0)
+    optimizer = torch.optim.SparseAdam([model.basis], lr=1e-2)
+    batch = next(iter(ChunkShuffledParticles(sim_store, batch_size=2)))
+    for step in range(2):
+        before = model.basis.detach().clone()
+        optimizer.zero_grad()
+        model(batch)["loss"].backward()
+        touched = model.basis.grad.coalesce().indices()[0]
+        optimizer.step()
+        changed = (model.basis.detach() != before).any(1).nonzero().squeeze(1)
+        assert set(changed.tolist()) <= set(touched.tolist()) and len(changed) > 0.9 * len(touched)
+        state = optimizer.state[model.basis]
+        untouched = torch.ones(model.basis.shape[0], dtype=torch.bool)
+        untouched[touched] = False
+        if step == 0:
+            assert (state["exp_avg"][untouched] == 0).all() and (state["exp_avg_sq"][untouched] == 0).all()
+    assert touched.numel() < 0.5 * model.basis.shape[0]
+
+
+def test_training_on_more_epochs_lowers_the_loss(tiny_run):
+    lines = [l for l in (tiny_run / "train.log").read_text().splitlines() if ": loss " in l]
+    losses = [float(l.split(": loss ")[1].split(",")[0]) for l in lines]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
+    assert_one_line_error(run_cli("train", sim_store, "-o", tiny_run, *TINY, expect_ok=False),
+                          "already exists", "--resume", "--overwrite")
+    (tmp_path / "bad.yaml").write_text("epochs: 2\nlearning_rate: 0.1\n")
+    result = run_cli("train", sim_store, "-o", tmp_path / "r1", "--config", tmp_path / "bad.yaml", expect_ok=False)
+    assert_one_line_error(result, "bad.yaml", "learning_rate")
+    (tmp_path / "typo.yaml").write_text("epochs: many\n")
+    result = run_cli("train", sim_store, "-o", tmp_path / "r1", "--config", tmp_path / "typo.yaml", expect_ok=False)
+    assert_one_line_error(result, "epochs", "is not an integer")
+    result = run_cli("train", sim_store, "-o", tiny_run, "--resume", "--zdim", 5, expect_ok=False)
+    assert_one_line_error(result, "model shape")
+    assert load_checkpoint(tiny_run / "checkpoints" / "last.pt")["epoch"] == 3  # untouched
+    run_cli("convert", os.path.join(sim_dir, "particles.star"), "-o", tmp_path / "small.zarr", "--box", 12, "-q")
+    result = run_cli("train", tmp_path / "small.zarr", "-o", tmp_path / "r2", expect_ok=False)
+    assert_one_line_error(result, "box 12 is not supported")
+    result = run_cli("train", tmp_path / "nostore", "-o", tmp_path / "r3", expect_ok=False)
+    assert_one_line_error(result, "not a particle store")
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
