@@ -1,5 +1,5 @@
 # Two entry points, each installing what it needs into .venv on first use:
-#   make demo   simulate a small dataset, convert it to a Zarr store, inspect it
+#   make demo   simulate a small dataset, convert it to a Zarr store, train on it, evaluate the maps
 #   make test   run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,9 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(HETREC) simulate -o $(DEMO)/sim --n 2000 --box 64 --snr 0.1 --seed 0 --overwrite
+	$(HETREC) simulate -o $(DEMO)/sim --n 4000 --box 64 --snr 0.1 --seed 0 --overwrite
 	$(HETREC) convert $(DEMO)/sim/particles.star -o $(DEMO)/particles.zarr --overwrite
 	$(HETREC) inspect $(DEMO)/particles.zarr
+	$(HETREC) train $(DEMO)/particles.zarr -o $(DEMO)/run --config configs/demo.yaml --overwrite
+	$(HETREC) eval $(DEMO)/run --gt $(DEMO)/sim/ground_truth
+	@echo "maps: $(DEMO)/run/eval_maps/*.mrc   TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO)/run/tb"
 
 test: install
 	$(PY) -m pytest

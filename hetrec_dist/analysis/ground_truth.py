@@ -9,6 +9,7 @@ import torch
 from scipy.stats import spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
+from hetrec_dist.analysis.maps import write_map
 from hetrec_dist.errors import UserError
 
 
@@ -31,18 +32,20 @@ def latent_order_correlation(z, coordinates):
 
 
 @torch.no_grad()
-def evaluate(model, z, coordinates, maps, window=0.05):
+def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
     """Per ground-truth map: FSC of the map decoded at the mean latent of particles within `window` of its
-    coordinate; and the latent ordering correlation."""
+    coordinate (written to map_dir/decoded_NN.mrc when given); and the latent ordering correlation."""
     if len(z) != len(coordinates):
         raise UserError(f"{len(z)} latents but {len(coordinates)} ground-truth coordinates")
     per_map = []
-    for coordinate, truth in maps:
+    for index, (coordinate, truth) in enumerate(maps):
         near = np.abs(coordinates - coordinate) <= window
         if not near.any():
             continue
         latent = torch.from_numpy(z[near].mean(axis=0)).to(model.basis.device)
         decoded = model.volume(latent).cpu().numpy()
+        if map_dir is not None:
+            write_map(os.path.join(map_dir, f"decoded_{index:02d}.mrc"), decoded, model.pixel_size_A)
         summary = fsc_summary(decoded, truth, model.pixel_size_A)
         per_map.append({"coordinate": coordinate, "n_particles": int(near.sum()), **summary})
     return {"maps": per_map,

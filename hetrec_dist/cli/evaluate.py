@@ -15,7 +15,7 @@ import click
 def command(run, gt_dir, checkpoint, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and
     the true map (resolution at 0.5 and 0.143, mean FSC); and |Spearman| of latent PC1 against the true
-    coordinate. Writes RUN/eval.json."""
+    coordinate. Writes RUN/eval.json and the decoded maps RUN/eval_maps/decoded_NN.mrc."""
     import numpy as np
 
     from hetrec_dist.analysis.ground_truth import evaluate, read_ground_truth
@@ -27,7 +27,7 @@ def command(run, gt_dir, checkpoint, device):
     if not os.path.isfile(z_path):
         raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
     coordinates, maps = read_ground_truth(gt_dir)
-    result = evaluate(model, np.load(z_path), coordinates, maps)
+    result = evaluate(model, np.load(z_path), coordinates, maps, map_dir=os.path.join(run, "eval_maps"))
     with open(os.path.join(run, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
     for m in result["maps"]:

@@ -41,19 +41,16 @@ def read_latents(path, zdim):
 @click.option("--prefix", default="vol_", show_default=True, help="File names: PREFIX000.mrc, ...")
 def volume_command(run, z_path, out, checkpoint, device, prefix):
     """Write one MRC map per latent row of --z (pixel size in the header, the input data's frame)."""
-    import mrcfile
     import torch
+
+    from hetrec_dist.analysis.maps import write_map
 
     model = run_model(run, checkpoint, device)
     z = read_latents(z_path, model.shape.zdim)
-    os.makedirs(out, exist_ok=True)
     with torch.no_grad():
         for i, latent in enumerate(torch.from_numpy(z).to(model.basis.device)):
-            path = os.path.join(out, f"{prefix}{i:03d}.mrc")
-            with mrcfile.new(path + ".tmp", overwrite=True) as mrc:
-                mrc.set_data(model.volume(latent).cpu().numpy().astype("float32"))
-                mrc.voxel_size = model.pixel_size_A
-            os.replace(path + ".tmp", path)
+            write_map(os.path.join(out, f"{prefix}{i:03d}.mrc"), model.volume(latent).cpu().numpy(),
+                      model.pixel_size_A)
     click.echo(f"wrote {len(z)} maps to {out}", err=True)
 
 
