@@ -56,7 +56,7 @@ class HalfBall(_Grid):
     radius: float
     extent: int
     coords: torch.Tensor   # V x 3 (x, y, z)
-    lookup: torch.Tensor   # (R + 1) x (2R + 1) x (2R + 1), int64
+    lookup: torch.Tensor   # (R + 1) x (2R + 1) x (2R + 1), int32
 
     @classmethod
     def build(cls, radius):
@@ -64,8 +64,8 @@ class HalfBall(_Grid):
         span = torch.arange(-extent, extent + 1)
         x, y, z = torch.meshgrid(torch.arange(0, extent + 1), span, span, indexing="ij")
         inside = (x ** 2 + y ** 2 + z ** 2) <= (radius + 2) ** 2
-        lookup = torch.full(x.shape, -1, dtype=torch.int64)
-        lookup[inside] = torch.arange(int(inside.sum()))
+        lookup = torch.full(x.shape, -1, dtype=torch.int32)
+        lookup[inside] = torch.arange(int(inside.sum()), dtype=torch.int32)
         coords = torch.stack([x[inside], y[inside], z[inside]], 1)
         return cls(radius, extent, coords, lookup)
 
@@ -76,3 +76,12 @@ class HalfBall(_Grid):
     def rows(self, voxels):
         """Rows of integer voxel coordinates (..., 3) with x >= 0."""
         return self.lookup[voxels[..., 0], voxels[..., 1] + self.extent, voxels[..., 2] + self.extent]
+
+    def corner_rows(self, floor_voxels):
+        """Rows (..., 8) of the 8 voxels (x + i, y + j, z + k), i, j, k in {0, 1} (i slowest) above each
+        integer voxel (..., 3), without forming their coordinates."""
+        side = 2 * self.extent + 1
+        base = (floor_voxels[..., 0] * side + floor_voxels[..., 1] + self.extent) * side + floor_voxels[..., 2] + self.extent
+        offsets = torch.tensor([i * side * side + j * side + k for i in (0, 1) for j in (0, 1) for k in (0, 1)],
+                               device=floor_voxels.device)
+        return self.lookup.view(-1)[base[..., None] + offsets]

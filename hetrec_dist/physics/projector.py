@@ -19,8 +19,6 @@ import torch
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
-_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.long)
-
 
 @dataclasses.dataclass
 class SliceGeometry:
@@ -43,21 +41,21 @@ def _sparse_csr(crow, col, values, shape):
 
 
 def _interpolation_matrices(rows, trilinear, n_voxels):
-    """T and T^T over the touched rows; T^T by a counting sort of the entries by column."""
+    """T and T^T over the touched rows (int32 indices); T^T by sorting the entries by column."""
     n_entries = rows.numel()
     flat_rows = rows.reshape(-1)
     touched = torch.zeros(n_voxels, dtype=torch.bool, device=rows.device)
     touched[flat_rows] = True
     touched_rows = touched.nonzero().squeeze(1)
-    column = (torch.cumsum(touched, 0) - 1)[flat_rows]
+    column = (torch.cumsum(touched, 0, dtype=torch.int32) - 1)[flat_rows]
     weights = trilinear.reshape(-1)
     n_points = n_entries // 8
-    crow = torch.arange(0, n_entries + 1, 8, device=rows.device)
+    crow = torch.arange(0, n_entries + 1, 8, dtype=torch.int32, device=rows.device)
     matrix = _sparse_csr(crow, column, weights, (n_points, len(touched_rows)))
-    order = torch.sort(column.int(), stable=True).indices
-    crow_t = torch.zeros(len(touched_rows) + 1, dtype=torch.long, device=rows.device)
+    order = torch.sort(column, stable=True).indices
+    crow_t = torch.zeros(len(touched_rows) + 1, dtype=torch.int32, device=rows.device)
     crow_t[1:] = torch.cumsum(torch.bincount(column, minlength=len(touched_rows)), 0)
-    matrix_t = _sparse_csr(crow_t, order // 8, weights[order], (len(touched_rows), n_points))
+    matrix_t = _sparse_csr(crow_t, (order // 8).int(), weights[order], (len(touched_rows), n_points))
     return touched_rows, matrix, matrix_t
 
 
@@ -67,10 +65,11 @@ def slice_geometry(rotations, points_2d, half_ball):
     flipped = k3[..., 0] < 0
     k3 = torch.where(flipped[..., None], -k3, k3)
     floor = torch.floor(k3)
-    frac = (k3 - floor)[:, :, None, :]
-    corners = _CORNERS.to(rotations.device)
-    rows = half_ball.rows(floor.long()[:, :, None, :] + corners)
-    trilinear = torch.where(corners.bool(), frac, 1 - frac).prod(-1)
+    frac = k3 - floor
+    rows = half_ball.corner_rows(floor.long())
+    per_axis = torch.stack([1 - frac, frac], dim=-1)  # B x P x 3 x 2: weight of the lower, upper voxel
+    trilinear = (per_axis[:, :, 0, :, None, None] * per_axis[:, :, 1, None, :, None]
+                 * per_axis[:, :, 2, None, None, :]).reshape(*frac.shape[:2], 8)
     touched_rows, matrix, matrix_t = _interpolation_matrices(rows, trilinear, half_ball.n_voxels)
     return SliceGeometry(rows, trilinear, flipped, touched_rows, matrix, matrix_t)
 

@@ -8,7 +8,6 @@ epoch boundary continues exactly as an uninterrupted one.
 
 import dataclasses
 import os
-import resource
 import shutil
 import time
 
@@ -21,6 +20,7 @@ from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
+from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import TensorBoardLogger, file_logger
 
 MIN_BOX, MAX_BOX = 16, 1024
@@ -65,12 +65,6 @@ def load_model(checkpoint, device="cpu"):
     return model.to(device).eval()
 
 
-def peak_memory_mib(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 @torch.no_grad()
 def embed(model, store_path, batch_size=512):
     """Latent means (N x zdim) of every particle, in store order."""
@@ -88,6 +82,7 @@ class Trainer:
                  show_progress=True, command=None):
         self.store_path, self.run_dir, self.config = store_path, run_dir, config
         self.show_progress = show_progress
+        return_freed_memory_to_os()
         store = ParticleStore(store_path)
         check_box(store.box)
         self.device = resolve_device(config.device)
