@@ -32,3 +32,11 @@ def fsc_summary(map_a, map_b, pixel_size_A):
             "resolution_0.143_A": resolution_at(curve, 0.143, box, pixel_size_A),
             "mean_fsc": float(curve[1:].mean()),
             "curve": curve.tolist()}
+
+
+def soft_sphere(box, radius_fraction=0.45, edge_px=3.0):
+    """A spherical mask of radius radius_fraction * box with a raised-cosine edge of edge_px."""
+    grid = np.arange(box) - box // 2
+    radius = np.sqrt(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2)
+    inner = radius_fraction * box - edge_px
+    return np.clip(0.5 * (1 + np.cos(np.pi * np.clip(radius - inner, 0, edge_px) / edge_px)), 0, 1)

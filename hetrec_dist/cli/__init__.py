@@ -21,9 +21,9 @@ def main():
 
 
 def _register():
-    from hetrec_dist.cli import convert, evaluate, inspect, simulate, train, volume
+    from hetrec_dist.cli import analyze, convert, evaluate, fsc, inspect, select, simulate, train, volume
 
-    for module in (convert, evaluate, inspect, simulate, train):
+    for module in (analyze, convert, evaluate, fsc, inspect, select, simulate, train):
         main.add_command(module.command)
     main.add_command(volume.volume_command)
     main.add_command(volume.embed_command)

@@ -1,0 +1,60 @@
+"""The latent landscape: PCA, k-means, traversals; bounded memory and time at a million particles."""
+
+import dataclasses
+
+import numpy as np
+from scipy.cluster.vq import kmeans2
+
+KMEANS_FIT_SAMPLE = 200_000  # k-means is fitted on at most this many particles, then all are assigned
+
+
+@dataclasses.dataclass
+class Pca:
+    mean: np.ndarray          # zdim
+    components: np.ndarray    # zdim x zdim, rows are principal axes
+    explained_variance: np.ndarray
+
+    def project(self, z):
+        return (z - self.mean) @ self.components.T
+
+
+def pca(z):
+    """PCA from the zdim x zdim covariance (one pass over z, whatever N)."""
+    mean = z.mean(axis=0, dtype=np.float64)
+    covariance = np.cov(z, rowvar=False, dtype=np.float64).reshape(z.shape[1], z.shape[1])
+    variance, axes = np.linalg.eigh(covariance)
+    order = np.argsort(variance)[::-1]
+    components = axes[:, order].T
+    components *= np.sign(components[np.arange(len(components)), np.abs(components).argmax(1)])[:, None]
+    return Pca(mean, components, variance[order])
+
+
+def assign(z, centres, block=100_000):
+    """Index of the nearest centre for every row of z, in blocks (memory bounded by block x k)."""
+    labels = np.empty(len(z), dtype=np.int32)
+    for start in range(0, len(z), block):
+        part = z[start:start + block]
+        distances = ((part[:, None, :] - centres[None]) ** 2).sum(-1)
+        labels[start:start + block] = distances.argmin(1)
+    return labels
+
+
+def kmeans(z, k, seed=0):
+    """k-means centres (fitted on a seeded sample of at most KMEANS_FIT_SAMPLE rows) and every row's label."""
+    rng = np.random.default_rng(seed)
+    sample = z if len(z) <= KMEANS_FIT_SAMPLE else z[rng.choice(len(z), KMEANS_FIT_SAMPLE, replace=False)]
+    centres, _ = kmeans2(sample.astype(np.float64), k, minit="++", seed=seed)
+    labels = assign(z, centres)
+    return centres, labels
+
+
+def nearest_particles(z, points):
+    """For each point, the index of the particle whose latent is closest (maps at real particles' z)."""
+    return np.array([int(((z - p) ** 2).sum(1).argmin()) for p in points])
+
+
+def traversal(z, fitted, component, n_points=10):
+    """Latents along one principal axis, from its 5th to its 95th percentile, through the mean."""
+    coordinate = fitted.project(z)[:, component]
+    steps = np.percentile(coordinate, np.linspace(5, 95, n_points))
+    return fitted.mean + steps[:, None] * fitted.components[component][None]

@@ -1,0 +1,72 @@
+"""PNG plots of the latent space (matplotlib, Agg backend)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SCATTER_POINTS = 20_000  # a random subset is drawn as points; densities use every particle
+
+
+def _subset(n, seed=0):
+    return np.arange(n) if n <= SCATTER_POINTS else np.random.default_rng(seed).choice(n, SCATTER_POINTS, replace=False)
+
+
+def _save(figure, path):
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def landscape(xy, labels, centres_xy, path, axis_names=("PC1", "PC2")):
+    """Density of all particles, with a subset coloured by cluster and the centres numbered."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    left.hexbin(xy[:, 0], xy[:, 1], gridsize=60, bins="log", cmap="viridis")
+    left.set_title(f"density ({len(xy):,} particles)")
+    shown = _subset(len(xy))
+    right.scatter(xy[shown, 0], xy[shown, 1], c=labels[shown], s=2, cmap="tab20", alpha=0.6)
+    for i, (x, y) in enumerate(centres_xy):
+        right.annotate(str(i), (x, y), fontsize=9, weight="bold", ha="center", va="center",
+                       bbox={"boxstyle": "round", "fc": "white", "alpha": 0.7})
+    right.set_title("k-means clusters")
+    for axis in (left, right):
+        axis.set_xlabel(axis_names[0])
+        axis.set_ylabel(axis_names[1])
+    _save(figure, path)
+
+
+def coloured_by(xy, values, path, label, axis_names=("PC1", "PC2")):
+    figure, axis = plt.subplots(figsize=(6, 5))
+    shown = _subset(len(xy))
+    points = axis.scatter(xy[shown, 0], xy[shown, 1], c=values[shown], s=2, cmap="coolwarm")
+    figure.colorbar(points, label=label)
+    axis.set_xlabel(axis_names[0])
+    axis.set_ylabel(axis_names[1])
+    axis.set_title(f"latents coloured by {label}")
+    _save(figure, path)
+
+
+def histograms(projected, explained, path, n=4):
+    n = min(n, projected.shape[1])
+    figure, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    total = explained.sum()
+    for i, axis in enumerate(axes[0]):
+        axis.hist(projected[:, i], bins=100, color="steelblue")
+        axis.set_title(f"PC{i + 1} ({100 * explained[i] / total:.0f}% of variance)")
+    _save(figure, path)
+
+
+def fsc_plot(curves, box, pixel_size_A, path):
+    """FSC curves (label: values per shell) against spatial frequency."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, curve in curves.items():
+        frequency = np.arange(len(curve)) / (box * pixel_size_A)
+        axis.plot(frequency, curve, label=label)
+    for threshold in (0.5, 0.143):
+        axis.axhline(threshold, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("spatial frequency (1/Å)")
+    axis.set_ylabel("FSC")
+    axis.set_ylim(-0.1, 1.05)
+    axis.legend(fontsize=8)
+    _save(figure, path)

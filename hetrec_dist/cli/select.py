@@ -1,0 +1,36 @@
+"""hetrec select: the particles of chosen k-means clusters, in the input's own format."""
+
+import os
+
+import click
+
+
+@click.command("select")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--clusters", required=True, help="Comma-separated cluster numbers, e.g. 3,7.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Which `hetrec analyze --k` to use.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="subset.star (RELION input), subset.cs (cryoSPARC input) or indices.pkl (any input).")
+def command(run, clusters, k, out):
+    """Write the particles of the chosen clusters of RUN/analyze.K as a STAR or .cs file like the input
+    (all columns and optics kept), or as a cryoDRGN-style index .pkl."""
+    import numpy as np
+
+    from hetrec_dist.analysis.select import cluster_members, write_subset
+    from hetrec_dist.data.store import open_store
+    from hetrec_dist.errors import UserError
+
+    labels_path = os.path.join(run, f"analyze.{k}", "kmeans_labels.npy")
+    if not os.path.isfile(labels_path):
+        raise UserError(f"{run}: no analyze.{k}/kmeans_labels.npy; run `hetrec analyze {run} --k {k}` first")
+    try:
+        chosen = [int(c) for c in clusters.split(",") if c.strip()]
+    except ValueError:
+        raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
+    import yaml
+
+    with open(os.path.join(run, "config.yaml")) as f:
+        store = open_store(yaml.safe_load(f)["store"])
+    indices = cluster_members(np.load(labels_path), chosen, k)
+    write_subset(indices, store.attrs.asdict(), out)
+    click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)

@@ -1,0 +1,125 @@
+import json
+import os
+import pickle
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+from conftest import assert_one_line_error, run_cli
+from hetrec_dist.analysis.fsc import fsc_curve, resolution_at
+from hetrec_dist.analysis.latent import kmeans, pca, traversal
+
+
+def fsc_by_shell_masks(a, b):
+    """FSC written independently: centred spectra, one boolean shell mask at a time."""
+    box = a.shape[0]
+    fa, fb = (np.fft.fftshift(np.fft.fftn(m)) for m in (a, b))
+    grid = np.arange(box) - box // 2
+    radius = np.sqrt(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2)
+    curve = []
+    for shell in range(box // 2):
+        mask = np.abs(radius - shell) < 0.5
+        curve.append(np.real(np.sum(fa[mask] * np.conj(fb[mask])))
+                     / np.sqrt(np.sum(np.abs(fa[mask]) ** 2) * np.sum(np.abs(fb[mask]) ** 2)))
+    return np.array(curve)
+
+
+def test_fsc_matches_an_independent_computation_and_the_expected_snr():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(24, 24, 24))
+    a, b = signal + 0.5 * rng.normal(size=signal.shape), signal + 0.5 * rng.normal(size=signal.shape)
+    curve = fsc_curve(a, b)
+    np.testing.assert_allclose(curve, fsc_by_shell_masks(a, b), atol=1e-10)
+    # white signal of variance 1 and noise of variance 0.25 in each map: FSC = 1 / 1.25 in every shell
+    assert abs(curve[3:].mean() - 0.8) < 0.02
+    np.testing.assert_allclose(fsc_curve(a, a), 1.0)
+    assert resolution_at(np.array([1, 0.9, 0.6, 0.4, 0.1]), 0.5, 10, 2.0) == 10 * 2.0 / 3
+
+
+def test_fsc_command_and_its_errors(sim_dir, tmp_path):
+    truth = os.path.join(sim_dir, "ground_truth")
+    out = json.loads(run_cli("fsc", os.path.join(truth, "map_00.mrc"), os.path.join(truth, "map_00.mrc"),
+                             "--json", "--mask", "sphere", "--plot", tmp_path / "fsc.png").output)
+    assert out["mean_fsc"] > 0.999 and (tmp_path / "fsc.png").stat().st_size > 1000
+    mrcfile.write(tmp_path / "small.mrc", np.zeros((16, 16, 16), np.float32), voxel_size=4.0)
+    mrcfile.write(tmp_path / "coarse.mrc", np.zeros((32, 32, 32), np.float32), voxel_size=5.0)
+    result = run_cli("fsc", os.path.join(truth, "map_00.mrc"), tmp_path / "small.mrc", expect_ok=False)
+    assert_one_line_error(result, "different boxes")
+    result = run_cli("fsc", os.path.join(truth, "map_00.mrc"), tmp_path / "coarse.mrc", expect_ok=False)
+    assert_one_line_error(result, "different pixel sizes")
+
+
+def test_pca_kmeans_and_traversals_on_known_latents():
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [10, 10, 5]], dtype=float)
+    truth = rng.integers(0, 4, 20000)
+    z = centres[truth] + rng.normal(scale=0.5, size=(20000, 3))
+    fitted = pca(z)
+    assert np.all(np.diff(fitted.explained_variance) <= 0)
+    np.testing.assert_allclose(np.abs(fitted.components @ fitted.components.T), np.eye(3), atol=1e-8)
+    found, labels = kmeans(z, 4, seed=0)
+    # each true cluster maps to exactly one found cluster
+    pairs = {(t, l) for t, l in zip(truth, labels)}
+    assert len(pairs) == 4 and len({l for _, l in pairs}) == 4
+    path = traversal(z, fitted, 0, n_points=5)
+    steps = fitted.project(path)
+    assert np.all(np.diff(steps[:, 0]) > 0) and np.allclose(steps[:, 1:], 0, atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def analyzed_run(sim_store, sim_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("analysis") / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 2, "--batch-size", 64, "--zdim", 3, "--n-basis", 2, "-q")
+    run_cli("analyze", run, "--k", 4, "--gt", os.path.join(sim_dir, "ground_truth"), "--device", "cpu")
+    return run
+
+
+def test_analyze_writes_maps_plots_page_and_z_pkl(analyzed_run):
+    out = analyzed_run / "analyze.4"
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["cluster_sizes"]) == 300 and len(summary["maps"]["kmeans"]) == 4
+    assert len(summary["maps"]["pc1"]) == len(summary["maps"]["pc2"]) == 10
+    for group in summary["maps"].values():
+        for name in group:
+            with mrcfile.open(out / "maps" / name) as mrc:
+                assert mrc.data.shape == (32, 32, 32) and abs(float(mrc.voxel_size.x) - 4.0) < 1e-5
+    page = (out / "index.html").read_text()
+    for plot in summary["plots"]:
+        assert f"plots/{plot}" in page and (out / "plots" / plot).stat().st_size > 1000
+    assert "pca_ground_truth.png" in summary["plots"]
+    with open(analyzed_run / "z.pkl", "rb") as f:
+        np.testing.assert_array_equal(pickle.load(f), np.load(analyzed_run / "z.npy"))
+
+
+def test_select_writes_the_clusters_particles_as_star_and_indices(analyzed_run, sim_dir, tmp_path):
+    labels = np.load(analyzed_run / "analyze.4" / "kmeans_labels.npy")
+    run_cli("select", analyzed_run, "--k", 4, "--clusters", "1,3", "-o", tmp_path / "subset.star")
+    original = starfile.read(os.path.join(sim_dir, "particles.star"), always_dict=True)
+    subset = starfile.read(tmp_path / "subset.star", always_dict=True)
+    chosen = np.flatnonzero(np.isin(labels, [1, 3]))
+    assert list(subset["particles"]["rlnImageName"]) == list(original["particles"]["rlnImageName"].iloc[chosen])
+    assert subset["optics"].equals(original["optics"])
+    run_cli("select", analyzed_run, "--k", 4, "--clusters", "2", "-o", tmp_path / "ind.pkl")
+    with open(tmp_path / "ind.pkl", "rb") as f:
+        np.testing.assert_array_equal(pickle.load(f), np.flatnonzero(labels == 2))
+    assert_one_line_error(run_cli("select", analyzed_run, "--k", 4, "--clusters", "7", "-o", tmp_path / "x.star",
+                                  expect_ok=False), "7", "do not exist")
+    assert_one_line_error(run_cli("select", analyzed_run, "--k", 5, "--clusters", "1", "-o", tmp_path / "x.star",
+                                  expect_ok=False), "analyze.5")
+    assert_one_line_error(run_cli("select", analyzed_run, "--k", 4, "--clusters", "1", "-o", tmp_path / "x.cs",
+                                  expect_ok=False), ".star subset")
+
+
+def test_eval_against_ground_truth(analyzed_run, sim_dir):
+    output = run_cli("eval", analyzed_run, "--gt", os.path.join(sim_dir, "ground_truth"), "--device", "cpu").output
+    result = json.loads((analyzed_run / "eval.json").read_text())
+    assert len(result["maps"]) == 5 and 0 <= result["latent_pc1_spearman"] <= 1
+    assert all(-1 <= m["mean_fsc"] <= 1 and m["resolution_0.5_A"] >= 8.0 for m in result["maps"])
+    assert "mean FSC" in output and len(os.listdir(analyzed_run / "eval_maps")) == 5
+
+
+def test_analysis_needs_a_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("analyze", tmp_path / "empty", expect_ok=False), "no checkpoint")
