@@ -123,3 +123,14 @@ def test_eval_against_ground_truth(analyzed_run, sim_dir):
 def test_analysis_needs_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run_cli("analyze", tmp_path / "empty", expect_ok=False), "no checkpoint")
+
+
+def test_train_evaluates_against_ground_truth_during_training(sim_store, sim_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_cli("train", sim_store, "-o", tmp_path / "run", "--epochs", 2, "--batch-size", 100, "--zdim", 2,
+            "--n-basis", 2, "--gt", os.path.join(sim_dir, "ground_truth"), "--eval-every", 1, "-q")
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    assert [e.step for e in events.Scalars("eval/mean_fsc")] == [1, 2]
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["epoch"] == 2
+    assert (tmp_path / "run" / "train.log").read_text().count(" eval: mean FSC") == 2

@@ -52,3 +52,18 @@ def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
             "mean_fsc": float(np.mean([m["mean_fsc"] for m in per_map])),
             "mean_resolution_0.5_A": float(np.mean([m["resolution_0.5_A"] for m in per_map])),
             "latent_pc1_spearman": float(latent_order_correlation(z, coordinates))}
+
+
+def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):
+    """evaluate() for a run: RUN/eval.json, decoded maps in RUN/eval_maps/, and eval/* scalars on `metrics`
+    (a train.metrics logger) at `epoch`."""
+    coordinates, maps = read_ground_truth(gt_dir)
+    result = evaluate(model, z, coordinates, maps, map_dir=os.path.join(run_dir, "eval_maps"))
+    result["epoch"] = epoch
+    with open(os.path.join(run_dir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    if metrics is not None:
+        metrics.scalars({"eval/mean_fsc": result["mean_fsc"],
+                         "eval/mean_resolution_0.5_A": result["mean_resolution_0.5_A"],
+                         "eval/latent_pc1_spearman": result["latent_pc1_spearman"]}, epoch)
+    return result

@@ -1,6 +1,5 @@
 """hetrec eval: a trained run against the ground truth of a simulated dataset."""
 
-import json
 import os
 
 import click
@@ -15,21 +14,24 @@ import click
 def command(run, gt_dir, checkpoint, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and
     the true map (resolution at 0.5 and 0.143, mean FSC); and |Spearman| of latent PC1 against the true
-    coordinate. Writes RUN/eval.json and the decoded maps RUN/eval_maps/decoded_NN.mrc."""
+    coordinate. Writes RUN/eval.json, the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to
+    RUN/tb at the checkpoint's epoch. `hetrec train --gt DIR --eval-every N` does the same during training."""
     import numpy as np
 
-    from hetrec_dist.analysis.ground_truth import evaluate, read_ground_truth
+    from hetrec_dist.analysis.ground_truth import evaluate_run
     from hetrec_dist.cli.volume import run_model
     from hetrec_dist.errors import UserError
+    from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
+    from hetrec_dist.train.metrics import TensorBoardLogger
 
     model = run_model(run, checkpoint, device)
     z_path = os.path.join(run, "z.npy")
     if not os.path.isfile(z_path):
         raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
-    coordinates, maps = read_ground_truth(gt_dir)
-    result = evaluate(model, np.load(z_path), coordinates, maps, map_dir=os.path.join(run, "eval_maps"))
-    with open(os.path.join(run, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    epoch = load_checkpoint(checkpoint or last_checkpoint(run))["epoch"]
+    metrics = TensorBoardLogger(os.path.join(run, "tb"))
+    result = evaluate_run(run, model, np.load(z_path), gt_dir, metrics, epoch)
+    metrics.close()
     for m in result["maps"]:
         click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} A, "
                    f"0.143 at {m['resolution_0.143_A']:.1f} A, mean FSC {m['mean_fsc']:.3f} ({m['n_particles']} particles)")

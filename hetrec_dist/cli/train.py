@@ -20,6 +20,9 @@ from hetrec_dist.cli.command_line import reproducible_command
 @click.option("--beta", type=click.FloatRange(min=0), help="Weight of the KL term (default 1).")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto (default).")
+@click.option("--gt", type=click.Path(exists=True, file_okay=False),
+              help="Simulated data: ground_truth/ folder to evaluate against (see `hetrec eval`).")
+@click.option("--eval-every", type=click.IntRange(min=0), help="Evaluate against --gt every N epochs (and at the end).")
 @click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader worker processes (default 0).")
 @click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (with its saved settings).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing RUN.")
@@ -37,6 +40,8 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if overrides.get("gt"):
+        overrides["gt"] = os.path.abspath(overrides["gt"])
     saved = os.path.join(out, "config.yaml")
     if resume and os.path.isfile(saved):
         preset = preset or saved

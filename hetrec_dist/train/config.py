@@ -26,6 +26,8 @@ class TrainConfig:
     checkpoint_every: int = 5  # epochs
     log_every: int = 10        # steps
     num_workers: int = 0       # DataLoader worker processes (spawned)
+    gt: str = ""               # ground_truth/ of a simulated dataset, for evaluation during training
+    eval_every: int = 0        # epochs between evaluations against `gt` (0: only after the last epoch)
 
     def model_shape(self, box):
         return ModelShape(box=box, zdim=self.zdim, n_basis=self.n_basis, encoder_hidden=self.encoder_hidden,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hetrec_dist.analysis.ground_truth import evaluate_run
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
@@ -195,7 +196,13 @@ class Trainer:
                 tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: {line}")
             keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
             save_checkpoint(os.path.join(self.run_dir, "checkpoints"), self.state_dict(), self.epoch, keep)
-        self.write_latents()
+            every = self.config.eval_every
+            if self.config.gt and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
+                self.model.eval()
+                self.evaluate(embed(self.model, self.store_path))
+        z = self.write_latents()
+        if self.config.gt:
+            self.evaluate(z)
         self.metrics.close()
 
     def write_latents(self):
@@ -204,3 +211,10 @@ class Trainer:
         np.save(os.path.join(self.run_dir, "z.npy.tmp.npy"), z)
         os.replace(os.path.join(self.run_dir, "z.npy.tmp.npy"), os.path.join(self.run_dir, "z.npy"))
         self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
+        return z
+
+    def evaluate(self, z):
+        """Against the simulated ground truth: RUN/eval.json, TensorBoard eval/*, train.log."""
+        result = evaluate_run(self.run_dir, self.model, z, self.config.gt, self.metrics, self.epoch)
+        self.log.info(f"epoch {self.epoch} eval: mean FSC {result['mean_fsc']:.4f}, "
+                      f"latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}")

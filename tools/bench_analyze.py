@@ -1,0 +1,45 @@
+"""Benchmark `hetrec analyze` at scale: wall time and peak RSS for N synthetic latents.
+
+    python tools/bench_analyze.py --run /tmp/hetrec_bench/hq20 --n 1000000 --k 20
+
+Uses RUN's checkpoint for the maps (k centres + 2 x 10 traversal maps) and replaces its latents by N
+draws from a mixture of 20 Gaussians in the model's latent dimension (written to a scratch copy of RUN).
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import time
+
+import numpy as np
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--k", type=int, default=20)
+    args = parser.parse_args()
+    from hetrec_dist.analysis.analyze import analyze_run
+    from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
+    from hetrec_dist.train.trainer import load_model
+
+    scratch = args.run.rstrip("/") + f"_bench_{args.n}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    model = load_model(load_checkpoint(last_checkpoint(args.run)))
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=2.0, size=(20, model.shape.zdim))
+    z = (centres[rng.integers(0, 20, args.n)] + rng.normal(size=(args.n, model.shape.zdim))).astype(np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    analyze_run(scratch, model, z, args.k)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"analyze {args.n:,} latents (zdim {model.shape.zdim}, k {args.k}, box {model.shape.box}): "
+          f"{seconds:.1f} s, peak RSS {peak:.0f} MiB (before: {before:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
