@@ -51,6 +51,18 @@ def test_fsc_command_and_its_errors(sim_dir, tmp_path):
     assert_one_line_error(result, "different pixel sizes")
 
 
+def test_latent_linear_r2_sees_a_coordinate_in_any_direction():
+    from hetrec_dist.analysis.ground_truth import latent_linear_r2
+
+    rng = np.random.default_rng(2)
+    coordinate = rng.uniform(size=4000)
+    noise = rng.normal(size=(4000, 4))
+    z = noise.copy()
+    z[:, 2] += 3 * coordinate  # hidden in the third of four equally spread directions
+    assert latent_linear_r2(z, coordinate) > 0.4
+    assert abs(latent_linear_r2(noise, coordinate)) < 0.01
+
+
 def test_pca_kmeans_and_traversals_on_known_latents():
     rng = np.random.default_rng(1)
     centres = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [10, 10, 5]], dtype=float)
@@ -115,7 +127,7 @@ def test_select_writes_the_clusters_particles_as_star_and_indices(analyzed_run, 
 def test_eval_against_ground_truth(analyzed_run, sim_dir):
     output = run_cli("eval", analyzed_run, "--gt", os.path.join(sim_dir, "ground_truth"), "--device", "cpu").output
     result = json.loads((analyzed_run / "eval.json").read_text())
-    assert len(result["maps"]) == 5 and 0 <= result["latent_pc1_spearman"] <= 1
+    assert len(result["maps"]) == 5 and 0 <= result["latent_pc1_spearman"] <= 1 and result["latent_linear_r2"] <= 1
     assert all(-1 <= m["mean_fsc"] <= 1 and m["resolution_0.5_A"] >= 8.0 for m in result["maps"])
     assert "mean FSC" in output and len(os.listdir(analyzed_run / "eval_maps")) == 5
 

@@ -31,6 +31,18 @@ def latent_order_correlation(z, coordinates):
     return abs(spearmanr(pc1, coordinates).statistic)
 
 
+def latent_linear_r2(z, coordinates):
+    """Held-out R^2 of the true coordinate predicted linearly from z (fit on even, test on odd particles
+    and the reverse, averaged): how much of the conformation the latents hold, whichever direction."""
+    design = np.column_stack([z, np.ones(len(z))])
+    scores = []
+    for fit, test in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
+        coefficients = np.linalg.lstsq(design[fit], coordinates[fit], rcond=None)[0]
+        residual = coordinates[test] - design[test] @ coefficients
+        scores.append(1 - residual.var() / coordinates[test].var())
+    return float(np.mean(scores))
+
+
 @torch.no_grad()
 def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
     """Per ground-truth map: FSC of the map decoded at the mean latent of particles within `window` of its
@@ -51,7 +63,8 @@ def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
     return {"maps": per_map,
             "mean_fsc": float(np.mean([m["mean_fsc"] for m in per_map])),
             "mean_resolution_0.5_A": float(np.mean([m["resolution_0.5_A"] for m in per_map])),
-            "latent_pc1_spearman": float(latent_order_correlation(z, coordinates))}
+            "latent_pc1_spearman": float(latent_order_correlation(z, coordinates)),
+            "latent_linear_r2": latent_linear_r2(z, coordinates)}
 
 
 def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):
@@ -65,5 +78,6 @@ def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):
     if metrics is not None:
         metrics.scalars({"eval/mean_fsc": result["mean_fsc"],
                          "eval/mean_resolution_0.5_A": result["mean_resolution_0.5_A"],
-                         "eval/latent_pc1_spearman": result["latent_pc1_spearman"]}, epoch)
+                         "eval/latent_pc1_spearman": result["latent_pc1_spearman"],
+                         "eval/latent_linear_r2": result["latent_linear_r2"]}, epoch)
     return result

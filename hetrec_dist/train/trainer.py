@@ -217,4 +217,4 @@ class Trainer:
         """Against the simulated ground truth: RUN/eval.json, TensorBoard eval/*, train.log."""
         result = evaluate_run(self.run_dir, self.model, z, self.config.gt, self.metrics, self.epoch)
         self.log.info(f"epoch {self.epoch} eval: mean FSC {result['mean_fsc']:.4f}, "
-                      f"latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}")
+                      f"latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}, linear R^2 {result['latent_linear_r2']:.4f}")
