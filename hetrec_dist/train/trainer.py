@@ -140,6 +140,14 @@ class Trainer:
                    "optimizer_s": time.perf_counter() - backward_done}
         return out, timings
 
+    def _loader(self):
+        """The epoch's batches: read in this process, or by spawned DataLoader workers (see data.reader)."""
+        workers = self.config.num_workers
+        if workers == 0:
+            return self.dataset
+        return torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=workers,
+                                           multiprocessing_context="spawn", pin_memory=self.device.type == "cuda")
+
     def train_epoch(self):
         self.model.train()
         self.dataset.set_epoch(self.epoch)
@@ -147,7 +155,7 @@ class Trainer:
         totals, n_images, epoch_started = {"loss": 0.0, "data": 0.0, "kl": 0.0}, 0, time.perf_counter()
         progress = tqdm(total=self.dataset.rank_particles(), unit="img", disable=not self.show_progress,
                         desc=f"epoch {self.epoch + 1}/{self.config.epochs}", dynamic_ncols=True, leave=False)
-        batches = iter(self.dataset)
+        batches = iter(self._loader())
         while True:
             data_started = time.perf_counter()
             batch = next(batches, None)
