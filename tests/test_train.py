@@ -142,3 +142,21 @@ def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
     result = run_cli("train", tmp_path / "nostore", "-o", tmp_path / "r3", expect_ok=False)
     assert_one_line_error(result, "not a particle store")
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def test_observed_spectra_undo_the_particle_shift():
+    """The model compares slices with the image's spectrum translated by +shift: an image rendered with a
+    shift gives the spectrum of the same particle rendered centred."""
+    from hetrec_dist.simulate.render import project_atoms
+
+    model = hinge_model()
+    vae = HetVAE(ModelShape(box=32, zdim=2, n_basis=1), pixel_size_A=4.0)
+    rotation = np.eye(3)[None]
+    shifted, centred = (torch.from_numpy(project_atoms(model.start[None], model.weights, model.sigma_A, rotation,
+                                                       np.array([s]), 32, 4.0)).float()
+                        for s in ([2.5, -1.5], [0.0, 0.0]))
+    observed = vae.observed_spectra({"images": shifted, "shifts": torch.tensor([[2.5, -1.5]])})
+    expected = vae.observed_spectra({"images": centred, "shifts": torch.zeros(1, 2)})
+    assert (observed - expected).abs().max() < 0.02 * expected.abs().max()  # edge pixels wrap in the FFT
+    wrong_sign = vae.observed_spectra({"images": shifted, "shifts": torch.tensor([[-2.5, 1.5]])})
+    assert (wrong_sign - expected).abs().max() > 0.3 * expected.abs().max()
