@@ -9,8 +9,11 @@ all-gather of n bytes a rank: (W-1) n).
 Strategies (only collectives that gloo and NCCL both have: all_reduce SUM/MAX, all_gather):
     dense   all-reduce the V x C gradient, and a uint8 touched mask (MAX) for the union;
     gather  all-gather every rank's (row, values), padded to the largest count, and add them up;
-    union   all-reduce the touched mask (MAX), then all-reduce values on the union rows only.
-`choose_strategy` picks the one that sends the fewest bytes, from counts that cost one small all-reduce.
+    union   all-reduce the touched mask (MAX), then all-reduce values on the union rows only;
+    auto    reduce the mask, then whichever of the three sends the fewest bytes;
+    factors (reduce_by_factors) all-gather each image's pose, basis weights and slice gradient, about
+            (9 + K+1 + 2P) numbers an image instead of 8 x 2(K+1) per slice point, and let every rank
+            rebuild the summed gradient of the whole global batch (touched set included) itself.
 """
 
 import dataclasses
@@ -19,7 +22,9 @@ import time
 import torch
 import torch.distributed as dist
 
-STRATEGIES = ("dense", "gather", "union")
+from hetrec_dist.physics.projector import basis_gradient, slice_geometry
+
+STRATEGIES = ("dense", "gather", "union")  # reduce_sparse_gradient's; "factors" is reduce_by_factors
 INDEX_BYTES = 8
 
 
@@ -121,3 +126,30 @@ def reduce_sparse_gradient(grad, strategy="auto", group=None):
     costs = payload_bytes(n_rows, n_columns, max_nnz, union_rows, world_size, value_bytes)
     return total, ReductionStats(strategy, sent + costs[strategy], costs["dense"], union_rows,
                                  time.perf_counter() - started)
+
+
+def reduce_by_factors(rotations, weights, grad_slices, half_ball, points_2d, group=None):
+    """The summed basis gradient of the global batch from every rank's per-image factors: poses
+    (B x 3 x 3), basis weights (B x K+1) and slice gradients (B x P x 2). Returns (sum, ReductionStats)."""
+    started = time.perf_counter()
+    world_size = dist.get_world_size(group)
+    n_images, n_components = weights.shape
+    packed = torch.cat([rotations.reshape(n_images, 9).to(weights.dtype), weights,
+                        grad_slices.reshape(n_images, -1)], dim=1)
+    counts = [torch.zeros(1, dtype=torch.long, device=weights.device) for _ in range(world_size)]
+    dist.all_gather(counts, torch.tensor([n_images], device=weights.device), group=group)
+    counts = [int(c) for c in counts]
+    padded = packed.new_zeros(max(counts), packed.shape[1])
+    padded[:n_images] = packed
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded, group=group)
+    everything = torch.cat([g[:c] for g, c in zip(gathered, counts)])
+    all_rotations = everything[:, :9].reshape(-1, 3, 3)
+    all_weights = everything[:, 9:9 + n_components]
+    all_grads = everything[:, 9 + n_components:].reshape(len(everything), -1, 2)
+    geometry = slice_geometry(all_rotations, points_2d, half_ball)
+    total = basis_gradient(geometry, all_grads, all_weights, half_ball.n_voxels)
+    sent = allgather_bytes(8, world_size) + allgather_bytes(padded.numel() * padded.element_size(), world_size)
+    n_columns = 2 * n_components
+    dense = payload_bytes(half_ball.n_voxels, n_columns, 0, 0, world_size, weights.element_size())["dense"]
+    return total, ReductionStats("factors", sent, dense, total.values().shape[0], time.perf_counter() - started)

@@ -95,14 +95,23 @@ class _SparseSlice(torch.autograd.Function):
     def backward(ctx, grad_slices):
         interpolated, weights = ctx.saved_tensors
         geometry = ctx.geometry
-        n_images, n_components = weights.shape
-        grad_slices = _conjugate_where(grad_slices, geometry.flipped)
-        grad_weights = torch.bmm(grad_slices.reshape(n_images, 1, -1), interpolated).squeeze(1)
-        per_point = (grad_slices[..., None] * weights[:, None, None, :]).reshape(-1, 2 * n_components)
-        grad_rows = geometry.interpolation_t @ per_point
-        grad_basis = torch.sparse_coo_tensor(geometry.touched_rows[None], grad_rows, (ctx.n_voxels, 2 * n_components),
-                                             is_coalesced=True, check_invariants=False)
+        n_images = weights.shape[0]
+        conjugated = _conjugate_where(grad_slices, geometry.flipped)
+        grad_weights = torch.bmm(conjugated.reshape(n_images, 1, -1), interpolated).squeeze(1)
+        grad_basis = basis_gradient(geometry, grad_slices, weights, ctx.n_voxels) if ctx.needs_input_grad[0] else None
         return grad_basis, grad_weights, None
+
+
+def basis_gradient(geometry, grad_slices, weights, n_voxels):
+    """The sparse basis gradient (coalesced COO, n_voxels x 2(K+1)) from its per-image factors: the
+    gradient of the loss with respect to each image's slice (B x P x 2) and the image's weights (B x K+1).
+    It is sum_i T_i^T (conj_i(grad_slice_i) x w_i), nonzero only on geometry.touched_rows."""
+    n_components = weights.shape[1]
+    conjugated = _conjugate_where(grad_slices, geometry.flipped)
+    per_point = (conjugated[..., None] * weights[:, None, None, :]).reshape(-1, 2 * n_components)
+    grad_rows = geometry.interpolation_t @ per_point
+    return torch.sparse_coo_tensor(geometry.touched_rows[None], grad_rows, (n_voxels, 2 * n_components),
+                                   is_coalesced=True, check_invariants=False)
 
 
 def project(basis, weights, geometry):
