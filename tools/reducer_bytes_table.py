@@ -64,7 +64,7 @@ def main():
                 if ranks > batch:
                     continue
                 row = table_row(box, batch, ranks, rng)
-                print(f"| {box} | {batch} | {ranks} | {row["union_density"]:.2f} | "
+                print(f"| {box} | {batch} | {ranks} | {row['union_density']:.2f} | "
                       + " | ".join(f"{row[c] / 1e6:.1f}" for c in columns) + " |", flush=True)
 
 
