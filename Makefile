@@ -1,5 +1,5 @@
 # Two entry points, each installing what it needs into .venv on first use:
-#   make demo   simulate a small dataset, convert it to a Zarr store, train on it, evaluate the maps
+#   make demo   simulate a small dataset, convert it to a Zarr store, train, evaluate, analyse
 #   make test   run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,7 +24,9 @@ demo: install
 	$(HETREC) inspect $(DEMO)/particles.zarr
 	$(HETREC) train $(DEMO)/particles.zarr -o $(DEMO)/run --config configs/demo.yaml --overwrite
 	$(HETREC) eval $(DEMO)/run --gt $(DEMO)/sim/ground_truth
-	@echo "maps: $(DEMO)/run/eval_maps/*.mrc   TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO)/run/tb"
+	$(HETREC) analyze $(DEMO)/run --k 10 --gt $(DEMO)/sim/ground_truth
+	@echo "summary: $(DEMO)/run/analyze.10/index.html   maps: $(DEMO)/run/eval_maps/, $(DEMO)/run/analyze.10/maps/"
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO)/run/tb"
 
 test: install
 	$(PY) -m pytest
