@@ -45,9 +45,8 @@ class HetVAE(nn.Module):
         self.encoder = ResidualMLPEncoder(2 * int(self.encoder_points.sum()), shape.zdim, shape.encoder_hidden,
                                           shape.encoder_blocks)
         self.decoder = nn.Linear(shape.zdim, shape.n_basis)
-        generator = torch.Generator().manual_seed(0)
-        basis = torch.randn(self.half_ball.n_voxels, 2 * (shape.n_basis + 1), generator=generator) * init_scale
-        self.basis = nn.Parameter(basis)
+        # small random volumes, so that the weights get a gradient from the first step (torch's global RNG)
+        self.basis = nn.Parameter(torch.randn(self.half_ball.n_voxels, 2 * (shape.n_basis + 1)) * init_scale)
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) moves the grids too
         super()._apply(fn, *args, **kwargs)
