@@ -124,6 +124,12 @@ def test_training_on_more_epochs_lowers_the_loss(tiny_run):
     assert len(losses) == 3 and losses[-1] < losses[0]
 
 
+def test_a_runs_config_is_a_preset_for_another_run(sim_store, tiny_run, tmp_path):
+    run_cli("train", sim_store, "-o", tmp_path / "again", "--config", tiny_run / "config.yaml", "--epochs", 1, "-q")
+    again = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert again["zdim"] == 2 and again["n_basis"] == 3 and again["epochs"] == 1
+
+
 def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
     assert_one_line_error(run_cli("train", sim_store, "-o", tiny_run, *TINY, expect_ok=False),
                           "already exists", "--resume", "--overwrite")

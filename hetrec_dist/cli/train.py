@@ -45,7 +45,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     saved = os.path.join(out, "config.yaml")
     if resume and os.path.isfile(saved):
         preset = preset or saved
-    config = build_config(preset, overrides, ignore=("store", "command") if resume else ())
+    config = build_config(preset, overrides)
     trainer = Trainer(store, out, config, resume=resume, overwrite=overwrite, show_progress=not quiet,
                       command=reproducible_command())
     trainer.train()

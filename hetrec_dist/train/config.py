@@ -42,7 +42,10 @@ def _check_keys(values, source):
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
-def load_yaml(path, ignore=()):
+RUN_RECORD_KEYS = ("store", "command")  # what a run's config.yaml records beside the settings
+
+
+def load_yaml(path):
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
@@ -50,14 +53,14 @@ def load_yaml(path, ignore=()):
         raise UserError(f"{path}: not a readable YAML config ({err})") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config must be a mapping of setting: value")
-    values = {k: v for k, v in values.items() if k not in ignore}
+    values = {k: v for k, v in values.items() if k not in RUN_RECORD_KEYS}  # a run's config.yaml is a preset too
     _check_keys(values, path)
     return values
 
 
-def build_config(preset_path=None, overrides=None, ignore=()):
-    """Defaults, then the preset (less the keys in `ignore`), then the overrides that are not None."""
-    values = load_yaml(preset_path, ignore) if preset_path else {}
+def build_config(preset_path=None, overrides=None):
+    """Defaults, then the preset, then the overrides that are not None."""
+    values = load_yaml(preset_path) if preset_path else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     _check_keys(values, "options")
     return TrainConfig(**{name: _typed(field, values[name]) for name, field in _FIELDS.items() if name in values})
@@ -77,6 +80,8 @@ def _typed(field, value):
     return typed
 
 
-def save_config(config, path, extra=None):
+def save_config(config, path, store, command):
+    """RUN/config.yaml: every setting, then the run's record (RUN_RECORD_KEYS)."""
+    record = dict(zip(RUN_RECORD_KEYS, (store, command)))
     with open(path, "w") as f:
-        yaml.safe_dump({**dataclasses.asdict(config), **(extra or {})}, f, sort_keys=False)
+        yaml.safe_dump({**dataclasses.asdict(config), **record}, f, sort_keys=False)

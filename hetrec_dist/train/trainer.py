@@ -97,8 +97,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         if resume:
             self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device))
-        save_config(config, os.path.join(run_dir, "config.yaml"),
-                    {"store": os.path.abspath(store_path), "command": command})
+        save_config(config, os.path.join(run_dir, "config.yaml"), os.path.abspath(store_path), command)
         self.metrics = TensorBoardLogger(os.path.join(run_dir, "tb"))
         self.log = file_logger(os.path.join(run_dir, "train.log"))
 
