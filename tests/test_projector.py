@@ -4,10 +4,18 @@ import torch
 
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.maps import half_ball_to_map, map_to_half_ball
-from hetrec_dist.physics.projector import project, project_dense_reference, slice_geometry
+from hetrec_dist.physics.projector import _conjugate_where, project, slice_geometry
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
 from hetrec_dist.simulate.atom_models import hinge_model
 from hetrec_dist.simulate.render import project_atoms, render_map
+
+
+def project_dense_reference(basis, weights, geometry):
+    """The projector's slices by plain autograd-differentiable gathering (its gradient is dense)."""
+    n_components = weights.shape[1]
+    gathered = basis[geometry.rows.long()].view(*geometry.rows.shape, 2, n_components)
+    values = (gathered * weights[:, None, None, None, :]).sum(-1)
+    return _conjugate_where((values * geometry.trilinear[..., None]).sum(2), geometry.flipped)
 
 
 def random_batch(n_images, box, n_components, seed=0, dtype=torch.float64):

@@ -19,16 +19,17 @@ def command(run, gt_dir, checkpoint, device):
     import numpy as np
 
     from hetrec_dist.analysis.ground_truth import evaluate_run
-    from hetrec_dist.cli.volume import run_model
+    from hetrec_dist.cli.volume import run_checkpoint
     from hetrec_dist.errors import UserError
-    from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
     from hetrec_dist.train.metrics import TensorBoardLogger
+    from hetrec_dist.train.trainer import load_model, resolve_device
 
-    model = run_model(run, checkpoint, device)
+    state = run_checkpoint(run, checkpoint)
+    model = load_model(state, resolve_device(device))
     z_path = os.path.join(run, "z.npy")
     if not os.path.isfile(z_path):
         raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
-    epoch = load_checkpoint(checkpoint or last_checkpoint(run))["epoch"]
+    epoch = state["epoch"]
     metrics = TensorBoardLogger(os.path.join(run, "tb"))
     result = evaluate_run(run, model, np.load(z_path), gt_dir, metrics, epoch)
     metrics.close()

@@ -5,15 +5,22 @@ import os
 import click
 
 
-def run_model(run, checkpoint, device):
+def run_checkpoint(run, checkpoint=None):
+    """The loaded checkpoint of a run: --checkpoint, or RUN/checkpoints/last.pt."""
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
-    from hetrec_dist.train.trainer import load_model, resolve_device
 
     path = checkpoint or last_checkpoint(run)
     if path is None:
         raise UserError(f"{run}: no checkpoint (checkpoints/last.pt); train first or give --checkpoint")
-    return load_model(load_checkpoint(path), resolve_device(device))
+    return load_checkpoint(path)
+
+
+def run_model(run, checkpoint, device):
+    """The model of a run's checkpoint, in eval mode on `device`."""
+    from hetrec_dist.train.trainer import load_model, resolve_device
+
+    return load_model(run_checkpoint(run, checkpoint), resolve_device(device))
 
 
 def read_latents(path, zdim):

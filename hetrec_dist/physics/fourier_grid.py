@@ -73,10 +73,6 @@ class HalfBall(_Grid):
     def n_voxels(self):
         return self.coords.shape[0]
 
-    def rows(self, voxels):
-        """Rows of integer voxel coordinates (..., 3) with x >= 0."""
-        return self.lookup[voxels[..., 0], voxels[..., 1] + self.extent, voxels[..., 2] + self.extent]
-
     def corner_rows(self, floor_voxels):
         """Rows (..., 8) of the 8 voxels (x + i, y + j, z + k), i, j, k in {0, 1} (i slowest) above each
         integer voxel (..., 3), without forming their coordinates."""

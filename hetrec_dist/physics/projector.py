@@ -117,11 +117,3 @@ def basis_gradient(geometry, grad_slices, weights, n_voxels):
 def project(basis, weights, geometry):
     """Slices (B x P x 2, (re, im)) of the basis weighted by `weights` (B x K+1) at `geometry`."""
     return _SparseSlice.apply(basis, weights, geometry)
-
-
-def project_dense_reference(basis, weights, geometry):
-    """The same slices by plain autograd-differentiable gathering (dense gradient; for tests)."""
-    n_components = weights.shape[1]
-    gathered = basis[geometry.rows].view(*geometry.rows.shape, 2, n_components)
-    values = (gathered * weights[:, None, None, None, :]).sum(-1)
-    return _conjugate_where((values * geometry.trilinear[..., None]).sum(2), geometry.flipped)
