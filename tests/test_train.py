@@ -130,6 +130,13 @@ def test_a_runs_config_is_a_preset_for_another_run(sim_store, tiny_run, tmp_path
     assert again["zdim"] == 2 and again["n_basis"] == 3 and again["epochs"] == 1
 
 
+def test_train_refuses_to_run_as_several_uncoordinated_processes(sim_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = run_cli("train", sim_store, "-o", tmp_path / "run", expect_ok=False)
+    assert_one_line_error(result, "started as 2 processes")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
     assert_one_line_error(run_cli("train", sim_store, "-o", tiny_run, *TINY, expect_ok=False),
                           "already exists", "--resume", "--overwrite")

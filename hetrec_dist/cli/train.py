@@ -34,12 +34,16 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     Settings come from the defaults, then --config, then these options. With --resume, the run's saved
     config.yaml replaces the defaults and options given here (e.g. a larger --epochs) override it.
     """
+    from hetrec_dist.distributed.mpi_world import launched_world_size
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.config import build_config
     from hetrec_dist.train.trainer import Trainer
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if launched_world_size() > 1:
+        raise UserError(f"started as {launched_world_size()} processes, but training runs in one process for now "
+                        "(multi-rank training is not built yet); start `hetrec train` without a launcher")
     if overrides.get("gt"):
         overrides["gt"] = os.path.abspath(overrides["gt"])
     saved = os.path.join(out, "config.yaml")

@@ -9,6 +9,7 @@ import os
 from hetrec_dist.errors import UserError
 
 _MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
+_LAUNCHER_SIZE_VARIABLES = _MPI_SIZE_VARIABLES + ("WORLD_SIZE", "SLURM_NTASKS")
 
 
 class RankFailed(SystemExit):
@@ -50,6 +51,11 @@ class MpiWorld:
         """fn() on rank 0 only; its result (or its error) reaches every rank."""
         result = self.run_everywhere(lambda: fn() if self.rank == 0 else None)
         return self.comm.bcast(result, root=0) if self.comm else result
+
+
+def launched_world_size():
+    """How many processes a launcher (mpiexec, deepspeed, torchrun, srun) started, from its environment."""
+    return max(int(os.environ.get(v, "1") or 1) for v in _LAUNCHER_SIZE_VARIABLES)
 
 
 def mpi_world():
