@@ -10,11 +10,10 @@ import os
 import pickle
 
 import numpy as np
-import torch
 
 from hetrec_dist.analysis import plots
 from hetrec_dist.analysis.latent import kmeans, nearest_particles, pca, traversal
-from hetrec_dist.analysis.maps import write_map
+from hetrec_dist.analysis.maps import write_latent_maps
 from hetrec_dist.errors import UserError
 
 
@@ -26,16 +25,6 @@ def _umap(z, seed):
         return None
     rows = np.random.default_rng(seed).choice(len(z), min(len(z), 50_000), replace=False)
     return rows, umap.UMAP(random_state=seed).fit_transform(z[rows])
-
-
-@torch.no_grad()
-def _write_maps(model, latents, directory, prefix):
-    names = []
-    for i, latent in enumerate(torch.from_numpy(np.asarray(latents, dtype=np.float32)).to(model.basis.device)):
-        name = f"{prefix}_{i:02d}.mrc"
-        write_map(os.path.join(directory, name), model.volume(latent).cpu().numpy(), model.pixel_size_A)
-        names.append(name)
-    return names
 
 
 def _page(summary, out_dir):
@@ -73,9 +62,10 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     np.save(os.path.join(out_dir, "kmeans_labels.npy"), labels)
     np.savetxt(os.path.join(out_dir, "kmeans_centres.txt"), z[on_data])
     maps_dir = os.path.join(out_dir, "maps")
-    maps = {"kmeans": _write_maps(model, z[on_data], maps_dir, "kmeans"),
-            "pc1": _write_maps(model, traversal(z, fitted, 0, n_traversal), maps_dir, "pc1")}
-    maps["pc2"] = _write_maps(model, traversal(z, fitted, 1, n_traversal), maps_dir, "pc2") if z.shape[1] > 1 else []
+    maps = {"kmeans": write_latent_maps(model, z[on_data], maps_dir, "kmeans_{:02d}.mrc"),
+            "pc1": write_latent_maps(model, traversal(z, fitted, 0, n_traversal), maps_dir, "pc1_{:02d}.mrc")}
+    maps["pc2"] = (write_latent_maps(model, traversal(z, fitted, 1, n_traversal), maps_dir, "pc2_{:02d}.mrc")
+                   if z.shape[1] > 1 else [])
     plot_dir = os.path.join(out_dir, "plots")
     plots.landscape(xy, labels, fitted.project(z[on_data])[:, :2] if z.shape[1] > 1 else xy[on_data],
                     os.path.join(plot_dir, "pca_clusters.png"))

@@ -1,7 +1,5 @@
 """hetrec analyze: the latent landscape of a trained run, with maps and plots."""
 
-import os
-
 import click
 
 
@@ -16,17 +14,12 @@ import click
 def command(run, k, gt_dir, checkpoint, device, seed):
     """PCA of RUN/z.npy (and UMAP when umap-learn is installed), k-means with maps at the particles nearest
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
-    import numpy as np
-
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.analysis.ground_truth import read_ground_truth
-    from hetrec_dist.cli.volume import run_model
-    from hetrec_dist.errors import UserError
+    from hetrec_dist.cli.run_files import run_latents, run_model
 
     model = run_model(run, checkpoint, device)
-    z_path = os.path.join(run, "z.npy")
-    if not os.path.isfile(z_path):
-        raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
+    z = run_latents(run)
     coordinates = read_ground_truth(gt_dir)[0] if gt_dir else None
-    out_dir, summary = analyze_run(run, model, np.load(z_path), k, coordinates, seed)
+    out_dir, summary = analyze_run(run, model, z, k, coordinates, seed)
     click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}", err=True)

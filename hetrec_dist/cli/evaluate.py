@@ -14,24 +14,18 @@ import click
 def command(run, gt_dir, checkpoint, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and
     the true map (resolution at 0.5 and 0.143, mean FSC); |Spearman| of latent PC1 against the true
-    coordinate, and the held-out R^2 of the coordinate predicted linearly from z. Writes RUN/eval.json, the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to
-    RUN/tb at the checkpoint's epoch. `hetrec train --gt DIR --eval-every N` does the same during training."""
-    import numpy as np
-
+    coordinate, and the held-out R^2 of the coordinate predicted linearly from z. Writes RUN/eval.json,
+    the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch. `hetrec train --gt DIR --eval-every N` does the same during training."""
     from hetrec_dist.analysis.ground_truth import evaluate_run
-    from hetrec_dist.cli.volume import run_checkpoint
-    from hetrec_dist.errors import UserError
+    from hetrec_dist.cli.run_files import run_checkpoint, run_latents
     from hetrec_dist.train.metrics import TensorBoardLogger
     from hetrec_dist.train.trainer import load_model, resolve_device
 
     state = run_checkpoint(run, checkpoint)
     model = load_model(state, resolve_device(device))
-    z_path = os.path.join(run, "z.npy")
-    if not os.path.isfile(z_path):
-        raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
-    epoch = state["epoch"]
+    z = run_latents(run)
     metrics = TensorBoardLogger(os.path.join(run, "tb"))
-    result = evaluate_run(run, model, np.load(z_path), gt_dir, metrics, epoch)
+    result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"])
     metrics.close()
     for m in result["maps"]:
         click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} A, "

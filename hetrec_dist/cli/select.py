@@ -17,6 +17,7 @@ def command(run, clusters, k, out):
     import numpy as np
 
     from hetrec_dist.analysis.select import cluster_members, write_subset
+    from hetrec_dist.cli.run_files import run_store_path
     from hetrec_dist.data.store import open_store
     from hetrec_dist.errors import UserError
 
@@ -27,10 +28,7 @@ def command(run, clusters, k, out):
         chosen = [int(c) for c in clusters.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
-    import yaml
-
-    with open(os.path.join(run, "config.yaml")) as f:
-        store = open_store(yaml.safe_load(f)["store"])
+    store = open_store(run_store_path(run))
     indices = cluster_members(np.load(labels_path), chosen, k)
     write_subset(indices, store.attrs.asdict(), out)
     click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)

@@ -4,23 +4,7 @@ import os
 
 import click
 
-
-def run_checkpoint(run, checkpoint=None):
-    """The loaded checkpoint of a run: --checkpoint, or RUN/checkpoints/last.pt."""
-    from hetrec_dist.errors import UserError
-    from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
-
-    path = checkpoint or last_checkpoint(run)
-    if path is None:
-        raise UserError(f"{run}: no checkpoint (checkpoints/last.pt); train first or give --checkpoint")
-    return load_checkpoint(path)
-
-
-def run_model(run, checkpoint, device):
-    """The model of a run's checkpoint, in eval mode on `device`."""
-    from hetrec_dist.train.trainer import load_model, resolve_device
-
-    return load_model(run_checkpoint(run, checkpoint), resolve_device(device))
+from hetrec_dist.cli.run_files import run_model, run_store_path
 
 
 def read_latents(path, zdim):
@@ -48,16 +32,11 @@ def read_latents(path, zdim):
 @click.option("--prefix", default="vol_", show_default=True, help="File names: PREFIX000.mrc, ...")
 def volume_command(run, z_path, out, checkpoint, device, prefix):
     """Write one MRC map per latent row of --z (pixel size in the header, the input data's frame)."""
-    import torch
-
-    from hetrec_dist.analysis.maps import write_map
+    from hetrec_dist.analysis.maps import write_latent_maps
 
     model = run_model(run, checkpoint, device)
     z = read_latents(z_path, model.shape.zdim)
-    with torch.no_grad():
-        for i, latent in enumerate(torch.from_numpy(z).to(model.basis.device)):
-            write_map(os.path.join(out, f"{prefix}{i:03d}.mrc"), model.volume(latent).cpu().numpy(),
-                      model.pixel_size_A)
+    write_latent_maps(model, z, out, prefix + "{:03d}.mrc")
     click.echo(f"wrote {len(z)} maps to {out}", err=True)
 
 
@@ -69,17 +48,10 @@ def volume_command(run, z_path, out, checkpoint, device, prefix):
 @click.option("--device", default="auto", show_default=True)
 def embed_command(run, store, checkpoint, out, device):
     """Recompute the latent mean of every particle (store order) from a checkpoint."""
-    import numpy as np
-    import yaml
-
-    from hetrec_dist.train.trainer import embed
+    from hetrec_dist.train.trainer import embed, save_latents
 
     model = run_model(run, checkpoint, device)
-    if store is None:
-        with open(os.path.join(run, "config.yaml")) as f:
-            store = yaml.safe_load(f)["store"]
-    z = embed(model, store)
+    z = embed(model, store or run_store_path(run))
     out = out or os.path.join(run, "z.npy")
-    np.save(out + ".tmp.npy", z)
-    os.replace(out + ".tmp.npy", out)
+    save_latents(out, z)
     click.echo(f"wrote latents of {len(z)} particles to {out}", err=True)

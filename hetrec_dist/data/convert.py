@@ -228,8 +228,8 @@ def convert(input_path, out, options, command="hetrec convert", show_progress=Tr
     tasks = _chunk_tasks(table, attrs["chunk_images"], pending)
     started = time.perf_counter()
     # Under MPI, rank 0's bar shows rank 0's share of the chunks.
-    total = int(chunk_sizes[pending].sum()) + (already if world.size == 1 else 0)
-    with tqdm(total=total, initial=total - int(chunk_sizes[pending].sum()), unit="img", unit_scale=True,
+    initial = already if world.size == 1 else 0
+    with tqdm(total=initial + int(chunk_sizes[pending].sum()), initial=initial, unit="img", unit_scale=True,
               desc="convert" if world.size == 1 else f"convert (rank 0 of {world.size})",
               disable=not show_progress or world.rank != 0, dynamic_ncols=True) as progress:
         world.run_everywhere(lambda: _run_tasks(out, tasks, attrs, options.workers, progress))

@@ -53,13 +53,17 @@ class MpiWorld:
         return self.comm.bcast(result, root=0) if self.comm else result
 
 
+def _size_in_environment(variables):
+    return max(int(os.environ.get(v, "1") or 1) for v in variables)
+
+
 def launched_world_size():
     """How many processes a launcher (mpiexec, deepspeed, torchrun, srun) started, from its environment."""
-    return max(int(os.environ.get(v, "1") or 1) for v in _LAUNCHER_SIZE_VARIABLES)
+    return _size_in_environment(_LAUNCHER_SIZE_VARIABLES)
 
 
 def mpi_world():
-    if not any(int(os.environ.get(v, "1")) > 1 for v in _MPI_SIZE_VARIABLES):
+    if _size_in_environment(_MPI_SIZE_VARIABLES) <= 1:
         return MpiWorld()
     from mpi4py import MPI
     return MpiWorld(MPI.COMM_WORLD)

@@ -66,6 +66,12 @@ def load_model(checkpoint, device="cpu"):
     return model.to(device).eval()
 
 
+def save_latents(path, z):
+    """Write z to path (.npy) through a temporary file, so a reader never sees half of it."""
+    np.save(path + ".tmp.npy", z)
+    os.replace(path + ".tmp.npy", path)
+
+
 @torch.no_grad()
 def embed(model, store_path, batch_size=512):
     """Latent means (N x zdim) of every particle, in store order."""
@@ -215,8 +221,7 @@ class Trainer:
     def write_latents(self):
         self.model.eval()
         z = embed(self.model, self.store_path)
-        np.save(os.path.join(self.run_dir, "z.npy.tmp.npy"), z)
-        os.replace(os.path.join(self.run_dir, "z.npy.tmp.npy"), os.path.join(self.run_dir, "z.npy"))
+        save_latents(os.path.join(self.run_dir, "z.npy"), z)
         self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
         return z
 

@@ -1,0 +1,46 @@
+"""What the analysis commands read from a training run folder, with one-line errors when it is missing."""
+
+import os
+
+
+def run_checkpoint(run, checkpoint=None):
+    """The loaded checkpoint of a run: --checkpoint, or RUN/checkpoints/last.pt."""
+    from hetrec_dist.errors import UserError
+    from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
+
+    path = checkpoint or last_checkpoint(run)
+    if path is None:
+        raise UserError(f"{run}: no checkpoint (checkpoints/last.pt); train first or give --checkpoint")
+    return load_checkpoint(path)
+
+
+def run_model(run, checkpoint, device):
+    """The model of a run's checkpoint, in eval mode on `device`."""
+    from hetrec_dist.train.trainer import load_model, resolve_device
+
+    return load_model(run_checkpoint(run, checkpoint), resolve_device(device))
+
+
+def run_latents(run):
+    """RUN/z.npy."""
+    import numpy as np
+
+    from hetrec_dist.errors import UserError
+
+    path = os.path.join(run, "z.npy")
+    if not os.path.isfile(path):
+        raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
+    return np.load(path)
+
+
+def run_store_path(run):
+    """The particle store a run was trained on, from RUN/config.yaml."""
+    import yaml
+
+    from hetrec_dist.errors import UserError
+
+    try:
+        with open(os.path.join(run, "config.yaml")) as f:
+            return yaml.safe_load(f)["store"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise UserError(f"{run}: no readable config.yaml naming its store; is it a `hetrec train` run?") from None
