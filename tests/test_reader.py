@@ -35,6 +35,24 @@ def test_ranks_and_workers_read_every_particle_once_per_epoch(sim_store):
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(300))
 
 
+def test_rank_shards_are_disjoint_equal_and_chunk_aligned_for_any_world_size(sim_store):
+    """300 particles in chunks of 32: for W ranks, shards differ by at most one particle, cover the store, and
+    a rank reads whole chunks except at most two."""
+    for world_size in (1, 2, 3, 7):
+        shards = []
+        for rank in range(world_size):
+            dataset = ChunkShuffledParticles(sim_store, batch_size=16, rank=rank, world_size=world_size, seed=3)
+            dataset.set_epoch(2)
+            pieces = dataset.rank_pieces()
+            assert all(start // 32 == (stop - 1) // 32 for start, stop in pieces)
+            partial = [p for p in pieces if p[1] - p[0] != min(32, 300 - p[0] // 32 * 32)]
+            assert len(partial) <= 2
+            shards.append(np.concatenate([np.arange(*p) for p in pieces]))
+        sizes = [len(s) for s in shards]
+        assert max(sizes) - min(sizes) <= 1
+        np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(300))
+
+
 def test_shuffling_is_seeded_per_epoch_and_chunk_aware(sim_store):
     first = np.concatenate([b["index"].numpy() for b in epoch_batches(sim_store, epoch=0)])
     again = np.concatenate([b["index"].numpy() for b in epoch_batches(sim_store, epoch=0)])

@@ -130,11 +130,21 @@ def test_a_runs_config_is_a_preset_for_another_run(sim_store, tiny_run, tmp_path
     assert again["zdim"] == 2 and again["n_basis"] == 3 and again["epochs"] == 1
 
 
-def test_train_refuses_to_run_as_several_uncoordinated_processes(sim_store, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    result = run_cli("train", sim_store, "-o", tmp_path / "run", expect_ok=False)
-    assert_one_line_error(result, "started as 2 processes")
-    assert not (tmp_path / "run").exists()
+def test_the_basis_gradient_from_slice_factors_equals_autograds(sim_store):
+    """Training builds the basis gradient from per-image factors (what ranks exchange); it must be autograd's."""
+    from hetrec_dist.data.reader import ChunkShuffledParticles
+
+    model = HetVAE(ModelShape(box=32, zdim=2, n_basis=3), pixel_size_A=4.0)
+    batch = next(iter(ChunkShuffledParticles(sim_store, batch_size=8)))
+    noise = torch.randn(8, 2)
+    model(batch, noise=noise)["loss"].backward()
+    expected = model.basis.grad.coalesce()
+    out = model(batch, noise=noise, basis_factors=True)
+    model.encoder.zero_grad()
+    out["loss"].backward()
+    built = out["factors"].basis_gradient(model.half_ball.n_voxels)
+    torch.testing.assert_close(built.indices(), expected.indices())
+    torch.testing.assert_close(built.values(), expected.values())
 
 
 def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
@@ -155,6 +165,8 @@ def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
     result = run_cli("train", tmp_path / "nostore", "-o", tmp_path / "r3", expect_ok=False)
     assert_one_line_error(result, "not a particle store")
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+    result = run_cli("train", sim_store, "-o", tmp_path / "r4", "--basis-reduction", "scatter", expect_ok=False)
+    assert_one_line_error(result, "basis_reduction", "'scatter'", "factors")
 
 
 def test_observed_spectra_undo_the_particle_shift():

@@ -16,14 +16,16 @@ class _UserErrorsAsMessages(click.Group):
 
 @click.group(cls=_UserErrorsAsMessages, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hetrec")
-def main():
+@click.option("--local_rank", "--local-rank", hidden=True, type=int,
+              help="Passed by the deepspeed launcher; the rank's environment says the same (LOCAL_RANK).")
+def main(local_rank):
     """Heterogeneous cryo-EM reconstruction with a sparse Fourier structural basis."""
 
 
 def _register():
-    from hetrec_dist.cli import analyze, convert, evaluate, fsc, inspect, select, simulate, train, volume
+    from hetrec_dist.cli import analyze, convert, evaluate, fsc, inspect, launch, select, simulate, train, volume
 
-    for module in (analyze, convert, evaluate, fsc, inspect, select, simulate, train):
+    for module in (analyze, convert, evaluate, fsc, inspect, launch, select, simulate, train):
         main.add_command(module.command)
     main.add_command(volume.volume_command)
     main.add_command(volume.embed_command)

@@ -24,6 +24,9 @@ from hetrec_dist.cli.command_line import reproducible_command
               help="Simulated data: ground_truth/ folder to evaluate against (see `hetrec eval`).")
 @click.option("--eval-every", type=click.IntRange(min=0), help="Evaluate against --gt every N epochs (and at the end).")
 @click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader worker processes (default 0).")
+@click.option("--basis-reduction", metavar="STRATEGY",
+              help="Several ranks: how the sparse basis gradient is summed: auto (default: the fewest bytes "
+                   "each step), factors, union, gather or dense.")
 @click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (with its saved settings).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing RUN.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -33,25 +36,27 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
 
     Settings come from the defaults, then --config, then these options. With --resume, the run's saved
     config.yaml replaces the defaults and options given here (e.g. a larger --epochs) override it.
+
+    Under a launcher (deepspeed, mpiexec, srun; see `hetrec launch`) every rank trains on its own shard of
+    STORE with --batch-size images a step; rank 0 writes OUT.
     """
-    from hetrec_dist.distributed.mpi_world import launched_world_size
+    from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.config import build_config
     from hetrec_dist.train.trainer import Trainer
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
-    if launched_world_size() > 1:
-        raise UserError(f"started as {launched_world_size()} processes, but training runs in one process for now "
-                        "(multi-rank training is not built yet); start `hetrec train` without a launcher")
     if overrides.get("gt"):
         overrides["gt"] = os.path.abspath(overrides["gt"])
     saved = os.path.join(out, "config.yaml")
     if resume and os.path.isfile(saved):
         preset = preset or saved
     config = build_config(preset, overrides)
-    trainer = Trainer(store, out, config, resume=resume, overwrite=overwrite, show_progress=not quiet,
+    world = init_training_world(config.collective_timeout_s)
+    trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,
                       command=reproducible_command())
     trainer.train()
-    if not quiet:
-        click.echo(f"trained {trainer.epoch} epochs; outputs in {out}", err=True)
+    world.close()
+    if not quiet and world.is_root:
+        click.echo(f"trained {trainer.epoch} epochs on {world.size} rank(s); outputs in {out}", err=True)

@@ -1,8 +1,10 @@
 """Reading a particle store for training: whole chunks at a time, shuffled in memory.
 
-An epoch permutes the chunk order (seeded by seed and epoch), deals chunks to ranks round-robin (so ranks
-read disjoint chunks and never the same particle) and, within a rank, to DataLoader workers; each reader
-then loads a window of chunks, shuffles their particles together and yields batches. Use the DataLoader
+An epoch permutes the chunk order (seeded by seed and epoch); rank r of W takes the particles at positions
+[r N / W, (r+1) N / W) of that chunk sequence (so shards are disjoint, cover the store and differ in size by
+at most one particle; a rank reads at most two chunks partly). Its pieces of chunks are dealt to DataLoader
+workers round-robin; each reader loads a window of pieces, shuffles their particles together and yields
+batches. Use the DataLoader
 with batch_size=None and, with workers, multiprocessing_context="spawn" or "forkserver": every worker
 opens the store itself (zarr's I/O thread does not survive fork).
 """
@@ -16,7 +18,7 @@ BATCH_FIELDS = ("rotations", "shifts", "ctf", "optics_group")
 
 
 class ParticleStore:
-    """A complete particle store, read by chunk or by range. Images come back as float32."""
+    """A complete particle store, read by range. Images come back as float32."""
 
     def __init__(self, path):
         self.path = path
@@ -28,10 +30,6 @@ class ParticleStore:
         self.chunk_images = self.images.chunks[0]
         self.n_chunks = n_chunks(self.n_particles, self.chunk_images)
 
-    def chunk_range(self, chunk):
-        start = chunk * self.chunk_images
-        return start, min(start + self.chunk_images, self.n_particles)
-
     def read(self, start, stop):
         """Particles start..stop-1 as numpy arrays: index, images and the BATCH_FIELDS."""
         batch = {"index": np.arange(start, stop, dtype=np.int64),
@@ -39,9 +37,6 @@ class ParticleStore:
         for name in BATCH_FIELDS:
             batch[name] = self.group[name][start:stop]
         return batch
-
-    def read_chunk(self, chunk):
-        return self.read(*self.chunk_range(chunk))
 
 
 def _concat(batches):
@@ -77,31 +72,43 @@ class ChunkShuffledParticles(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def rank_chunks(self):
-        """The chunks this rank reads this epoch."""
+    def _chunk_size(self, chunk):
+        return min(self.chunk_images, self.n_particles - chunk * self.chunk_images)
+
+    def rank_pieces(self):
+        """This rank's shard this epoch: (start, stop) store ranges, each inside one chunk, in reading order."""
         order = np.arange(self.n_chunks)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_chunks)
-        return order[self.rank::self.world_size]
+        begin = self.rank * self.n_particles // self.world_size
+        end = (self.rank + 1) * self.n_particles // self.world_size
+        pieces, position = [], 0
+        for chunk in order:
+            size = self._chunk_size(chunk)
+            first, last = max(begin, position), min(end, position + size)
+            if first < last:
+                offset = chunk * self.chunk_images - position
+                pieces.append((first + offset, last + offset))
+            position += size
+        return pieces
 
     def rank_particles(self):
         """How many particles this rank reads this epoch."""
-        chunks = self.rank_chunks()
-        return int(sum(min(self.chunk_images, self.n_particles - c * self.chunk_images) for c in chunks))
+        return sum(stop - start for start, stop in self.rank_pieces())
 
-    def _worker_chunks(self):
+    def _worker_pieces(self):
         info = torch.utils.data.get_worker_info()
-        chunks = self.rank_chunks()
-        return (chunks, 0) if info is None else (chunks[info.id::info.num_workers], info.id)
+        pieces = self.rank_pieces()
+        return (pieces, 0) if info is None else (pieces[info.id::info.num_workers], info.id)
 
     def __iter__(self):
         if self._store is None:
             self._store = ParticleStore(self.path)
-        chunks, worker = self._worker_chunks()
+        pieces, worker = self._worker_pieces()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         pending = None
-        for first in range(0, len(chunks), self.window_chunks):
-            window = _concat([self._store.read_chunk(c) for c in chunks[first:first + self.window_chunks]])
+        for first in range(0, len(pieces), self.window_chunks):
+            window = _concat([self._store.read(*piece) for piece in pieces[first:first + self.window_chunks]])
             if self.shuffle:
                 window = _take(window, rng.permutation(len(window["index"])))
             if pending is not None:

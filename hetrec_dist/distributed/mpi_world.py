@@ -1,5 +1,8 @@
-"""The MPI world a command runs in: one process, or the ranks of `mpiexec -n N`.
+"""The world a command runs in: one process, or the ranks a launcher started.
 
+ProcessWorld is the part every kind of world shares: rank, size, and running a step everywhere such that a
+UserError on one rank stops all of them together (rank 0 reports it once). MpiWorld talks through mpi4py
+(`mpiexec -n N hetrec convert`); training uses distributed.training_world.TrainingWorld (torch.distributed).
 mpi4py is imported only when an MPI launcher's environment says there are several ranks, so that a plain
 run never initialises MPI.
 """
@@ -9,7 +12,8 @@ import os
 from hetrec_dist.errors import UserError
 
 _MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
-_LAUNCHER_SIZE_VARIABLES = _MPI_SIZE_VARIABLES + ("WORLD_SIZE", "SLURM_NTASKS")
+# srun sets SLURM_STEP_NUM_TASKS inside a job step only; SLURM_NTASKS is also set in a batch script's one process
+_LAUNCHER_SIZE_VARIABLES = _MPI_SIZE_VARIABLES + ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
 class RankFailed(SystemExit):
@@ -19,20 +23,28 @@ class RankFailed(SystemExit):
         super().__init__(1)
 
 
-class MpiWorld:
-    def __init__(self, comm=None):
-        self.comm = comm
-        self.rank = comm.Get_rank() if comm else 0
-        self.size = comm.Get_size() if comm else 1
+class ProcessWorld:
+    """One process; subclasses add the collectives allgather_object and broadcast_object."""
+    rank, size = 0, 1
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+    def allgather_object(self, obj):
+        return [obj]
+
+    def broadcast_object(self, obj):
+        return obj
 
     def _agree(self, error):
         """Share each rank's error (or None); every rank raises if any failed."""
-        errors = self.comm.allgather(None if error is None else str(error)) if self.comm else [error]
+        errors = self.allgather_object(None if error is None else str(error))
         first = next((e for e in errors if e is not None), None)
         if first is None:
             return
-        if self.rank == 0:
-            raise error if isinstance(error, UserError) else UserError(str(first))
+        if self.is_root:
+            raise error if isinstance(error, UserError) else UserError(first)
         raise RankFailed()
 
     def run_everywhere(self, fn):
@@ -41,7 +53,7 @@ class MpiWorld:
         try:
             result = fn()
         except UserError as err:
-            if not self.comm:
+            if self.size == 1:
                 raise
             error = err
         self._agree(error)
@@ -49,8 +61,20 @@ class MpiWorld:
 
     def run_on_root(self, fn):
         """fn() on rank 0 only; its result (or its error) reaches every rank."""
-        result = self.run_everywhere(lambda: fn() if self.rank == 0 else None)
-        return self.comm.bcast(result, root=0) if self.comm else result
+        result = self.run_everywhere(lambda: fn() if self.is_root else None)
+        return self.broadcast_object(result)
+
+
+class MpiWorld(ProcessWorld):
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+
+    def allgather_object(self, obj):
+        return self.comm.allgather(obj)
+
+    def broadcast_object(self, obj):
+        return self.comm.bcast(obj, root=0)
 
 
 def _size_in_environment(variables):
@@ -64,6 +88,6 @@ def launched_world_size():
 
 def mpi_world():
     if _size_in_environment(_MPI_SIZE_VARIABLES) <= 1:
-        return MpiWorld()
+        return ProcessWorld()
     from mpi4py import MPI
     return MpiWorld(MPI.COMM_WORLD)

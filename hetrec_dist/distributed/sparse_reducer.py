@@ -1,19 +1,21 @@
 """Summing the sparse basis gradient over data-parallel ranks, touching only what some rank touched.
 
-Each rank holds a coalesced sparse COO gradient (V x C rows, C = 2(K+1) real values a row). Every strategy
-returns the same thing on every rank: the sum over ranks, as a coalesced sparse tensor whose rows are the
-union of the rows any rank touched (what a single process with the whole global batch would have), and the
-exact number of bytes this rank sent, counted for ring collectives (all-reduce of n bytes: 2 (W-1)/W n;
-all-gather of n bytes a rank: (W-1) n).
+Every rank holds its batch's SliceFactors (poses, basis weights, slice gradients; see physics.projector);
+its own basis gradient is a coalesced sparse V x C tensor (C = 2(K+1) real values a row) built from them.
+Every strategy returns the same thing on every rank: the sum over ranks, as a coalesced sparse tensor whose
+rows are the union of the rows any rank touched (what one process with the whole global batch would have),
+and the exact number of bytes this rank sent, counted for ring collectives (all-reduce of n bytes:
+2 (W-1)/W n; all-gather of n bytes a rank: (W-1) n).
 
 Strategies (only collectives that gloo and NCCL both have: all_reduce SUM/MAX, all_gather):
-    dense   all-reduce the V x C gradient, and a uint8 touched mask (MAX) for the union;
-    gather  all-gather every rank's (row, values), padded to the largest count, and add them up;
-    union   all-reduce the touched mask (MAX), then all-reduce values on the union rows only;
-    auto    reduce the mask, then whichever of the three sends the fewest bytes;
-    factors (reduce_by_factors) all-gather each image's pose, basis weights and slice gradient, about
-            (9 + K+1 + 2P) numbers an image instead of 8 x 2(K+1) per slice point, and let every rank
-            rebuild the summed gradient of the whole global batch (touched set included) itself.
+    dense    all-reduce the V x C gradient, and a uint8 touched mask (MAX) for the union;
+    gather   all-gather every rank's (row, values), padded to the largest count, and add them up;
+    union    all-reduce the touched mask (MAX), then all-reduce values on the union rows only;
+    factors  all-gather each image's pose, basis weights and slice gradient, (9 + K+1 + 2P) numbers an image
+             instead of up to 8 x 2(K+1) per slice point, and let every rank rebuild the summed gradient of
+             the whole global batch (touched set included) itself;
+    auto     reduce the mask, then whichever of the four sends the fewest bytes.
+All of them first all-gather two counts a rank (touched rows, images).
 """
 
 import dataclasses
@@ -22,10 +24,11 @@ import time
 import torch
 import torch.distributed as dist
 
-from hetrec_dist.physics.projector import basis_gradient, slice_geometry
+from hetrec_dist.physics.projector import SliceFactors, basis_gradient, slice_geometry
 
-STRATEGIES = ("dense", "gather", "union")  # reduce_sparse_gradient's; "factors" is reduce_by_factors
+STRATEGIES = ("dense", "gather", "union", "factors")
 INDEX_BYTES = 8
+COUNTS_BYTES = 2 * INDEX_BYTES  # touched rows and images, one int64 each
 
 
 @dataclasses.dataclass
@@ -45,18 +48,40 @@ def allgather_bytes(n_bytes_per_rank, world_size):
     return (world_size - 1) * n_bytes_per_rank
 
 
-def payload_bytes(n_rows, n_columns, max_nnz, union_rows, world_size, value_bytes=4):
-    """Bytes one rank sends for the gradient values under each strategy (besides the shared counts and,
-    for dense, union and auto, the touched-mask all-reduce of n_rows bytes)."""
-    row_bytes = n_columns * value_bytes
+def factor_columns(n_components, n_points):
+    """Numbers an image sends under `factors`: its pose, its basis weights and its slice gradient."""
+    return 9 + n_components + 2 * n_points
+
+
+def payload_bytes(n_rows, n_components, n_points, max_nnz, max_images, union_rows, world_size, value_bytes=4):
+    """Bytes one rank sends for the gradient itself under each strategy (besides the counts and, for dense,
+    union and auto, the touched-mask all-reduce of n_rows bytes)."""
+    row_bytes = 2 * n_components * value_bytes
     return {"dense": allreduce_bytes(n_rows * row_bytes, world_size),
             "gather": allgather_bytes(max_nnz * (row_bytes + INDEX_BYTES), world_size),
-            "union": allreduce_bytes(union_rows * row_bytes, world_size)}
+            "union": allreduce_bytes(union_rows * row_bytes, world_size),
+            "factors": allgather_bytes(max_images * factor_columns(n_components, n_points) * value_bytes,
+                                       world_size)}
 
 
-def _touched_mask(grad, group):
-    mask = torch.zeros(grad.shape[0], dtype=torch.uint8, device=grad.device)
-    mask[grad.indices()[0]] = 1
+def bytes_sent(strategy, payload, n_rows, world_size):
+    """Total bytes a rank sends under `strategy` (auto: the cheapest payload), with the counts and mask."""
+    counts = allgather_bytes(COUNTS_BYTES, world_size)
+    mask = allreduce_bytes(n_rows, world_size)
+    if strategy == "auto":
+        return counts + mask + min(payload.values())
+    return counts + payload[strategy] + (mask if strategy in ("dense", "union") else 0)
+
+
+def _all_gather(tensor, group, world_size):
+    gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(gathered, tensor, group=group)
+    return gathered
+
+
+def _touched_mask(rows, n_rows, group):
+    mask = torch.zeros(n_rows, dtype=torch.uint8, device=rows.device)
+    mask[rows] = 1
     dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group)
     return mask.bool()
 
@@ -87,69 +112,56 @@ def _reduce_gather(grad, group, max_nnz, world_size):
     rows[:nnz] = grad.indices()[0]
     values = grad.values().new_zeros(max_nnz, grad.shape[1])
     values[:nnz] = grad.values()
-    all_rows = [torch.empty_like(rows) for _ in range(world_size)]
-    all_values = [torch.empty_like(values) for _ in range(world_size)]
-    dist.all_gather(all_rows, rows, group=group)
-    dist.all_gather(all_values, values, group=group)
-    rows, values = torch.cat(all_rows), torch.cat(all_values)
+    rows = torch.cat(_all_gather(rows, group, world_size))
+    values = torch.cat(_all_gather(values, group, world_size))
     real = rows >= 0
     return torch.sparse_coo_tensor(rows[real][None], values[real], grad.shape).coalesce()
 
 
-def reduce_sparse_gradient(grad, strategy="auto", group=None):
-    """Sum a coalesced sparse gradient over the ranks of `group`; returns (sum, ReductionStats).
-    auto reduces the touched mask first (to know the union's size), then takes the cheapest payload."""
+def _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_size):
+    n_images, n_components = factors.weights.shape
+    packed = torch.cat([factors.rotations.reshape(n_images, 9).to(factors.weights.dtype), factors.weights,
+                        factors.grad_slices.reshape(n_images, -1)], dim=1)
+    padded = packed.new_zeros(max(image_counts), packed.shape[1])
+    padded[:n_images] = packed
+    gathered = _all_gather(padded, group, world_size)
+    everything = torch.cat([g[:c] for g, c in zip(gathered, image_counts)])
+    rotations = everything[:, :9].reshape(-1, 3, 3)
+    weights = everything[:, 9:9 + n_components]
+    grads = everything[:, 9 + n_components:].reshape(len(everything), -1, 2)
+    geometry = slice_geometry(rotations, points_2d, half_ball)
+    return basis_gradient(geometry, grads, weights, half_ball.n_voxels)
+
+
+def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d, group=None):
+    """The basis gradient summed over the ranks of `group`, from each rank's factors (after backward).
+    Returns (sum as coalesced sparse tensor, ReductionStats)."""
     if strategy not in STRATEGIES + ("auto",):
         raise ValueError(f"unknown reduction strategy {strategy!r} (one of {', '.join(STRATEGIES)}, auto)")
     started = time.perf_counter()
     world_size = dist.get_world_size(group)
-    n_rows, n_columns = grad.shape
-    value_bytes = grad.values().element_size()
-    counts = torch.tensor([grad.values().shape[0]], dtype=torch.long, device=grad.device)
-    dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=group)
-    max_nnz = int(counts[0])
-    sent = allreduce_bytes(counts.element_size(), world_size)
-    union = None
-    if strategy != "gather":
-        union = _touched_mask(grad, group)
-        sent += allreduce_bytes(n_rows, world_size)
+    n_rows = half_ball.n_voxels
+    n_images, n_components = factors.weights.shape
+    touched = factors.geometry.touched_rows
+    counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
+    counts = torch.stack(_all_gather(counts, group, world_size)).tolist()
+    max_nnz, image_counts = max(c[0] for c in counts), [c[1] for c in counts]
+    union = _touched_mask(touched, n_rows, group) if strategy != "gather" and strategy != "factors" else None
+    union_rows = int(union.sum()) if union is not None else 0
+    payload = payload_bytes(n_rows, n_components, len(points_2d), max_nnz, max(image_counts), union_rows,
+                            world_size, factors.weights.element_size())
+    sent = bytes_sent(strategy, payload, n_rows, world_size)
     if strategy == "auto":
-        costs = payload_bytes(n_rows, n_columns, max_nnz, int(union.sum()), world_size, value_bytes)
-        strategy = min(costs, key=costs.get)
-    if strategy == "dense":
-        total = _reduce_dense(grad, union, group)
-    elif strategy == "union":
-        total = _reduce_union(grad, union, group)
+        strategy = min(payload, key=payload.get)
+    if strategy == "factors":
+        total = _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_size)
     else:
-        total = _reduce_gather(grad, group, max_nnz, world_size)
-    union_rows = total.values().shape[0]
-    costs = payload_bytes(n_rows, n_columns, max_nnz, union_rows, world_size, value_bytes)
-    return total, ReductionStats(strategy, sent + costs[strategy], costs["dense"], union_rows,
+        grad = factors.basis_gradient(n_rows)
+        if strategy == "dense":
+            total = _reduce_dense(grad, union, group)
+        elif strategy == "union":
+            total = _reduce_union(grad, union, group)
+        else:
+            total = _reduce_gather(grad, group, max_nnz, world_size)
+    return total, ReductionStats(strategy, sent, payload["dense"], total.values().shape[0],
                                  time.perf_counter() - started)
-
-
-def reduce_by_factors(rotations, weights, grad_slices, half_ball, points_2d, group=None):
-    """The summed basis gradient of the global batch from every rank's per-image factors: poses
-    (B x 3 x 3), basis weights (B x K+1) and slice gradients (B x P x 2). Returns (sum, ReductionStats)."""
-    started = time.perf_counter()
-    world_size = dist.get_world_size(group)
-    n_images, n_components = weights.shape
-    packed = torch.cat([rotations.reshape(n_images, 9).to(weights.dtype), weights,
-                        grad_slices.reshape(n_images, -1)], dim=1)
-    counts = [torch.zeros(1, dtype=torch.long, device=weights.device) for _ in range(world_size)]
-    dist.all_gather(counts, torch.tensor([n_images], device=weights.device), group=group)
-    counts = [int(c) for c in counts]
-    padded = packed.new_zeros(max(counts), packed.shape[1])
-    padded[:n_images] = packed
-    gathered = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(gathered, padded, group=group)
-    everything = torch.cat([g[:c] for g, c in zip(gathered, counts)])
-    all_rotations = everything[:, :9].reshape(-1, 3, 3)
-    all_weights = everything[:, 9:9 + n_components]
-    all_grads = everything[:, 9 + n_components:].reshape(len(everything), -1, 2)
-    geometry = slice_geometry(all_rotations, points_2d, half_ball)
-    total = basis_gradient(geometry, all_grads, all_weights, half_ball.n_voxels)
-    sent = allgather_bytes(8, world_size) + allgather_bytes(padded.numel() * padded.element_size(), world_size)
-    n_columns = 2 * n_components
-    dense = payload_bytes(half_ball.n_voxels, n_columns, 0, 0, world_size, weights.element_size())["dense"]
-    return total, ReductionStats("factors", sent, dense, total.values().shape[0], time.perf_counter() - started)

@@ -18,7 +18,7 @@ from hetrec_dist.model.encoder import ResidualMLPEncoder
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.maps import half_ball_to_map
-from hetrec_dist.physics.projector import project, slice_geometry
+from hetrec_dist.physics.projector import project, project_with_factors, slice_geometry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +53,9 @@ class HetVAE(nn.Module):
         self.half_ball, self.disk = self.half_ball.to(self.basis.device), self.disk.to(self.basis.device)
         return self
 
-    def dense_parameters(self):
-        return [p for name, p in self.named_parameters() if name != "basis"]
+    def dense_modules(self):
+        """Every parameter but the basis (which gets a sparse gradient and its own optimizer)."""
+        return nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})
 
     def basis_weights(self, z):
         return torch.cat([torch.ones_like(z[:, :1]), self.decoder(z)], dim=1)
@@ -76,20 +77,28 @@ class HetVAE(nn.Module):
         points = observed[:, self.encoder_points]
         return self.encoder(torch.cat([points.real, points.imag], dim=1))
 
-    def forward(self, batch, beta=1.0, generator=None):
-        """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, and predictions."""
+    def forward(self, batch, beta=1.0, noise=None, basis_factors=False):
+        """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, and predictions.
+        noise (B x zdim): the reparametrisation's standard normal draws (training mode; drawn here if None).
+        basis_factors: leave the basis out of autograd and return out["factors"] (see project_with_factors)."""
         observed = self.observed_spectra(batch)
         mu, logvar = self.encode(observed)
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if noise is None:
+            noise = torch.randn_like(mu)
         z = mu + noise * torch.exp(0.5 * logvar) if self.training else mu
-        geometry = slice_geometry(batch["rotations"].to(self.basis.dtype), self.disk.coords, self.half_ball)
-        slices = torch.view_as_complex(project(self.basis, self.basis_weights(z), geometry))
-        predicted = self.ctf(batch) * slices
+        rotations = batch["rotations"].to(self.basis.dtype)
+        geometry = slice_geometry(rotations, self.disk.coords, self.half_ball)
+        out = {}
+        if basis_factors:
+            slices, out["factors"] = project_with_factors(self.basis, self.basis_weights(z), geometry, rotations)
+        else:
+            slices = project(self.basis, self.basis_weights(z), geometry)
+        predicted = self.ctf(batch) * torch.view_as_complex(slices)
         weights = self.disk.weights
         data = 0.5 * ((observed - predicted).abs() ** 2 * weights).sum(1)
         kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)
         norm = weights.sum()
-        return {"loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
+        return {**out, "loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
                 "touched_fraction": len(geometry.touched_rows) / self.half_ball.n_voxels,
                 "mu": mu, "observed": observed, "predicted": predicted}
 

@@ -117,3 +117,29 @@ def basis_gradient(geometry, grad_slices, weights, n_voxels):
 def project(basis, weights, geometry):
     """Slices (B x P x 2, (re, im)) of the basis weighted by `weights` (B x K+1) at `geometry`."""
     return _SparseSlice.apply(basis, weights, geometry)
+
+
+@dataclasses.dataclass
+class SliceFactors:
+    """A batch's basis gradient, unsummed: poses (B x 3 x 3), basis weights (B x K+1), slice geometry and,
+    once backward has run, the gradient of the loss with respect to each slice (B x P x 2)."""
+    rotations: torch.Tensor
+    weights: torch.Tensor
+    geometry: SliceGeometry
+    grad_slices: torch.Tensor = None
+
+    def _capture(self, grad):
+        self.grad_slices = grad
+
+    def basis_gradient(self, n_voxels):
+        return basis_gradient(self.geometry, self.grad_slices, self.weights, n_voxels)
+
+
+def project_with_factors(basis, weights, geometry, rotations):
+    """Slices as project() gives them, but autograd leaves the basis alone: its gradient is built by the
+    caller from the returned SliceFactors (whose grad_slices backward fills in), e.g. after all-gathering
+    the factors of several ranks, which is much cheaper than reducing the gradient itself."""
+    factors = SliceFactors(rotations, weights.detach(), geometry)
+    slices = project(basis.detach(), weights, geometry)
+    slices.register_hook(factors._capture)
+    return slices, factors

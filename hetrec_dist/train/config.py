@@ -4,8 +4,12 @@ import dataclasses
 
 import yaml
 
+from hetrec_dist.distributed.sparse_reducer import STRATEGIES as REDUCTION_STRATEGIES
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import ModelShape
+
+
+REDUCTIONS = ("auto",) + REDUCTION_STRATEGIES
 
 
 @dataclasses.dataclass
@@ -28,6 +32,12 @@ class TrainConfig:
     num_workers: int = 0       # DataLoader worker processes (spawned)
     gt: str = ""               # ground_truth/ of a simulated dataset, for evaluation during training
     eval_every: int = 0        # epochs between evaluations against `gt` (0: only after the last epoch)
+    basis_reduction: str = "auto"    # several ranks: how the sparse basis gradient is summed (REDUCTIONS)
+    collective_timeout_s: int = 600  # several ranks: how long a rank waits for the others before it gives up
+
+    def __post_init__(self):
+        if self.basis_reduction not in REDUCTIONS:
+            raise UserError(f"setting basis_reduction: {self.basis_reduction!r} is not one of {', '.join(REDUCTIONS)}")
 
     def model_shape(self, box):
         return ModelShape(box=box, zdim=self.zdim, n_basis=self.n_basis, encoder_hidden=self.encoder_hidden,

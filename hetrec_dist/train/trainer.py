@@ -1,41 +1,55 @@
-"""The training loop of `hetrec train`: one process (this module), reading a particle store.
+"""The training loop of `hetrec train`: one process, or data-parallel ranks (see distributed/).
 
 RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (last.pt and every
-checkpoint_every epochs epoch_NNNN.pt) and z.npy (latent means of all particles, store order).
-Randomness is a function of (seed, epoch): data order and the VAE's sampling noise, so a run resumed at an
-epoch boundary continues exactly as an uninterrupted one.
+checkpoint_every epochs epoch_NNNN.pt) and z.npy (latent means of all particles, store order); rank 0
+writes them all. Each rank reads its own shard of the store (data.reader) with batch_size images a step;
+a step's global batch is the union of the ranks' batches, and its gradients are those of the mean loss
+over the global batch: dense ones averaged by the DeepSpeed engine, the basis one summed by the sparse
+reducer from every rank's slice factors. An epoch ends at the first step some rank has no batch for.
+Randomness is a function of (seed, epoch): data order, and the VAE's sampling noise, drawn for the global
+batch and split by rank, so that 2 ranks with batch B take the steps one rank takes with batch 2B over the
+same particles. A run resumed at an epoch boundary, with the same number of ranks, continues exactly as an
+uninterrupted one; checkpoints do not depend on the number of ranks.
 """
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from hetrec_dist.analysis.ground_truth import evaluate_run
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
+from hetrec_dist.distributed.dense_engine import dense_optimizer
+from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_gradient
+from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
-from hetrec_dist.train.metrics import TensorBoardLogger, file_logger
+from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
 
 MIN_BOX, MAX_BOX = 16, 1024
 
 
-def resolve_device(name):
+def resolve_device(name, local_rank=0):
+    """cpu, cuda, cuda:N or auto; with several ranks a node, rank i of a node takes GPU i."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -73,9 +87,11 @@ def save_latents(path, z):
 
 
 @torch.no_grad()
-def embed(model, store_path, batch_size=512):
-    """Latent means (N x zdim) of every particle, in store order."""
-    dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, shuffle=False)
+def embed(model, store_path, batch_size=512, rank=0, world_size=1):
+    """Latent means (n x zdim), in store order, of this rank's contiguous share of the store (all of it
+    for one rank)."""
+    dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
+                                     shuffle=False)
     device = model.basis.device
     means = []
     for batch in dataset:
@@ -84,28 +100,42 @@ def embed(model, store_path, batch_size=512):
     return torch.cat(means).numpy()
 
 
+class RankLost(UserError):
+    """Another rank died or stopped answering: this rank stops too (resume from the last checkpoint)."""
+
+
 class Trainer:
-    def __init__(self, store_path, run_dir, config: TrainConfig, resume=False, overwrite=False,
+    def __init__(self, store_path, run_dir, config: TrainConfig, world=None, resume=False, overwrite=False,
                  show_progress=True, command=None):
         self.store_path, self.run_dir, self.config = store_path, run_dir, config
-        self.show_progress = show_progress
+        self.world = world or TrainingWorld()
+        self.show_progress = show_progress and self.world.is_root
         return_freed_memory_to_os()
-        store = ParticleStore(store_path)
-        check_box(store.box)
-        self.device = resolve_device(config.device)
-        prepare_run_dir(run_dir, resume, overwrite)
+        store = self.world.run_everywhere(lambda: self._check_inputs(store_path))
+        self.world.run_on_root(lambda: prepare_run_dir(run_dir, resume, overwrite))
         torch.manual_seed(config.seed)
         shape = config.model_shape(store.box)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
-        self.dense_optimizer = torch.optim.Adam(self.model.dense_parameters(), lr=config.lr)
+        self.world.broadcast_(self.model.basis.data)
+        self.dense_optimizer = dense_optimizer(self.world, self.model.dense_modules(), config.lr, config.batch_size)
         self.basis_optimizer = torch.optim.SparseAdam([self.model.basis], lr=config.lr_basis)
-        self.dataset = ChunkShuffledParticles(store_path, config.batch_size, seed=config.seed)
+        self.dataset = ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
+                                              world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
         if resume:
-            self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device))
-        save_config(config, os.path.join(run_dir, "config.yaml"), os.path.abspath(store_path), command)
-        self.metrics = TensorBoardLogger(os.path.join(run_dir, "tb"))
-        self.log = file_logger(os.path.join(run_dir, "train.log"))
+            self.world.run_everywhere(lambda: self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device)))
+        if self.world.is_root:
+            save_config(config, os.path.join(run_dir, "config.yaml"), os.path.abspath(store_path), command)
+            self.metrics = TensorBoardLogger(os.path.join(run_dir, "tb"))
+            self.log = file_logger(os.path.join(run_dir, "train.log"))
+        else:
+            self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
+
+    def _check_inputs(self, store_path):
+        store = ParticleStore(store_path)
+        check_box(store.box)
+        self.device = resolve_device(self.config.device, self.world.local_rank)
+        return store
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "model_shape": dataclasses.asdict(self.model.shape),
@@ -127,23 +157,35 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def train_step(self, batch, generator):
-        """One optimisation step; returns the loss terms and the step-time split (seconds)."""
+    def _basis_gradient(self, factors):
+        """The basis gradient of the global batch's mean loss, and what reducing it cost (None: one rank)."""
+        if self.world.size == 1:
+            return factors.basis_gradient(self.model.half_ball.n_voxels), None
+        total, stats = reduce_basis_gradient(factors, self.config.basis_reduction, self.model.half_ball,
+                                             self.model.disk.coords, self.world.group)
+        mean = torch.sparse_coo_tensor(total.indices(), total.values() / self.world.size, total.shape,
+                                       is_coalesced=True, check_invariants=False)
+        return mean, stats
+
+    def train_step(self, batch, noise, loss_scale=1.0):
+        """One optimisation step; returns the loss terms, the step-time split (seconds) and reducer stats.
+        loss_scale makes the engine's average over ranks the mean over the global batch."""
         started = time.perf_counter()
-        out = self.model(batch, beta=self.config.beta, generator=generator)
+        out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True)
         self._synchronize()
         forward_done = time.perf_counter()
-        self.dense_optimizer.zero_grad(set_to_none=True)
-        self.basis_optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        self.dense_optimizer.backward(out["loss"] * loss_scale)
         self._synchronize()
         backward_done = time.perf_counter()
+        self.model.basis.grad, reduction = self._basis_gradient(out["factors"])
+        reduce_done = time.perf_counter()
         self.dense_optimizer.step()
         self.basis_optimizer.step()
+        self.basis_optimizer.zero_grad(set_to_none=True)
         self._synchronize()
         timings = {"forward_s": forward_done - started, "backward_s": backward_done - forward_done,
-                   "optimizer_s": time.perf_counter() - backward_done}
-        return out, timings
+                   "reduce_s": reduce_done - backward_done, "optimizer_s": time.perf_counter() - reduce_done}
+        return out, timings, reduction
 
     def _loader(self):
         """The epoch's batches: read in this process, or by spawned DataLoader workers (see data.reader)."""
@@ -158,41 +200,55 @@ class Trainer:
         self.dataset.set_epoch(self.epoch)
         generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + self.epoch)
         totals, n_images, epoch_started = {"loss": 0.0, "data": 0.0, "kl": 0.0}, 0, time.perf_counter()
-        progress = tqdm(total=self.dataset.rank_particles(), unit="img", disable=not self.show_progress,
-                        desc=f"epoch {self.epoch + 1}/{self.config.epochs}", dynamic_ncols=True, leave=False)
+        progress = tqdm(total=self.dataset.rank_particles() * self.world.size, unit="img",
+                        disable=not self.show_progress, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                        dynamic_ncols=True, leave=False)
         batches = iter(self._loader())
         while True:
             data_started = time.perf_counter()
             batch = next(batches, None)
-            if batch is None:
+            sizes = [n for n, in self.world.all_gather_ints([0 if batch is None else len(batch["index"])])]
+            if min(sizes) == 0:
                 break
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             data_s = time.perf_counter() - data_started
-            out, timings = self.train_step(batch, generator)
-            size = len(batch["index"])
+            n_global, offset, size = sum(sizes), sum(sizes[:self.world.rank]), sizes[self.world.rank]
+            noise = torch.randn(n_global, self.config.zdim, generator=generator, device=self.device)
+            out, timings, reduction = self.train_step(batch, noise[offset:offset + size],
+                                                      loss_scale=size * self.world.size / n_global)
             n_images += size
             for key in totals:
                 totals[key] += out[key].item() * size
             self.step += 1
-            step_s = data_s + sum(timings.values())
-            progress.update(size)
+            progress.update(n_global)
             progress.set_postfix(loss=f"{out['loss'].item():.4f}", refresh=False)
             if self.step % self.config.log_every == 0:
-                self.metrics.scalars({
-                    "train/loss": out["loss"].item(), "train/data": out["data"].item(), "train/kl": out["kl"].item(),
-                    "perf/images_per_s": size / step_s, "perf/touched_fraction": out["touched_fraction"],
-                    "perf/peak_memory_MiB": peak_memory_mib(self.device), "time/data_s": data_s,
-                    **{f"time/{k}": v for k, v in timings.items()}}, self.step)
+                self._log_step(out, data_s + sum(timings.values()), n_global, size, data_s, timings, reduction)
         progress.close()
         self.epoch += 1
         self._show_examples(out)
-        summary = {k: v / max(n_images, 1) for k, v in totals.items()}
+        *sums, n_images = self.world.all_sum(list(totals.values()) + [n_images])
+        summary = {k: v / max(n_images, 1) for k, v in zip(totals, sums)}
         summary["images_per_s"] = n_images / (time.perf_counter() - epoch_started)
         self.metrics.scalars({f"epoch/{k}": v for k, v in summary.items()}, self.epoch)
         return summary
 
+    def _log_step(self, out, step_s, n_global, size, data_s, timings, reduction):
+        values = {"train/loss": out["loss"].item(), "train/data": out["data"].item(), "train/kl": out["kl"].item(),
+                  "perf/images_per_s": n_global / step_s, "perf/images_per_s_per_rank": size / step_s,
+                  "perf/touched_fraction": out["touched_fraction"],
+                  "perf/peak_memory_MiB": peak_memory_mib(self.device), "time/data_s": data_s,
+                  **{f"time/{k}": v for k, v in timings.items()}}
+        if reduction is not None:
+            values.update({"reduce/bytes_sent": reduction.bytes_sent, "reduce/dense_bytes": reduction.dense_bytes,
+                           "reduce/union_density": reduction.union_rows / self.model.half_ball.n_voxels,
+                           "reduce/strategy": STRATEGIES.index(reduction.strategy)})
+        self.metrics.scalars(values, self.step)
+
     def _show_examples(self, out, n=4):
         """TensorBoard: the shift-corrected, low-passed data of a few images next to the model's prediction."""
+        if not self.world.is_root:
+            return
         with torch.no_grad():
             data = self.model.half_disk_to_image(out["observed"][:n].detach())
             model = self.model.half_disk_to_image(out["predicted"][:n].detach())
@@ -200,33 +256,57 @@ class Trainer:
         self.metrics.images("examples/data_vs_model", pairs, self.epoch)
 
     def train(self):
-        self.log.info(f"training {self.store_path} on {self.device} from epoch {self.epoch}")
+        """Train to config.epochs, write z.npy (and evaluate against config.gt). Raises RankLost when the
+        other ranks stop answering."""
+        try:
+            self._train()
+        except RuntimeError as err:  # gloo reports a lost peer as a plain RuntimeError
+            if self.world.size == 1 or not (isinstance(err, dist.DistError) or "gloo" in str(err)):
+                raise
+            reason = str(err).strip().splitlines()[0].split("] ")[-1].split(". ")[0]
+            raise RankLost(f"rank {self.world.rank} of {self.world.size} lost contact with the other ranks "
+                           f"({reason}); continue from {self.run_dir}/checkpoints/last.pt with --resume, "
+                           "on any number of ranks") from None
+        finally:
+            self.metrics.close()
+
+    def _train(self):
+        self.log.info(f"training {self.store_path} on {self.device} x {self.world.size} rank(s), batch "
+                      f"{self.config.batch_size} a rank, from epoch {self.epoch}")
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
             line = ", ".join(f"{k} {v:.5g}" for k, v in summary.items())
             self.log.info(f"epoch {self.epoch}: {line}")
             if self.show_progress:
                 tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: {line}")
-            keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
-            save_checkpoint(os.path.join(self.run_dir, "checkpoints"), self.state_dict(), self.epoch, keep)
+            if self.world.is_root:
+                keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
+                save_checkpoint(os.path.join(self.run_dir, "checkpoints"), self.state_dict(), self.epoch, keep)
             every = self.config.eval_every
             if self.config.gt and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
-                self.model.eval()
-                self.evaluate(embed(self.model, self.store_path))
+                self.evaluate(self.gather_latents())
         z = self.write_latents()
         if self.config.gt:
             self.evaluate(z)
-        self.metrics.close()
+
+    def gather_latents(self):
+        """Latent means of every particle, in store order, on rank 0 (None on the others)."""
+        self.model.eval()
+        parts = self.world.gather_object(embed(self.model, self.store_path, rank=self.world.rank,
+                                               world_size=self.world.size))
+        return np.concatenate(parts) if self.world.is_root else None
 
     def write_latents(self):
-        self.model.eval()
-        z = embed(self.model, self.store_path)
-        save_latents(os.path.join(self.run_dir, "z.npy"), z)
-        self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
+        z = self.gather_latents()
+        if self.world.is_root:
+            save_latents(os.path.join(self.run_dir, "z.npy"), z)
+            self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
         return z
 
     def evaluate(self, z):
-        """Against the simulated ground truth: RUN/eval.json, TensorBoard eval/*, train.log."""
+        """Against the simulated ground truth, on rank 0: RUN/eval.json, TensorBoard eval/*, train.log."""
+        if not self.world.is_root:
+            return
         result = evaluate_run(self.run_dir, self.model, z, self.config.gt, self.metrics, self.epoch)
         self.log.info(f"epoch {self.epoch} eval: mean FSC {result['mean_fsc']:.4f}, "
                       f"latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}, linear R^2 {result['latent_linear_r2']:.4f}")

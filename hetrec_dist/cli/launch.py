@@ -1,0 +1,65 @@
+"""hetrec launch: start `hetrec train` on several ranks and nodes through deepspeed, mpirun or srun."""
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import click
+
+from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT, LAUNCHERS, LaunchPlan, build_command
+from hetrec_dist.errors import UserError
+
+
+@click.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--launcher", type=click.Choice(LAUNCHERS), default="deepspeed", show_default=True)
+@click.option("--hostfile", type=click.Path(dir_okay=False),
+              help="DeepSpeed hostfile (`host slots=N` a line); deepspeed and mpirun only.")
+@click.option("--nodes", type=click.IntRange(min=1), help="Nodes to use (default: all in the hostfile, else 1).")
+@click.option("--procs-per-node", type=click.IntRange(min=1),
+              help="Ranks a node (default: the hostfile's slots, else this machine's GPUs, else 1).")
+@click.option("--master-addr", help="Host of rank 0 (default: first hostfile host; srun: this host).")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=DEFAULT_MASTER_PORT, show_default=True)
+@click.option("--env", "env", multiple=True, metavar="NAME[=VALUE]",
+              help="Forward a variable to every rank (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the exact command and exit.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def command(command, dry_run, **options):
+    """Run `hetrec train ARGS…` data-parallel: hetrec launch [OPTIONS] -- train STORE -o RUN [OPTIONS].
+
+    \b
+    Examples:
+      hetrec launch --procs-per-node 4 -- train particles.zarr -o run
+      hetrec launch --hostfile hosts --launcher mpirun -- train particles.zarr -o run
+      hetrec launch --launcher srun --nodes 2 --procs-per-node 4 -- train particles.zarr -o run   (in sbatch)
+    """
+    if not command or command[0] != "train":
+        raise UserError("nothing to launch: give the training command after --, e.g. "
+                        "`hetrec launch --procs-per-node 2 -- train STORE -o RUN`")
+    plan = LaunchPlan(**options)
+    argv, env = build_command(plan, list(command[1:]))
+    env_file = _deepspeed_env_file(plan, env, dry_run)
+    if env_file:
+        env = {**env, "DS_ENV_FILE": env_file}
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    if dry_run:
+        click.echo(f"{prefix} {shlex.join(argv)}" if prefix else shlex.join(argv))
+        return
+    click.echo(f"hetrec launch: {shlex.join(argv)}", err=True)
+    try:
+        result = subprocess.run(argv, env={**os.environ, **env})
+    except OSError as err:
+        raise UserError(f"cannot start {argv[0]} ({err.strerror})") from None
+    sys.exit(result.returncode)
+
+
+def _deepspeed_env_file(plan, env, dry_run):
+    """Remote nodes of the deepspeed launcher get only the variables listed in DS_ENV_FILE: write them."""
+    if plan.launcher != "deepspeed" or not plan.hostfile:
+        return None
+    if dry_run:
+        return os.path.join(tempfile.gettempdir(), "hetrec_deepspeed_env_<pid>")
+    with tempfile.NamedTemporaryFile("w", prefix="hetrec_deepspeed_env_", delete=False) as f:
+        f.writelines(f"{k}={v}\n" for k, v in env.items())
+    return f.name

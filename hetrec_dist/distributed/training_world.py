@@ -1,0 +1,132 @@
+"""The ranks `hetrec train` runs on, set up through DeepSpeed.
+
+No launcher: one process, no process group. Under a launcher DeepSpeed's init_distributed finds the ranks:
+the deepspeed launcher and torchrun set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; under `mpiexec`
+DeepSpeed discovers them through mpi4py; under `srun` we map SLURM's variables (SLURM_PROCID,
+SLURM_STEP_NUM_TASKS, SLURM_LOCALID) and MASTER_ADDR must name the first node (`hetrec launch` sets it).
+Backend: NCCL on CUDA, gloo on CPU; per-step counts and objects go through a gloo group in both cases.
+"""
+
+import datetime
+import logging
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+from hetrec_dist.distributed.mpi_world import ProcessWorld, launched_world_size
+from hetrec_dist.errors import UserError
+
+DEFAULT_MASTER_PORT = 29500
+
+
+class TrainingWorld(ProcessWorld):
+    """The ranks of a torch.distributed process group (one process: the ProcessWorld defaults)."""
+
+    def __init__(self, group=None, local_rank=0, local_size=1):
+        self.group, self.local_rank, self.local_size = group, local_rank, local_size
+        if group is not None:
+            self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def allgather_object(self, obj):
+        if self.group is None:
+            return [obj]
+        gathered = [None] * self.size
+        dist.all_gather_object(gathered, obj, group=self.group)
+        return gathered
+
+    def broadcast_object(self, obj):
+        if self.group is None:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0, group=self.group)
+        return holder[0]
+
+    def gather_object(self, obj):
+        """Every rank's obj, in rank order, on rank 0 (None elsewhere)."""
+        if self.group is None:
+            return [obj]
+        gathered = [None] * self.size if self.is_root else None
+        dist.gather_object(obj, gathered, dst=0, group=self.group)
+        return gathered
+
+    def all_gather_ints(self, values):
+        """Every rank's list of ints, as a list of lists in rank order."""
+        if self.group is None:
+            return [list(values)]
+        mine = torch.tensor(values, dtype=torch.long)
+        gathered = [torch.empty_like(mine) for _ in range(self.size)]
+        dist.all_gather(gathered, mine, group=self.group)
+        return [g.tolist() for g in gathered]
+
+    def all_sum(self, values):
+        """Sums over ranks of a list of floats."""
+        if self.group is None:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(total, group=self.group)
+        return total.tolist()
+
+    def broadcast_(self, tensor):
+        if self.group is not None:
+            dist.broadcast(tensor, src=0)
+
+    def barrier(self):
+        if self.group is not None:
+            dist.barrier(group=self.group)
+
+    def close(self):
+        if self.group is not None:
+            dist.destroy_process_group()
+
+
+def _environment_from_slurm():
+    """Under srun (and not already set by another launcher): torch's variables from SLURM's."""
+    env = os.environ
+    if "RANK" in env or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
+        return
+    if "MASTER_ADDR" not in env:
+        raise UserError("under srun, set MASTER_ADDR to the first node's host name "
+                        "(`hetrec launch --launcher srun` does, as do the launch/ templates)")
+    env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_STEP_NUM_TASKS"],
+               LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
+    env.setdefault("MASTER_PORT", str(DEFAULT_MASTER_PORT))
+
+
+def _quiet_deepspeed():
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    from deepspeed.utils import logger
+    logger.setLevel(logging.WARNING)
+
+
+def _one_thread_share(local_size):
+    """Ranks sharing a CPU each get their share of its cores (unless OMP_NUM_THREADS says otherwise)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // local_size))
+
+
+def init_training_world(timeout_s=600):
+    """One process (no launcher), or this rank of the launcher's world, with the process group ready."""
+    if launched_world_size() <= 1:
+        return TrainingWorld()
+    _environment_from_slurm()
+    _quiet_deepspeed()
+    import deepspeed
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False,
+                               distributed_port=int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
+                               timeout=datetime.timedelta(seconds=timeout_s))
+    control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
+        if backend == "nccl" else dist.group.WORLD
+    hosts = [None] * dist.get_world_size()
+    dist.all_gather_object(hosts, socket.gethostname(), group=control)
+    local_size = hosts.count(socket.gethostname())
+    local_rank = int(os.environ.get("LOCAL_RANK", hosts[:dist.get_rank()].count(socket.gethostname())))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    else:
+        _one_thread_share(local_size)
+    return TrainingWorld(control, local_rank, local_size)

@@ -1,0 +1,226 @@
+"""Data-parallel training on 2 real ranks (gloo, on this machine): equal to one rank with the global batch, for
+every reduction strategy; started by `hetrec launch` through the deepspeed launcher and mpiexec, and with
+srun's variables; a dead rank stops the other; resume on another number of ranks."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import assert_one_line_error, run_cli
+from hetrec_dist.data.reader import ParticleStore, _to_torch
+from hetrec_dist.distributed.sparse_reducer import STRATEGIES
+from hetrec_dist.train.checkpoint import load_checkpoint
+from hetrec_dist.train.config import build_config
+
+GLOBAL_BATCHES = [range(0, 32), range(100, 132), range(200, 220)]  # the last one is partial
+RANK_BATCH = 16
+
+
+class FixedBatches:
+    """Stands in for the trainer's dataset: these batches, in this order."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def set_epoch(self, epoch):
+        pass
+
+    def rank_particles(self):
+        return sum(len(b["index"]) for b in self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def batches_of(store_path, rank=None):
+    """The global batches (rank None) or rank's part of each: rank 0 the first RANK_BATCH particles."""
+    store, parts = ParticleStore(store_path), []
+    for particles in GLOBAL_BATCHES:
+        if rank is not None:
+            particles = particles[:RANK_BATCH] if rank == 0 else particles[RANK_BATCH:]
+        parts.append(_to_torch(store.read(particles.start, particles.stop)))
+    return parts
+
+
+def tiny_config(batch_size, strategy="auto"):
+    return build_config(None, {"batch_size": batch_size, "zdim": 2, "n_basis": 3, "device": "cpu",
+                               "basis_reduction": strategy, "collective_timeout_s": 120})
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_environment(rank, world_size, port):
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def _rank_worker(rank, port, store_path, run_root, results):
+    from hetrec_dist.distributed.training_world import init_training_world
+    from hetrec_dist.train.trainer import Trainer
+
+    os.environ.update(rank_environment(rank, 2, port))
+    world = init_training_world(timeout_s=120)
+    for strategy in STRATEGIES + ("auto",):
+        trainer = Trainer(store_path, os.path.join(run_root, strategy), tiny_config(RANK_BATCH, strategy), world,
+                          show_progress=False)
+        trainer.dataset = FixedBatches(batches_of(store_path, rank))
+        trainer.train_epoch()
+        results[(rank, strategy)] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    world.close()
+
+
+@pytest.fixture(scope="module")
+def two_rank_parameters(sim_store, tmp_path_factory):
+    results = mp.Manager().dict()
+    run_root = str(tmp_path_factory.mktemp("two_ranks"))
+    mp.start_processes(_rank_worker, args=(free_port(), sim_store, run_root, results), nprocs=2,
+                       start_method="spawn")
+    return dict(results)
+
+
+def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(sim_store, two_rank_parameters, tmp_path):
+    """Per-rank batch 16 on 2 ranks = batch 32 on 1 rank, over the same particles (3 steps, the last one
+    partial: 16 + 4 images), for every way of reducing the basis gradient."""
+    from hetrec_dist.train.trainer import Trainer
+
+    trainer = Trainer(sim_store, tmp_path / "one_rank", tiny_config(2 * RANK_BATCH), show_progress=False)
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.dataset = FixedBatches(batches_of(sim_store))
+    trainer.train_epoch()
+    expected = trainer.model.state_dict()
+    for (rank, strategy), parameters in two_rank_parameters.items():
+        for name, value in expected.items():
+            assert not torch.equal(value, initial[name]), name  # the steps did change every parameter
+            torch.testing.assert_close(parameters[name], value, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m: f"{strategy}, rank {rank}, {name}: {m}")
+
+
+def hetrec(*args):
+    return [sys.executable, "-m", "hetrec_dist.cli", *map(str, args)]
+
+
+TRAIN_ARGS = ["--epochs", 2, "--batch-size", 32, "--zdim", 2, "--n-basis", 3, "-q"]
+
+
+def launch(*launch_options, run, store, env=None, timeout=300):
+    command = hetrec("launch", *launch_options, "--master-port", free_port(), "--procs-per-node", 2, "--",
+                     "train", store, "-o", run, *TRAIN_ARGS)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def launched_runs(sim_store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("launched")
+    runs = {}
+    for launcher in ("deepspeed", "mpirun"):
+        runs[launcher] = root / launcher
+        result = launch("--launcher", launcher, run=runs[launcher], store=sim_store)
+        assert result.returncode == 0, result.stdout + result.stderr
+    runs["one_rank"] = root / "one_rank"
+    run_cli("train", sim_store, "-o", runs["one_rank"], *TRAIN_ARGS)
+    return runs
+
+
+def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    deepspeed_run, mpi_run = launched_runs["deepspeed"], launched_runs["mpirun"]
+    for run in (deepspeed_run, mpi_run):
+        assert "x 2 rank(s)" in (run / "train.log").read_text()
+        assert np.load(run / "z.npy").shape == (300, 2)  # every particle once, from both ranks' shares
+        tags = set(EventAccumulator(str(run / "tb")).Reload().Tags()["scalars"])
+        assert {"reduce/bytes_sent", "reduce/dense_bytes", "reduce/union_density", "time/reduce_s",
+                "perf/images_per_s_per_rank"} <= tags
+    # the same ranks, whoever started them: the same run
+    np.testing.assert_array_equal(np.load(deepspeed_run / "z.npy"), np.load(mpi_run / "z.npy"))
+    # z.npy is in store order: embedding the 2-rank model in one process gives the same latents
+    run_cli("embed", deepspeed_run, "-o", deepspeed_run / "z_one_process.npy")
+    np.testing.assert_allclose(np.load(deepspeed_run / "z_one_process.npy"), np.load(deepspeed_run / "z.npy"),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_srun_variables_start_the_same_ranks(sim_store, launched_runs, tmp_path):
+    """What srun gives each task (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID) and what `hetrec launch
+    --launcher srun` exports (MASTER_ADDR, MASTER_PORT) make the same 2-rank run."""
+    port = free_port()
+    tasks = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank), SLURM_NTASKS="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        tasks.append(subprocess.Popen(hetrec("train", sim_store, "-o", tmp_path / "srun", *TRAIN_ARGS), env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for task in tasks:
+        assert task.wait(timeout=300) == 0, task.stdout.read()
+    np.testing.assert_array_equal(np.load(tmp_path / "srun" / "z.npy"), np.load(launched_runs["mpirun"] / "z.npy"))
+
+
+def test_a_dead_rank_stops_the_other_and_the_run_resumes_on_one_rank(sim_store, tmp_path):
+    run, port = tmp_path / "run", free_port()
+    ranks = [subprocess.Popen(hetrec("train", sim_store, "-o", run, "--epochs", 400, "--batch-size", 8,
+                                     "--zdim", 2, "--n-basis", 3, "-q"),
+                              env={**os.environ, **rank_environment(rank, 2, port)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    checkpoint = run / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and time.monotonic() < deadline and ranks[0].poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists(), ranks[0].communicate()
+    ranks[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = ranks[0].communicate(timeout=60)
+    assert ranks[0].returncode == 1 and time.monotonic() - killed < 60
+    lines = [line for line in stderr.splitlines() if line.strip() and "[WARNING]" not in line
+             and "built successfully" not in line]
+    assert len(lines) == 1 and lines[0].startswith("Error: rank 0 of 2 lost contact"), stderr
+    assert "--resume" in lines[0]
+    epoch = load_checkpoint(checkpoint)["epoch"]
+    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", epoch + 1, "-q")
+    assert load_checkpoint(checkpoint)["epoch"] == epoch + 1
+    assert np.load(run / "z.npy").shape == (300, 2)
+
+
+def test_launch_dry_run_prints_each_launchers_command(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# two nodes\nnode-a slots=4\nnode-b slots=4\n")
+    common = ["--master-port", 29600, "--env", "NCCL_DEBUG=INFO", "--dry-run", "--", "train", "p.zarr", "-o", "run"]
+    text = run_cli("launch", "--hostfile", hostfile, *common).output
+    assert "deepspeed --hostfile" in text and "--num_nodes 2 --num_gpus 4 --master_port 29600" in text
+    assert "--master_addr node-a --no_local_rank --module hetrec_dist.cli train p.zarr -o run" in text
+    assert "DS_ENV_FILE=" in text
+    text = run_cli("launch", "--launcher", "mpirun", "--hostfile", hostfile, "--nodes", 1, *common).output
+    assert "-n 4 -ppn 4 -hosts node-a -genv NCCL_DEBUG INFO -genv MASTER_PORT 29600" in text
+    assert text.strip().endswith("-m hetrec_dist.cli train p.zarr -o run")
+    text = run_cli("launch", "--launcher", "srun", "--nodes", 2, "--procs-per-node", 4, "--master-addr", "n1",
+                   *common).output
+    assert text.startswith("srun --nodes 2 --ntasks-per-node 4 "
+                           "--export=ALL,NCCL_DEBUG=INFO,MASTER_PORT=29600,MASTER_ADDR=n1 ")
+
+
+def test_launch_bad_inputs(tmp_path):
+    assert_one_line_error(run_cli("launch", "--dry-run", expect_ok=False), "nothing to launch")
+    assert_one_line_error(run_cli("launch", "--dry-run", "--", "convert", "x", expect_ok=False), "nothing to launch")
+    (tmp_path / "hosts").write_text("node-a 4\n")
+    result = run_cli("launch", "--hostfile", tmp_path / "hosts", "--dry-run", "--", "train", expect_ok=False)
+    assert_one_line_error(result, "hosts:1", "slots=N")
+    (tmp_path / "hosts").write_text("node-a slots=4\n")
+    result = run_cli("launch", "--hostfile", tmp_path / "hosts", "--nodes", 3, "--dry-run", "--", "train",
+                     expect_ok=False)
+    assert_one_line_error(result, "--nodes 3", "1 host")
+    result = run_cli("launch", "--launcher", "srun", "--hostfile", tmp_path / "hosts", "--dry-run", "--", "train",
+                     expect_ok=False)
+    assert_one_line_error(result, "srun", "--hostfile")
+    result = run_cli("launch", "--env", "HETREC_SURELY_UNSET", "--dry-run", "--", "train", expect_ok=False)
+    assert_one_line_error(result, "HETREC_SURELY_UNSET", "not set")
