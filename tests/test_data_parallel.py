@@ -209,6 +209,11 @@ def test_launch_dry_run_prints_each_launchers_command(tmp_path):
                            "--export=ALL,NCCL_DEBUG=INFO,MASTER_PORT=29600,MASTER_ADDR=n1 ")
 
 
+def test_the_deepspeed_launchers_local_rank_argument_is_accepted(sim_store):
+    """`deepspeed --num_gpus N hetrec train …` passes --local_rank=I before the subcommand."""
+    assert "n_particles" in run_cli("--local_rank=1", "inspect", sim_store).output
+
+
 def test_launch_bad_inputs(tmp_path):
     assert_one_line_error(run_cli("launch", "--dry-run", expect_ok=False), "nothing to launch")
     assert_one_line_error(run_cli("launch", "--dry-run", "--", "convert", "x", expect_ok=False), "nothing to launch")

@@ -5,7 +5,8 @@
 For every (box, global batch, ranks): uniformly random poses, dealt evenly to the ranks; each rank's
 touched voxels are those its images' central slices (radius D/2 - 1) read by trilinear interpolation,
 exactly as the projector computes them; the counts go into the reducer's own byte formulas (ring
-collectives, float32, K = 16). auto is what reduce_sparse_gradient would pick (mask reduce included).
+collectives, float32, K = 16). auto is what reduce_basis_gradient picks (its mask reduce included);
+"plain dense" is a dense all-reduce of the gradient alone, what DDP or DeepSpeed would send.
 """
 
 import argparse
@@ -13,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 
-from hetrec_dist.distributed.sparse_reducer import allgather_bytes, allreduce_bytes, payload_bytes
+from hetrec_dist.distributed.sparse_reducer import STRATEGIES, bytes_sent, payload_bytes
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
 
@@ -37,15 +38,11 @@ def table_row(box, batch, ranks, rng):
     masks = [touched(r, disk, half_ball) for r in rotations.chunk(ranks)]
     union = torch.stack(masks).any(0)
     max_nnz = max(int(m.sum()) for m in masks)
-    n_rows, columns = half_ball.n_voxels, 2 * N_COMPONENTS
-    costs = payload_bytes(n_rows, columns, max_nnz, int(union.sum()), ranks)
-    counts, mask = allreduce_bytes(8, ranks), allreduce_bytes(n_rows, ranks)
-    sent = {"dense": counts + mask + costs["dense"], "gather": counts + costs["gather"],
-            "union": counts + mask + costs["union"]}
-    sent["auto"] = counts + mask + min(costs.values())
-    per_image = 9 + N_COMPONENTS + 2 * disk.coords.shape[0]
-    sent["factors"] = allgather_bytes(8, ranks) + allgather_bytes(-(-batch // ranks) * per_image * 4, ranks)
-    return {"union_density": float(union.float().mean()), "plain dense": allreduce_bytes(n_rows * columns * 4, ranks), **sent}
+    n_rows, n_points = half_ball.n_voxels, disk.coords.shape[0]
+    payload = payload_bytes(n_rows, N_COMPONENTS, n_points, max_nnz, -(-batch // ranks), int(union.sum()), ranks)
+    sent = {s: bytes_sent(s, payload, n_rows, ranks) for s in STRATEGIES + ("auto",)}
+    return {"union_density": float(union.float().mean()), "plain dense": payload["dense"],
+            "auto picks": min(payload, key=payload.get), **sent}
 
 
 def main():
@@ -56,8 +53,9 @@ def main():
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     columns = ["plain dense", "dense", "gather", "union", "factors", "auto"]
-    print("| box | global batch | ranks | union density | " + " | ".join(f"{c} MB" for c in columns) + " |")
-    print("|---" * (4 + len(columns)) + "|")
+    print("| box | global batch | ranks | union density | " + " | ".join(f"{c} MB" for c in columns)
+          + " | auto picks |")
+    print("|---" * (5 + len(columns)) + "|")
     for box in args.boxes:
         for batch in args.batches:
             for ranks in args.ranks:
@@ -65,7 +63,7 @@ def main():
                     continue
                 row = table_row(box, batch, ranks, rng)
                 print(f"| {box} | {batch} | {ranks} | {row['union_density']:.2f} | "
-                      + " | ".join(f"{row[c] / 1e6:.1f}" for c in columns) + " |", flush=True)
+                      + " | ".join(f"{row[c] / 1e6:.1f}" for c in columns) + f" | {row['auto picks']} |", flush=True)
 
 
 if __name__ == "__main__":
