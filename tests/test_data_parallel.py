@@ -197,7 +197,8 @@ def test_launch_dry_run_prints_each_launchers_command(tmp_path):
     hostfile.write_text("# two nodes\nnode-a slots=4\nnode-b slots=4\n")
     common = ["--master-port", 29600, "--env", "NCCL_DEBUG=INFO", "--dry-run", "--", "train", "p.zarr", "-o", "run"]
     text = run_cli("launch", "--hostfile", hostfile, *common).output
-    assert "deepspeed --hostfile" in text and "--num_nodes 2 --num_gpus 4 --master_port 29600" in text
+    assert "deepspeed --log_level warning --hostfile" in text
+    assert "--num_nodes 2 --num_gpus 4 --master_port 29600" in text
     assert "--master_addr node-a --no_local_rank --module hetrec_dist.cli train p.zarr -o run" in text
     assert "DS_ENV_FILE=" in text
     text = run_cli("launch", "--launcher", "mpirun", "--hostfile", hostfile, "--nodes", 1, *common).output
