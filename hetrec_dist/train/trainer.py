@@ -111,7 +111,7 @@ class Trainer:
         self.world = world or TrainingWorld()
         self.show_progress = show_progress and self.world.is_root
         return_freed_memory_to_os()
-        store = self.world.run_everywhere(lambda: self._check_inputs(store_path))
+        store, self.device = self.world.run_everywhere(lambda: self._open_inputs(store_path))
         self.world.run_on_root(lambda: prepare_run_dir(run_dir, resume, overwrite))
         torch.manual_seed(config.seed)
         shape = config.model_shape(store.box)
@@ -131,11 +131,11 @@ class Trainer:
         else:
             self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
 
-    def _check_inputs(self, store_path):
+    def _open_inputs(self, store_path):
+        """The store and the device, or a UserError saying what is wrong with them."""
         store = ParticleStore(store_path)
         check_box(store.box)
-        self.device = resolve_device(self.config.device, self.world.local_rank)
-        return store
+        return store, resolve_device(self.config.device, self.world.local_rank)
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "model_shape": dataclasses.asdict(self.model.shape),
