@@ -51,6 +51,9 @@ def command(command, dry_run, **options):
         result = subprocess.run(argv, env={**os.environ, **env})
     except OSError as err:
         raise UserError(f"cannot start {argv[0]} ({err.strerror})") from None
+    finally:
+        if env_file:
+            os.unlink(env_file)
     sys.exit(result.returncode)
 
 
