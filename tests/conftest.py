@@ -1,4 +1,5 @@
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -16,6 +17,13 @@ def run_cli(*args, expect_ok=True):
     if expect_ok:
         assert result.exit_code == 0, result.output + repr(result.exception)
     return result
+
+
+def free_port():
+    """A TCP port on localhost that nobody listens on now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_one_line_error(result, *fragments):

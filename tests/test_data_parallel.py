@@ -4,7 +4,6 @@ srun's variables; a dead rank stops the other; resume on another number of ranks
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, free_port, run_cli
 from hetrec_dist.data.reader import ParticleStore, _to_torch
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.train.checkpoint import load_checkpoint
@@ -53,12 +52,6 @@ def batches_of(store_path, rank=None):
 def tiny_config(batch_size, strategy="auto"):
     return build_config(None, {"batch_size": batch_size, "zdim": 2, "n_basis": 3, "device": "cpu",
                                "basis_reduction": strategy, "collective_timeout_s": 120})
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_environment(rank, world_size, port):

@@ -1,13 +1,13 @@
 """The sparse-gradient reducer, run for real on 2 gloo ranks (spawned processes on this machine)."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from hetrec_dist.distributed.sparse_reducer import (STRATEGIES, allgather_bytes, allreduce_bytes, bytes_sent,
                                                     payload_bytes, reduce_basis_gradient)
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
@@ -61,17 +61,11 @@ def _worker(rank, world_size, port, results):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results():
     manager = mp.Manager()
     results = manager.dict()
-    mp.start_processes(_worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), results), nprocs=2, start_method="spawn")
     return dict(results)
 
 

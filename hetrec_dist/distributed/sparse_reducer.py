@@ -27,6 +27,7 @@ import torch.distributed as dist
 from hetrec_dist.physics.projector import SliceFactors, basis_gradient, slice_geometry
 
 STRATEGIES = ("dense", "gather", "union", "factors")
+MASK_FIRST = ("dense", "union", "auto")  # the strategies that all-reduce the touched mask
 INDEX_BYTES = 8
 COUNTS_BYTES = 2 * INDEX_BYTES  # touched rows and images, one int64 each
 
@@ -68,9 +69,8 @@ def bytes_sent(strategy, payload, n_rows, world_size):
     """Total bytes a rank sends under `strategy` (auto: the cheapest payload), with the counts and mask."""
     counts = allgather_bytes(COUNTS_BYTES, world_size)
     mask = allreduce_bytes(n_rows, world_size)
-    if strategy == "auto":
-        return counts + mask + min(payload.values())
-    return counts + payload[strategy] + (mask if strategy in ("dense", "union") else 0)
+    chosen = min(payload.values()) if strategy == "auto" else payload[strategy]
+    return counts + chosen + (mask if strategy in MASK_FIRST else 0)
 
 
 def _all_gather(tensor, group, world_size):
@@ -146,7 +146,7 @@ def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d,
     counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
     counts = torch.stack(_all_gather(counts, group, world_size)).tolist()
     max_nnz, image_counts = max(c[0] for c in counts), [c[1] for c in counts]
-    union = _touched_mask(touched, n_rows, group) if strategy != "gather" and strategy != "factors" else None
+    union = _touched_mask(touched, n_rows, group) if strategy in MASK_FIRST else None
     union_rows = int(union.sum()) if union is not None else 0
     payload = payload_bytes(n_rows, n_components, len(points_2d), max_nnz, max(image_counts), union_rows,
                             world_size, factors.weights.element_size())

@@ -15,10 +15,9 @@ import socket
 import torch
 import torch.distributed as dist
 
+from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT
 from hetrec_dist.distributed.mpi_world import ProcessWorld, launched_world_size
 from hetrec_dist.errors import UserError
-
-DEFAULT_MASTER_PORT = 29500
 
 
 class TrainingWorld(ProcessWorld):
@@ -31,14 +30,14 @@ class TrainingWorld(ProcessWorld):
 
     def allgather_object(self, obj):
         if self.group is None:
-            return [obj]
+            return super().allgather_object(obj)
         gathered = [None] * self.size
         dist.all_gather_object(gathered, obj, group=self.group)
         return gathered
 
     def broadcast_object(self, obj):
         if self.group is None:
-            return obj
+            return super().broadcast_object(obj)
         holder = [obj]
         dist.broadcast_object_list(holder, src=0, group=self.group)
         return holder[0]
