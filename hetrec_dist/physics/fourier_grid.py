@@ -80,4 +80,5 @@ class HalfBall(_Grid):
         base = (floor_voxels[..., 0] * side + floor_voxels[..., 1] + self.extent) * side + floor_voxels[..., 2] + self.extent
         offsets = torch.tensor([i * side * side + j * side + k for i in (0, 1) for j in (0, 1) for k in (0, 1)],
                                device=floor_voxels.device)
-        return self.lookup.view(-1)[base[..., None] + offsets]
+        corners = (base[..., None] + offsets).reshape(-1)
+        return self.lookup.view(-1).index_select(0, corners).view(*base.shape, 8)

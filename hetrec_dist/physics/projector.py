@@ -47,7 +47,7 @@ def _interpolation_matrices(rows, trilinear, n_voxels):
     touched = torch.zeros(n_voxels, dtype=torch.bool, device=rows.device)
     touched[flat_rows] = True
     touched_rows = touched.nonzero().squeeze(1)
-    column = (torch.cumsum(touched, 0, dtype=torch.int32) - 1)[flat_rows]
+    column = (torch.cumsum(touched, 0, dtype=torch.int32) - 1).index_select(0, flat_rows)
     weights = trilinear.reshape(-1)
     n_points = n_entries // 8
     crow = torch.arange(0, n_entries + 1, 8, dtype=torch.int32, device=rows.device)
@@ -55,8 +55,15 @@ def _interpolation_matrices(rows, trilinear, n_voxels):
     order = torch.sort(column, stable=True).indices
     crow_t = torch.zeros(len(touched_rows) + 1, dtype=torch.int32, device=rows.device)
     crow_t[1:] = torch.cumsum(torch.bincount(column, minlength=len(touched_rows)), 0)
-    matrix_t = _sparse_csr(crow_t, (order // 8).int(), weights[order], (len(touched_rows), n_points))
+    matrix_t = _sparse_csr(crow_t, (order >> 3).int(), weights.index_select(0, order), (len(touched_rows), n_points))
     return touched_rows, matrix, matrix_t
+
+
+def _trilinear_weights(frac):
+    """Weights (..., 8) of the 8 corners (i, j, k), i slowest, of points at `frac` (..., 3) in their cell."""
+    lower_upper = [(1 - f, f) for f in (c.contiguous() for c in frac.unbind(-1))]  # contiguous: 2.5x faster
+    x, y, z = lower_upper
+    return torch.stack([x[i] * y[j] * z[k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], -1)
 
 
 def slice_geometry(rotations, points_2d, half_ball):
@@ -67,9 +74,7 @@ def slice_geometry(rotations, points_2d, half_ball):
     floor = torch.floor(k3)
     frac = k3 - floor
     rows = half_ball.corner_rows(floor.long())
-    per_axis = torch.stack([1 - frac, frac], dim=-1)  # B x P x 3 x 2: weight of the lower, upper voxel
-    trilinear = (per_axis[:, :, 0, :, None, None] * per_axis[:, :, 1, None, :, None]
-                 * per_axis[:, :, 2, None, None, :]).reshape(*frac.shape[:2], 8)
+    trilinear = _trilinear_weights(frac)
     touched_rows, matrix, matrix_t = _interpolation_matrices(rows, trilinear, half_ball.n_voxels)
     return SliceGeometry(rows, trilinear, flipped, touched_rows, matrix, matrix_t)
 
