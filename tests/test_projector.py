@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
-from hetrec_dist.physics.maps import half_ball_to_map, map_to_half_ball
+from hetrec_dist.physics.maps import SupportProjector, half_ball_to_map, map_to_half_ball
 from hetrec_dist.physics.projector import _conjugate_where, project, slice_geometry
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
 from hetrec_dist.simulate.atom_models import hinge_model
@@ -81,6 +81,29 @@ def test_a_map_survives_the_round_trip_through_the_half_ball():
     restored = half_ball_to_map(map_to_half_ball(volume, half_ball, 2.0), half_ball, box, 2.0)
     # only frequencies beyond the ball are lost; the Gaussian atoms have next to nothing there
     assert (restored - volume).abs().max() < 0.02 * volume.abs().max()
+
+
+def blob(box, centre_px, sigma_px=1.2):
+    grid = torch.arange(box, dtype=torch.float64) - box // 2
+    z, y, x = torch.meshgrid(grid, grid, grid, indexing="ij")
+    return torch.exp(-((x - centre_px[0]) ** 2 + (y - centre_px[1]) ** 2 + (z - centre_px[2]) ** 2) / (2 * sigma_px ** 2))
+
+
+def test_support_projection_keeps_density_inside_the_sphere_and_removes_it_outside():
+    """Two blobs, 3 and 14 px from the centre, loaded into the basis: confined to a sphere of radius 8 px
+    (soft edge to 9.6 px), the map of the first is unchanged and the second is gone; to 20 px, both stay."""
+    box = 32
+    half_ball = HalfBall.build(box / 2 - 1)
+    near, far = blob(box, (2, -1, 2)), blob(box, (8, 8, -8))
+    coefficients = torch.stack([map_to_half_ball(v, half_ball, 1.0) for v in (near, far)], dim=1)
+
+    def confined_maps(radius_px):
+        confined = SupportProjector(half_ball, box, radius_px, edge_px=1.6)(coefficients)
+        return [half_ball_to_map(confined[:, i], half_ball, box, 1.0) for i in (0, 1)]
+
+    kept, removed = confined_maps(8.0)
+    assert (kept - near).abs().max() < 0.01 and removed.abs().max() < 0.01
+    assert all((m - v).abs().max() < 0.01 for m, v in zip(confined_maps(20.0), (near, far)))
 
 
 @pytest.mark.parametrize("flip", [False, True])

@@ -75,6 +75,9 @@ def test_every_strategy_gives_the_one_process_gradient_and_touched_set_on_every_
         torch.testing.assert_close(indices, expected.indices(), msg=f"{strategy} rank {rank}")
         torch.testing.assert_close(values, expected.values(), msg=f"{strategy} rank {rank}")
         assert stats.union_rows == expected.values().shape[0]
+        other_indices, other_values, _ = two_rank_results[(1 - rank, strategy)]
+        assert torch.equal(indices, other_indices) and torch.equal(values, other_values), \
+            f"{strategy}: the ranks' sums differ in their bits, so their basis replicas would drift apart"
 
 
 def test_bytes_are_counted_for_ring_collectives_and_auto_takes_the_cheapest(two_rank_results):

@@ -8,7 +8,7 @@ import yaml
 
 from conftest import assert_one_line_error, run_cli
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
-from hetrec_dist.physics.maps import map_to_half_ball
+from hetrec_dist.physics.maps import half_ball_to_map, map_to_half_ball
 from hetrec_dist.simulate.atom_models import hinge_model
 from hetrec_dist.simulate.render import render_map
 from hetrec_dist.train.checkpoint import load_checkpoint
@@ -167,6 +167,29 @@ def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
     result = run_cli("train", sim_store, "-o", tmp_path / "r4", "--basis-reduction", "scatter", expect_ok=False)
     assert_one_line_error(result, "basis_reduction", "'scatter'", "factors")
+    (tmp_path / "mask.yaml").write_text("mask_diameter_A: -5\n")
+    result = run_cli("train", sim_store, "-o", tmp_path / "r5", "--config", tmp_path / "mask.yaml", expect_ok=False)
+    assert_one_line_error(result, "mask_diameter_A", "-5")
+    assert not (tmp_path / "r4").exists() and not (tmp_path / "r5").exists()
+
+
+def test_confining_the_basis_keeps_a_particle_inside_the_mask_and_removes_what_is_outside():
+    """The trained model's way to the mask: the true map of the simulated particle loaded as the mean volume
+    and a corner blob as a second volume; a mask just larger than the particle keeps the first as it was."""
+    box, apix = 48, 3.0
+    atoms = hinge_model()
+    truth = torch.from_numpy(render_map(atoms.start, atoms.weights, atoms.sigma_A, box, apix))
+    corner = torch.zeros_like(truth)
+    corner[2:6, 2:6, 2:6] = truth.max()
+    vae = HetVAE(ModelShape(box=box, zdim=1, n_basis=1), pixel_size_A=apix).double()
+    coefficients = torch.stack([map_to_half_ball(v, vae.half_ball, apix) for v in (truth, corner)], dim=1)
+    vae.basis.data = torch.cat([coefficients.real, coefficients.imag], dim=1)
+    particle_diameter = 2 * (np.linalg.norm(atoms.start, axis=1).max() + 3 * atoms.sigma_A)
+    vae.confine_basis(vae.support_projector(particle_diameter))
+    assert (vae.volume(torch.zeros(1, dtype=torch.float64)) - truth).abs().max() < 0.02 * truth.max()
+    components = vae.basis.view(-1, 2, 2)
+    corner_left = half_ball_to_map(torch.complex(components[:, 0, 1], components[:, 1, 1]), vae.half_ball, box, apix)
+    assert corner_left.abs().max() < 0.02 * truth.max()
 
 
 def test_observed_spectra_undo_the_particle_shift():

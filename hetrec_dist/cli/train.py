@@ -18,6 +18,9 @@ from hetrec_dist.cli.command_line import reproducible_command
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate of encoder and decoder (default 1e-3).")
 @click.option("--lr-basis", type=click.FloatRange(min=0, min_open=True), help="Learning rate of the basis (default 1e-2).")
 @click.option("--beta", type=click.FloatRange(min=0), help="Weight of the KL term (default 1).")
+@click.option("--mask-diameter", "mask_diameter_A", type=click.FloatRange(min=0, min_open=True), metavar="ANGSTROM",
+              help="Confine the basis volumes to a sphere of this diameter (soft edge outside it), as RELION's "
+                   "particle diameter (default 90% of the box).")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto (default).")
 @click.option("--gt", type=click.Path(exists=True, file_okay=False),

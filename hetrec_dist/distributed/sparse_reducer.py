@@ -12,8 +12,8 @@ Strategies (only collectives that gloo and NCCL both have: all_reduce SUM/MAX, a
     gather   all-gather every rank's (row, values), padded to the largest count, and add them up;
     union    all-reduce the touched mask (MAX), then all-reduce values on the union rows only;
     factors  all-gather each image's pose, basis weights and slice gradient, (9 + K+1 + 2P) numbers an image
-             instead of up to 8 x 2(K+1) per slice point, and let every rank rebuild the summed gradient of
-             the whole global batch (touched set included) itself;
+             instead of up to 8 x 2(K+1) per slice point, and let every rank rebuild the other ranks'
+             gradients (touched sets included) and sum them with its own: fewest bytes, most compute;
     auto     reduce the mask, then whichever of the four sends the fewest bytes.
 All of them first all-gather two counts a rank (touched rows, images).
 """
@@ -118,19 +118,40 @@ def _reduce_gather(grad, group, max_nnz, world_size):
     return torch.sparse_coo_tensor(rows[real][None], values[real], grad.shape).coalesce()
 
 
+def _sum_in_rank_order(parts, shape):
+    """The sum of coalesced sparse tensors, added row by row in list order, so that every rank summing the
+    same list gets the same bits."""
+    touched = torch.zeros(shape[0], dtype=torch.bool, device=parts[0].device)
+    for part in parts:
+        touched[part.indices()[0]] = True
+    position = torch.cumsum(touched, 0) - 1
+    values = parts[0].values().new_zeros(int(touched.sum()), shape[1])
+    for part in parts:
+        values.index_add_(0, position[part.indices()[0]], part.values())
+    return _sparse(touched.nonzero().squeeze(1), values, shape)
+
+
 def _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_size):
+    """Every rank's gradient, the other ranks' rebuilt here from their gathered factors, summed in rank
+    order (a rank's own gradient is the one it would rebuild: same inputs, same shapes, same bits)."""
     n_images, n_components = factors.weights.shape
     packed = torch.cat([factors.rotations.reshape(n_images, 9).to(factors.weights.dtype), factors.weights,
                         factors.grad_slices.reshape(n_images, -1)], dim=1)
     padded = packed.new_zeros(max(image_counts), packed.shape[1])
     padded[:n_images] = packed
     gathered = _all_gather(padded, group, world_size)
-    everything = torch.cat([g[:c] for g, c in zip(gathered, image_counts)])
-    rotations = everything[:, :9].reshape(-1, 3, 3)
-    weights = everything[:, 9:9 + n_components]
-    grads = everything[:, 9 + n_components:].reshape(len(everything), -1, 2)
-    geometry = slice_geometry(rotations, points_2d, half_ball)
-    return basis_gradient(geometry, grads, weights, half_ball.n_voxels)
+    own, parts = dist.get_rank(group), []
+    for rank, (rank_packed, count) in enumerate(zip(gathered, image_counts)):
+        if rank == own:
+            parts.append(factors.basis_gradient(half_ball.n_voxels))
+        elif count > 0:
+            rank_packed = rank_packed[:count]
+            rotations = rank_packed[:, :9].reshape(-1, 3, 3).to(factors.rotations.dtype).contiguous()
+            weights = rank_packed[:, 9:9 + n_components].contiguous()
+            grads = rank_packed[:, 9 + n_components:].reshape(count, -1, 2).contiguous()
+            geometry = slice_geometry(rotations, points_2d, half_ball)
+            parts.append(basis_gradient(geometry, grads, weights, half_ball.n_voxels))
+    return _sum_in_rank_order(parts, (half_ball.n_voxels, 2 * n_components))
 
 
 def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d, group=None):

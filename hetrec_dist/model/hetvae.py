@@ -17,7 +17,7 @@ from torch import nn
 from hetrec_dist.model.encoder import ResidualMLPEncoder
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
-from hetrec_dist.physics.maps import half_ball_to_map
+from hetrec_dist.physics.maps import SupportProjector, half_ball_to_map
 from hetrec_dist.physics.projector import project, project_with_factors, slice_geometry
 
 
@@ -101,6 +101,20 @@ class HetVAE(nn.Module):
         return {**out, "loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
                 "touched_fraction": len(geometry.touched_rows) / self.half_ball.n_voxels,
                 "mu": mu, "observed": observed, "predicted": predicted}
+
+    def support_projector(self, mask_diameter_A=None):
+        """What confines the basis to a sphere of mask_diameter_A (None: 90% of the box), soft edge 5% of the
+        box outside it."""
+        box = self.shape.box
+        radius_px = 0.45 * box if mask_diameter_A is None else mask_diameter_A / (2 * self.pixel_size_A)
+        return SupportProjector(self.half_ball, box, radius_px, edge_px=0.05 * box)
+
+    @torch.no_grad()
+    def confine_basis(self, projector):
+        """Replace every basis volume by its projection `projector` (a support_projector())."""
+        components = self.basis.view(-1, 2, self.shape.n_basis + 1)
+        confined = projector(torch.complex(components[:, 0], components[:, 1]))
+        self.basis.copy_(torch.cat([confined.real, confined.imag], dim=1))
 
     def volume(self, z):
         """The map [z, y, x] (D^3, in the images' original units) for one latent z (zdim,)."""

@@ -1,6 +1,7 @@
 """Training configuration: defaults, YAML presets (configs/*.yaml) and command-line overrides."""
 
 import dataclasses
+import typing
 
 import yaml
 
@@ -25,6 +26,8 @@ class TrainConfig:
     lr: float = 1e-3           # Adam, encoder and decoder
     lr_basis: float = 1e-2     # sparse Adam, structural basis
     beta: float = 1.0          # weight of the KL term
+    mask_diameter_A: float | None = None  # basis volumes confined to this sphere (soft edge outside); None: 0.9 box
+    mask_every: int = 10       # steps between confinements of the basis to the mask
     seed: int = 0
     device: str = "auto"       # auto: cuda if available, else cpu
     checkpoint_every: int = 5  # epochs
@@ -36,6 +39,10 @@ class TrainConfig:
     collective_timeout_s: int = 600  # several ranks: how long a rank waits for the others before it gives up
 
     def __post_init__(self):
+        if self.mask_diameter_A is not None and not self.mask_diameter_A > 0:
+            raise UserError(f"setting mask_diameter_A: {self.mask_diameter_A!r} is not a positive diameter in Angstrom")
+        if self.mask_every < 1:
+            raise UserError(f"setting mask_every: {self.mask_every!r} is not a positive number of steps")
         if self.basis_reduction not in REDUCTIONS:
             raise UserError(f"setting basis_reduction: {self.basis_reduction!r} is not one of {', '.join(REDUCTIONS)}")
 
@@ -79,13 +86,21 @@ def build_config(preset_path=None, overrides=None):
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _base_type(field):
+    """int, float or str; X for an optional setting typed X | None."""
+    return next((t for t in typing.get_args(field.type) if t is not type(None)), field.type)
+
+
 def _typed(field, value):
+    kind_type = _base_type(field)
+    if value is None and kind_type is not field.type:
+        return None
     try:
-        typed = field.type(value)
+        typed = kind_type(value)
     except (TypeError, ValueError):
         typed = None
-    if typed is None or (field.type is int and typed != value):
-        kind = {int: "an integer", float: "a number", str: "a string"}[field.type]
+    if typed is None or (kind_type is int and typed != value):
+        kind = {int: "an integer", float: "a number", str: "a string"}[kind_type]
         raise UserError(f"setting {field.name}: {value!r} is not {kind}")
     return typed
 
