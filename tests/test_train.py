@@ -170,7 +170,13 @@ def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
     (tmp_path / "mask.yaml").write_text("mask_diameter_A: -5\n")
     result = run_cli("train", sim_store, "-o", tmp_path / "r5", "--config", tmp_path / "mask.yaml", expect_ok=False)
     assert_one_line_error(result, "mask_diameter_A", "-5")
-    assert not (tmp_path / "r4").exists() and not (tmp_path / "r5").exists()
+    (tmp_path / "mask.yaml").write_text("mask: solvent\nmask_threshold: 0.3\n")
+    result = run_cli("train", sim_store, "-o", tmp_path / "r6", "--config", tmp_path / "mask.yaml", expect_ok=False)
+    assert_one_line_error(result, "mask", "'solvent'", "envelope")
+    (tmp_path / "mask.yaml").write_text("mask_threshold: 1.5\n")
+    result = run_cli("train", sim_store, "-o", tmp_path / "r7", "--config", tmp_path / "mask.yaml", expect_ok=False)
+    assert_one_line_error(result, "mask_threshold", "1.5")
+    assert not any((tmp_path / f"r{i}").exists() for i in (4, 5, 6, 7))
 
 
 def test_confining_the_basis_keeps_a_particle_inside_the_mask_and_removes_what_is_outside():
@@ -190,6 +196,35 @@ def test_confining_the_basis_keeps_a_particle_inside_the_mask_and_removes_what_i
     components = vae.basis.view(-1, 2, 2)
     corner_left = half_ball_to_map(torch.complex(components[:, 0, 1], components[:, 1, 1]), vae.half_ball, box, apix)
     assert corner_left.abs().max() < 0.02 * truth.max()
+
+
+def test_the_envelope_mask_keeps_every_conformation_the_decoder_reaches_and_removes_the_rest():
+    """The hinge at coordinate 0 as the mean volume, its change to coordinate 1 along the latent axis, and a
+    blob that no latent reaches (decoder column 0) 11 px off the particle, inside the sphere: the envelope mask
+    keeps both conformations' maps and removes the blob, which the sphere alone keeps."""
+    box, apix = 48, 3.0
+    atoms = hinge_model()
+    start, end = (torch.from_numpy(render_map(p, atoms.weights, atoms.sigma_A, box, apix)) for p in atoms.positions([0, 1]))
+    grid = torch.arange(box, dtype=torch.float64) - box // 2
+    blob = start.max() * torch.exp(-((grid[:, None, None] - 19) ** 2 + grid[None, :, None] ** 2
+                                     + grid[None, None, :] ** 2) / (2 * 1.2 ** 2))
+    assert start[36:, :, :].abs().max() < 1e-3 * start.max() and end[36:, :, :].abs().max() < 1e-3 * start.max()
+    vae = HetVAE(ModelShape(box=box, zdim=1, n_basis=2), pixel_size_A=apix).double()
+    vae.decoder.weight.data, vae.decoder.bias.data = torch.tensor([[1.0], [0.0]]).double(), torch.zeros(2).double()
+    coefficients = torch.stack([map_to_half_ball(v, vae.half_ball, apix) for v in (start, end - start, blob)], dim=1)
+
+    def confined(follow_envelope):
+        vae.basis.data = torch.cat([coefficients.real, coefficients.imag], dim=1)
+        vae.confine_basis(vae.support_projector(), follow_envelope)
+        components = vae.basis.view(-1, 2, 3)
+        return [vae.volume(torch.tensor([z]).double()) for z in (0.0, 1.0)], half_ball_to_map(
+            torch.complex(components[:, 0, 2], components[:, 1, 2]), vae.half_ball, box, apix)
+
+    (at_start, at_end), blob_left = confined(follow_envelope=True)
+    assert (at_start - start).abs().max() < 0.03 * start.max() and (at_end - end).abs().max() < 0.03 * start.max()
+    assert blob_left.abs().max() < 0.01 * start.max()
+    _, blob_in_sphere = confined(follow_envelope=False)
+    assert blob_in_sphere.abs().max() > 0.9 * start.max()
 
 
 def test_observed_spectra_undo_the_particle_shift():

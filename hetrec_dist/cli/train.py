@@ -21,6 +21,12 @@ from hetrec_dist.cli.command_line import reproducible_command
 @click.option("--mask-diameter", "mask_diameter_A", type=click.FloatRange(min=0, min_open=True), metavar="ANGSTROM",
               help="Confine the basis volumes to a sphere of this diameter (soft edge outside it), as RELION's "
                    "particle diameter (default 90% of the box).")
+@click.option("--mask", type=click.Choice(["envelope", "sphere"]),
+              help="envelope (default): after the first epoch, the sphere times a soft mask around the model's "
+                   "density (its RMS over the latent space, above --mask-threshold of its maximum), updated as "
+                   "it trains; sphere: the sphere alone.")
+@click.option("--mask-threshold", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+              help="Envelope mask: fraction of the maximum RMS density where its core ends (default 0.15).")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto (default).")
 @click.option("--gt", type=click.Path(exists=True, file_okay=False),

@@ -17,7 +17,7 @@ from torch import nn
 from hetrec_dist.model.encoder import ResidualMLPEncoder
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
-from hetrec_dist.physics.maps import SupportProjector, half_ball_to_map
+from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map
 from hetrec_dist.physics.projector import project, project_with_factors, slice_geometry
 
 
@@ -102,18 +102,29 @@ class HetVAE(nn.Module):
                 "touched_fraction": len(geometry.touched_rows) / self.half_ball.n_voxels,
                 "mu": mu, "observed": observed, "predicted": predicted}
 
-    def support_projector(self, mask_diameter_A=None):
+    def support_projector(self, mask_diameter_A=None, envelope_threshold=EnvelopeMask.threshold):
         """What confines the basis to a sphere of mask_diameter_A (None: 90% of the box), soft edge 5% of the
-        box outside it."""
+        box outside it, or to that sphere times the envelope of the model's density (see SupportProjector)."""
         box = self.shape.box
         radius_px = 0.45 * box if mask_diameter_A is None else mask_diameter_A / (2 * self.pixel_size_A)
-        return SupportProjector(self.half_ball, box, radius_px, edge_px=0.05 * box)
+        return SupportProjector(self.half_ball, box, radius_px, edge_px=0.05 * box,
+                                envelope=EnvelopeMask(threshold=envelope_threshold))
+
+    def density_directions(self):
+        """(K+1) x (1 + zdim): the mean map's basis weights (1, decoder bias) and, for each latent axis, how the
+        weights change along it (0, decoder column): the maps of the model over the latent prior N(0, I) have
+        these as their mean and principal directions."""
+        mean = torch.cat([self.basis.new_ones(1), self.decoder.bias])
+        axes = torch.cat([self.basis.new_zeros(1, self.shape.zdim), self.decoder.weight])
+        return torch.cat([mean[:, None], axes], dim=1).detach()
 
     @torch.no_grad()
-    def confine_basis(self, projector):
-        """Replace every basis volume by its projection `projector` (a support_projector())."""
+    def confine_basis(self, projector, follow_envelope=False):
+        """Replace every basis volume by its projection `projector` (a support_projector()); follow_envelope:
+        first shrink the projector's mask to the envelope of the model's maps (see SupportProjector)."""
         components = self.basis.view(-1, 2, self.shape.n_basis + 1)
-        confined = projector(torch.complex(components[:, 0], components[:, 1]))
+        directions = self.density_directions() if follow_envelope else None
+        confined = projector(torch.complex(components[:, 0], components[:, 1]), directions)
         self.basis.copy_(torch.cat([confined.real, confined.imag], dim=1))
 
     def volume(self, z):

@@ -4,6 +4,8 @@ Scale: coefficients are apix * fftn(ifftshift(V)) / D, so that a central slice e
 rfft2 of the image apix * sum_z V (the line integral of the density, as the simulator renders images).
 """
 
+import dataclasses
+
 import torch
 
 
@@ -40,25 +42,74 @@ def soft_sphere_mask(n, radius, edge):
     return 0.5 + 0.5 * torch.cos(torch.pi * outside)
 
 
+def _separable_pool(volume, pool, radius):
+    """max or mean over the (2 radius + 1)^3 cube around every sample of an n^3 volume, wrapping around."""
+    width = 2 * radius + 1
+    out = volume[None, None]
+    for kernel in ((width, 1, 1), (1, width, 1), (1, 1, width)):
+        padding = [radius if k > 1 else 0 for k in reversed(kernel) for _ in (0, 1)]
+        out = pool(torch.nn.functional.pad(out, padding, mode="circular"), kernel, stride=1)
+    return out[0, 0]
+
+
+def _gaussian_blur(volume, sigma):
+    """volume (n^3) convolved with a Gaussian of `sigma` samples (periodic)."""
+    n = volume.shape[0]
+    k = torch.fft.fftfreq(n, device=volume.device)
+    kx = torch.fft.rfftfreq(n, device=volume.device)
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2
+    return torch.fft.irfftn(torch.fft.rfftn(volume) * torch.exp(-2 * (torch.pi * sigma) ** 2 * k2), s=volume.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvelopeMask:
+    """How a mask follows the density (in pixels of the images): where the blurred RMS density, its noise
+    power taken off, exceeds `threshold` x its maximum, widened by `dilation` and falling to 0 over `edge`."""
+    threshold: float = 0.15
+    blur_px: float = 2.0
+    dilation_px: int = 3
+    edge_px: int = 2
+
+
 class SupportProjector:
-    """Confine half-ball volumes to a sphere in real space: to a map, times a soft sphere, back.
+    """Confine half-ball volumes to a soft mask in real space: to maps, times the mask, back.
 
-    The map is sampled on an n^3 grid with n > 2 x the ball's extent (the spectrum zero-padded), so that every
-    basis voxel, interpolation margin included, comes back without wrap-around. radius_px, edge_px: in pixels
-    of the images (box `box`)."""
+    The maps are sampled on an n^3 grid with n > 2 x the ball's extent (the spectrum zero-padded), so that every
+    basis voxel, interpolation margin included, comes back without wrap-around. The mask is a sphere
+    (radius_px, falling to 0 over edge_px outside; pixels of the images, box `box`), or, when called with the
+    directions of the density's variation, that sphere times an envelope of the density (`envelope`)."""
 
-    def __init__(self, half_ball, box, radius_px, edge_px):
+    def __init__(self, half_ball, box, radius_px, edge_px, envelope=EnvelopeMask()):
         self.n = 2 * half_ball.extent + 2
         self.index = _wrapped_index(half_ball, self.n)
-        samples_per_px = self.n / box
-        self.mask = soft_sphere_mask(self.n, radius_px * samples_per_px, edge_px * samples_per_px)
+        self.samples_per_px = self.n / box
+        self.sphere = soft_sphere_mask(self.n, radius_px * self.samples_per_px, edge_px * self.samples_per_px)
+        self.mask, self.envelope = self.sphere, envelope
 
-    def __call__(self, coefficients):
-        """coefficients: V x C complex (C volumes) -> the same, confined."""
+    def __call__(self, coefficients, directions=None):
+        """coefficients: V x C complex (C volumes) -> the same, confined. directions (C x M): if given, the
+        mask first becomes the sphere times the envelope of the maps sum_c directions[c, m] volume_c, m = 1..M
+        (see envelope_mask), and stays so for the calls without."""
         n, n_volumes = self.n, coefficients.shape[1]
         index = self.index.to(coefficients.device)
         spectrum = coefficients.new_zeros(n_volumes, n * n * (n // 2 + 1))
         spectrum[:, index] = coefficients.T
         volumes = torch.fft.irfftn(spectrum.view(n_volumes, n, n, n // 2 + 1), s=(n, n, n), dim=(-3, -2, -1))
+        if directions is not None:
+            self.mask = self.sphere.to(volumes.device) * self.envelope_mask(volumes, directions)
         volumes *= self.mask.to(volumes.device, volumes.dtype)
         return torch.fft.rfftn(volumes, dim=(-3, -2, -1)).reshape(n_volumes, -1)[:, index].T
+
+    def envelope_mask(self, volumes, directions):
+        """A soft mask around the root-mean-square density of the maps sum_c directions[c, m] volumes_c
+        (m = 1..M): blurred, thresholded at a fraction of its maximum inside the sphere, dilated, soft-edged.
+        With directions (1, w) for the mean and the decoder's columns for the latent axes, it is the RMS of
+        the model's maps over the latent prior, so it covers every conformation the model holds."""
+        spec, scale = self.envelope, self.samples_per_px
+        maps = torch.einsum("cm,cxyz->mxyz", directions.to(volumes.dtype), volumes)
+        sphere = self.sphere.to(maps.device) > 0.5
+        power = _gaussian_blur((maps ** 2).sum(0), spec.blur_px * scale)
+        signal = (power - power[sphere].median()) * sphere  # most of the sphere is solvent: its median is noise
+        core = (signal > spec.threshold ** 2 * signal.max()).to(volumes.dtype)
+        dilated = _separable_pool(core, torch.nn.functional.max_pool3d, round(spec.dilation_px * scale))
+        return _separable_pool(dilated, torch.nn.functional.avg_pool3d, round(spec.edge_px * scale))

@@ -8,9 +8,11 @@ import yaml
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES as REDUCTION_STRATEGIES
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import ModelShape
+from hetrec_dist.physics.maps import EnvelopeMask
 
 
 REDUCTIONS = ("auto",) + REDUCTION_STRATEGIES
+MASKS = ("sphere", "envelope")
 
 
 @dataclasses.dataclass
@@ -28,6 +30,9 @@ class TrainConfig:
     beta: float = 1.0          # weight of the KL term
     mask_diameter_A: float | None = None  # basis volumes confined to this sphere (soft edge outside); None: 0.9 box
     mask_every: int = 10       # steps between confinements of the basis to the mask
+    mask: str = "envelope"     # sphere, or envelope: the sphere times a soft mask around the model's density
+    mask_threshold: float = EnvelopeMask.threshold  # envelope: fraction of the RMS density's maximum where the mask's core ends
+    mask_warmup_epochs: int = 1  # epochs confined to the sphere alone before the envelope is followed
     seed: int = 0
     device: str = "auto"       # auto: cuda if available, else cpu
     checkpoint_every: int = 5  # epochs
@@ -43,6 +48,12 @@ class TrainConfig:
             raise UserError(f"setting mask_diameter_A: {self.mask_diameter_A!r} is not a positive diameter in Angstrom")
         if self.mask_every < 1:
             raise UserError(f"setting mask_every: {self.mask_every!r} is not a positive number of steps")
+        if self.mask not in MASKS:
+            raise UserError(f"setting mask: {self.mask!r} is not one of {', '.join(MASKS)}")
+        if not 0 < self.mask_threshold < 1:
+            raise UserError(f"setting mask_threshold: {self.mask_threshold!r} is not a fraction between 0 and 1")
+        if self.mask_warmup_epochs < 0:
+            raise UserError(f"setting mask_warmup_epochs: {self.mask_warmup_epochs!r} is not a number of epochs")
         if self.basis_reduction not in REDUCTIONS:
             raise UserError(f"setting basis_reduction: {self.basis_reduction!r} is not one of {', '.join(REDUCTIONS)}")
 

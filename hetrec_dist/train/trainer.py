@@ -119,7 +119,7 @@ class Trainer:
         self.world.broadcast_(self.model.basis.data)
         self.dense_optimizer = dense_optimizer(self.world, self.model.dense_modules(), config.lr, config.batch_size)
         self.basis_optimizer = torch.optim.SparseAdam([self.model.basis], lr=config.lr_basis)
-        self.mask = self.model.support_projector(config.mask_diameter_A)
+        self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
         self.dataset = ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                               world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
@@ -219,7 +219,8 @@ class Trainer:
                                                       loss_scale=size * self.world.size / n_global)
             n_images += size
             if (self.step + 1) % self.config.mask_every == 0:
-                self.model.confine_basis(self.mask)
+                self.model.confine_basis(self.mask, follow_envelope=self.config.mask == "envelope"
+                                         and self.epoch >= self.config.mask_warmup_epochs)
             for key in totals:
                 totals[key] += out[key].item() * size
             self.step += 1
