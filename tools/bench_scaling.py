@@ -9,6 +9,10 @@ split and the reducer's bytes); OUT/summary/ gets scaling/images_per_s, scaling/
 scaling/reduce_bytes_per_step against the number of ranks. Images/s are those of the last epoch; step-time
 split and reducer figures are means over the steps logged after the first epoch. Efficiency of W ranks:
 images/s / (W x images/s of one rank).
+
+Each run is pinned (taskset) to as many cores as it has ranks, so that W ranks get W times the resources of
+one: unpinned, one rank with one compute thread still spreads its reader thread, gloo and page-zeroing over
+the idle cores, which W ranks cannot. --no-pin runs everything on all cores.
 """
 
 import argparse
@@ -39,6 +43,8 @@ def train(store, run, ranks, strategy, args):
     else:
         command = [sys.executable, "-m", "hetrec_dist.cli", "launch", "--procs-per-node", str(ranks),
                    "--master-port", str(_free_port()), "--env", "OMP_NUM_THREADS", "--", *train_args]
+    if args.pin:
+        command = ["taskset", "--cpu-list", f"0-{ranks - 1}", *command]
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -69,7 +75,10 @@ def main():
     parser.add_argument("--strategies", nargs="+", default=["auto", "factors", "union", "gather", "dense"])
     parser.add_argument("--out", default="scaling")
     parser.add_argument("--workdir", default="/tmp/hetrec_bench")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="run every run on all cores")
     args = parser.parse_args()
+    if args.pin and max(args.ranks) > os.cpu_count():
+        parser.error(f"{max(args.ranks)} ranks cannot each have a core of the {os.cpu_count()} here (or --no-pin)")
     os.makedirs(args.workdir, exist_ok=True)
     store = prepare(args.workdir, args.n, args.box)
     from torch.utils.tensorboard import SummaryWriter

@@ -115,7 +115,7 @@ def _reduce_gather(grad, group, max_nnz, world_size):
     rows = torch.cat(_all_gather(rows, group, world_size))
     values = torch.cat(_all_gather(values, group, world_size))
     real = rows >= 0
-    return torch.sparse_coo_tensor(rows[real][None], values[real], grad.shape).coalesce()
+    return torch.sparse_coo_tensor(rows[real][None], values[real], grad.shape, check_invariants=False).coalesce()
 
 
 def _sum_in_rank_order(parts, shape):
