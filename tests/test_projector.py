@@ -98,7 +98,7 @@ def test_support_projection_keeps_density_inside_the_sphere_and_removes_it_outsi
     coefficients = torch.stack([map_to_half_ball(v, half_ball, 1.0) for v in (near, far)], dim=1)
 
     def confined_maps(radius_px):
-        confined = SupportProjector(half_ball, box, radius_px, edge_px=1.6)(coefficients)
+        confined = SupportProjector(half_ball, box, 1.0, radius_px, edge_px=1.6)(coefficients)
         return [half_ball_to_map(confined[:, i], half_ball, box, 1.0) for i in (0, 1)]
 
     kept, removed = confined_maps(8.0)

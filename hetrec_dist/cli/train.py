@@ -26,7 +26,7 @@ from hetrec_dist.cli.command_line import reproducible_command
                    "density (its RMS over the latent space, above --mask-threshold of its maximum), updated as "
                    "it trains; sphere: the sphere alone.")
 @click.option("--mask-threshold", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-              help="Envelope mask: fraction of the maximum RMS density where its core ends (default 0.15).")
+              help="Envelope mask: fraction of the maximum RMS density where its core ends (default 0.1).")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto (default).")
 @click.option("--gt", type=click.Path(exists=True, file_okay=False),

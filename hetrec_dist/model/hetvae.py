@@ -107,7 +107,7 @@ class HetVAE(nn.Module):
         box outside it, or to that sphere times the envelope of the model's density (see SupportProjector)."""
         box = self.shape.box
         radius_px = 0.45 * box if mask_diameter_A is None else mask_diameter_A / (2 * self.pixel_size_A)
-        return SupportProjector(self.half_ball, box, radius_px, edge_px=0.05 * box,
+        return SupportProjector(self.half_ball, box, self.pixel_size_A, radius_px, edge_px=0.05 * box,
                                 envelope=EnvelopeMask(threshold=envelope_threshold))
 
     def density_directions(self):

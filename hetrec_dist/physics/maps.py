@@ -52,23 +52,15 @@ def _separable_pool(volume, pool, radius):
     return out[0, 0]
 
 
-def _gaussian_blur(volume, sigma):
-    """volume (n^3) convolved with a Gaussian of `sigma` samples (periodic)."""
-    n = volume.shape[0]
-    k = torch.fft.fftfreq(n, device=volume.device)
-    kx = torch.fft.rfftfreq(n, device=volume.device)
-    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2
-    return torch.fft.irfftn(torch.fft.rfftn(volume) * torch.exp(-2 * (torch.pi * sigma) ** 2 * k2), s=volume.shape)
-
-
 @dataclasses.dataclass(frozen=True)
 class EnvelopeMask:
-    """How a mask follows the density (in pixels of the images): where the blurred RMS density, its noise
-    power taken off, exceeds `threshold` x its maximum, widened by `dilation` and falling to 0 over `edge`."""
-    threshold: float = 0.15
-    blur_px: float = 2.0
-    dilation_px: int = 3
-    edge_px: int = 2
+    """How a mask follows the density: where the RMS density, low-passed to `lowpass_A` (a Gaussian, half
+    amplitude there) and its noise power taken off, exceeds `threshold` x its maximum, widened by
+    `dilation_A` and falling to 0 over `edge_A` more (as cryoSPARC's dynamic mask: threshold, near, far)."""
+    threshold: float = 0.1
+    lowpass_A: float = 10.0
+    dilation_A: float = 6.0
+    edge_A: float = 4.0
 
 
 class SupportProjector:
@@ -76,40 +68,48 @@ class SupportProjector:
 
     The maps are sampled on an n^3 grid with n > 2 x the ball's extent (the spectrum zero-padded), so that every
     basis voxel, interpolation margin included, comes back without wrap-around. The mask is a sphere
-    (radius_px, falling to 0 over edge_px outside; pixels of the images, box `box`), or, when called with the
-    directions of the density's variation, that sphere times an envelope of the density (`envelope`)."""
+    (radius_px, falling to 0 over edge_px outside; pixels of the images: box `box`, pixel_size_A), or, when
+    called with the directions of the density's variation, that sphere times an envelope of the density."""
 
-    def __init__(self, half_ball, box, radius_px, edge_px, envelope=EnvelopeMask()):
+    def __init__(self, half_ball, box, pixel_size_A, radius_px, edge_px, envelope=EnvelopeMask()):
         self.n = 2 * half_ball.extent + 2
         self.index = _wrapped_index(half_ball, self.n)
-        self.samples_per_px = self.n / box
-        self.sphere = soft_sphere_mask(self.n, radius_px * self.samples_per_px, edge_px * self.samples_per_px)
+        self.samples_per_A = self.n / (box * pixel_size_A)
+        self.sphere = soft_sphere_mask(self.n, radius_px * self.n / box, edge_px * self.n / box)
         self.mask, self.envelope = self.sphere, envelope
+        resolution_A = box * pixel_size_A / half_ball.coords.double().norm(dim=1)  # of each voxel
+        self.lowpass = torch.exp(-torch.log(torch.tensor(2.0)) * (envelope.lowpass_A / resolution_A) ** 2)
+
+    def _maps(self, coefficients):
+        """V x C complex half-ball coefficients -> C x n^3 real maps."""
+        n, n_volumes = self.n, coefficients.shape[1]
+        spectrum = coefficients.new_zeros(n_volumes, n * n * (n // 2 + 1))
+        spectrum[:, self.index.to(coefficients.device)] = coefficients.T
+        return torch.fft.irfftn(spectrum.view(n_volumes, n, n, n // 2 + 1), s=(n, n, n), dim=(-3, -2, -1))
 
     def __call__(self, coefficients, directions=None):
         """coefficients: V x C complex (C volumes) -> the same, confined. directions (C x M): if given, the
         mask first becomes the sphere times the envelope of the maps sum_c directions[c, m] volume_c, m = 1..M
         (see envelope_mask), and stays so for the calls without."""
-        n, n_volumes = self.n, coefficients.shape[1]
-        index = self.index.to(coefficients.device)
-        spectrum = coefficients.new_zeros(n_volumes, n * n * (n // 2 + 1))
-        spectrum[:, index] = coefficients.T
-        volumes = torch.fft.irfftn(spectrum.view(n_volumes, n, n, n // 2 + 1), s=(n, n, n), dim=(-3, -2, -1))
         if directions is not None:
-            self.mask = self.sphere.to(volumes.device) * self.envelope_mask(volumes, directions)
+            self.mask = self.sphere.to(coefficients.device) * self.envelope_mask(coefficients, directions)
+        volumes = self._maps(coefficients)
         volumes *= self.mask.to(volumes.device, volumes.dtype)
-        return torch.fft.rfftn(volumes, dim=(-3, -2, -1)).reshape(n_volumes, -1)[:, index].T
+        confined = torch.fft.rfftn(volumes, dim=(-3, -2, -1)).reshape(coefficients.shape[1], -1)
+        return confined[:, self.index.to(coefficients.device)].T
 
-    def envelope_mask(self, volumes, directions):
-        """A soft mask around the root-mean-square density of the maps sum_c directions[c, m] volumes_c
-        (m = 1..M): blurred, thresholded at a fraction of its maximum inside the sphere, dilated, soft-edged.
-        With directions (1, w) for the mean and the decoder's columns for the latent axes, it is the RMS of
-        the model's maps over the latent prior, so it covers every conformation the model holds."""
-        spec, scale = self.envelope, self.samples_per_px
-        maps = torch.einsum("cm,cxyz->mxyz", directions.to(volumes.dtype), volumes)
+    def envelope_mask(self, coefficients, directions):
+        """A soft mask around the root-mean-square density of the low-passed maps sum_c directions[c, m]
+        volume_c (m = 1..M): its noise power taken off, thresholded at a fraction of its maximum inside the
+        sphere, dilated, soft-edged. With directions (1, w) for the mean and the decoder's columns for the
+        latent axes, it is the RMS of the model's maps over the latent prior, so it covers every conformation
+        the model holds."""
+        spec, scale = self.envelope, self.samples_per_A
+        lowpass = self.lowpass.to(coefficients.device, coefficients.real.dtype)
+        maps = self._maps((coefficients * lowpass[:, None]) @ directions.to(coefficients.dtype))
         sphere = self.sphere.to(maps.device) > 0.5
-        power = _gaussian_blur((maps ** 2).sum(0), spec.blur_px * scale)
+        power = (maps ** 2).sum(0)
         signal = (power - power[sphere].median()) * sphere  # most of the sphere is solvent: its median is noise
-        core = (signal > spec.threshold ** 2 * signal.max()).to(volumes.dtype)
-        dilated = _separable_pool(core, torch.nn.functional.max_pool3d, round(spec.dilation_px * scale))
-        return _separable_pool(dilated, torch.nn.functional.avg_pool3d, round(spec.edge_px * scale))
+        core = (signal > spec.threshold ** 2 * signal.max()).to(maps.dtype)
+        dilated = _separable_pool(core, torch.nn.functional.max_pool3d, round(spec.dilation_A * scale))
+        return _separable_pool(dilated, torch.nn.functional.avg_pool3d, round(spec.edge_A * scale))
