@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from conftest import assert_one_line_error, free_port, run_cli
 from hetrec_dist.data.reader import ParticleStore, _to_torch
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
-from hetrec_dist.train.checkpoint import load_checkpoint
+from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import build_config
 
 GLOBAL_BATCHES = [range(0, 32), range(100, 132), range(200, 220)]  # the last one is partial
@@ -138,7 +138,11 @@ def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
                 "perf/images_per_s_per_rank"} <= tags
     # the same ranks, whoever started them: the same run
     np.testing.assert_array_equal(np.load(deepspeed_run / "z.npy"), np.load(mpi_run / "z.npy"))
-    # z.npy is in store order: embedding the 2-rank model in one process gives the same latents
+    # DeepSpeed wrote the checkpoints (its tag folder and `latest`); z.npy is in store order: the 2-rank
+    # model, loaded from that checkpoint into one process, embeds to the same latents
+    checkpoints = deepspeed_run / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "epoch_0002" and not (checkpoints / "last.pt").exists()
+    assert (checkpoints / "epoch_0002" / "mp_rank_00_model_states.pt").is_file()
     run_cli("embed", deepspeed_run, "-o", deepspeed_run / "z_one_process.npy")
     np.testing.assert_allclose(np.load(deepspeed_run / "z_one_process.npy"), np.load(deepspeed_run / "z.npy"),
                                rtol=1e-5, atol=1e-6)
@@ -166,11 +170,11 @@ def test_a_dead_rank_stops_the_other_and_the_run_resumes_on_one_rank(sim_store, 
                                      "--zdim", 2, "--n-basis", 3, "-q"),
                               env={**os.environ, **rank_environment(rank, 2, port)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
-    checkpoint = run / "checkpoints" / "last.pt"
+    written = run / "checkpoints" / "latest"  # DeepSpeed's: several ranks
     deadline = time.monotonic() + 240
-    while not checkpoint.exists() and time.monotonic() < deadline and ranks[0].poll() is None:
+    while not written.exists() and time.monotonic() < deadline and ranks[0].poll() is None:
         time.sleep(0.2)
-    assert checkpoint.exists(), ranks[0].communicate()
+    assert written.exists(), ranks[0].communicate()
     ranks[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     _, stderr = ranks[0].communicate(timeout=60)
@@ -179,9 +183,10 @@ def test_a_dead_rank_stops_the_other_and_the_run_resumes_on_one_rank(sim_store, 
              and "built successfully" not in line]
     assert len(lines) == 1 and lines[0].startswith("Error: rank 0 of 2 lost contact"), stderr
     assert "--resume" in lines[0]
-    epoch = load_checkpoint(checkpoint)["epoch"]
+    epoch = load_checkpoint(last_checkpoint(run))["epoch"]
     run_cli("train", sim_store, "-o", run, "--resume", "--epochs", epoch + 1, "-q")
-    assert load_checkpoint(checkpoint)["epoch"] == epoch + 1
+    assert last_checkpoint(run) == str(run / "checkpoints" / "last.pt")  # one process: hetrec's own file
+    assert load_checkpoint(last_checkpoint(run))["epoch"] == epoch + 1
     assert np.load(run / "z.npy").shape == (300, 2)
 
 

@@ -4,13 +4,13 @@ import os
 
 
 def run_checkpoint(run, checkpoint=None):
-    """The loaded checkpoint of a run: --checkpoint, or RUN/checkpoints/last.pt."""
+    """The loaded checkpoint of a run: --checkpoint, or the run's newest."""
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 
     path = checkpoint or last_checkpoint(run)
     if path is None:
-        raise UserError(f"{run}: no checkpoint (checkpoints/last.pt); train first or give --checkpoint")
+        raise UserError(f"{run}: no checkpoint in {run}/checkpoints; train first or give --checkpoint")
     return load_checkpoint(path)
 
 

@@ -6,6 +6,8 @@ through distributed.sparse_reducer and torch's SparseAdam.
 
 import torch
 
+from hetrec_dist.train.checkpoint import save_checkpoint, save_deepspeed_checkpoint
+
 
 class LocalDenseOptimizer:
     def __init__(self, module, lr):
@@ -24,6 +26,9 @@ class LocalDenseOptimizer:
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
 
+    def save_checkpoint(self, directory, state, epoch, keep_epoch_file):
+        save_checkpoint(directory, state, epoch, keep_epoch_file)
+
 
 class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
     def __init__(self, module, lr, micro_batch_size):
@@ -40,6 +45,10 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
 
     def step(self):
         self.engine.step()
+
+    def save_checkpoint(self, directory, state, epoch, keep_epoch_file):
+        """On every rank: DeepSpeed writes it."""
+        save_deepspeed_checkpoint(self.engine, directory, state, epoch, keep_epoch_file)
 
 
 def dense_optimizer(world, module, lr, micro_batch_size):

@@ -1,7 +1,7 @@
 """The training loop of `hetrec train`: one process, or data-parallel ranks (see distributed/).
 
-RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (last.pt and every
-checkpoint_every epochs epoch_NNNN.pt) and z.npy (latent means of all particles, store order); rank 0
+RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint: hetrec's files in
+one process, DeepSpeed's on several ranks) and z.npy (latent means of all particles, store order); rank 0
 writes them all. Each rank reads its own shard of the store (data.reader) with batch_size images a step;
 a step's global batch is the union of the ranks' batches, and its gradients are those of the mean loss
 over the global batch: dense ones averaged by the DeepSpeed engine, the basis one summed by the sparse
@@ -30,7 +30,7 @@ from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_grad
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
-from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
+from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
@@ -62,7 +62,7 @@ def check_box(box):
 def prepare_run_dir(run_dir, resume, overwrite):
     if resume:
         if last_checkpoint(run_dir) is None:
-            raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+            raise UserError(f"{run_dir}: nothing to resume (no checkpoint in {run_dir}/checkpoints)")
         return
     if os.path.exists(run_dir) and os.listdir(run_dir):
         if not overwrite:
@@ -269,7 +269,7 @@ class Trainer:
                 raise
             reason = str(err).strip().splitlines()[0].split("] ")[-1].split(". ")[0]
             raise RankLost(f"rank {self.world.rank} of {self.world.size} lost contact with the other ranks "
-                           f"({reason}); continue from {self.run_dir}/checkpoints/last.pt with --resume, "
+                           f"({reason}); continue from the last checkpoint in {self.run_dir}/checkpoints with --resume, "
                            "on any number of ranks") from None
         finally:
             self.metrics.close()
@@ -283,9 +283,9 @@ class Trainer:
             self.log.info(f"epoch {self.epoch}: {line}")
             if self.show_progress:
                 tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: {line}")
-            if self.world.is_root:
-                keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
-                save_checkpoint(os.path.join(self.run_dir, "checkpoints"), self.state_dict(), self.epoch, keep)
+            keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
+            self.dense_optimizer.save_checkpoint(os.path.join(self.run_dir, "checkpoints"), self.state_dict(),
+                                                 self.epoch, keep)
             every = self.config.eval_every
             if self.config.gt and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
                 self.evaluate(self.gather_latents())
