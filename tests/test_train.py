@@ -31,6 +31,13 @@ def test_a_run_writes_config_logs_checkpoints_and_latents(tiny_run):
     assert sorted(os.listdir(tiny_run / "checkpoints")) == ["epoch_0003.pt", "last.pt"]
     z = np.load(tiny_run / "z.npy")
     assert z.shape == (300, 2) and np.isfinite(z).all()
+    with mrcfile.open(tiny_run / "mask.mrc") as mrc:
+        mask, voxel_size = mrc.data.copy(), float(mrc.voxel_size.x)
+    pixel_size_A = load_checkpoint(tiny_run / "checkpoints" / "last.pt")["pixel_size_A"]
+    assert mask.shape == (32, 32, 32) and voxel_size == pytest.approx(pixel_size_A)
+    assert mask[16, 16, 16] == 1 and mask.min() >= 0 and mask.max() <= 1
+    sphere = 4 / 3 * np.pi * 0.45 ** 3  # the default sphere's share of the box
+    assert mask.mean() < 0.5 * sphere  # after the warm-up epoch the mask follows the particle
 
 
 def test_tensorboard_holds_loss_terms_timings_and_examples(tiny_run):
@@ -40,7 +47,7 @@ def test_tensorboard_holds_loss_terms_timings_and_examples(tiny_run):
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss", "train/data", "train/kl", "perf/images_per_s", "perf/touched_fraction",
                 "perf/peak_memory_MiB", "time/data_s", "time/forward_s", "time/backward_s", "time/optimizer_s",
-                "epoch/loss"):
+                "epoch/loss", "mask/volume_fraction"):
         assert tag in tags, tag
     assert "examples/data_vs_model" in events.Tags()["images"]
 

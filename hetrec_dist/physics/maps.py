@@ -98,6 +98,11 @@ class SupportProjector:
         confined = torch.fft.rfftn(volumes, dim=(-3, -2, -1)).reshape(coefficients.shape[1], -1)
         return confined[:, self.index.to(coefficients.device)].T
 
+    def mask_map(self, box):
+        """The current mask on the images' grid (box^3, centred at box // 2, as maps are), for display."""
+        centred = torch.fft.fftshift(self.mask)
+        return torch.nn.functional.interpolate(centred[None, None], size=(box,) * 3, mode="trilinear")[0, 0]
+
     def envelope_mask(self, coefficients, directions):
         """A soft mask around the root-mean-square density of the low-passed maps sum_c directions[c, m]
         volume_c (m = 1..M): its noise power taken off, thresholded at a fraction of its maximum inside the

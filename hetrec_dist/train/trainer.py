@@ -1,11 +1,11 @@
 """The training loop of `hetrec train`: one process, or data-parallel ranks (see distributed/).
 
 RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint: hetrec's files in
-one process, DeepSpeed's on several ranks) and z.npy (latent means of all particles, store order); rank 0
-writes them all. Each rank reads its own shard of the store (data.reader) with batch_size images a step;
-a step's global batch is the union of the ranks' batches, and its gradients are those of the mean loss
-over the global batch: dense ones averaged by the DeepSpeed engine, the basis one summed by the sparse
-reducer from every rank's slice factors. An epoch ends at the first step some rank has no batch for.
+one process, DeepSpeed's on several ranks), mask.mrc (the basis' current real-space mask) and z.npy (latent
+means of all particles, store order); rank 0 writes them all. Each rank reads its own shard of the store
+(data.reader) with batch_size images a step; a step's global batch is the union of the ranks' batches, and
+its gradients are those of the mean loss over the global batch: dense ones averaged by the DeepSpeed
+engine, the basis one summed by the sparse reducer from every rank's slice factors. An epoch ends at the first step some rank has no batch for.
 Randomness is a function of (seed, epoch): data order, and the VAE's sampling noise, drawn for the global
 batch and split by rank, so that 2 ranks with batch B take the steps one rank takes with batch 2B over the
 same particles. A run resumed at an epoch boundary, with the same number of ranks, continues exactly as an
@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from hetrec_dist.analysis.ground_truth import evaluate_run
+from hetrec_dist.analysis.maps import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.dense_engine import dense_optimizer
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_gradient
@@ -242,6 +243,7 @@ class Trainer:
                   "perf/images_per_s": n_global / step_s, "perf/images_per_s_per_rank": size / step_s,
                   "perf/touched_fraction": out["touched_fraction"],
                   "perf/peak_memory_MiB": peak_memory_mib(self.device), "time/data_s": data_s,
+                  "mask/volume_fraction": float(self.mask.mask.mean()),
                   **{f"time/{k}": v for k, v in timings.items()}}
         if reduction is not None:
             values.update({"reduce/bytes_sent": reduction.bytes_sent, "reduce/dense_bytes": reduction.dense_bytes,
@@ -286,6 +288,9 @@ class Trainer:
             keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
             self.dense_optimizer.save_checkpoint(os.path.join(self.run_dir, "checkpoints"), self.state_dict(),
                                                  self.epoch, keep)
+            if self.world.is_root:
+                write_map(os.path.join(self.run_dir, "mask.mrc"), self.mask.mask_map(self.model.shape.box),
+                          self.model.pixel_size_A)
             every = self.config.eval_every
             if self.config.gt and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
                 self.evaluate(self.gather_latents())
