@@ -80,23 +80,24 @@ class SupportProjector:
         resolution_A = box * pixel_size_A / half_ball.coords.double().norm(dim=1)  # of each voxel
         self.lowpass = torch.exp(-torch.log(torch.tensor(2.0)) * (envelope.lowpass_A / resolution_A) ** 2)
 
-    def _maps(self, coefficients):
-        """V x C complex half-ball coefficients -> C x n^3 real maps."""
-        n, n_volumes = self.n, coefficients.shape[1]
-        spectrum = coefficients.new_zeros(n_volumes, n * n * (n // 2 + 1))
-        spectrum[:, self.index.to(coefficients.device)] = coefficients.T
-        return torch.fft.irfftn(spectrum.view(n_volumes, n, n, n // 2 + 1), s=(n, n, n), dim=(-3, -2, -1))
+    def _map(self, coefficients):
+        """V complex half-ball coefficients -> the n^3 real map."""
+        n = self.n
+        spectrum = coefficients.new_zeros(n * n * (n // 2 + 1))
+        spectrum[self.index.to(coefficients.device)] = coefficients
+        return torch.fft.irfftn(spectrum.view(n, n, n // 2 + 1), s=(n, n, n))
 
     def __call__(self, coefficients, directions=None):
         """coefficients: V x C complex (C volumes) -> the same, confined. directions (C x M): if given, the
         mask first becomes the sphere times the envelope of the maps sum_c directions[c, m] volume_c, m = 1..M
-        (see envelope_mask), and stays so for the calls without."""
+        (see envelope_mask), and stays so for the calls without. One map at a time: at box 256 a map is
+        70 MB."""
         if directions is not None:
             self.mask = self.sphere.to(coefficients.device) * self.envelope_mask(coefficients, directions)
-        volumes = self._maps(coefficients)
-        volumes *= self.mask.to(volumes.device, volumes.dtype)
-        confined = torch.fft.rfftn(volumes, dim=(-3, -2, -1)).reshape(coefficients.shape[1], -1)
-        return confined[:, self.index.to(coefficients.device)].T
+        index = self.index.to(coefficients.device)
+        mask = self.mask.to(coefficients.device, coefficients.real.dtype)
+        return torch.stack([torch.fft.rfftn(self._map(volume) * mask).reshape(-1)[index]
+                            for volume in coefficients.T], dim=1)
 
     def mask_map(self, box):
         """The current mask on the images' grid (box^3, centred at box // 2, as maps are), for display."""
@@ -111,10 +112,10 @@ class SupportProjector:
         the model holds."""
         spec, scale = self.envelope, self.samples_per_A
         lowpass = self.lowpass.to(coefficients.device, coefficients.real.dtype)
-        maps = self._maps((coefficients * lowpass[:, None]) @ directions.to(coefficients.dtype))
-        sphere = self.sphere.to(maps.device) > 0.5
-        power = (maps ** 2).sum(0)
+        lowpassed = (coefficients * lowpass[:, None]) @ directions.to(coefficients.dtype)
+        power = sum(self._map(direction) ** 2 for direction in lowpassed.T)
+        sphere = self.sphere.to(power.device) > 0.5
         signal = (power - power[sphere].median()) * sphere  # most of the sphere is solvent: its median is noise
-        core = (signal > spec.threshold ** 2 * signal.max()).to(maps.dtype)
+        core = (signal > spec.threshold ** 2 * signal.max()).to(power.dtype)
         dilated = _separable_pool(core, torch.nn.functional.max_pool3d, round(spec.dilation_A * scale))
         return _separable_pool(dilated, torch.nn.functional.avg_pool3d, round(spec.edge_A * scale))
