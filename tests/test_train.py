@@ -211,7 +211,8 @@ def test_the_envelope_mask_keeps_every_conformation_the_decoder_reaches_and_remo
     keeps both conformations' maps and removes the blob, which the sphere alone keeps."""
     box, apix = 48, 3.0
     atoms = hinge_model()
-    start, end = (torch.from_numpy(render_map(p, atoms.weights, atoms.sigma_A, box, apix)) for p in atoms.positions([0, 1]))
+    start, end = (torch.from_numpy(render_map(positions, atoms.weights, atoms.sigma_A, box, apix))
+                  for positions in atoms.positions([0, 1]))
     grid = torch.arange(box, dtype=torch.float64) - box // 2
     blob = start.max() * torch.exp(-((grid[:, None, None] - 19) ** 2 + grid[None, :, None] ** 2
                                      + grid[None, None, :] ** 2) / (2 * 1.2 ** 2))

@@ -9,7 +9,8 @@ import click
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--gt", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="The ground_truth/ folder of a `hetrec simulate` output.")
-@click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
+@click.option("--checkpoint", type=click.Path(exists=True),
+              help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
 @click.option("--device", default="auto", show_default=True)
 def command(run, gt_dir, checkpoint, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and

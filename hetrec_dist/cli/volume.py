@@ -27,7 +27,8 @@ def read_latents(path, zdim):
 @click.option("--z", "z_path", required=True, type=click.Path(dir_okay=False, exists=True),
               help="Latents: a .npy array or a text file, one row per map.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for the maps.")
-@click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
+@click.option("--checkpoint", type=click.Path(exists=True),
+              help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--prefix", default="vol_", show_default=True, help="File names: PREFIX000.mrc, ...")
 def volume_command(run, z_path, out, checkpoint, device, prefix):
@@ -43,7 +44,8 @@ def volume_command(run, z_path, out, checkpoint, device, prefix):
 @click.command("embed")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--store", type=click.Path(), help="Default: the store the run was trained on.")
-@click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
+@click.option("--checkpoint", type=click.Path(exists=True),
+              help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Default: RUN/z.npy.")
 @click.option("--device", default="auto", show_default=True)
 def embed_command(run, store, checkpoint, out, device):

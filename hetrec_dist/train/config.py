@@ -31,7 +31,7 @@ class TrainConfig:
     mask_diameter_A: float | None = None  # basis volumes confined to this sphere (soft edge outside); None: 0.9 box
     mask_every: int = 10       # steps between confinements of the basis to the mask
     mask: str = "envelope"     # sphere, or envelope: the sphere times a soft mask around the model's density
-    mask_threshold: float = EnvelopeMask.threshold  # envelope: fraction of the RMS density's maximum where the mask's core ends
+    mask_threshold: float = EnvelopeMask.threshold  # envelope: fraction of the RMS density's maximum kept
     mask_warmup_epochs: int = 1  # epochs confined to the sphere alone before the envelope is followed
     seed: int = 0
     device: str = "auto"       # auto: cuda if available, else cpu

@@ -5,7 +5,8 @@ one process, DeepSpeed's on several ranks), mask.mrc (the basis' current real-sp
 means of all particles, store order); rank 0 writes them all. Each rank reads its own shard of the store
 (data.reader) with batch_size images a step; a step's global batch is the union of the ranks' batches, and
 its gradients are those of the mean loss over the global batch: dense ones averaged by the DeepSpeed
-engine, the basis one summed by the sparse reducer from every rank's slice factors. An epoch ends at the first step some rank has no batch for.
+engine, the basis one summed by the sparse reducer from every rank's slice factors. An epoch ends at the
+first step some rank has no batch for.
 Randomness is a function of (seed, epoch): data order, and the VAE's sampling noise, drawn for the global
 batch and split by rank, so that 2 ranks with batch B take the steps one rank takes with batch 2B over the
 same particles. A run resumed at an epoch boundary, with the same number of ranks, continues exactly as an
@@ -271,8 +272,8 @@ class Trainer:
                 raise
             reason = str(err).strip().splitlines()[0].split("] ")[-1].split(". ")[0]
             raise RankLost(f"rank {self.world.rank} of {self.world.size} lost contact with the other ranks "
-                           f"({reason}); continue from the last checkpoint in {self.run_dir}/checkpoints with --resume, "
-                           "on any number of ranks") from None
+                           f"({reason}); continue from the last checkpoint in {self.run_dir}/checkpoints with "
+                           "--resume, on any number of ranks") from None
         finally:
             self.metrics.close()
 
