@@ -79,6 +79,6 @@ class HalfBall(_Grid):
         side = 2 * self.extent + 1
         base = (floor_voxels[..., 0] * side + floor_voxels[..., 1] + self.extent) * side + floor_voxels[..., 2] + self.extent
         offsets = torch.tensor([i * side * side + j * side + k for i in (0, 1) for j in (0, 1) for k in (0, 1)],
-                               device=floor_voxels.device)
+                               dtype=base.dtype, device=floor_voxels.device)
         corners = (base[..., None] + offsets).reshape(-1)
         return self.lookup.view(-1).index_select(0, corners).view(*base.shape, 8)
