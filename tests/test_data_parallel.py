@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from conftest import assert_one_line_error, free_port, run_cli
 from hetrec_dist.data.reader import ParticleStore, _to_torch
-from hetrec_dist.distributed.sparse_reducer import STRATEGIES
+from hetrec_dist.distributed.sparse_reducer import STRATEGIES, _ranks_share_memory
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import build_config
 
@@ -63,8 +63,9 @@ def _rank_worker(rank, port, store_path, run_root, results):
     from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.train.trainer import Trainer
 
-    os.environ.update(rank_environment(rank, 2, port))
+    os.environ.update(rank_environment(rank, 2, port), LOCAL_SIZE="2")  # as the deepspeed launcher: shared memory
     world = init_training_world(timeout_s=120)
+    assert _ranks_share_memory(world.group)  # dense and union sum through DeepSpeed's shared memory here
     for strategy in STRATEGIES + ("auto",):
         trainer = Trainer(store_path, os.path.join(run_root, strategy), tiny_config(RANK_BATCH, strategy), world,
                           show_progress=False)

@@ -1,6 +1,9 @@
 """The sparse-gradient reducer, run for real on 2 gloo ranks (spawned processes on this machine)."""
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -106,3 +109,19 @@ def test_bytes_are_counted_for_ring_collectives_and_auto_takes_the_cheapest(two_
 def test_ring_byte_counts():
     assert allreduce_bytes(1000, 1) == 0 and allreduce_bytes(1000, 2) == 1000 and allreduce_bytes(1000, 8) == 1750
     assert allgather_bytes(1000, 8) == 7000
+
+
+def test_a_wait_no_timeout_covers_ends_the_process_with_one_line(tmp_path):
+    """DeepSpeed's shared-memory all-reduce spins forever on a dead rank; run_or_exit bounds it."""
+    script = tmp_path / "wait.py"
+    script.write_text(f"""
+import time, torch.distributed as dist
+from hetrec_dist.distributed.sparse_reducer import run_or_exit
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+run_or_exit(lambda: time.sleep(60), 1, "a test wait")
+""")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and time.monotonic() - started < 30
+    assert result.stderr.strip().splitlines() == ["Error: rank 0 of 1: a test wait got no answer from the other "
+                                                  "ranks in 1 s; continue from the last checkpoint with --resume"]

@@ -6,8 +6,9 @@ Weak scaling: every rank keeps --batch-size images a step, so W ranks take W tim
 with several ranks go through `hetrec launch` (deepspeed launcher), once per --strategies entry. Each run
 writes OUT/ranks_W_STRATEGY/ (a normal run folder: tb/ holds images/s in total and per rank, the step-time
 split and the reducer's bytes); OUT/summary/ gets scaling/images_per_s, scaling/efficiency and
-scaling/reduce_bytes_per_step against the number of ranks. Images/s are those of the last epoch; step-time
-split and reducer figures are means over the steps logged after the first epoch. Efficiency of W ranks:
+scaling/reduce_bytes_per_step against the number of ranks. Images/s are the mean over the epochs after the
+first (one epoch alone varies by 10% here); step-time split and reducer figures are means over the steps
+logged after the first epoch. Efficiency of W ranks:
 images/s / (W x images/s of one rank).
 
 Each run is pinned (taskset) to as many cores as it has ranks, so that W ranks get W times the resources of
@@ -58,7 +59,8 @@ def read_run(run, steps_per_epoch):
         values = [e.value for e in events.Scalars(tag) if e.step > steps_per_epoch] if tag in scalars else []
         return float(np.mean(values)) if values else float("nan")
 
-    result = {"images_per_s": events.Scalars("epoch/images_per_s")[-1].value}
+    epochs = [e.value for e in events.Scalars("epoch/images_per_s")]
+    result = {"images_per_s": float(np.mean(epochs[1:] or epochs))}
     for tag in scalars:
         if tag.startswith(("time/", "reduce/")) or tag == "perf/images_per_s_per_rank":
             result[tag] = later_mean(tag)

@@ -165,7 +165,8 @@ class Trainer:
         if self.world.size == 1:
             return factors.basis_gradient(self.model.half_ball.n_voxels), None
         total, stats = reduce_basis_gradient(factors, self.config.basis_reduction, self.model.half_ball,
-                                             self.model.disk.coords, self.world.group)
+                                             self.model.disk.coords, self.world.group,
+                                             self.config.collective_timeout_s)
         mean = torch.sparse_coo_tensor(total.indices(), total.values() / self.world.size, total.shape,
                                        is_coalesced=True, check_invariants=False)
         return mean, stats
