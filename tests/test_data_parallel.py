@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from conftest import assert_one_line_error, free_port, run_cli
 from hetrec_dist.data.reader import ParticleStore, _to_torch
-from hetrec_dist.distributed.sparse_reducer import STRATEGIES, _ranks_share_memory
+from hetrec_dist.distributed.shared_memory import ranks_share_memory
+from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import build_config
 
@@ -65,7 +66,7 @@ def _rank_worker(rank, port, store_path, run_root, results):
 
     os.environ.update(rank_environment(rank, 2, port), LOCAL_SIZE="2")  # as the deepspeed launcher: shared memory
     world = init_training_world(timeout_s=120)
-    assert _ranks_share_memory(world.group)  # dense and union sum through DeepSpeed's shared memory here
+    assert ranks_share_memory(world.group)  # dense and union sum through DeepSpeed's shared memory here
     for strategy in STRATEGIES + ("auto",):
         trainer = Trainer(store_path, os.path.join(run_root, strategy), tiny_config(RANK_BATCH, strategy), world,
                           show_progress=False)
@@ -133,6 +134,7 @@ def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
     deepspeed_run, mpi_run = launched_runs["deepspeed"], launched_runs["mpirun"]
     for run in (deepspeed_run, mpi_run):
         assert "x 2 rank(s)" in (run / "train.log").read_text()
+        assert "through shared memory" in (run / "train.log").read_text()  # LOCAL_SIZE set, or found
         assert np.load(run / "z.npy").shape == (300, 2)  # every particle once, from both ranks' shares
         tags = set(EventAccumulator(str(run / "tb")).Reload().Tags()["scalars"])
         assert {"reduce/bytes_sent", "reduce/dense_bytes", "reduce/union_density", "time/reduce_s",
@@ -162,6 +164,9 @@ def test_srun_variables_start_the_same_ranks(sim_store, launched_runs, tmp_path)
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for task in tasks:
         assert task.wait(timeout=300) == 0, task.stdout.read()
+    # without SLURM_STEP_NUM_NODES nothing says the ranks share a machine: gloo sums what shared memory summed
+    # in the mpirun run, to the same bits
+    assert "shared memory" not in (tmp_path / "srun" / "train.log").read_text()
     np.testing.assert_array_equal(np.load(tmp_path / "srun" / "z.npy"), np.load(launched_runs["mpirun"] / "z.npy"))
 
 

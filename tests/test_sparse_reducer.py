@@ -116,7 +116,7 @@ def test_a_wait_no_timeout_covers_ends_the_process_with_one_line(tmp_path):
     script = tmp_path / "wait.py"
     script.write_text(f"""
 import time, torch.distributed as dist
-from hetrec_dist.distributed.sparse_reducer import run_or_exit
+from hetrec_dist.distributed.shared_memory import run_or_exit
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 run_or_exit(lambda: time.sleep(60), 1, "a test wait")
 """)

@@ -9,7 +9,9 @@ split and the reducer's bytes); OUT/summary/ gets scaling/images_per_s, scaling/
 scaling/reduce_bytes_per_step against the number of ranks. Images/s are the mean over the epochs after the
 first (one epoch alone varies by 10% here); step-time split and reducer figures are means over the steps
 logged after the first epoch. Efficiency of W ranks:
-images/s / (W x images/s of one rank).
+images/s / (W x images/s of one rank). With --repeats N every configuration runs N times, one after
+another in turn (so that a slow spell of the machine hits all of them), into OUT/ranks_W_STRATEGY_K/, and
+the table shows medians (one rank alone varies by ±10% between runs here).
 
 Each run is pinned (taskset) to as many cores as it has ranks, so that W ranks get W times the resources of
 one: unpinned, one rank with one compute thread still spreads its reader thread, gloo and page-zeroing over
@@ -77,6 +79,8 @@ def main():
     parser.add_argument("--strategies", nargs="+", default=["auto", "factors", "union", "gather", "dense"])
     parser.add_argument("--out", default="scaling")
     parser.add_argument("--workdir", default="/tmp/hetrec_bench")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every configuration this many times, interleaved, and report medians")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="run every run on all cores")
     args = parser.parse_args()
     if args.pin and max(args.ranks) > os.cpu_count():
@@ -85,28 +89,39 @@ def main():
     store = prepare(args.workdir, args.n, args.box)
     from torch.utils.tensorboard import SummaryWriter
 
-    summary = SummaryWriter(os.path.join(args.out, "summary"))
+    results = {}
+    for repeat in range(args.repeats):
+        for ranks in args.ranks:
+            for strategy in (["auto"] if ranks == 1 else args.strategies):
+                name = f"ranks_{ranks}_{strategy}" + (f"_{repeat + 1}" if args.repeats > 1 else "")
+                run = os.path.join(args.out, name)
+                train(store, run, ranks, strategy, args)
+                results.setdefault((ranks, strategy), []).append(read_run(run, args.n // (args.batch_size * ranks)))
+                print(f"{name}: {results[ranks, strategy][-1]['images_per_s']:.0f} images/s", file=sys.stderr)
+    print_table(results, SummaryWriter(os.path.join(args.out, "summary")))
+
+
+def print_table(results, summary):
+    """One row per (ranks, strategy): medians over the repeats; efficiency against one rank's median."""
+    print("| ranks | reduction | images/s | runs' images/s | images/s a rank | efficiency | forward s | backward s "
+          "| reduce s | optimizer s | data s | MB sent a step | dense all-reduce MB |")
+    print("|---" * 13 + "|")
     single = None
-    print("| ranks | reduction | images/s | images/s a rank | efficiency | forward s | backward s | reduce s "
-          "| optimizer s | data s | MB sent a step | dense all-reduce MB |")
-    print("|---" * 12 + "|")
-    for ranks in args.ranks:
-        for strategy in (["auto"] if ranks == 1 else args.strategies):
-            run = os.path.join(args.out, f"ranks_{ranks}_{strategy}")
-            train(store, run, ranks, strategy, args)
-            result = read_run(run, steps_per_epoch=args.n // (args.batch_size * ranks))
-            rate = result["images_per_s"]
-            single = single or rate
-            efficiency = rate / (ranks * single)
-            sent, dense = result.get("reduce/bytes_sent", 0.0), result.get("reduce/dense_bytes", 0.0)
-            print(f"| {ranks} | {strategy if ranks > 1 else '-'} | {rate:.0f} | {rate / ranks:.0f} | "
-                  f"{efficiency:.0%} | " + " | ".join(f"{result.get(f'time/{k}_s', float('nan')):.4f}" for k in
-                                                     ("forward", "backward", "reduce", "optimizer", "data"))
-                  + f" | {sent / 1e6:.2f} | {dense / 1e6:.2f} |", flush=True)
-            if strategy == "auto":
-                summary.add_scalar("scaling/images_per_s", rate, ranks)
-                summary.add_scalar("scaling/efficiency", efficiency, ranks)
-                summary.add_scalar("scaling/reduce_bytes_per_step", sent, ranks)
+    for (ranks, strategy), runs in results.items():
+        median = {key: float(np.median([run.get(key, 0.0) for run in runs])) for key in runs[0]}
+        rate = median["images_per_s"]
+        single = single or rate
+        efficiency = rate / (ranks * single)
+        each = ", ".join(f"{run['images_per_s']:.0f}" for run in runs)
+        sent, dense = median.get("reduce/bytes_sent", 0.0), median.get("reduce/dense_bytes", 0.0)
+        print(f"| {ranks} | {strategy if ranks > 1 else '-'} | {rate:.0f} | {each} | {rate / ranks:.0f} | "
+              f"{efficiency:.0%} | " + " | ".join(f"{median.get(f'time/{k}_s', float('nan')):.4f}" for k in
+                                                 ("forward", "backward", "reduce", "optimizer", "data"))
+              + f" | {sent / 1e6:.2f} | {dense / 1e6:.2f} |", flush=True)
+        if strategy == "auto":
+            summary.add_scalar("scaling/images_per_s", rate, ranks)
+            summary.add_scalar("scaling/efficiency", efficiency, ranks)
+            summary.add_scalar("scaling/reduce_bytes_per_step", sent, ranks)
     summary.close()
 
 

@@ -5,7 +5,10 @@ through distributed.sparse_reducer and torch's SparseAdam.
 """
 
 import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from hetrec_dist.distributed.shared_memory import ranks_share_memory, sum_over_ranks
 from hetrec_dist.train.checkpoint import save_checkpoint, save_deepspeed_checkpoint
 
 
@@ -31,7 +34,10 @@ class LocalDenseOptimizer:
 
 
 class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
-    def __init__(self, module, lr, micro_batch_size):
+    """On CPU ranks that share one machine, the gradients are averaged through shared memory (one flat
+    float32 sum) instead of the engine's all-reduce over gloo (see distributed.shared_memory)."""
+
+    def __init__(self, module, lr, micro_batch_size, timeout_s):
         import deepspeed
 
         super().__init__(module, lr)
@@ -39,9 +45,24 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
                   "steps_per_print": 2 ** 31 - 1, "wall_clock_breakdown": False}
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=self.optimizer,
                                                                  config=config, dist_init_required=False)
+        self.timeout_s = timeout_s
+        self.average_in_shared_memory = self._cpu_float32(module) and ranks_share_memory(dist.group.WORLD)
+        if self.average_in_shared_memory:
+            self.engine.enable_backward_allreduce = False
+
+    @staticmethod
+    def _cpu_float32(module):
+        return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in module.parameters())
 
     def backward(self, loss):
         self.engine.backward(loss)
+        if self.average_in_shared_memory:
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            flat = _flatten_dense_tensors(grads)
+            sum_over_ranks(flat, dist.group.WORLD, self.timeout_s)
+            flat /= dist.get_world_size()
+            for grad, average in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                grad.copy_(average)
 
     def step(self):
         self.engine.step()
@@ -51,7 +72,7 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
         save_deepspeed_checkpoint(self.engine, directory, state, epoch, keep_epoch_file)
 
 
-def dense_optimizer(world, module, lr, micro_batch_size):
+def dense_optimizer(world, module, lr, micro_batch_size, timeout_s):
     if world.size == 1:
         return LocalDenseOptimizer(module, lr)
-    return DeepSpeedDenseOptimizer(module, lr, micro_batch_size)
+    return DeepSpeedDenseOptimizer(module, lr, micro_batch_size, timeout_s)

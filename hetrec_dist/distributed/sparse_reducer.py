@@ -15,18 +15,17 @@ Strategies (only collectives that gloo and NCCL both have: all_reduce SUM/MAX, a
              instead of up to 8 x 2(K+1) per slice point, and let every rank rebuild the other ranks'
              gradients (touched sets included) and sum them with its own: fewest bytes, most compute;
     auto     reduce the mask, then whichever of the four sends the fewest bytes.
-All of them first all-gather two counts a rank (touched rows, images).
+All of them first all-gather two counts a rank (touched rows, images). Where all ranks share one machine's
+memory, the sums (dense, union, the mask as float32) go through it (see distributed.shared_memory).
 """
 
 import dataclasses
-import os
-import sys
-import threading
 import time
 
 import torch
 import torch.distributed as dist
 
+from hetrec_dist.distributed.shared_memory import ranks_share_memory, sum_over_ranks
 from hetrec_dist.physics.projector import SliceFactors, basis_gradient, slice_geometry
 
 STRATEGIES = ("dense", "gather", "union", "factors")
@@ -68,10 +67,10 @@ def payload_bytes(n_rows, n_components, n_points, max_nnz, max_images, union_row
                                        world_size)}
 
 
-def bytes_sent(strategy, payload, n_rows, world_size):
+def bytes_sent(strategy, payload, n_rows, world_size, mask_row_bytes=1):
     """Total bytes a rank sends under `strategy` (auto: the cheapest payload), with the counts and mask."""
     counts = allgather_bytes(COUNTS_BYTES, world_size)
-    mask = allreduce_bytes(n_rows, world_size)
+    mask = allreduce_bytes(n_rows * mask_row_bytes, world_size)
     chosen = min(payload.values()) if strategy == "auto" else payload[strategy]
     return counts + chosen + (mask if strategy in MASK_FIRST else 0)
 
@@ -82,48 +81,18 @@ def _all_gather(tensor, group, world_size):
     return gathered
 
 
-def _sum_over_ranks(tensor, group, timeout_s):
-    """In-place all-reduce SUM. Where every rank runs on this machine (the DeepSpeed launcher's LOCAL_SIZE is
-    the world size), DeepSpeed's shared-memory kernel sums CPU float32 tensors: 10 MB in 1.8 ms against
-    gloo's 7.8 ms over loopback TCP, with the same bits. It waits for a dead rank forever, so a watchdog
-    ends this process after timeout_s. Elsewhere (NCCL, several nodes) the process group, which times out."""
-    if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and _ranks_share_memory(group):
-        import deepspeed.comm
-
-        run_or_exit(lambda: deepspeed.comm.inference_all_reduce(tensor), timeout_s,
-                    "the shared-memory all-reduce of the basis gradient")
-    else:
-        dist.all_reduce(tensor, group=group)
+def _mask_row_bytes(device, group):
+    """The touched mask is uint8, but float32 where the ranks share memory: that kernel sums floats only."""
+    return 4 if device.type == "cpu" and ranks_share_memory(group) else 1
 
 
-def run_or_exit(call, timeout_s, what):
-    """call(); if it has not returned after timeout_s, a one-line error and exit status 1 (for waits that no
-    process-group timeout covers)."""
-    def give_up():
-        sys.stderr.write(f"Error: rank {dist.get_rank()} of {dist.get_world_size()}: {what} got no answer from "
-                         f"the other ranks in {timeout_s} s; continue from the last checkpoint with --resume\n")
-        sys.stderr.flush()
-        os._exit(1)
-
-    watchdog = threading.Timer(timeout_s, give_up)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        return call()
-    finally:
-        watchdog.cancel()
-
-
-def _ranks_share_memory(group):
-    """Whether DeepSpeed set up its shared-memory all-reduce for the whole world (on the LOCAL_SIZE check its
-    kernel makes) and `group` is that world."""
-    import deepspeed.comm
-
-    return (deepspeed.comm.is_initialized() and group in (None, dist.group.WORLD)
-            and os.environ.get("LOCAL_SIZE") == str(dist.get_world_size()))
-
-
-def _touched_mask(rows, n_rows, group):
+def _touched_mask(rows, n_rows, group, timeout_s):
+    """The union of the rows any rank touched, as a bool mask."""
+    if _mask_row_bytes(rows.device, group) == 4:
+        mask = torch.zeros(n_rows, dtype=torch.float32)
+        mask[rows] = 1
+        sum_over_ranks(mask, group, timeout_s)
+        return mask > 0
     mask = torch.zeros(n_rows, dtype=torch.uint8, device=rows.device)
     mask[rows] = 1
     dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group)
@@ -136,7 +105,7 @@ def _sparse(rows, values, shape):
 
 def _reduce_dense(grad, union, group, timeout_s):
     dense = grad.to_dense()
-    _sum_over_ranks(dense, group, timeout_s)
+    sum_over_ranks(dense, group, timeout_s)
     rows = union.nonzero().squeeze(1)
     return _sparse(rows, dense[rows], grad.shape)
 
@@ -146,7 +115,7 @@ def _reduce_union(grad, union, group, timeout_s):
     position = torch.cumsum(union, 0) - 1
     values = grad.values().new_zeros(len(rows), grad.shape[1])
     values[position[grad.indices()[0]]] = grad.values()
-    _sum_over_ranks(values, group, timeout_s)
+    sum_over_ranks(values, group, timeout_s)
     return _sparse(rows, values, grad.shape)
 
 
@@ -212,11 +181,11 @@ def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d,
     counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
     counts = torch.stack(_all_gather(counts, group, world_size)).tolist()
     max_nnz, image_counts = max(c[0] for c in counts), [c[1] for c in counts]
-    union = _touched_mask(touched, n_rows, group) if strategy in MASK_FIRST else None
+    union = _touched_mask(touched, n_rows, group, timeout_s) if strategy in MASK_FIRST else None
     union_rows = int(union.sum()) if union is not None else 0
     payload = payload_bytes(n_rows, n_components, len(points_2d), max_nnz, max(image_counts), union_rows,
                             world_size, factors.weights.element_size())
-    sent = bytes_sent(strategy, payload, n_rows, world_size)
+    sent = bytes_sent(strategy, payload, n_rows, world_size, _mask_row_bytes(touched.device, group))
     if strategy == "auto":
         strategy = min(payload, key=payload.get)
     if strategy == "factors":

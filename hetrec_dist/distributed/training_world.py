@@ -93,6 +93,21 @@ def _environment_from_slurm():
     env.setdefault("MASTER_PORT", str(DEFAULT_MASTER_PORT))
 
 
+def _local_size_for_shared_memory():
+    """DeepSpeed's shared-memory all-reduce (see distributed.shared_memory) needs LOCAL_SIZE, which only its
+    own launcher sets: under mpiexec take it from Open MPI's or MPICH's variable, under srun on one node from
+    SLURM's."""
+    env = os.environ
+    if "LOCAL_SIZE" in env:
+        return
+    for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        if name in env:
+            env["LOCAL_SIZE"] = env[name]
+            return
+    if env.get("SLURM_STEP_NUM_NODES") == "1" and "SLURM_STEP_NUM_TASKS" in env:
+        env["LOCAL_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
+
+
 def _quiet_deepspeed():
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     from deepspeed.utils import logger
@@ -111,6 +126,7 @@ def init_training_world(timeout_s=600):
     if launched_world_size() <= 1:
         return TrainingWorld()
     _environment_from_slurm()
+    _local_size_for_shared_memory()
     _quiet_deepspeed()
     import deepspeed
 

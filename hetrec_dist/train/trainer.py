@@ -28,6 +28,7 @@ from hetrec_dist.analysis.ground_truth import evaluate_run
 from hetrec_dist.analysis.maps import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.dense_engine import dense_optimizer
+from hetrec_dist.distributed.shared_memory import ranks_share_memory
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_gradient
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
@@ -119,7 +120,8 @@ class Trainer:
         shape = config.model_shape(store.box)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
         self.world.broadcast_(self.model.basis.data)
-        self.dense_optimizer = dense_optimizer(self.world, self.model.dense_modules(), config.lr, config.batch_size)
+        self.dense_optimizer = dense_optimizer(self.world, self.model.dense_modules(), config.lr, config.batch_size,
+                                               config.collective_timeout_s)
         self.basis_optimizer = torch.optim.SparseAdam([self.model.basis], lr=config.lr_basis)
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
         self.dataset = ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
@@ -279,8 +281,10 @@ class Trainer:
             self.metrics.close()
 
     def _train(self):
+        shared = self.world.size > 1 and self.device.type == "cpu" and ranks_share_memory(self.world.group)
         self.log.info(f"training {self.store_path} on {self.device} x {self.world.size} rank(s), batch "
-                      f"{self.config.batch_size} a rank, from epoch {self.epoch}")
+                      f"{self.config.batch_size} a rank, from epoch {self.epoch}"
+                      + (" (ranks sum gradients through shared memory)" if shared else ""))
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
             line = ", ".join(f"{k} {v:.5g}" for k, v in summary.items())
