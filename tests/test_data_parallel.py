@@ -135,6 +135,7 @@ def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
     for run in (deepspeed_run, mpi_run):
         assert "x 2 rank(s)" in (run / "train.log").read_text()
         assert "through shared memory" in (run / "train.log").read_text()  # LOCAL_SIZE set, or found
+        assert "--basis-reduction union is faster here" in (run / "train.log").read_text()  # auto on CPU ranks
         assert np.load(run / "z.npy").shape == (300, 2)  # every particle once, from both ranks' shares
         tags = set(EventAccumulator(str(run / "tb")).Reload().Tags()["scalars"])
         assert {"reduce/bytes_sent", "reduce/dense_bytes", "reduce/union_density", "time/reduce_s",

@@ -285,6 +285,9 @@ class Trainer:
         self.log.info(f"training {self.store_path} on {self.device} x {self.world.size} rank(s), batch "
                       f"{self.config.batch_size} a rank, from epoch {self.epoch}"
                       + (" (ranks sum gradients through shared memory)" if shared else ""))
+        if shared and self.config.basis_reduction == "auto":
+            self._hint("basis_reduction auto sends the fewest bytes (the factors), but CPU ranks on one machine "
+                       "are short of compute, not bandwidth: --basis-reduction union is faster here")
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
             line = ", ".join(f"{k} {v:.5g}" for k, v in summary.items())
@@ -303,6 +306,11 @@ class Trainer:
         z = self.write_latents()
         if self.config.gt:
             self.evaluate(z)
+
+    def _hint(self, line):
+        self.log.info(f"hint: {line}")
+        if self.show_progress:
+            tqdm.write(f"hint: {line}")
 
     def gather_latents(self):
         """Latent means of every particle, in store order, on rank 0 (None on the others)."""
