@@ -83,6 +83,8 @@ def main():
                         help="run every configuration this many times, interleaved, and report medians")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="run every run on all cores")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.pin and max(args.ranks) > os.cpu_count():
         parser.error(f"{max(args.ranks)} ranks cannot each have a core of the {os.cpu_count()} here (or --no-pin)")
     os.makedirs(args.workdir, exist_ok=True)

@@ -13,6 +13,8 @@ from hetrec_dist.train.checkpoint import save_checkpoint, save_deepspeed_checkpo
 
 
 class LocalDenseOptimizer:
+    average_in_shared_memory = False  # whether the gradients are averaged through shared memory (see below)
+
     def __init__(self, module, lr):
         self.optimizer = torch.optim.Adam(module.parameters(), lr=lr)
 

@@ -81,14 +81,10 @@ def _all_gather(tensor, group, world_size):
     return gathered
 
 
-def _mask_row_bytes(device, group):
-    """The touched mask is uint8, but float32 where the ranks share memory: that kernel sums floats only."""
-    return 4 if device.type == "cpu" and ranks_share_memory(group) else 1
-
-
-def _touched_mask(rows, n_rows, group, timeout_s):
-    """The union of the rows any rank touched, as a bool mask."""
-    if _mask_row_bytes(rows.device, group) == 4:
+def _touched_mask(rows, n_rows, group, timeout_s, in_shared_memory):
+    """The union of the rows any rank touched, as a bool mask: a uint8 MAX all-reduce, or where the ranks
+    share memory a float32 sum (that kernel sums floats only)."""
+    if in_shared_memory:
         mask = torch.zeros(n_rows, dtype=torch.float32)
         mask[rows] = 1
         sum_over_ranks(mask, group, timeout_s)
@@ -181,11 +177,13 @@ def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d,
     counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
     counts = torch.stack(_all_gather(counts, group, world_size)).tolist()
     max_nnz, image_counts = max(c[0] for c in counts), [c[1] for c in counts]
-    union = _touched_mask(touched, n_rows, group, timeout_s) if strategy in MASK_FIRST else None
+    mask_in_shared_memory = touched.device.type == "cpu" and ranks_share_memory(group)
+    union = (_touched_mask(touched, n_rows, group, timeout_s, mask_in_shared_memory)
+             if strategy in MASK_FIRST else None)
     union_rows = int(union.sum()) if union is not None else 0
     payload = payload_bytes(n_rows, n_components, len(points_2d), max_nnz, max(image_counts), union_rows,
                             world_size, factors.weights.element_size())
-    sent = bytes_sent(strategy, payload, n_rows, world_size, _mask_row_bytes(touched.device, group))
+    sent = bytes_sent(strategy, payload, n_rows, world_size, mask_row_bytes=4 if mask_in_shared_memory else 1)
     if strategy == "auto":
         strategy = min(payload, key=payload.get)
     if strategy == "factors":

@@ -28,7 +28,6 @@ from hetrec_dist.analysis.ground_truth import evaluate_run
 from hetrec_dist.analysis.maps import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.dense_engine import dense_optimizer
-from hetrec_dist.distributed.shared_memory import ranks_share_memory
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_gradient
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
@@ -281,7 +280,7 @@ class Trainer:
             self.metrics.close()
 
     def _train(self):
-        shared = self.world.size > 1 and self.device.type == "cpu" and ranks_share_memory(self.world.group)
+        shared = self.dense_optimizer.average_in_shared_memory
         self.log.info(f"training {self.store_path} on {self.device} x {self.world.size} rank(s), batch "
                       f"{self.config.batch_size} a rank, from epoch {self.epoch}"
                       + (" (ranks sum gradients through shared memory)" if shared else ""))
