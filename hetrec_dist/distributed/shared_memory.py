@@ -27,10 +27,10 @@ def sum_over_ranks(tensor, group, timeout_s):
 
 def ranks_share_memory(group):
     """Whether DeepSpeed set up its shared-memory all-reduce for the whole world (on the LOCAL_SIZE check its
-    kernel makes) and `group` is that world."""
-    import deepspeed.comm
-
-    return (deepspeed.comm.is_initialized() and group in (None, dist.group.WORLD)
+    kernel makes) and `group` is that world. A process that never imported DeepSpeed (a plain
+    torch.distributed one) has not, and is not made to import it here, on every step."""
+    comm = sys.modules.get("deepspeed.comm")
+    return (comm is not None and comm.is_initialized() and group in (None, dist.group.WORLD)
             and os.environ.get("LOCAL_SIZE") == str(dist.get_world_size()))
 
 
