@@ -1,14 +1,30 @@
+import faulthandler
+import glob
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
+import torch
+import torch.multiprocessing as mp
 import zarr
 from click.testing import CliRunner
 
 from hetrec_dist.cli import main
 from hetrec_dist.simulate.atom_models import hinge_model
 from hetrec_dist.simulate.dataset import simulate_dataset
+
+# DeepSpeed's shared-memory kernel is built once for this virtual environment, in a folder of the tests' own
+# (inherited by every rank they start): a build lock there was left by an interrupted test run, and goes now
+# rather than after the BUILD_LOCK_STALE_S that a training run waits.
+os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+for stale_lock in glob.glob(os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], "*", "lock")):
+    os.remove(stale_lock)
 
 
 def run_cli(*args, expect_ok=True):
@@ -24,6 +40,48 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _rank_main(rank, worker, args, out_dir, timeout_s):
+    faulthandler.dump_traceback_later(timeout_s, exit=True)  # a hung rank prints its stacks and exits 1
+    torch.save(worker(rank, *args), os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def run_ranks(worker, *args, out_dir, nprocs=2, timeout_s=300):
+    """[worker(rank, *args) for each rank], each rank in its own spawned process; a rank still running after
+    timeout_s fails the test (with its stacks on stderr) instead of hanging the suite. Results come back
+    through files: a multiprocessing Manager would fork this process, whose other threads (zarr's event loop,
+    torch's pool) may hold locks that the forked child then waits on forever."""
+    context = mp.start_processes(_rank_main, args=(worker, args, str(out_dir), timeout_s), nprocs=nprocs,
+                                 start_method="spawn", join=False)
+    deadline = time.monotonic() + timeout_s + 30
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{nprocs} ranks of {worker.__name__} ran past {timeout_s} s")
+    return [torch.load(os.path.join(out_dir, f"rank{rank}.pt"), weights_only=False) for rank in range(nprocs)]
+
+
+def run_bounded(command, timeout_s=300, env=None):
+    """subprocess.run(command) with its output captured, for a command that starts more processes (a launcher
+    and its ranks): past timeout_s its whole process group is killed and the test fails. The output goes
+    through files, not pipes, which a surviving rank could hold open and so block the wait."""
+    command = [str(part) for part in command]
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+        try:
+            timed_out = process.wait(timeout=timeout_s) is None
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        stdout.seek(0), stderr.seek(0)
+        result = subprocess.CompletedProcess(command, process.returncode, stdout.read(), stderr.read())
+    if timed_out:
+        pytest.fail(f"ran past {timeout_s} s: {' '.join(command)}\n{result.stdout}{result.stderr}")
+    return result
 
 
 def assert_one_line_error(result, *fragments):

@@ -2,6 +2,7 @@
 every reduction strategy; started by `hetrec launch` through the deepspeed launcher and mpiexec, and with
 srun's variables; a dead rank stops the other; resume on another number of ranks."""
 
+import glob
 import os
 import signal
 import subprocess
@@ -11,9 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import assert_one_line_error, free_port, run_cli
+from conftest import assert_one_line_error, free_port, run_bounded, run_cli, run_ranks
 from hetrec_dist.data.reader import ParticleStore, _to_torch
 from hetrec_dist.distributed.shared_memory import ranks_share_memory
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
@@ -55,34 +55,42 @@ def tiny_config(batch_size, strategy="auto"):
                                "basis_reduction": strategy, "collective_timeout_s": 120})
 
 
+def shared_memory_buffers(port, rank="*"):
+    """The names in /dev/shm of DeepSpeed's shared-memory buffers for the run on this port."""
+    return glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{rank}")
+
+
 def rank_environment(rank, world_size, port):
     return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
-def _rank_worker(rank, port, store_path, run_root, results):
+def _rank_worker(rank, port, store_path, run_root):
     from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.train.trainer import Trainer
 
     os.environ.update(rank_environment(rank, 2, port), LOCAL_SIZE="2")  # as the deepspeed launcher: shared memory
     world = init_training_world(timeout_s=120)
     assert ranks_share_memory(world.group)  # dense and union sum through DeepSpeed's shared memory here
+    assert not shared_memory_buffers(port, rank)  # its name is gone from /dev/shm, once both ranks mapped it
+    parameters = {}
     for strategy in STRATEGIES + ("auto",):
         trainer = Trainer(store_path, os.path.join(run_root, strategy), tiny_config(RANK_BATCH, strategy), world,
                           show_progress=False)
         trainer.dataset = FixedBatches(batches_of(store_path, rank))
         trainer.train_epoch()
-        results[(rank, strategy)] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        parameters[strategy] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     world.close()
+    return parameters
 
 
 @pytest.fixture(scope="module")
 def two_rank_parameters(sim_store, tmp_path_factory):
-    results = mp.Manager().dict()
-    run_root = str(tmp_path_factory.mktemp("two_ranks"))
-    mp.start_processes(_rank_worker, args=(free_port(), sim_store, run_root, results), nprocs=2,
-                       start_method="spawn")
-    return dict(results)
+    """{(rank, strategy): the model's parameters after the steps}"""
+    run_root = tmp_path_factory.mktemp("two_ranks")
+    ranks = run_ranks(_rank_worker, free_port(), sim_store, str(run_root), out_dir=run_root)
+    return {(rank, strategy): parameters for rank, by_strategy in enumerate(ranks)
+            for strategy, parameters in by_strategy.items()}
 
 
 def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(sim_store, two_rank_parameters, tmp_path):
@@ -109,20 +117,17 @@ def hetrec(*args):
 TRAIN_ARGS = ["--epochs", 2, "--batch-size", 32, "--zdim", 2, "--n-basis", 3, "-q"]
 
 
-def launch(*launch_options, run, store, env=None, timeout=300):
-    command = hetrec("launch", *launch_options, "--master-port", free_port(), "--procs-per-node", 2, "--",
-                     "train", store, "-o", run, *TRAIN_ARGS)
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
 @pytest.fixture(scope="module")
 def launched_runs(sim_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("launched")
     runs = {}
     for launcher in ("deepspeed", "mpirun"):
         runs[launcher] = root / launcher
-        result = launch("--launcher", launcher, run=runs[launcher], store=sim_store)
+        port = free_port()
+        result = run_bounded(hetrec("launch", "--launcher", launcher, "--master-port", port, "--procs-per-node", 2,
+                                    "--", "train", sim_store, "-o", runs[launcher], *TRAIN_ARGS))
         assert result.returncode == 0, result.stdout + result.stderr
+        assert not shared_memory_buffers(port)  # the run leaves none of the machine's memory behind
     runs["one_rank"] = root / "one_rank"
     run_cli("train", sim_store, "-o", runs["one_rank"], *TRAIN_ARGS)
     return runs
@@ -161,10 +166,15 @@ def test_srun_variables_start_the_same_ranks(sim_store, launched_runs, tmp_path)
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank), SLURM_NTASKS="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        tasks.append(subprocess.Popen(hetrec("train", sim_store, "-o", tmp_path / "srun", *TRAIN_ARGS), env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for task in tasks:
-        assert task.wait(timeout=300) == 0, task.stdout.read()
+        with open(tmp_path / f"task{rank}.log", "w") as log:
+            tasks.append(subprocess.Popen(hetrec("train", sim_store, "-o", tmp_path / "srun", *TRAIN_ARGS),
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        for rank, task in enumerate(tasks):
+            assert task.wait(timeout=300) == 0, (tmp_path / f"task{rank}.log").read_text()
+    finally:
+        for task in tasks:
+            task.kill()  # only a task that is still running: a test that failed leaves nothing behind
     # without SLURM_STEP_NUM_NODES nothing says the ranks share a machine: gloo sums what shared memory summed
     # in the mpirun run, to the same bits
     assert "shared memory" not in (tmp_path / "srun" / "train.log").read_text()
@@ -177,19 +187,23 @@ def test_a_dead_rank_stops_the_other_and_the_run_resumes_on_one_rank(sim_store, 
                                      "--zdim", 2, "--n-basis", 3, "-q"),
                               env={**os.environ, **rank_environment(rank, 2, port)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
-    written = run / "checkpoints" / "latest"  # DeepSpeed's: several ranks
-    deadline = time.monotonic() + 240
-    while not written.exists() and time.monotonic() < deadline and ranks[0].poll() is None:
-        time.sleep(0.2)
-    assert written.exists(), ranks[0].communicate()
-    ranks[1].send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    _, stderr = ranks[0].communicate(timeout=60)
-    assert ranks[0].returncode == 1 and time.monotonic() - killed < 60
-    lines = [line for line in stderr.splitlines() if line.strip() and "[WARNING]" not in line
-             and "built successfully" not in line]
-    assert len(lines) == 1 and lines[0].startswith("Error: rank 0 of 2 lost contact"), stderr
-    assert "--resume" in lines[0]
+    try:
+        written = run / "checkpoints" / "latest"  # DeepSpeed's: several ranks
+        deadline = time.monotonic() + 240
+        while not written.exists() and time.monotonic() < deadline and ranks[0].poll() is None:
+            time.sleep(0.2)
+        assert written.exists(), ranks[0].communicate() if ranks[0].poll() is not None else "no checkpoint in 240 s"
+        ranks[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = ranks[0].communicate(timeout=60)
+        assert ranks[0].returncode == 1 and time.monotonic() - killed < 60
+        lines = [line for line in stderr.splitlines() if line.strip() and "[WARNING]" not in line
+                 and "built successfully" not in line]
+        assert len(lines) == 1 and lines[0].startswith("Error: rank 0 of 2 lost contact"), stderr
+        assert "--resume" in lines[0]
+    finally:
+        for rank in ranks:
+            rank.kill()
     epoch = load_checkpoint(last_checkpoint(run))["epoch"]
     run_cli("train", sim_store, "-o", run, "--resume", "--epochs", epoch + 1, "-q")
     assert last_checkpoint(run) == str(run / "checkpoints" / "last.pt")  # one process: hetrec's own file

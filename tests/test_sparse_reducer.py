@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import free_port
+from conftest import free_port, run_bounded, run_ranks
+from hetrec_dist.distributed.shared_memory import BUILD_LOCK_STALE_S
 from hetrec_dist.distributed.sparse_reducer import (STRATEGIES, allgather_bytes, allreduce_bytes, bytes_sent,
                                                     payload_bytes, reduce_basis_gradient)
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
@@ -52,24 +52,26 @@ def autograd_basis_gradient(ranks):
     return torch.autograd.grad((slices * grads).sum(), basis)[0].coalesce()
 
 
-def _worker(rank, world_size, port, results):
+def _worker(rank, world_size, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     half_ball, disk = grids()
+    results = {}
     try:
         for strategy in STRATEGIES + ("auto",):
             total, stats = reduce_basis_gradient(rank_factors(rank), strategy, half_ball, disk.coords)
-            results[(rank, strategy)] = (total.indices().clone(), total.values().clone(), stats)
+            results[strategy] = (total.indices().clone(), total.values().clone(), stats)
     finally:
         dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
-def two_rank_results():
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.start_processes(_worker, args=(2, free_port(), results), nprocs=2, start_method="spawn")
-    return dict(results)
+def two_rank_results(tmp_path_factory):
+    """{(rank, strategy): (indices, values, stats) of the summed gradient}"""
+    ranks = run_ranks(_worker, 2, free_port(), out_dir=tmp_path_factory.mktemp("two_ranks"))
+    return {(rank, strategy): result for rank, by_strategy in enumerate(ranks)
+            for strategy, result in by_strategy.items()}
 
 
 def test_every_strategy_gives_the_one_process_gradient_and_touched_set_on_every_rank(two_rank_results):
@@ -125,3 +127,26 @@ run_or_exit(lambda: time.sleep(60), 1, "a test wait")
     assert result.returncode == 1 and time.monotonic() - started < 30
     assert result.stderr.strip().splitlines() == ["Error: rank 0 of 1: a test wait got no answer from the other "
                                                   "ranks in 1 s; continue from the last checkpoint with --resume"]
+
+
+def test_a_build_lock_left_by_a_stopped_run_is_removed_once_stale(tmp_path):
+    """torch loads DeepSpeed's shared-memory kernel under a lock file; a process stopped meanwhile leaves it,
+    and without this every later multi-rank run on the machine would wait for it forever."""
+    extensions = tmp_path / "extensions"
+    lock = extensions / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+
+    def load_with_a_lock_aged(age_s):
+        lock.touch()
+        os.utime(lock, (time.time() - age_s,) * 2)
+        started = time.monotonic()
+        result = run_bounded([sys.executable, "-c", "from hetrec_dist.distributed.shared_memory import "
+                              "load_shared_memory_kernel as load; load()"], timeout_s=240,
+                             env={"TORCH_EXTENSIONS_DIR": str(extensions), "DS_ACCELERATOR": "cpu"})
+        assert result.returncode == 0, result.stderr
+        assert f"hetrec: removed {lock}, left" in result.stderr and not lock.exists()
+        assert (lock.parent / "deepspeed_shm_comm.so").is_file()
+        return time.monotonic() - started
+
+    load_with_a_lock_aged(BUILD_LOCK_STALE_S + 10)  # stale already: removed first, then built here
+    assert load_with_a_lock_aged(BUILD_LOCK_STALE_S - 3) > 3  # goes stale while this process waits on it

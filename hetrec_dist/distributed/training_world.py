@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT
 from hetrec_dist.distributed.mpi_world import ProcessWorld, launched_world_size
+from hetrec_dist.distributed.shared_memory import load_shared_memory_kernel, unlink_shared_memory_buffer
 from hetrec_dist.errors import UserError
 
 
@@ -130,6 +131,7 @@ def init_training_world(timeout_s=600):
     _quiet_deepspeed()
     import deepspeed
 
+    load_shared_memory_kernel()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False,
                                distributed_port=int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
@@ -137,7 +139,8 @@ def init_training_world(timeout_s=600):
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
         if backend == "nccl" else dist.group.WORLD
     hosts = [None] * dist.get_world_size()
-    dist.all_gather_object(hosts, socket.gethostname(), group=control)
+    dist.all_gather_object(hosts, socket.gethostname(), group=control)  # after every rank's init
+    unlink_shared_memory_buffer()
     local_size = hosts.count(socket.gethostname())
     local_rank = int(os.environ.get("LOCAL_RANK", hosts[:dist.get_rank()].count(socket.gethostname())))
     if backend == "nccl":
