@@ -62,6 +62,7 @@ def test_unreadable_star(tmp_path):
     convert_fails(tmp_path, tmp_path / "bad.star", "bad.star")
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN")  # the stack is meant to
 def test_nan_pixels(star_tables, tmp_path):
     images = np.ones((4, 32, 32), dtype=np.float32)
     images[2, 5, 7] = np.nan
