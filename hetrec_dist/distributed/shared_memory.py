@@ -96,6 +96,19 @@ def _remove_if_stale(lock):
     return True
 
 
+BUFFER_BYTES = 69_206_024  # a rank's buffer in DeepSpeed 0.19's kernel (its struct allreduce_workspace)
+
+
+def shared_memory_room(n_ranks):
+    """(bytes /dev/shm holds, bytes n_ranks' buffers need). Where it holds less (Docker's default is 64 MB)
+    the kernel dies of SIGSEGV or SIGBUS. The size, not the free space, so that every rank decides alike."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return 0, n_ranks * BUFFER_BYTES
+    return stats.f_frsize * stats.f_blocks, n_ranks * BUFFER_BYTES
+
+
 def unlink_shared_memory_buffer():
     """Remove this rank's buffer name from /dev/shm, which DeepSpeed never does. Call it once every rank has
     mapped every buffer (after a collective that follows DeepSpeed's init); the mappings stay."""

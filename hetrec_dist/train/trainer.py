@@ -284,6 +284,8 @@ class Trainer:
         self.log.info(f"training {self.store_path} on {self.device} x {self.world.size} rank(s), batch "
                       f"{self.config.batch_size} a rank, from epoch {self.epoch}"
                       + (" (ranks sum gradients through shared memory)" if shared else ""))
+        for hint in self.world.hints:
+            self._hint(hint)
         if shared and self.config.basis_reduction == "auto":
             self._hint("basis_reduction auto sends the fewest bytes (the factors), but CPU ranks on one machine "
                        "are short of compute, not bandwidth: --basis-reduction union is faster here")
