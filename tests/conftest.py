@@ -50,8 +50,8 @@ def _rank_main(rank, worker, args, out_dir, timeout_s):
 def run_ranks(worker, *args, out_dir, nprocs=2, timeout_s=300):
     """[worker(rank, *args) for each rank], each rank in its own spawned process; a rank still running after
     timeout_s fails the test (with its stacks on stderr) instead of hanging the suite. Results come back
-    through files: a multiprocessing Manager would fork this process, whose other threads (zarr's event loop,
-    torch's pool) may hold locks that the forked child then waits on forever."""
+    through files, not a multiprocessing Manager: that is a server forked from this process, whose other
+    threads (zarr's event loop, torch's pool) may hold a lock the fork then waits on."""
     context = mp.start_processes(_rank_main, args=(worker, args, str(out_dir), timeout_s), nprocs=nprocs,
                                  start_method="spawn", join=False)
     deadline = time.monotonic() + timeout_s + 30
@@ -72,7 +72,8 @@ def run_bounded(command, timeout_s=300, env=None):
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
         try:
-            timed_out = process.wait(timeout=timeout_s) is None
+            process.wait(timeout=timeout_s)
+            timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
             os.killpg(process.pid, signal.SIGKILL)
