@@ -8,10 +8,10 @@ writes OUT/ranks_W_STRATEGY/ (a normal run folder: tb/ holds images/s in total a
 split and the reducer's bytes); OUT/summary/ gets scaling/images_per_s, scaling/efficiency and
 scaling/reduce_bytes_per_step against the number of ranks. Images/s are the mean over the epochs after the
 first (one epoch alone varies by 10% here); step-time split and reducer figures are means over the steps
-logged after the first epoch. Efficiency of W ranks:
-images/s / (W x images/s of one rank). With --repeats N every configuration runs N times, one after
-another in turn (so that a slow spell of the machine hits all of them), into OUT/ranks_W_STRATEGY_K/, and
-the table shows medians (one rank alone varies by ±10% between runs here).
+logged after the first epoch. Efficiency of W ranks: images/s / (W x images/s of one rank). With
+--repeats N every configuration runs N times, one after another in turn (so that a slow spell of the
+machine hits all of them), into OUT/ranks_W_STRATEGY_K/, and the table shows medians (one rank alone
+varies by ±10% between runs here).
 
 Each run is pinned (taskset) to as many cores as it has ranks, so that W ranks get W times the resources of
 one: unpinned, one rank with one compute thread still spreads its reader thread, gloo and page-zeroing over

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from hetrec_dist.distributed.shared_memory import ranks_share_memory, sum_over_ranks
+from hetrec_dist.distributed.shared_memory import sum_over_ranks, sums_in_shared_memory
 from hetrec_dist.train.checkpoint import save_checkpoint, save_deepspeed_checkpoint
 
 
@@ -48,13 +48,10 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=self.optimizer,
                                                                  config=config, dist_init_required=False)
         self.timeout_s = timeout_s
-        self.average_in_shared_memory = self._cpu_float32(module) and ranks_share_memory(dist.group.WORLD)
+        kinds = {(p.device, p.dtype) for p in module.parameters()}  # one flat tensor needs one kind
+        self.average_in_shared_memory = len(kinds) == 1 and sums_in_shared_memory(*kinds.pop(), dist.group.WORLD)
         if self.average_in_shared_memory:
             self.engine.enable_backward_allreduce = False
-
-    @staticmethod
-    def _cpu_float32(module):
-        return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in module.parameters())
 
     def backward(self, loss):
         self.engine.backward(loss)

@@ -24,13 +24,18 @@ from hetrec_dist.errors import UserError
 
 def sum_over_ranks(tensor, group, timeout_s):
     """In-place all-reduce SUM of `tensor` over `group`."""
-    if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and ranks_share_memory(group):
+    if sums_in_shared_memory(tensor.device, tensor.dtype, group):
         import deepspeed.comm
 
         run_or_exit(lambda: deepspeed.comm.inference_all_reduce(tensor), timeout_s,
                     "a shared-memory all-reduce")
     else:
         dist.all_reduce(tensor, group=group)
+
+
+def sums_in_shared_memory(device, dtype, group):
+    """Whether sum_over_ranks of a tensor of this device and dtype goes through the shared-memory kernel."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and ranks_share_memory(group)
 
 
 def ranks_share_memory(group):
@@ -102,11 +107,12 @@ BUFFER_BYTES = 69_206_024  # a rank's buffer in DeepSpeed 0.19's kernel (its str
 def shared_memory_room(n_ranks):
     """(bytes /dev/shm holds, bytes n_ranks' buffers need). Where it holds less (Docker's default is 64 MB)
     the kernel dies of SIGSEGV or SIGBUS. The size, not the free space, so that every rank decides alike."""
+    needed = n_ranks * BUFFER_BYTES
     try:
         stats = os.statvfs("/dev/shm")
     except OSError:
-        return 0, n_ranks * BUFFER_BYTES
-    return stats.f_frsize * stats.f_blocks, n_ranks * BUFFER_BYTES
+        return 0, needed
+    return stats.f_frsize * stats.f_blocks, needed
 
 
 def unlink_shared_memory_buffer():

@@ -25,7 +25,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from hetrec_dist.distributed.shared_memory import ranks_share_memory, sum_over_ranks
+from hetrec_dist.distributed.shared_memory import sum_over_ranks, sums_in_shared_memory
 from hetrec_dist.physics.projector import SliceFactors, basis_gradient, slice_geometry
 
 STRATEGIES = ("dense", "gather", "union", "factors")
@@ -177,7 +177,7 @@ def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d,
     counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
     counts = torch.stack(_all_gather(counts, group, world_size)).tolist()
     max_nnz, image_counts = max(c[0] for c in counts), [c[1] for c in counts]
-    mask_in_shared_memory = touched.device.type == "cpu" and ranks_share_memory(group)
+    mask_in_shared_memory = sums_in_shared_memory(touched.device, torch.float32, group)
     union = (_touched_mask(touched, n_rows, group, timeout_s, mask_in_shared_memory)
              if strategy in MASK_FIRST else None)
     union_rows = int(union.sum()) if union is not None else 0
