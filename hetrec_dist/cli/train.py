@@ -49,10 +49,11 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     Under a launcher (deepspeed, mpiexec, srun; see `hetrec launch`) every rank trains on its own shard of
     STORE with --batch-size images a step; rank 0 writes OUT.
     """
+    from hetrec_dist.distributed.mpi_world import RankFailed
     from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.config import build_config
-    from hetrec_dist.train.trainer import Trainer
+    from hetrec_dist.train.trainer import RankLost, Trainer
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
@@ -63,9 +64,15 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
         preset = preset or saved
     config = build_config(preset, overrides)
     world = init_training_world(config.collective_timeout_s)
-    trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,
-                      command=reproducible_command())
-    trainer.train()
+    try:
+        trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,
+                          command=reproducible_command())
+        trainer.train()
+    except RankLost:
+        raise  # the other ranks are gone: there is no one to leave the process group with
+    except (UserError, RankFailed):
+        world.close()  # a user error reaches every rank together (rank 0 raises it, the others RankFailed)
+        raise
     world.close()
     if not quiet and world.is_root:
         click.echo(f"trained {trainer.epoch} epochs on {world.size} rank(s); outputs in {out}", err=True)

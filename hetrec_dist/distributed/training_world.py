@@ -79,7 +79,10 @@ class TrainingWorld(ProcessWorld):
             dist.barrier(group=self.group)
 
     def close(self):
+        """Leave the process group together: a rank that destroys it while another still has gloo traffic
+        with it can abort at exit ("terminate called without an active exception")."""
         if self.group is not None:
+            dist.barrier(group=self.group)
             dist.destroy_process_group()
 
 
