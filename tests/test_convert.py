@@ -192,4 +192,4 @@ def test_an_unfinished_store_of_other_inputs_is_not_resumed(sim_dir, tmp_path):
     run_cli("convert", os.path.join(sim_dir, "particles.star"), "-o", store, "-q")
     zarr.open_group(store, mode="r+").attrs["complete"] = False
     result = run_cli("convert", os.path.join(sim_dir, "particles.star"), "-o", store, "--box", 16, expect_ok=False)
-    assert_one_line_error(result, "unfinished conversion of other inputs")
+    assert_one_line_error(result, "unfinished conversion", "box was 32, now 16", "--overwrite")

@@ -90,7 +90,7 @@ def test_pkl_counts_that_disagree_with_the_stacks(sim_dir, tmp_path):
     stack = os.path.join(sim_dir, "stacks", "particles_0000.mrcs")  # 128 images
     pickle.dump((np.tile(np.eye(3), (100, 1, 1)), np.zeros((100, 2))), open(tmp_path / "poses.pkl", "wb"))
     pickle.dump(np.zeros((128, 9)), open(tmp_path / "ctf.pkl", "wb"))
-    convert_fails(tmp_path, stack, "poses.pkl", "100 particles", "128 images",
+    convert_fails(tmp_path, stack, "poses.pkl", "(100, 3, 3)", "128 images",
                   extra=("--poses", tmp_path / "poses.pkl", "--ctf", tmp_path / "ctf.pkl"))
     pickle.dump(np.zeros((7, 9)), open(tmp_path / "ctf7.pkl", "wb"))
     convert_fails(tmp_path, stack, "ctf7.pkl", "128 images",

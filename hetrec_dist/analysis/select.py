@@ -7,6 +7,8 @@ import pickle
 import numpy as np
 import starfile
 
+from hetrec_dist.data.cryosparc import read_cs_records
+from hetrec_dist.data.relion import read_star_blocks
 from hetrec_dist.errors import UserError
 
 
@@ -18,35 +20,42 @@ def cluster_members(labels, clusters, k):
 
 
 def _source_metadata(store_attrs):
-    source = store_attrs["sources"]["metadata"][0]
-    path = source["path"]
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: the file the store was converted from is gone; cannot write a subset of it")
-    with open(path, "rb") as f:
-        if hashlib.sha256(f.read()).hexdigest() != source["sha256"]:
-            raise UserError(f"{path}: changed since the store was made; cannot match its rows to particles")
-    return path
+    """The metadata files the store was converted from, each unchanged since (their SHA-256 is recorded)."""
+    paths = []
+    for source in store_attrs["sources"]["metadata"]:
+        path = source["path"]
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: the file the store was converted from is gone; cannot write a subset of it")
+        with open(path, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != source["sha256"]:
+                raise UserError(f"{path}: changed since the store was made; cannot match its rows to particles")
+        paths.append(path)
+    return paths
 
 
-def write_subset(indices, store_attrs, out):
-    """Write the particles at `indices` (store order = input order) to `out` (.star, .cs or .pkl)."""
+def write_subset(indices, store_attrs, source_rows, out):
+    """Write the particles at store `indices` to `out` (.star, .cs or .pkl). source_rows (N): each stored
+    particle's row in the metadata file (store.source_row). A .star or .cs subset keeps every field of the
+    input; a .cs made from a particles .cs and its passthrough .cs holds the fields of both. A .pkl holds
+    the store indices (cryoDRGN's --ind)."""
     extension = os.path.splitext(out)[1].lower()
     if extension == ".pkl":
         with open(out, "wb") as f:
             pickle.dump(np.asarray(indices, dtype=np.int64), f)
         return
-    source = _source_metadata(store_attrs)
-    source_extension = os.path.splitext(source)[1].lower()
+    sources = _source_metadata(store_attrs)
+    source_extension = os.path.splitext(sources[0])[1].lower()
     if extension != source_extension:
-        raise UserError(f"{out}: the particles came from {source}; write a {source_extension} subset "
+        raise UserError(f"{out}: the particles came from {sources[0]}; write a {source_extension} subset "
                         "(or a .pkl of indices)")
+    rows = np.asarray(source_rows)[indices]
     if extension == ".star":
-        blocks = starfile.read(source, always_dict=True)
-        name = next(n for n, df in blocks.items() if hasattr(df, "columns") and "rlnImageName" in df.columns)
-        blocks[name] = blocks[name].iloc[indices].reset_index(drop=True)
+        blocks, name = read_star_blocks(sources[0])
+        blocks[name] = blocks[name].iloc[rows].reset_index(drop=True)
         starfile.write(blocks, out)
     elif extension == ".cs":
+        records, _ = read_cs_records(sources[0], sources[1] if len(sources) > 1 else None)
         with open(out, "wb") as f:
-            np.save(f, np.load(source)[indices])
+            np.save(f, records[rows])
     else:
         raise UserError(f"{out}: write .star, .cs or .pkl")

@@ -1,17 +1,34 @@
 """The `hetrec` command: one module per subcommand; user mistakes become one-line errors."""
 
+import warnings
+
 import click
 
 from hetrec_dist import __version__
-from hetrec_dist.errors import UserError
+from hetrec_dist.errors import InputWarning, UserError
+
+
+_python_show_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, InputWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
 
 
 class _UserErrorsAsMessages(click.Group):
+    """UserError becomes 'Error: ...' and InputWarning 'Warning: ...', one line each (a warning once)."""
+
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as err:
-            raise click.ClickException(str(err)) from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("default", InputWarning)
+            try:
+                return super().invoke(ctx)
+            except UserError as err:
+                raise click.ClickException(str(err)) from None
 
 
 @click.group(cls=_UserErrorsAsMessages, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,6 +16,9 @@ def reproducible_command():
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             words.append(str(value))
+        elif getattr(param, "multiple", False):
+            for item in value or ():
+                words += [param.opts[-1], str(item)]
         elif value not in (None, False) and value != param.default:
             words += [param.opts[-1]] if param.is_flag else [param.opts[-1], str(value)]
     return shlex.join(words)

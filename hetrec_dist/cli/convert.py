@@ -10,25 +10,44 @@ from hetrec_dist.data.store import IMAGE_DTYPES
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(), help="The store to write (a folder, e.g. particles.zarr).")
 @click.option("--datadir", type=click.Path(file_okay=False), help="Folder with the image stacks, if not beside INPUT.")
-@click.option("--poses", type=click.Path(dir_okay=False), help="cryoDRGN poses.pkl (for .mrcs/.txt input).")
+@click.option("--poses", type=click.Path(dir_okay=False), multiple=True,
+              help="cryoDRGN poses.pkl (for .mrcs/.txt input); give it twice for separate rotation and translation pickles.")
 @click.option("--ctf", type=click.Path(dir_okay=False), help="cryoDRGN ctf.pkl (for .mrcs/.txt input).")
-@click.option("--box", "-D", type=click.IntRange(min=8), help="Downsample to this box by Fourier cropping.")
-@click.option("--apix", type=click.FloatRange(min=0, min_open=True), help="Pixel size (A) if the input lacks or misstates it.")
+@click.option("--passthrough", type=click.Path(dir_okay=False),
+              help="cryoSPARC JNN_passthrough_particles.cs with the blob/ctf fields the .cs lacks (found beside it if not given).")
+@click.option("--optics-group", "optics_groups", type=int, multiple=True,
+              help="Convert only this optics group (rlnOpticsGroup, ctf/exp_group_id); repeat for several.")
+@click.option("--box", "-D", type=click.IntRange(min=8), help="Downsample to this even box by Fourier cropping.")
+@click.option("--apix", type=click.FloatRange(min=0, min_open=True), help="Pixel size (Å), replacing the input's.")
+@click.option("--voltage-kv", type=click.FloatRange(min=0, min_open=True), help="Voltage (kV), filling or replacing the input's.")
+@click.option("--cs-mm", type=click.FloatRange(min=0), help="Spherical aberration (mm), filling or replacing the input's.")
+@click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=1),
+              help="Amplitude contrast (fraction), filling or replacing the input's.")
+@click.option("--phase-shift-deg", type=float, help="Phase shift (°), filling or replacing the input's (missing = 0).")
 @click.option("--dtype", type=click.Choice(IMAGE_DTYPES), default="float32", show_default=True, help="Stored image precision.")
 @click.option("--chunk-images", type=click.IntRange(min=1), help="Images per chunk (default: about 4 MiB a chunk).")
 @click.option("--invert-contrast", is_flag=True, help="Negate the images (for data with dark particles).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no warnings.")
 def command(input_path, out, quiet, **options):
     """Convert INPUT to a chunked, compressed Zarr particle store.
 
-    INPUT is a RELION particle .star file, a cryoSPARC particle .cs file, or an .mrcs stack (or a .txt list
-    of stacks) with cryoDRGN --poses and --ctf pickles. A killed conversion resumes when the same command
-    is run again. Under `mpiexec -n N` the ranks write disjoint chunks of one store.
+    INPUT is a RELION particle .star file, a cryoSPARC particle .cs file (with its passthrough .cs), or an
+    .mrcs stack (or a .txt list of stacks) with cryoDRGN --poses and --ctf pickles. Where the input and its
+    stacks disagree, a documented rule decides and a warning says so, or the input is refused
+    (docs/inputs.md). A killed conversion resumes when the same command is run again. Under `mpiexec -n N`
+    the ranks write disjoint chunks of one store.
     """
-    from hetrec_dist.data.convert import ConvertOptions, convert
+    import warnings
 
+    from hetrec_dist.data.convert import ConvertOptions, convert
+    from hetrec_dist.errors import InputWarning, UserError
+
+    if len(options["poses"]) > 2:
+        raise UserError("--poses: give one poses.pkl, or a rotations pickle and a translations pickle")
+    if quiet:
+        warnings.simplefilter("ignore", InputWarning)
     result = convert(input_path, out, ConvertOptions(**options), command=reproducible_command(),
                      show_progress=not quiet)
     if not quiet and result is not None:

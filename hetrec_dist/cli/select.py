@@ -30,5 +30,7 @@ def command(run, clusters, k, out):
         raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
     store = open_store(run_store_path(run))
     indices = cluster_members(np.load(labels_path), chosen, k)
-    write_subset(indices, store.attrs.asdict(), out)
+    # stores made before source_row existed hold every row of their input, in order
+    source_rows = store["source_row"][:] if "source_row" in store else np.arange(store["images"].shape[0])
+    write_subset(indices, store.attrs.asdict(), source_rows, out)
     click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)

@@ -12,6 +12,7 @@ import hashlib
 import multiprocessing
 import os
 import time
+import warnings
 
 import numpy as np
 import zarr
@@ -21,27 +22,39 @@ from hetrec_dist import __version__
 from hetrec_dist.data import store as particle_store
 from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
-from hetrec_dist.data.particles import check_stacks, open_stack
+from hetrec_dist.data.particles import InputOptions, check_stacks, open_stack
 from hetrec_dist.data.relion import read_relion_star
 from hetrec_dist.distributed.mpi_world import mpi_world
-from hetrec_dist.errors import UserError
+from hetrec_dist.errors import InputWarning, UserError, warn_input
 from hetrec_dist.physics.ctf import CTF_COLUMNS
 from hetrec_dist.physics.fourier import fourier_crop
 from hetrec_dist.physics.rotations import __doc__ as POSE_CONVENTION
 
 
 @dataclasses.dataclass
-class ConvertOptions:
+class ConvertOptions(InputOptions):
+    """InputOptions (what the readers take), and how to write the store."""
     box: int | None = None
     dtype: str = "float32"
     chunk_images: int | None = None
     invert_contrast: bool = False
     workers: int = 1
     overwrite: bool = False
-    datadir: str | None = None
-    apix: float | None = None
-    poses: str | None = None
-    ctf: str | None = None
+
+
+_INPUT_SPECIFIC_OPTIONS = {  # InputOptions field: (its flag, the input types whose reader takes it)
+    "poses": ("--poses", (".mrcs", ".mrc", ".txt")),
+    "ctf": ("--ctf", (".mrcs", ".mrc", ".txt")),
+    "passthrough": ("--passthrough", (".cs",)),
+    "optics_groups": ("--optics-group", (".star", ".cs")),
+}
+
+
+def _refuse_options_for_other_inputs(options, extension):
+    """An option the input type does not read is refused, not ignored."""
+    for name, (flag, extensions) in _INPUT_SPECIFIC_OPTIONS.items():
+        if getattr(options, name) and extension not in extensions:
+            raise UserError(f"{flag} does not apply to {extension} input (only to {', '.join(extensions)})")
 
 
 def read_particle_table(input_path, options):
@@ -49,14 +62,12 @@ def read_particle_table(input_path, options):
     if not os.path.isfile(input_path):
         raise UserError(f"{input_path}: no such file")
     extension = os.path.splitext(input_path)[1].lower()
-    if extension == ".star":
-        table = read_relion_star(input_path, options.datadir, options.apix)
-    elif extension == ".cs":
-        table = read_cryosparc_cs(input_path, options.datadir, options.apix)
-    elif extension in (".mrcs", ".mrc", ".txt"):
-        table = read_cryodrgn(input_path, options.poses, options.ctf, options.datadir, options.apix)
-    else:
+    readers = {".star": read_relion_star, ".cs": read_cryosparc_cs, ".mrcs": read_cryodrgn, ".mrc": read_cryodrgn,
+               ".txt": read_cryodrgn}
+    if extension not in readers:
         raise UserError(f"{input_path}: unknown input type {extension!r} (expected .star, .cs, .mrcs or .txt)")
+    _refuse_options_for_other_inputs(options, extension)
+    table = readers[extension](input_path, options)
     if len(table) == 0:
         raise UserError(f"{input_path}: lists no particles")
     check_stacks(table)
@@ -73,9 +84,20 @@ def _sha256(path):
 
 def _output_box(table, options):
     box = options.box or table.box
-    if box > table.box or (box != table.box and (box % 2 or table.box % 2)):
-        raise UserError(f"--box {box}: can only downsample an even box ({table.box}) to a smaller even box")
+    if box > table.box:
+        raise UserError(f"--box {box}: the images are {table.box} pixels wide; --box only downsamples")
+    if box != table.box and box % 2:
+        raise UserError(f"--box {box}: Fourier cropping needs an even box (below {table.box})")
+    if box % 2:
+        warn_input(f"the images' box ({box}) is odd and training needs an even one: convert with --box {box - 1}")
     return box
+
+
+def _recorded_options(options):
+    """The InputOptions that change the store's metadata beyond its source files (which are recorded)."""
+    return {"apix": options.apix, "voltage_kv": options.voltage_kv, "cs_mm": options.cs_mm,
+            "amplitude_contrast": options.amplitude_contrast, "phase_shift_deg": options.phase_shift_deg,
+            "optics_groups": sorted(options.optics_groups)}
 
 
 def store_attrs(table, options, box, chunk_images, command):
@@ -88,6 +110,8 @@ def store_attrs(table, options, box, chunk_images, command):
         "chunk_images": chunk_images,
         "original_box": table.box,
         "original_pixel_size_A": table.pixel_size_A,
+        "pixel_size_source": table.pixel_size_source,
+        "input_options": _recorded_options(options),
         "invert_contrast": options.invert_contrast,
         "ctf_columns": list(CTF_COLUMNS),
         "conventions": {
@@ -116,6 +140,29 @@ def _write_metadata(group, table, box, pixel_size_A):
     group["optics_group"][:] = table.optics_group
     group["source_stack"][:] = table.stack_of
     group["source_index"][:] = table.image_in_stack
+    group["source_row"][:] = table.source_rows
+
+
+def _short(value, width=40):
+    text = str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _what_changed(existing, attrs):
+    """Why an unfinished store cannot be resumed by this command: each input file that changed (SHA-256 of
+    metadata, size of stacks), appeared or went, and each other attribute that differs."""
+    changes = []
+    for kind, key, unit in (("metadata", "sha256", "SHA-256 {}"), ("stacks", "bytes", "{} bytes")):
+        before = {s["path"]: s[key] for s in existing.get("sources", {}).get(kind, [])}
+        now = {s["path"]: s[key] for s in attrs["sources"][kind]}
+        changes += [f"{path} changed since (was {unit.format(_short(before[path], 15))}, "
+                    f"now {unit.format(_short(value, 15))})"
+                    for path, value in now.items() if path in before and before[path] != value]
+        changes += [f"{path} is a new input" for path in now.keys() - before.keys()]
+        changes += [f"{path} is no longer an input" for path in before.keys() - now.keys()]
+    changes += [f"{key} was {_short(existing.get(key))}, now {_short(value)}" for key, value in attrs.items()
+                if key not in ("command", "sources") and existing.get(key) != value]
+    return changes
 
 
 def prepare_store(out, table, options, command):
@@ -131,9 +178,10 @@ def prepare_store(out, table, options, command):
         existing = particle_store.open_store(out, mode="r", require_complete=False).attrs.asdict()
         if existing.get("complete"):
             raise UserError(f"{out} already exists; use --overwrite to replace it")
-        if {k: existing.get(k) for k in attrs if k != "command"} != {k: v for k, v in attrs.items() if k != "command"}:
-            raise UserError(f"{out} holds an unfinished conversion of other inputs or options; "
-                            "rerun that command, or use --overwrite")
+        changes = _what_changed(existing, attrs)
+        if changes:
+            raise UserError(f"{out} holds an unfinished conversion that this command cannot resume: "
+                            f"{'; '.join(changes)}; use --overwrite to start again")
         return existing
     group = particle_store.create_store(out, len(table), box, options.dtype, chunk_images, attrs)
     _write_metadata(group, table, box, attrs["pixel_size_A"])
@@ -216,10 +264,18 @@ def _finalize(store_path):
     group.attrs.update({"normalization": particle_store.normalization(group["chunk_stats"][:]), "complete": True})
 
 
+def _read_warning_once(world, input_path, options):
+    """read_particle_table; under MPI only rank 0 shows the input's warnings."""
+    with warnings.catch_warnings():
+        if not world.is_root:
+            warnings.simplefilter("ignore", InputWarning)
+        return read_particle_table(input_path, options)
+
+
 def convert(input_path, out, options, command="hetrec convert", show_progress=True):
     """Convert INPUT to the store OUT (see module doc). Under mpiexec every rank calls this."""
     world = mpi_world()
-    table = world.run_everywhere(lambda: read_particle_table(input_path, options))
+    table = world.run_everywhere(lambda: _read_warning_once(world, input_path, options))
     attrs = world.run_on_root(lambda: prepare_store(out, table, options, command))
     done = particle_store.written_chunks(zarr.open_group(out, mode="r"))
     chunk_sizes = np.diff(np.minimum(np.arange(len(done) + 1) * attrs["chunk_images"], len(table)))

@@ -1,63 +1,153 @@
-"""cryoDRGN inputs: an .mrcs stack (or a .txt list of stacks) with poses.pkl and ctf.pkl."""
+"""cryoDRGN inputs: an .mrcs stack (or a .txt list of stacks) with poses and CTF pickles, in every layout
+cryoDRGN's own loaders read (cryodrgn.pose.PoseTracker.load, cryodrgn.ctf.load_ctf_for_training):
+
+    poses.pkl   (rotations, translations), (rotations,), or a bare rotations array; or two pickles, the
+                rotations and the translations (cryoDRGN's --poses rot.pkl trans.pkl). Rotations are N x 3 x 3
+                matrices in the store's convention; translations N x 2 fractions of the box (pixels / D).
+                A third element some tools append (N x 3 Euler angles) is not read: the matrices are the poses.
+    ctf.pkl     N x 9: D, Apix, defocus U, V (Å), angle (°), kV, Cs (mm), amplitude contrast, phase shift (°),
+                where D and Apix describe the images the CTF was estimated on. At the stack's box D' the pixel
+                size is D x Apix / D' (cryoDRGN's rule, so a downsampled stack keeps its ctf.pkl).
+
+Arrays may be numpy arrays or torch tensors. Which value wins where two sources disagree: docs/inputs.md.
+"""
 
 import os
 import pickle
 
 import numpy as np
 
-from hetrec_dist.data.particles import ParticleTable, read_stack_shape, resolve_stack_path
-from hetrec_dist.errors import UserError
+from hetrec_dist.data.particles import (ParticleTable, ctf_constants, option_replaces, read_stack_header,
+                                        resolve_stack_path, search_roots, single_value)
+from hetrec_dist.errors import UserError, warn_input
+
+# A translation beyond half the box puts the particle's centre outside its image: such values are pixels.
+MAX_TRANSLATION_FRACTION = 0.5
+ROTATION_TOLERANCE = 1e-3
+_POSE_LAYOUTS = "(rotations, translations), (rotations,), or rotations alone"
+_CTF_CONSTANT_COLUMNS = {"voltage_kv": (5, "voltage"), "cs_mm": (6, "Cs"), "amplitude_contrast": (7, "amplitude contrast"),
+                         "phase_shift_deg": (8, "phase shift")}
 
 
-def _load_pickle(path, what):
-    if path is None:
-        raise UserError(f"a .mrcs or .txt input needs --{what} (cryoDRGN's {what}.pkl)")
+def _load_pickle(path):
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as err:
         raise UserError(f"{path}: not a readable pickle ({err})") from None
 
 
-def _stack_list(path, datadir):
-    if path.endswith(".txt"):
-        with open(path) as f:
-            names = [line.strip() for line in f if line.strip()]
-        if not names:
-            raise UserError(f"{path}: lists no stacks")
-        return [resolve_stack_path(n, os.path.dirname(os.path.abspath(path)), datadir) for n in names]
-    return [resolve_stack_path(path, os.getcwd(), datadir)]
+def _array(value, path, what):
+    """A numpy float64 array of a pickled numpy array or torch tensor."""
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.number):
+        raise UserError(f"{path}: {what} should be a numeric array, found {type(value).__name__}")
+    return value.astype(np.float64)
 
 
-def _poses(poses, n, box, path):
-    """poses.pkl is (rotations N x 3 x 3, translations N x 2 as a fraction of the box) or rotations alone."""
-    rotations, translations = (poses if isinstance(poses, (tuple, list)) else (poses, None))
-    rotations = np.asarray(rotations, dtype=np.float64)
-    translations = np.zeros((n, 2)) if translations is None else np.asarray(translations, dtype=np.float64)
-    if rotations.shape != (n, 3, 3) or translations.shape != (n, 2):
-        raise UserError(f"{path}: poses for {len(rotations)} particles with shapes {rotations.shape}, "
-                        f"{translations.shape}, but the stacks hold {n} images")
+def _pose_parts(poses_paths):
+    """(rotations, translations or None, the file each came from) from one poses pickle or two."""
+    if len(poses_paths) == 2:
+        rotations_path, translations_path = poses_paths
+        rotations = _load_pickle(rotations_path)
+        if isinstance(rotations, (tuple, list)) and len(rotations) == 1:
+            rotations = rotations[0]
+        return (_array(rotations, rotations_path, "the rotations"),
+                _array(_load_pickle(translations_path), translations_path, "the translations"), poses_paths)
+    path = poses_paths[0]
+    poses = _load_pickle(path)
+    if not isinstance(poses, (tuple, list)):
+        poses = (poses,)
+    if not 1 <= len(poses) <= 3:
+        raise UserError(f"{path}: a {type(poses).__name__} of {len(poses)} items; cryoDRGN's poses.pkl holds "
+                        f"{_POSE_LAYOUTS}")
+    if len(poses) == 3:
+        warn_input(f"{path}: its third item ({np.shape(poses[2])}) is not read; the rotation matrices are the poses")
+    translations = _array(poses[1], path, "the translations (second item)") if len(poses) > 1 else None
+    return _array(poses[0], path, "the rotations (first item)"), translations, (path, path)
+
+
+def _poses(poses_paths, n, box):
+    """(rotations N x 3 x 3, shifts N x 2 in pixels at `box`) from cryoDRGN's pose pickles."""
+    rotations, translations, (rotations_path, translations_path) = _pose_parts(poses_paths)
+    if rotations.shape != (n, 3, 3):
+        looks_like = "; N x 3 looks like Euler angles, but cryoDRGN's poses hold 3 x 3 matrices" if (
+            rotations.shape == (n, 3)) else ""
+        raise UserError(f"{rotations_path}: rotations of shape {rotations.shape}, but the stacks hold {n} images "
+                        f"(need {n} x 3 x 3){looks_like}")
+    _require_rotations(rotations, rotations_path)
+    if translations is None:
+        warn_input(f"{rotations_path}: no translations; the shifts are taken as zero")
+        return rotations, np.zeros((n, 2))
+    if translations.shape != (n, 2):
+        raise UserError(f"{translations_path}: translations of shape {translations.shape}, but the stacks hold "
+                        f"{n} images (need {n} x 2)")
+    largest = float(np.abs(translations).max()) if n else 0.0
+    if largest > MAX_TRANSLATION_FRACTION:
+        raise UserError(f"{translations_path}: translations up to {largest:g}, but cryoDRGN's are fractions of the "
+                        f"box (at most {MAX_TRANSLATION_FRACTION}); if these are pixels, divide them by the box "
+                        f"({box})")
     return rotations, translations * box
 
 
-def read_cryodrgn(stack_path, poses_path, ctf_path, datadir=None, apix=None):
-    """ParticleTable of cryoDRGN-style inputs; particles are the stacks' images in order."""
-    poses, ctf = _load_pickle(poses_path, "poses"), _load_pickle(ctf_path, "ctf")
-    stack_paths = _stack_list(stack_path, datadir)
-    counts = [read_stack_shape(p)[0] for p in stack_paths]
-    n = sum(counts)
-    box = read_stack_shape(stack_paths[0])[2]
-    ctf = np.asarray(ctf, dtype=np.float64)
+def _require_rotations(rotations, path):
+    """Each matrix orthonormal with determinant +1 (a reflection or Euler angles in disguise is refused)."""
+    gram_error = np.abs(np.einsum("nji,njk->nik", rotations, rotations) - np.eye(3)).max(axis=(1, 2))
+    bad = np.flatnonzero((gram_error > ROTATION_TOLERANCE) | (np.linalg.det(rotations) < 0))
+    if bad.size:
+        raise UserError(f"{path}: {bad.size} of the matrices are not rotations (the first is particle {bad[0]}, "
+                        "0-based)")
+
+
+def _ctf_table(ctf_path, n, box, options):
+    """(N x 9 CTF at the stack's box, pixel size in Å, its source) from ctf.pkl and the options."""
+    ctf = _array(_load_pickle(ctf_path), ctf_path, "the CTF parameters")
     if ctf.shape != (n, 9):
-        raise UserError(f"{ctf_path}: CTF parameters of shape {ctf.shape}, but the stacks hold {n} images (need {n} x 9)")
-    rotations, shifts_px = _poses(poses, n, box, poses_path)
-    pixel_size_A = float(apix if apix is not None else ctf[0, 1])
-    ctf[:, 0], ctf[:, 1] = box, pixel_size_A
+        raise UserError(f"{ctf_path}: CTF parameters of shape {ctf.shape}, but the stacks hold {n} images "
+                        f"(need {n} x 9)")
+    estimated_box = single_value(ctf[:, 0], "the box (column 0)", ctf_path)
+    estimated_pixel_size = single_value(ctf[:, 1], "the pixel size (column 1)", ctf_path)
+    file_pixel_size = estimated_box * estimated_pixel_size / box
+    field = (f"the pixel size ({estimated_box:g} x {estimated_pixel_size:g} Å / the stacks' box {box})"
+             if estimated_box != box else "the pixel size (column 1)")
+    pixel_size_A = float(option_replaces(file_pixel_size, options.apix, "apix", field, ctf_path))
+    source = "--apix" if options.apix is not None else f"{ctf_path} (box {estimated_box:g} at {estimated_pixel_size:g} Å)"
+    constants = ctf_constants(n, {name: (f"column {column} ({what})", ctf[:, column])
+                                  for name, (column, what) in _CTF_CONSTANT_COLUMNS.items()}, options, ctf_path)
+    ctf = np.concatenate([np.stack([np.full(n, box), np.full(n, pixel_size_A)], axis=1), ctf[:, 2:5], constants],
+                         axis=1)
+    return ctf, pixel_size_A, source
+
+
+def _stack_list(path, datadir):
+    if not path.endswith(".txt"):
+        return [os.path.abspath(path)]
+    with open(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise UserError(f"{path}: lists no stacks")
+    return [resolve_stack_path(name, search_roots(path, datadir)) for name in names]
+
+
+def read_cryodrgn(stack_path, options):
+    """ParticleTable of cryoDRGN-style inputs (options: particles.InputOptions with poses and ctf);
+    particles are the stacks' images in order."""
+    missing = [flag for flag, given in (("--poses", options.poses), ("--ctf", options.ctf)) if not given]
+    if missing:
+        raise UserError(f"a .mrcs or .txt input needs {' and '.join(missing)} (cryoDRGN's poses.pkl and ctf.pkl)")
+    stack_paths = _stack_list(stack_path, options.datadir)
+    headers = [read_stack_header(p) for p in stack_paths]
+    counts = [h.n_images for h in headers]
+    n, box = sum(counts), headers[0].nx
+    ctf, pixel_size_A, pixel_size_source = _ctf_table(options.ctf, n, box, options)
+    rotations, shifts_px = _poses(tuple(options.poses), n, box)
     return ParticleTable(
         stack_paths=stack_paths,
         stack_of=np.repeat(np.arange(len(counts), dtype=np.int32), counts),
         image_in_stack=np.concatenate([np.arange(c, dtype=np.int64) for c in counts]),
         rotations=rotations, shifts_px=shifts_px, ctf=ctf, optics_group=np.ones(n, np.int32),
-        box=box, pixel_size_A=pixel_size_A,
-        metadata_files=[os.path.abspath(p) for p in (poses_path, ctf_path)]
+        source_rows=np.arange(n, dtype=np.int64), box=box, pixel_size_A=pixel_size_A,
+        pixel_size_source=pixel_size_source,
+        metadata_files=list(dict.fromkeys(os.path.abspath(p) for p in (*options.poses, options.ctf)))
         + ([os.path.abspath(stack_path)] if stack_path.endswith(".txt") else []))

@@ -1,12 +1,42 @@
-"""The particle table: what a source file (STAR, .cs, pkl) says about each particle, before conversion."""
+"""The particle table: what a source file (STAR, .cs, pkl) says about each particle, before conversion, and
+the rules every reader shares for values that come from two places (docs/inputs.md)."""
 
 import dataclasses
 import os
+import warnings
 
 import mrcfile
+import mrcfile.utils
 import numpy as np
 
-from hetrec_dist.errors import UserError
+from hetrec_dist.errors import UserError, warn_input
+
+# A stack header's pixel size of 0 or 1 means "not set" in most writers (mrcfile's default is 1).
+UNSET_HEADER_PIXEL_SIZES_A = (0.0, 1.0)
+PIXEL_SIZE_RTOL = 1e-3
+
+
+@dataclasses.dataclass
+class InputOptions:
+    """What the readers take from the command line besides the input file (docs/inputs.md).
+
+    datadir: where the stacks are, if not where the metadata says. apix: pixel size (Å), replacing the
+    file's. voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg: CTF constants, filling a field the file
+    lacks or replacing it. optics_groups: convert only these groups (RELION rlnOpticsGroup, cryoSPARC
+    ctf/exp_group_id). poses: cryoDRGN's poses.pkl, or its rotations and translations pickles; ctf: its
+    ctf.pkl. passthrough: the cryoSPARC passthrough .cs that completes a job's particles .cs.
+    """
+
+    datadir: str | None = None
+    apix: float | None = None
+    voltage_kv: float | None = None
+    cs_mm: float | None = None
+    amplitude_contrast: float | None = None
+    phase_shift_deg: float | None = None
+    optics_groups: tuple = ()
+    poses: tuple = ()
+    ctf: str | None = None
+    passthrough: str | None = None
 
 
 @dataclasses.dataclass
@@ -15,7 +45,9 @@ class ParticleTable:
 
     stack_paths: the image stacks, resolved; stack_of[i], image_in_stack[i] locate particle i (0-based).
     rotations: N x 3 x 3; shifts_px: N x 2 in pixels at `box`; ctf: N x 9 (physics.ctf.CTF_COLUMNS);
-    optics_group: N; metadata_files: the files the table was read from (recorded with checksums).
+    optics_group: N; source_rows: N, the 0-based row of each particle in the metadata file (particles may be
+    a subset, e.g. with --optics-group); pixel_size_source: where pixel_size_A came from, for messages;
+    metadata_files: the files the table was read from (recorded with checksums).
     """
 
     stack_paths: list
@@ -25,70 +57,219 @@ class ParticleTable:
     shifts_px: np.ndarray
     ctf: np.ndarray
     optics_group: np.ndarray
-    box: int
+    source_rows: np.ndarray
+    box: int | None
     pixel_size_A: float
+    pixel_size_source: str
     metadata_files: list
 
     def __len__(self):
         return len(self.stack_of)
 
 
-def resolve_stack_path(path, metadata_dir, datadir=None):
-    """Find a stack named in a metadata file: absolute, under --datadir (as named, or by base name), or
-    relative to the metadata file (as named, or by base name)."""
-    roots = ([datadir] if datadir else []) + [metadata_dir]
+def describe_values(values, limit=4):
+    """'1.5' or '1, 1.5 and 2' or '1, 1.5, 2, 3, ... (7 values)': the distinct values, for messages."""
+    distinct = np.unique(np.asarray(values, dtype=np.float64))
+    words = [f"{v:g}" for v in distinct[:limit]]
+    if len(distinct) > limit:
+        return ", ".join(words) + f", ... ({len(distinct)} values)"
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def single_value(values, name, path, hint=""):
+    """The one value a field must hold on every row; a UserError naming the values where rows disagree."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.allclose(values, values[0], rtol=PIXEL_SIZE_RTOL, atol=0):
+        raise UserError(f"{path}: {name} differs between particles ({describe_values(values)}){hint}")
+    return float(values[0])
+
+
+def option_replaces(values, option_value, option, field, path, default=None):
+    """The value of one quantity that both the file (`values` of its `field`, None if it lacks the field) and
+    an option (`option_value` of InputOptions field `option`, None if not given) can give.
+
+    The option wins, with a warning where the file says otherwise; without the option the file's values, or
+    `default` where the file lacks the field; with neither a UserError that names the option.
+    """
+    flag = "--" + option.replace("_", "-")
+    if option_value is None:
+        if values is not None:
+            return values
+        if default is not None:
+            return default
+        raise UserError(f"{path}: no {field}; give {flag}")
+    if values is not None and not np.allclose(values, option_value, rtol=PIXEL_SIZE_RTOL, atol=1e-6):
+        warn_input(f"{flag} {option_value:g} replaces {field} = {describe_values(values)} of {path}")
+    return option_value
+
+
+CTF_CONSTANTS = ("voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_deg")  # ctf columns 5 to 8
+
+
+def ctf_constants(n, fields, options, path):
+    """Columns 5-8 of the CTF table (voltage kV, Cs mm, amplitude contrast, phase shift °) of n particles.
+
+    fields: for each name in CTF_CONSTANTS, (the file's name for it, its per-particle values or None where
+    the file lacks it). Each option of the same name replaces the file's values (option_replaces); a missing
+    phase shift is 0 (as in RELION and cryoSPARC), any other missing constant needs its option.
+    """
+    columns = []
+    for name in CTF_CONSTANTS:
+        field, values = fields[name]
+        values = None if values is None else np.asarray(values, np.float64)
+        value = option_replaces(values, getattr(options, name), name, field, path,
+                                default=0.0 if name == "phase_shift_deg" else None)
+        columns.append(np.broadcast_to(np.asarray(value, np.float64), (n,)))
+    return np.stack(columns, axis=1)
+
+
+def select_optics_groups(groups, wanted, field, path):
+    """Row mask of the particles in the `wanted` optics groups (all rows if none are named); a UserError
+    naming the groups the file has where a wanted one is absent."""
+    groups = np.asarray(groups)
+    if not wanted:
+        return np.ones(len(groups), dtype=bool)
+    absent = sorted(set(wanted) - set(groups.tolist()))
+    if absent:
+        have = ", ".join(str(g) for g in np.unique(groups))
+        raise UserError(f"{path}: no optics group {', '.join(map(str, absent))} ({field} holds {have})")
+    return np.isin(groups, list(wanted))
+
+
+def optics_group_hint(groups, values):
+    """'; convert one at a time with --optics-group N (groups 1 and 2 differ)' where the differing values
+    follow optics groups, so the user knows the way out."""
+    groups, values = np.asarray(groups), np.asarray(values, np.float64)
+    per_group = {g: np.unique(values[groups == g]) for g in np.unique(groups)}
+    if len(per_group) > 1 and all(len(v) == 1 for v in per_group.values()):
+        listed = ", ".join(f"group {g}: {v[0]:g}" for g, v in per_group.items())
+        return f"; {listed}: convert one group at a time with --optics-group N"
+    return "; convert particles with one value at a time (e.g. with --optics-group N)"
+
+
+def _trailing_parts(path):
+    """'a/b/c.mrcs' -> ['a/b/c.mrcs', 'b/c.mrcs', 'c.mrcs']: the path without 0, 1, 2... leading folders."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    return [os.path.join(*parts[i:]) for i in range(len(parts))]
+
+
+def resolve_stack_path(path, search_roots):
+    """Find a stack named in a metadata file: as named if absolute, else under each of `search_roots` (in
+    order: --datadir, the metadata file's folder and the project folders above it) by the whole name, then
+    by each shorter trailing part of it (a project moved to another disk keeps its tail:
+    /old/proj/Extract/job012/x.mrcs is found as Extract/job012/x.mrcs, job012/x.mrcs or x.mrcs under
+    --datadir). A UserError lists every place tried."""
+    path = str(path)
     candidates = [path] if os.path.isabs(path) else []
-    for root in roots:
-        candidates += [os.path.join(root, path), os.path.join(root, os.path.basename(path))]
+    for part in _trailing_parts(path):
+        candidates += [os.path.join(root, part) for root in search_roots]
+    candidates = list(dict.fromkeys(candidates))
     for candidate in candidates:
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
-    looked = ", ".join(dict.fromkeys(candidates))
-    raise UserError(f"image stack {path!r} not found (looked for {looked}); use --datadir to say where stacks are")
+    raise UserError(f"image stack {path} not found (looked for {', '.join(candidates)}); "
+                    "use --datadir to say where the stacks are")
 
 
-def index_stacks(stack_names, metadata_dir, datadir=None):
+def search_roots(metadata_path, datadir, levels_up=0):
+    """--datadir, then the metadata file's folder and `levels_up` folders above it (RELION and cryoSPARC
+    name stacks relative to the project folder, which holds the job folder that holds the metadata)."""
+    roots = [os.path.abspath(datadir)] if datadir else []
+    folder = os.path.dirname(os.path.abspath(metadata_path))
+    for _ in range(levels_up + 1):
+        if folder == os.path.dirname(folder):  # the file system's root is nobody's project folder
+            break
+        roots.append(folder)
+        folder = os.path.dirname(folder)
+    return list(dict.fromkeys(roots))
+
+
+def index_stacks(stack_names, roots):
     """Resolve each distinct stack name once: returns (resolved paths, index of each name's stack)."""
     unique_names, stack_of = np.unique(np.asarray(stack_names, dtype=str), return_inverse=True)
-    paths = [resolve_stack_path(name, metadata_dir, datadir) for name in unique_names]
+    paths = [resolve_stack_path(str(name), roots) for name in unique_names]
     return paths, stack_of.astype(np.int32)
 
 
-def read_stack_shape(path):
-    """(n_images, ny, nx) of an MRC stack, reading only its header."""
+@dataclasses.dataclass
+class StackHeader:
+    n_images: int
+    ny: int
+    nx: int
+    pixel_size_A: float
+    warnings: list  # what mrcfile tolerated in the header, one message each
+
+
+def read_stack_header(path):
+    """The header of an MRC stack (a single image reads as a stack of one), checked against the file's
+    size: a stack shorter than its header says (an interrupted copy) is a UserError."""
     try:
-        with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
-            header = mrc.header
-            shape = (int(header.nz), int(header.ny), int(header.nx))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
+                header = mrc.header
+                pixel_size_A = float(mrc.voxel_size.x)
+                n_images, ny, nx = int(header.nz), int(header.ny), int(header.nx)
+                data_bytes = (int(np.prod(mrcfile.utils.data_shape_from_header(header)))
+                              * mrcfile.utils.data_dtype_from_header(header).itemsize)
+                expected_bytes = header.nbytes + int(header.nsymbt) + data_bytes
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable MRC stack ({err})") from None
-    if min(shape) <= 0:
-        raise UserError(f"{path}: not a readable MRC stack (header says shape {shape})")
-    return shape
+    if min(n_images, ny, nx) <= 0:
+        raise UserError(f"{path}: not a readable MRC stack (header says {n_images} images of {nx} x {ny} pixels)")
+    actual_bytes = os.path.getsize(path)
+    if actual_bytes < expected_bytes:
+        raise UserError(f"{path}: truncated: its header says {n_images} images of {nx} x {ny} pixels, "
+                        f"{expected_bytes} bytes, but the file has {actual_bytes} bytes (an interrupted copy?)")
+    messages = list(dict.fromkeys(str(w.message) for w in caught))
+    return StackHeader(n_images, ny, nx, pixel_size_A, messages)
+
+
+def _warn_per_message(messages_by_path):
+    """One warning per distinct message, naming the first stack it came from and how many more."""
+    paths_by_message = {}
+    for path, messages in messages_by_path:
+        for message in messages:
+            paths_by_message.setdefault(message, []).append(path)
+    for message, paths in paths_by_message.items():
+        more = f" (and {len(paths) - 1} more stacks)" if len(paths) > 1 else ""
+        warn_input(f"{paths[0]}{more}: {message}")
 
 
 def check_stacks(table):
-    """Every stack exists, is square at the table's box, and holds every index that points into it.
-    A table that does not know its box (RELION 3.0) takes it from the first stack."""
+    """Every stack exists, is whole, is square at the table's box and holds every index that points into it;
+    a header pixel size that disagrees with the metadata's is a warning (the metadata's is the one the poses
+    and CTF were refined with). A table that does not know its box (RELION 3.0) takes it from the first stack."""
+    headers = [read_stack_header(path) for path in table.stack_paths]
     if table.box is None:
-        table.box = read_stack_shape(table.stack_paths[0])[2]
+        table.box = headers[0].nx
         table.ctf[:, 0] = table.box
-    for stack, path in enumerate(table.stack_paths):
-        n_images, ny, nx = read_stack_shape(path)
-        if ny != nx:
-            raise UserError(f"{path}: images are not square ({nx} x {ny} pixels)")
-        if nx != table.box:
-            raise UserError(f"{path}: images are {nx} pixels wide but the metadata says {table.box}")
+    for stack, (path, header) in enumerate(zip(table.stack_paths, headers)):
+        if header.ny != header.nx:
+            raise UserError(f"{path}: images are not square ({header.nx} x {header.ny} pixels)")
+        if header.nx != table.box:
+            raise UserError(f"{path}: images are {header.nx} pixels wide but the metadata says {table.box}")
         indices = table.image_in_stack[table.stack_of == stack]
-        if indices.size and (indices.min() < 0 or indices.max() >= n_images):
-            bad = indices[(indices < 0) | (indices >= n_images)][0]
-            raise UserError(f"{path}: image index {bad + 1} (1-based) is out of range; the stack holds {n_images} images")
+        if indices.size and (indices.min() < 0 or indices.max() >= header.n_images):
+            bad = indices[(indices < 0) | (indices >= header.n_images)][0]
+            raise UserError(f"{path}: image index {bad + 1} (1-based) is out of range; the stack holds "
+                            f"{header.n_images} images")
+    _warn_per_message((path, header.warnings) for path, header in zip(table.stack_paths, headers))
+    _warn_per_message(
+        (path, [f"its header says {header.pixel_size_A:g} Å/pixel, but {table.pixel_size_source} says "
+                f"{table.pixel_size_A:g}; using {table.pixel_size_A:g} (--apix chooses another)"])
+        for path, header in zip(table.stack_paths, headers)
+        if header.pixel_size_A not in UNSET_HEADER_PIXEL_SIZES_A
+        and not np.isclose(header.pixel_size_A, table.pixel_size_A, rtol=PIXEL_SIZE_RTOL, atol=0))
 
 
 def open_stack(path):
-    """A memory map of an MRC stack's images (n x D x D); a single image file reads as a stack of one."""
+    """A memory map of an MRC stack's images (n x D x D); a single image file reads as a stack of one.
+    mrcfile's complaints about the header are not repeated here: check_stacks reported them once."""
     try:
-        mrc = mrcfile.mmap(path, mode="r", permissive=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable MRC stack ({err})") from None
     data = mrc.data

@@ -1,4 +1,7 @@
-"""RELION STAR files (3.0 without an optics table, 3.1+ with data_optics) to a ParticleTable."""
+"""RELION STAR files (3.0 without an optics table, 3.1+ with data_optics) to a ParticleTable.
+
+Which field gives each quantity, and what happens when two disagree: docs/inputs.md.
+"""
 
 import os
 
@@ -6,29 +9,52 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from hetrec_dist.data.particles import ParticleTable, index_stacks
-from hetrec_dist.errors import UserError
+from hetrec_dist.data.particles import (PIXEL_SIZE_RTOL, ParticleTable, ctf_constants, describe_values,
+                                        index_stacks, option_replaces, optics_group_hint, search_roots,
+                                        select_optics_groups, single_value)
+from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.physics.rotations import matrices_from_relion_euler
 
 _POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _CTF_PARTICLE_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
-_OPTICS_VALUE_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+_CTF_CONSTANT_COLUMNS = {"voltage_kv": "rlnVoltage", "cs_mm": "rlnSphericalAberration",
+                         "amplitude_contrast": "rlnAmplitudeContrast", "phase_shift_deg": "rlnPhaseShift"}
+_PIXEL_SIZE_SOURCES = (  # in order of precedence: (name, columns, the images' pixel size in Å from them)
+    ("rlnImagePixelSize", ("rlnImagePixelSize",), lambda df: df["rlnImagePixelSize"]),
+    ("rlnPixelSize", ("rlnPixelSize",), lambda df: df["rlnPixelSize"]),
+    ("rlnDetectorPixelSize and rlnMagnification", ("rlnDetectorPixelSize", "rlnMagnification"),
+     lambda df: df["rlnDetectorPixelSize"] * 1e4 / df["rlnMagnification"]),
+)
+# RELION names stacks relative to its project folder, two levels above a job's STAR file
+# (PROJECT/Refine3D/job042/run_data.star).
+PROJECT_LEVELS_ABOVE_STAR = 2
 
 
-def _read_blocks(path):
+def read_star_blocks(path):
+    """(every block of a STAR file by name, the name of its particle block): the block named `particles`, or
+    the only one with rlnImageName."""
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as err:  # starfile raises several types for malformed files
         raise UserError(f"{path}: not a readable STAR file ({err})") from None
-    particles = [df for df in blocks.values() if isinstance(df, pd.DataFrame) and "rlnImageName" in df]
+    particles = [name for name, df in blocks.items() if isinstance(df, pd.DataFrame) and "rlnImageName" in df]
     if not particles:
         raise UserError(f"{path}: no data block with rlnImageName")
+    if len(particles) > 1 and "particles" not in particles:
+        raise UserError(f"{path}: several data blocks list images ({', '.join('data_' + n for n in particles)}); "
+                        "keep one")
+    return blocks, "particles" if "particles" in particles else particles[0]
+
+
+def _read_blocks(path):
+    blocks, name = read_star_blocks(path)
     optics = blocks.get("optics")
-    return particles[0].reset_index(drop=True), optics if isinstance(optics, pd.DataFrame) else None
+    return blocks[name].reset_index(drop=True), optics if isinstance(optics, pd.DataFrame) else None
 
 
 def _merge_optics(particles, optics, path):
-    """Put optics-group values on each particle row (3.1); a 3.0 file carries them per particle."""
+    """Put optics-group values on each particle row (3.1); a 3.0 file carries them per particle. Where a
+    particle row has a field of its own, it wins over its group's (with a warning where they differ)."""
     if optics is None:
         return particles.assign(rlnOpticsGroup=particles.get("rlnOpticsGroup", 1))
     if "rlnOpticsGroup" not in particles:
@@ -36,26 +62,37 @@ def _merge_optics(particles, optics, path):
     missing_groups = set(particles["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
     if missing_groups:
         raise UserError(f"{path}: particles refer to optics groups {sorted(missing_groups)} not in data_optics")
-    optics_only = [c for c in optics.columns if c not in particles.columns or c == "rlnOpticsGroup"]
-    return particles.merge(optics[optics_only], on="rlnOpticsGroup", how="left", sort=False)
+    merged = particles.merge(optics, on="rlnOpticsGroup", how="left", sort=False, suffixes=("", "@optics"))
+    for column in [c for c in merged.columns if c.endswith("@optics")]:
+        own = column.removesuffix("@optics")
+        if pd.api.types.is_numeric_dtype(merged[own]) and not np.allclose(merged[own], merged[column]):
+            warn_input(f"{path}: particles' own {own} differs from their optics group's; using the particles'")
+    return merged.drop(columns=[c for c in merged.columns if c.endswith("@optics")])
+
+
+def _refuse_what_the_model_cannot_use(df, path):
+    if "rlnCtfDataAreCtfPremultiplied" in df and (df["rlnCtfDataAreCtfPremultiplied"] != 0).any():
+        raise UserError(f"{path}: the images are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied = 1); "
+                        "extract the particles again without premultiplying")
+    if "rlnImageDimensionality" in df and (df["rlnImageDimensionality"] != 2).any():
+        raise UserError(f"{path}: rlnImageDimensionality is not 2; hetrec reads 2-D particle images only")
 
 
 def _pixel_size(df, path, apix):
-    if apix is not None:
-        return float(apix)
-    for column in ("rlnImagePixelSize", "rlnPixelSize"):
-        if column in df:
-            return _single_value(df[column], column, path)
-    if "rlnDetectorPixelSize" in df and "rlnMagnification" in df:
-        return _single_value(df["rlnDetectorPixelSize"] * 1e4 / df["rlnMagnification"], "pixel size", path)
-    raise UserError(f"{path}: no pixel size (rlnImagePixelSize) in the STAR file; give --apix")
-
-
-def _single_value(series, name, path):
-    values = np.unique(np.asarray(series, dtype=np.float64))
-    if len(values) > 1 and not np.allclose(values, values[0], rtol=1e-4):
-        raise UserError(f"{path}: {name} differs between particles ({values[:4]}...); convert each optics group separately")
-    return float(values[0])
+    """(pixel size in Å, its source): the first field present in _PIXEL_SIZE_SOURCES' order, one value for
+    all particles; a later field that disagrees is a warning. --apix replaces them (option_replaces)."""
+    found = [(name, get(df).to_numpy(np.float64)) for name, columns, get in _PIXEL_SIZE_SOURCES
+             if all(c in df for c in columns)]
+    if apix is not None or not found:
+        values, name = (found[0][1], found[0][0]) if found else (None, "rlnImagePixelSize")
+        return float(option_replaces(values, apix, "apix", f"the pixel size ({name})", path)), "--apix"
+    (first, values), others = found[0], found[1:]
+    value = single_value(values, first, path, optics_group_hint(df["rlnOpticsGroup"], values))
+    for name, other in others:
+        if not np.allclose(other, value, rtol=PIXEL_SIZE_RTOL):
+            warn_input(f"{path}: {name} give {describe_values(other)} Å/pixel, but {first} says {value:g}; "
+                       f"using {first}")
+    return value, f"{first} of {path}"
 
 
 def _require(df, columns, what, path):
@@ -64,12 +101,17 @@ def _require(df, columns, what, path):
         raise UserError(f"{path}: no {what} columns ({', '.join(missing)} missing)")
 
 
-def _shifts_px(df, pixel_size_A):
-    if "rlnOriginXAngst" in df:
-        return df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64) / pixel_size_A
-    if "rlnOriginX" in df:
-        return df[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64)
-    return np.zeros((len(df), 2))
+def _shifts_px(df, pixel_size_A, path):
+    """rlnOriginXAngst/YAngst (3.1+) in Å, else rlnOriginX/Y (3.0) in pixels, else zero; where a file has
+    both, the Å ones win, with a warning if they disagree by more than 0.01 pixel."""
+    pixels = df[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64) if "rlnOriginX" in df else None
+    if "rlnOriginXAngst" not in df:
+        return pixels if pixels is not None else np.zeros((len(df), 2))
+    from_angst = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64) / pixel_size_A
+    if pixels is not None and np.abs(pixels - from_angst).max() > 0.01:
+        warn_input(f"{path}: rlnOriginX/Y (pixels) and rlnOriginXAngst/YAngst (Å, at {pixel_size_A:g} Å/pixel) "
+                   f"differ by up to {np.abs(pixels - from_angst).max():.3g} pixels; using rlnOriginXAngst/YAngst")
+    return from_angst
 
 
 def _split_image_names(names, path):
@@ -84,25 +126,31 @@ def _split_image_names(names, path):
     return indices, split[1].to_numpy()
 
 
-def read_relion_star(path, datadir=None, apix=None):
-    """ParticleTable of a RELION particle STAR file; stacks are resolved but not opened."""
+def read_relion_star(path, options):
+    """ParticleTable of a RELION particle STAR file (options: particles.InputOptions); stacks are resolved
+    but not opened."""
     particles, optics = _read_blocks(path)
     df = _merge_optics(particles, optics, path)
+    df = df[select_optics_groups(df["rlnOpticsGroup"], options.optics_groups, "rlnOpticsGroup", path)]
+    _refuse_what_the_model_cannot_use(df, path)
     _require(df, _POSE_COLUMNS, "pose", path)
-    _require(df, _CTF_PARTICLE_COLUMNS + _OPTICS_VALUE_COLUMNS, "CTF", path)
-    pixel_size_A = _pixel_size(df, path, apix)
+    _require(df, _CTF_PARTICLE_COLUMNS, "CTF", path)
+    pixel_size_A, pixel_size_source = _pixel_size(df, path, options.apix)
     image_in_stack, stack_names = _split_image_names(df["rlnImageName"], path)
-    stack_paths, stack_of = index_stacks(stack_names, os.path.dirname(os.path.abspath(path)), datadir)
-    box = int(_single_value(df["rlnImageSize"], "rlnImageSize", path)) if "rlnImageSize" in df else None
-    ctf = np.stack([
-        np.full(len(df), np.nan if box is None else box), np.full(len(df), pixel_size_A),
-        df["rlnDefocusU"], df["rlnDefocusV"], df["rlnDefocusAngle"],
-        df["rlnVoltage"], df["rlnSphericalAberration"], df["rlnAmplitudeContrast"],
-        df["rlnPhaseShift"] if "rlnPhaseShift" in df else np.zeros(len(df)),
-    ], axis=1).astype(np.float64)
+    roots = search_roots(path, options.datadir, PROJECT_LEVELS_ABOVE_STAR)
+    stack_paths, stack_of = index_stacks(stack_names, roots)
+    box = None
+    if "rlnImageSize" in df:
+        box = int(single_value(df["rlnImageSize"], "rlnImageSize", path,
+                               optics_group_hint(df["rlnOpticsGroup"], df["rlnImageSize"])))
+    constants = ctf_constants(len(df), {name: (column, df[column] if column in df else None)
+                                        for name, column in _CTF_CONSTANT_COLUMNS.items()}, options, path)
+    ctf = np.concatenate([
+        np.stack([np.full(len(df), np.nan if box is None else box), np.full(len(df), pixel_size_A)], axis=1),
+        df[list(_CTF_PARTICLE_COLUMNS)].to_numpy(np.float64), constants], axis=1)
     return ParticleTable(
         stack_paths=stack_paths, stack_of=stack_of, image_in_stack=image_in_stack,
         rotations=matrices_from_relion_euler(*(df[c].to_numpy(np.float64) for c in _POSE_COLUMNS)),
-        shifts_px=_shifts_px(df, pixel_size_A), ctf=ctf,
-        optics_group=df["rlnOpticsGroup"].to_numpy(np.int32), box=box, pixel_size_A=pixel_size_A,
-        metadata_files=[os.path.abspath(path)])
+        shifts_px=_shifts_px(df, pixel_size_A, path), ctf=ctf,
+        optics_group=df["rlnOpticsGroup"].to_numpy(np.int32), source_rows=df.index.to_numpy(np.int64),
+        box=box, pixel_size_A=pixel_size_A, pixel_size_source=pixel_size_source, metadata_files=[os.path.abspath(path)])

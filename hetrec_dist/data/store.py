@@ -8,6 +8,7 @@ Arrays (N particles, box D):
     optics_group    N           int32
     source_stack    N           int32     index into attrs["sources"]["stacks"]
     source_index    N           int64     0-based image index in that stack
+    source_row      N           int64     0-based row of the particle in the metadata file (STAR, .cs)
     chunk_stats     C x 3       float64   per images-chunk (count, sum, sum of squares); NaN = not written
 """
 
@@ -31,6 +32,7 @@ PER_PARTICLE_ARRAYS = {  # name: (trailing shape, dtype)
     "optics_group": ((), "int32"),
     "source_stack": ((), "int32"),
     "source_index": ((), "int64"),
+    "source_row": ((), "int64"),
 }
 
 

@@ -14,15 +14,17 @@ def frequency_grid_2d(box, pixel_size_A):
 def fourier_crop(images, new_box):
     """Downsample images (..., D, D) to (..., new_box, new_box) by cropping their Fourier transform.
 
-    Pixel values keep their scale (they stay samples of the same band-limited function), and the pixel
-    size grows by D / new_box. Both boxes must be even.
+    The spectrum is taken about pixel D // 2 (the particle centre of this project's convention, and of
+    cryoDRGN's `downsample`), so that pixel D // 2 of the input and new_box // 2 of the output are one point:
+    D may be odd, new_box must be even. Pixel values keep their scale (they stay samples of the same
+    band-limited function), and the pixel size grows by D / new_box.
     """
     box = images.shape[-1]
     if new_box == box:
         return images
-    if new_box > box or new_box % 2 or box % 2:
+    if new_box > box or new_box % 2:
         raise ValueError(f"cannot Fourier-crop a box of {box} to {new_box}")
-    spectrum = np.fft.rfft2(images)
+    spectrum = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
     half = new_box // 2
     cropped = np.concatenate([spectrum[..., :half, :half + 1], spectrum[..., -half:, :half + 1]], axis=-2)
-    return np.fft.irfft2(cropped, s=(new_box, new_box)) * (new_box / box) ** 2
+    return np.fft.fftshift(np.fft.irfft2(cropped, s=(new_box, new_box)), axes=(-2, -1)) * (new_box / box) ** 2
