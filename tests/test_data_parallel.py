@@ -147,11 +147,9 @@ def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
                 "perf/images_per_s_per_rank"} <= tags
     # the same ranks, whoever started them: the same run
     np.testing.assert_array_equal(np.load(deepspeed_run / "z.npy"), np.load(mpi_run / "z.npy"))
-    # DeepSpeed wrote the checkpoints (its tag folder and `latest`); z.npy is in store order: the 2-rank
-    # model, loaded from that checkpoint into one process, embeds to the same latents
-    checkpoints = deepspeed_run / "checkpoints"
-    assert (checkpoints / "latest").read_text().strip() == "epoch_0002" and not (checkpoints / "last.pt").exists()
-    assert (checkpoints / "epoch_0002" / "mp_rank_00_model_states.pt").is_file()
+    # one checkpoint format whatever the number of ranks; z.npy is in store order: the 2-rank model, loaded
+    # from its checkpoint into one process, embeds to the same latents
+    assert sorted(os.listdir(deepspeed_run / "checkpoints")) == ["epoch_0002.pt", "last.pt"]
     run_cli("embed", deepspeed_run, "-o", deepspeed_run / "z_one_process.npy")
     np.testing.assert_allclose(np.load(deepspeed_run / "z_one_process.npy"), np.load(deepspeed_run / "z.npy"),
                                rtol=1e-5, atol=1e-6)
@@ -204,7 +202,7 @@ def test_a_dead_rank_stops_the_other_and_the_run_resumes_on_one_rank(sim_store, 
                               env={**os.environ, **rank_environment(rank, 2, port)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
     try:
-        written = run / "checkpoints" / "latest"  # DeepSpeed's: several ranks
+        written = run / "checkpoints" / "last.pt"
         deadline = time.monotonic() + 240
         while not written.exists() and time.monotonic() < deadline and ranks[0].poll() is None:
             time.sleep(0.2)
@@ -222,7 +220,6 @@ def test_a_dead_rank_stops_the_other_and_the_run_resumes_on_one_rank(sim_store, 
             rank.kill()
     epoch = load_checkpoint(last_checkpoint(run))["epoch"]
     run_cli("train", sim_store, "-o", run, "--resume", "--epochs", epoch + 1, "-q")
-    assert last_checkpoint(run) == str(run / "checkpoints" / "last.pt")  # one process: hetrec's own file
     assert load_checkpoint(last_checkpoint(run))["epoch"] == epoch + 1
     assert np.load(run / "z.npy").shape == (300, 2)
 

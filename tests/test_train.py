@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import mrcfile
 import numpy as np
@@ -61,6 +62,29 @@ def test_resume_ends_where_an_uninterrupted_run_ends(sim_store, tiny_run, tmp_pa
     for name, value in whole["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
     np.testing.assert_allclose(np.load(run / "z.npy"), np.load(tiny_run / "z.npy"), rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_in_the_old_several_rank_format_still_resumes(sim_store, tiny_run, tmp_path):
+    """hetrec 0.1 let DeepSpeed's engine write several-rank checkpoints: checkpoints/epoch_NNNN/
+    mp_rank_00_model_states.pt (encoder and decoder as "module", their Adam as "optimizer", the rest as the
+    client state "hetrec"), named by checkpoints/latest. Such a run, written here from a 2-epoch run, resumes
+    to where an uninterrupted run ends and then writes last.pt."""
+    run = tmp_path / "old"
+    run_cli("train", sim_store, "-o", run, "--epochs", 2, *TINY)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    dense = {k: v for k, v in state["model"].items() if k.startswith(("encoder.", "decoder."))}
+    client = {**state, "model": {k: v for k, v in state["model"].items() if k not in dense}}
+    del client["dense_optimizer"]
+    shutil.rmtree(run / "checkpoints")
+    os.makedirs(run / "checkpoints" / "epoch_0002")
+    torch.save({"module": dense, "optimizer": state["dense_optimizer"], "hetrec": client},
+               run / "checkpoints" / "epoch_0002" / "mp_rank_00_model_states.pt")
+    (run / "checkpoints" / "latest").write_text("epoch_0002")
+    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q")
+    resumed, whole = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (run, tiny_run))
+    assert resumed["epoch"] == 3 and resumed["step"] == whole["step"]
+    for name, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_dataloader_workers_train_reproducibly(sim_store, tmp_path):

@@ -9,7 +9,7 @@ import click
 @click.option("--gt", "gt_dir", type=click.Path(exists=True, file_okay=False),
               help="Ground truth of a simulated dataset: also colour the latents by the true coordinate.")
 @click.option("--checkpoint", type=click.Path(exists=True),
-              help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
+              help="A checkpoint file (default: the run's last.pt).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def command(run, k, gt_dir, checkpoint, device, seed):

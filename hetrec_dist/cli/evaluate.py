@@ -10,7 +10,7 @@ import click
 @click.option("--gt", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="The ground_truth/ folder of a `hetrec simulate` output.")
 @click.option("--checkpoint", type=click.Path(exists=True),
-              help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
+              help="A checkpoint file (default: the run's last.pt).")
 @click.option("--device", default="auto", show_default=True)
 def command(run, gt_dir, checkpoint, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and

@@ -28,7 +28,7 @@ def read_latents(path, zdim):
               help="Latents: a .npy array or a text file, one row per map.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for the maps.")
 @click.option("--checkpoint", type=click.Path(exists=True),
-              help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
+              help="A checkpoint file (default: the run's last.pt).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--prefix", default="vol_", show_default=True, help="File names: PREFIX000.mrc, ...")
 def volume_command(run, z_path, out, checkpoint, device, prefix):
@@ -45,7 +45,7 @@ def volume_command(run, z_path, out, checkpoint, device, prefix):
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--store", type=click.Path(), help="Default: the store the run was trained on.")
 @click.option("--checkpoint", type=click.Path(exists=True),
-              help="A checkpoint file or DeepSpeed tag folder (default: the run's newest).")
+              help="A checkpoint file (default: the run's last.pt).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Default: RUN/z.npy.")
 @click.option("--device", default="auto", show_default=True)
 def embed_command(run, store, checkpoint, out, device):

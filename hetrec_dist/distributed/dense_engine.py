@@ -9,7 +9,6 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from hetrec_dist.distributed.shared_memory import sum_over_ranks, sums_in_shared_memory
-from hetrec_dist.train.checkpoint import save_checkpoint, save_deepspeed_checkpoint
 
 
 class LocalDenseOptimizer:
@@ -30,9 +29,6 @@ class LocalDenseOptimizer:
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
-
-    def save_checkpoint(self, directory, state, epoch, keep_epoch_file):
-        save_checkpoint(directory, state, epoch, keep_epoch_file)
 
 
 class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
@@ -65,10 +61,6 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
 
     def step(self):
         self.engine.step()
-
-    def save_checkpoint(self, directory, state, epoch, keep_epoch_file):
-        """On every rank: DeepSpeed writes it."""
-        save_deepspeed_checkpoint(self.engine, directory, state, epoch, keep_epoch_file)
 
 
 def dense_optimizer(world, module, lr, micro_batch_size, timeout_s):

@@ -1,16 +1,22 @@
-"""Checkpoints. One process: RUN/checkpoints/last.pt, written atomically, is always the newest complete one
-(and epoch_NNNN.pt every checkpoint_every epochs). Several ranks: DeepSpeed's engine writes them
-(RUN/checkpoints/epoch_NNNN/, its dense parameters and optimizer beside hetrec's own state) and points
-RUN/checkpoints/latest at the newest once it is complete. Either kind loads into any number of ranks.
+"""Checkpoints: one format, whatever the number of ranks.
+
+RUN/checkpoints/last.pt is the newest complete checkpoint (written atomically by rank 0 after every epoch),
+and epoch_NNNN.pt are kept every checkpoint_every epochs. A checkpoint is the Trainer's state_dict(): the
+model, both optimizers' state, the epoch and step, and the settings. Every rank holds the same dense
+parameters and optimizer state (data parallelism without sharding), so rank 0's copy is the whole state.
+
+Runs trained on several ranks by hetrec 0.1 have DeepSpeed engine folders instead (epoch_NNNN/ with
+mp_rank_00_model_states.pt, named by the file `latest`); they still load, and their next checkpoint is a
+last.pt.
 """
 
-import glob
 import os
-import shutil
 
 import torch
 
 from hetrec_dist.errors import UserError
+
+LAST = "last.pt"
 
 
 def _atomic_save(state, path):
@@ -19,62 +25,55 @@ def _atomic_save(state, path):
     os.replace(temporary, path)
 
 
-def save_checkpoint(directory, state, epoch, keep_epoch_file):
-    """Write state to last.pt, and to epoch_NNNN.pt when asked; a kill never leaves a partial file there."""
-    os.makedirs(directory, exist_ok=True)
-    if keep_epoch_file:
-        _atomic_save(state, os.path.join(directory, f"epoch_{epoch:04d}.pt"))
-    _atomic_save(state, os.path.join(directory, "last.pt"))
+class Checkpointer:
+    """Writes a run's checkpoints: on rank 0 of `world` only, then every rank waits for it to finish."""
+
+    def __init__(self, run_dir, world):
+        self.directory, self.world = os.path.join(run_dir, "checkpoints"), world
+
+    def save(self, state_dict, epoch, keep_epoch_file):
+        """state_dict(): called on rank 0 only. last.pt, and epoch_NNNN.pt when keep_epoch_file; a kill never
+        leaves a partial file under either name."""
+        if self.world.is_root:
+            os.makedirs(self.directory, exist_ok=True)
+            state = state_dict()
+            if keep_epoch_file:
+                _atomic_save(state, os.path.join(self.directory, f"epoch_{epoch:04d}.pt"))
+            _atomic_save(state, os.path.join(self.directory, LAST))
+        self.world.barrier()
 
 
-DEEPSPEED_LATEST = "latest"                     # DeepSpeed's file naming its newest complete tag
-DEEPSPEED_STATES = "mp_rank_00_model_states.pt"  # the engine's module and optimizer (ZeRO stage 0)
-HETREC_STATE = "hetrec"                          # hetrec's state in DeepSpeed's client_state
-KEEP_MARK = "keep"                               # in a tag folder kept every checkpoint_every epochs
-
-
-def save_deepspeed_checkpoint(engine, directory, state, epoch, keep_epoch_file):
-    """Called by every rank: DeepSpeed writes directory/epoch_NNNN/ (the engine's encoder, decoder and Adam,
-    with the rest of `state` as client state) and then `latest`; rank 0 then removes the previous tag unless
-    it was kept."""
-    tag = f"epoch_{epoch:04d}"
-    dense_keys = engine.module.state_dict().keys()
-    own = {**state, "model": {k: v for k, v in state["model"].items() if k not in dense_keys}}
-    del own["dense_optimizer"]
-    engine.save_checkpoint(directory, tag=tag, client_state={HETREC_STATE: own}, save_latest=True)
-    if engine.global_rank == 0:
-        if keep_epoch_file:
-            open(os.path.join(directory, tag, KEEP_MARK), "w").close()
-        for folder in glob.glob(os.path.join(directory, "epoch_*" + os.sep)):
-            folder = folder.rstrip(os.sep)
-            if os.path.basename(folder) != tag and not os.path.exists(os.path.join(folder, KEEP_MARK)):
-                shutil.rmtree(folder, ignore_errors=True)
+# hetrec 0.1's several-rank format: DeepSpeed's engine checkpoint with hetrec's state as client state
+LEGACY_LATEST = "latest"
+LEGACY_STATES = "mp_rank_00_model_states.pt"
+LEGACY_HETREC_STATE = "hetrec"
 
 
 def last_checkpoint(run_dir):
-    """The newest complete checkpoint of a run (last.pt or the DeepSpeed tag `latest` names), or None."""
+    """The newest complete checkpoint of a run: last.pt, or the folder a hetrec 0.1 several-rank run's
+    `latest` names; None if there is neither."""
     directory = os.path.join(run_dir, "checkpoints")
-    found = []
-    single, latest = os.path.join(directory, "last.pt"), os.path.join(directory, DEEPSPEED_LATEST)
-    if os.path.isfile(single):
-        found.append((os.path.getmtime(single), single))
+    if os.path.isfile(os.path.join(directory, LAST)):
+        return os.path.join(directory, LAST)
+    latest = os.path.join(directory, LEGACY_LATEST)
     if os.path.isfile(latest):
         with open(latest) as f:
-            found.append((os.path.getmtime(latest), os.path.join(directory, f.read().strip())))
-    return max(found)[1] if found else None
+            return os.path.join(directory, f.read().strip())
+    return None
 
 
-def _from_deepspeed(saved):
-    state = saved[HETREC_STATE]
+def _from_legacy(saved):
+    state = saved[LEGACY_HETREC_STATE]
     return {**state, "model": {**saved["module"], **state["model"]}, "dense_optimizer": saved["optimizer"]}
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """A checkpoint as a dict (model, optimizers, epoch, ...): a .pt file, or a DeepSpeed tag folder."""
-    deepspeed_tag = os.path.isdir(path)
+    """A checkpoint as a dict (model, optimizers, epoch, ...): a .pt file, or a hetrec 0.1 several-rank
+    tag folder."""
+    legacy = os.path.isdir(path)
     try:
-        saved = torch.load(os.path.join(path, DEEPSPEED_STATES) if deepspeed_tag else path,
-                           map_location=map_location, weights_only=False)
-        return _from_deepspeed(saved) if deepspeed_tag else saved
+        saved = torch.load(os.path.join(path, LEGACY_STATES) if legacy else path, map_location=map_location,
+                           weights_only=False)
+        return _from_legacy(saved) if legacy else saved
     except Exception as err:  # torch raises many types for damaged files
         raise UserError(f"{path}: not a readable checkpoint ({err})") from None

@@ -1,7 +1,6 @@
 """The training loop of `hetrec train`: one process, or data-parallel ranks (see distributed/).
 
-RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint: hetrec's files in
-one process, DeepSpeed's on several ranks), mask.mrc (the basis' current real-space mask) and z.npy (latent
+RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint), mask.mrc (the basis' current real-space mask) and z.npy (latent
 means of all particles, store order); rank 0 writes them all. Each rank reads its own shard of the store
 (data.reader) with batch_size images a step; a step's global batch is the union of the ranks' batches, and
 its gradients are those of the mean loss over the global batch: dense ones averaged by the DeepSpeed
@@ -32,7 +31,7 @@ from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_grad
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
-from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
+from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
@@ -126,6 +125,7 @@ class Trainer:
         self.dataset = ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                               world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
+        self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
             self.world.run_everywhere(lambda: self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device)))
         if self.world.is_root:
@@ -296,8 +296,7 @@ class Trainer:
             if self.show_progress:
                 tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: {line}")
             keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
-            self.dense_optimizer.save_checkpoint(os.path.join(self.run_dir, "checkpoints"), self.state_dict(),
-                                                 self.epoch, keep)
+            self.checkpointer.save(self.state_dict, self.epoch, keep)
             if self.world.is_root:
                 write_map(os.path.join(self.run_dir, "mask.mrc"), self.mask.mask_map(self.model.shape.box),
                           self.model.pixel_size_A)
