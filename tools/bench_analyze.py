@@ -23,7 +23,7 @@ def main():
     args = parser.parse_args()
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
-    from hetrec_dist.train.trainer import load_model
+    from hetrec_dist.train.inference import load_model
 
     scratch = args.run.rstrip("/") + f"_bench_{args.n}"
     shutil.rmtree(scratch, ignore_errors=True)

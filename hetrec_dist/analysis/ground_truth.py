@@ -9,7 +9,7 @@ import torch
 from scipy.stats import spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
-from hetrec_dist.analysis.maps import write_map
+from hetrec_dist.data.map_files import write_map
 from hetrec_dist.errors import UserError
 
 
@@ -65,6 +65,16 @@ def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
             "mean_resolution_0.5_A": float(np.mean([m["resolution_0.5_A"] for m in per_map])),
             "latent_pc1_spearman": float(latent_order_correlation(z, coordinates)),
             "latent_linear_r2": latent_linear_r2(z, coordinates)}
+
+
+def run_evaluator(run_dir, gt_dir):
+    """The evaluation `hetrec train --gt` does (see train.trainer.Trainer's evaluate): evaluate_run, and a
+    line for train.log."""
+    def evaluate_and_summarise(model, z, epoch, metrics):
+        result = evaluate_run(run_dir, model, z, gt_dir, metrics, epoch)
+        return (f"mean FSC {result['mean_fsc']:.4f}, latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}, "
+                f"linear R^2 {result['latent_linear_r2']:.4f}")
+    return evaluate_and_summarise
 
 
 def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):

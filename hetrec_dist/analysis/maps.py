@@ -1,19 +1,11 @@
-"""Writing maps for ChimeraX and friends."""
+"""The model's maps at chosen latents, as MRC files."""
 
 import os
 
-import mrcfile
 import numpy as np
 import torch
 
-
-def write_map(path, volume, pixel_size_A):
-    """An MRC map [z, y, x] with the pixel size in its header, written atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with mrcfile.new(path + ".tmp", overwrite=True) as mrc:
-        mrc.set_data(np.asarray(volume, dtype=np.float32))
-        mrc.voxel_size = pixel_size_A
-    os.replace(path + ".tmp", path)
+from hetrec_dist.data.map_files import write_map
 
 
 @torch.no_grad()

@@ -42,13 +42,14 @@ def command(input_path, out, quiet, **options):
     import warnings
 
     from hetrec_dist.data.convert import ConvertOptions, convert
+    from hetrec_dist.distributed.mpi_world import mpi_world
     from hetrec_dist.errors import InputWarning, UserError
 
     if len(options["poses"]) > 2:
         raise UserError("--poses: give one poses.pkl, or a rotations pickle and a translations pickle")
     if quiet:
         warnings.simplefilter("ignore", InputWarning)
-    result = convert(input_path, out, ConvertOptions(**options), command=reproducible_command(),
+    result = convert(input_path, out, ConvertOptions(**options), mpi_world(), command=reproducible_command(),
                      show_progress=not quiet)
     if not quiet and result is not None:
         rate = (result["n_particles"] - result["resumed_from"]) / max(result["seconds"], 1e-9)

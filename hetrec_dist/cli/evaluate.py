@@ -20,7 +20,7 @@ def command(run, gt_dir, checkpoint, device):
     from hetrec_dist.analysis.ground_truth import evaluate_run
     from hetrec_dist.cli.run_files import run_checkpoint, run_latents
     from hetrec_dist.train.metrics import TensorBoardLogger
-    from hetrec_dist.train.trainer import load_model, resolve_device
+    from hetrec_dist.train.inference import load_model, resolve_device
 
     state = run_checkpoint(run, checkpoint)
     model = load_model(state, resolve_device(device))

@@ -16,7 +16,7 @@ def run_checkpoint(run, checkpoint=None):
 
 def run_model(run, checkpoint, device):
     """The model of a run's checkpoint, in eval mode on `device`."""
-    from hetrec_dist.train.trainer import load_model, resolve_device
+    from hetrec_dist.train.inference import load_model, resolve_device
 
     return load_model(run_checkpoint(run, checkpoint), resolve_device(device))
 

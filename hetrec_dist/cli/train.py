@@ -49,6 +49,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     Under a launcher (deepspeed, mpiexec, srun; see `hetrec launch`) every rank trains on its own shard of
     STORE with --batch-size images a step; rank 0 writes OUT.
     """
+    from hetrec_dist.analysis.ground_truth import run_evaluator
     from hetrec_dist.distributed.mpi_world import RankFailed
     from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.errors import UserError
@@ -66,7 +67,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     world = init_training_world(config.collective_timeout_s)
     try:
         trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,
-                          command=reproducible_command())
+                          command=reproducible_command(), evaluate=run_evaluator(out, config.gt) if config.gt else None)
         trainer.train()
     except RankLost:
         raise  # the other ranks are gone: there is no one to leave the process group with

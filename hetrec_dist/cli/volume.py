@@ -50,7 +50,7 @@ def volume_command(run, z_path, out, checkpoint, device, prefix):
 @click.option("--device", default="auto", show_default=True)
 def embed_command(run, store, checkpoint, out, device):
     """Recompute the latent mean of every particle (store order) from a checkpoint."""
-    from hetrec_dist.train.trainer import embed, save_latents
+    from hetrec_dist.train.inference import embed, save_latents
 
     model = run_model(run, checkpoint, device)
     z = embed(model, store or run_store_path(run))

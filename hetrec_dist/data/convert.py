@@ -24,7 +24,6 @@ from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
 from hetrec_dist.data.particles import InputOptions, check_stacks, open_stack
 from hetrec_dist.data.relion import read_relion_star
-from hetrec_dist.distributed.mpi_world import mpi_world
 from hetrec_dist.errors import InputWarning, UserError, warn_input
 from hetrec_dist.physics.ctf import CTF_COLUMNS
 from hetrec_dist.physics.fourier import fourier_crop
@@ -272,9 +271,9 @@ def _read_warning_once(world, input_path, options):
         return read_particle_table(input_path, options)
 
 
-def convert(input_path, out, options, command="hetrec convert", show_progress=True):
-    """Convert INPUT to the store OUT (see module doc). Under mpiexec every rank calls this."""
-    world = mpi_world()
+def convert(input_path, out, options, world, command="hetrec convert", show_progress=True):
+    """Convert INPUT to the store OUT (see module doc). world: the processes converting together (one, or
+    the ranks of mpiexec, each calling this; distributed.mpi_world)."""
     table = world.run_everywhere(lambda: _read_warning_once(world, input_path, options))
     attrs = world.run_on_root(lambda: prepare_store(out, table, options, command))
     done = particle_store.written_chunks(zarr.open_group(out, mode="r"))

@@ -23,35 +23,20 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from hetrec_dist.analysis.ground_truth import evaluate_run
-from hetrec_dist.analysis.maps import write_map
+from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.dense_engine import dense_optimizer
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_gradient
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
-from hetrec_dist.model.hetvae import HetVAE, ModelShape
+from hetrec_dist.model.hetvae import HetVAE
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
+from hetrec_dist.train.inference import embed, resolve_device, save_latents
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
 
 MIN_BOX, MAX_BOX = 16, 1024
-
-
-def resolve_device(name, local_rank=0):
-    """cpu, cuda, cuda:N or auto; with several ranks a node, rank i of a node takes GPU i."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 def check_box(box):
@@ -74,41 +59,17 @@ def prepare_run_dir(run_dir, resume, overwrite):
     os.makedirs(run_dir, exist_ok=True)
 
 
-def load_model(checkpoint, device="cpu"):
-    """The model of a checkpoint, in eval mode."""
-    model = HetVAE(ModelShape(**checkpoint["model_shape"]), checkpoint["pixel_size_A"], checkpoint["image_std"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval()
-
-
-def save_latents(path, z):
-    """Write z to path (.npy) through a temporary file, so a reader never sees half of it."""
-    np.save(path + ".tmp.npy", z)
-    os.replace(path + ".tmp.npy", path)
-
-
-@torch.no_grad()
-def embed(model, store_path, batch_size=512, rank=0, world_size=1):
-    """Latent means (n x zdim), in store order, of this rank's contiguous share of the store (all of it
-    for one rank)."""
-    dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
-                                     shuffle=False)
-    device = model.basis.device
-    means = []
-    for batch in dataset:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        means.append(model.encode(model.observed_spectra(batch))[0].cpu())
-    return torch.cat(means).numpy()
-
-
 class RankLost(UserError):
     """Another rank died or stopped answering: this rank stops too (resume from the last checkpoint)."""
 
 
 class Trainer:
     def __init__(self, store_path, run_dir, config: TrainConfig, world=None, resume=False, overwrite=False,
-                 show_progress=True, command=None):
+                 show_progress=True, command=None, evaluate=None):
+        """evaluate(model, z, epoch, metrics) -> a line for train.log: called on rank 0 with every particle's
+        latent after the last epoch (and every config.eval_every epochs), e.g. against a ground truth."""
         self.store_path, self.run_dir, self.config = store_path, run_dir, config
+        self.evaluate_callback = evaluate
         self.world = world or TrainingWorld()
         self.show_progress = show_progress and self.world.is_root
         return_freed_memory_to_os()
@@ -301,10 +262,10 @@ class Trainer:
                 write_map(os.path.join(self.run_dir, "mask.mrc"), self.mask.mask_map(self.model.shape.box),
                           self.model.pixel_size_A)
             every = self.config.eval_every
-            if self.config.gt and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
+            if self.evaluate_callback and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
                 self.evaluate(self.gather_latents())
         z = self.write_latents()
-        if self.config.gt:
+        if self.evaluate_callback:
             self.evaluate(z)
 
     def _hint(self, line):
@@ -327,9 +288,6 @@ class Trainer:
         return z
 
     def evaluate(self, z):
-        """Against the simulated ground truth, on rank 0: RUN/eval.json, TensorBoard eval/*, train.log."""
-        if not self.world.is_root:
-            return
-        result = evaluate_run(self.run_dir, self.model, z, self.config.gt, self.metrics, self.epoch)
-        self.log.info(f"epoch {self.epoch} eval: mean FSC {result['mean_fsc']:.4f}, "
-                      f"latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}, linear R^2 {result['latent_linear_r2']:.4f}")
+        """The evaluation callback, on rank 0, with its line in train.log."""
+        if self.world.is_root:
+            self.log.info(f"epoch {self.epoch} eval: {self.evaluate_callback(self.model, z, self.epoch, self.metrics)}")

@@ -1,0 +1,52 @@
+"""A trained model applied: the device to run on, the model of a checkpoint, and the latents of a store."""
+
+import os
+
+import numpy as np
+import torch
+
+from hetrec_dist.data.reader import ChunkShuffledParticles
+from hetrec_dist.errors import UserError
+from hetrec_dist.model.hetvae import HetVAE, ModelShape
+
+
+def resolve_device(name, local_rank=0):
+    """cpu, cuda, cuda:N or auto; with several ranks a node, rank i of a node takes GPU i."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def load_model(checkpoint, device="cpu"):
+    """The model of a checkpoint (train.checkpoint.load_checkpoint's dict), in eval mode."""
+    model = HetVAE(ModelShape(**checkpoint["model_shape"]), checkpoint["pixel_size_A"], checkpoint["image_std"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+def save_latents(path, z):
+    """Write z to path (.npy) through a temporary file, so a reader never sees half of it."""
+    np.save(path + ".tmp.npy", z)
+    os.replace(path + ".tmp.npy", path)
+
+
+@torch.no_grad()
+def embed(model, store_path, batch_size=512, rank=0, world_size=1):
+    """Latent means (n x zdim), in store order, of this rank's contiguous share of the store (all of it
+    for one rank)."""
+    dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
+                                     shuffle=False)
+    device = model.basis.device
+    means = []
+    for batch in dataset:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        means.append(model.encode(model.observed_spectra(batch))[0].cpu())
+    return torch.cat(means).numpy()
