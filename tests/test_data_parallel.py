@@ -15,7 +15,6 @@ import torch
 
 from conftest import assert_one_line_error, free_port, run_bounded, run_cli, run_ranks
 from hetrec_dist.data.reader import ParticleStore, _to_torch
-from hetrec_dist.distributed.shared_memory import ranks_share_memory
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import build_config
@@ -25,7 +24,7 @@ RANK_BATCH = 16
 
 
 class FixedBatches:
-    """Stands in for the trainer's dataset: these batches, in this order."""
+    """The trainer's data: these batches, in this order."""
 
     def __init__(self, batches):
         self.batches = batches
@@ -71,13 +70,12 @@ def _rank_worker(rank, port, store_path, run_root):
 
     os.environ.update(rank_environment(rank, 2, port), LOCAL_SIZE="2")  # as the deepspeed launcher: shared memory
     world = init_training_world(timeout_s=120)
-    assert ranks_share_memory(world.group)  # dense and union sum through DeepSpeed's shared memory here
+    assert world.shared_memory  # dense and union sum through DeepSpeed's shared memory here
     assert not shared_memory_buffers(port, rank)  # its name is gone from /dev/shm, once both ranks mapped it
     parameters = {}
     for strategy in STRATEGIES + ("auto",):
         trainer = Trainer(store_path, os.path.join(run_root, strategy), tiny_config(RANK_BATCH, strategy), world,
-                          show_progress=False)
-        trainer.dataset = FixedBatches(batches_of(store_path, rank))
+                          show_progress=False, data=FixedBatches(batches_of(store_path, rank)))
         trainer.train_epoch()
         parameters[strategy] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     world.close()
@@ -98,9 +96,9 @@ def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(sim_store, t
     partial: 16 + 4 images), for every way of reducing the basis gradient."""
     from hetrec_dist.train.trainer import Trainer
 
-    trainer = Trainer(sim_store, tmp_path / "one_rank", tiny_config(2 * RANK_BATCH), show_progress=False)
+    trainer = Trainer(sim_store, tmp_path / "one_rank", tiny_config(2 * RANK_BATCH), show_progress=False,
+                      data=FixedBatches(batches_of(sim_store)))
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.dataset = FixedBatches(batches_of(sim_store))
     trainer.train_epoch()
     expected = trainer.model.state_dict()
     for (rank, strategy), parameters in two_rank_parameters.items():
@@ -117,15 +115,23 @@ def hetrec(*args):
 TRAIN_ARGS = ["--epochs", 2, "--batch-size", 32, "--zdim", 2, "--n-basis", 3, "-q"]
 
 
+def scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return [event.value for event in EventAccumulator(str(run / "tb")).Reload().Scalars(tag)]
+
+
 @pytest.fixture(scope="module")
 def launched_runs(sim_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("launched")
+    (root / "no_shared_memory.yaml").write_text("shared_memory_sums: false\n")
     runs = {}
-    for launcher in ("deepspeed", "mpirun"):
-        runs[launcher] = root / launcher
+    for name, launcher, extra in (("deepspeed", "deepspeed", ()), ("mpirun", "mpirun", ()),
+                                  ("gloo", "deepspeed", ("--config", root / "no_shared_memory.yaml"))):
+        runs[name] = root / name
         port = free_port()
         result = run_bounded(hetrec("launch", "--launcher", launcher, "--master-port", port, "--procs-per-node", 2,
-                                    "--", "train", sim_store, "-o", runs[launcher], *TRAIN_ARGS))
+                                    "--", "train", sim_store, "-o", runs[name], *TRAIN_ARGS, *extra))
         assert result.returncode == 0, result.stdout + result.stderr
         assert not shared_memory_buffers(port)  # the run leaves none of the machine's memory behind
     runs["one_rank"] = root / "one_rank"
@@ -138,9 +144,8 @@ def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
 
     deepspeed_run, mpi_run = launched_runs["deepspeed"], launched_runs["mpirun"]
     for run in (deepspeed_run, mpi_run):
-        assert "x 2 rank(s)" in (run / "train.log").read_text()
-        assert "through shared memory" in (run / "train.log").read_text()  # LOCAL_SIZE set, or found
-        assert "--basis-reduction union is faster here" in (run / "train.log").read_text()  # auto on CPU ranks
+        assert scalars(run, "ranks/size") == [2]
+        assert scalars(run, "ranks/shared_memory") == [1]  # LOCAL_SIZE set, or found
         assert np.load(run / "z.npy").shape == (300, 2)  # every particle once, from both ranks' shares
         tags = set(EventAccumulator(str(run / "tb")).Reload().Tags()["scalars"])
         assert {"reduce/bytes_sent", "reduce/dense_bytes", "reduce/union_density", "time/reduce_s",
@@ -153,6 +158,12 @@ def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
     run_cli("embed", deepspeed_run, "-o", deepspeed_run / "z_one_process.npy")
     np.testing.assert_allclose(np.load(deepspeed_run / "z_one_process.npy"), np.load(deepspeed_run / "z.npy"),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_shared_memory_switch_off_sums_through_gloo_to_the_same_bits(launched_runs):
+    assert scalars(launched_runs["gloo"], "ranks/shared_memory") == [0]
+    np.testing.assert_array_equal(np.load(launched_runs["gloo"] / "z.npy"),
+                                  np.load(launched_runs["deepspeed"] / "z.npy"))
 
 
 def test_srun_variables_start_the_same_ranks(sim_store, launched_runs, tmp_path):
@@ -175,7 +186,7 @@ def test_srun_variables_start_the_same_ranks(sim_store, launched_runs, tmp_path)
             task.kill()  # only a task that is still running: a test that failed leaves nothing behind
     # without SLURM_STEP_NUM_NODES nothing says the ranks share a machine: gloo sums what shared memory summed
     # in the mpirun run, to the same bits
-    assert "shared memory" not in (tmp_path / "srun" / "train.log").read_text()
+    assert scalars(tmp_path / "srun", "ranks/shared_memory") == [0]
     np.testing.assert_array_equal(np.load(tmp_path / "srun" / "z.npy"), np.load(launched_runs["mpirun"] / "z.npy"))
 
 
@@ -190,8 +201,8 @@ def test_ranks_sum_through_gloo_where_dev_shm_is_too_small(sim_store, launched_r
                    *TRAIN_ARGS)
     result = run_bounded(["unshare", "--mount", "sh", "-c", f'{small_shm} && exec "$@"', "sh", *train])
     assert result.returncode == 0, result.stdout + result.stderr
-    log = (run / "train.log").read_text()
-    assert "hint: /dev/shm holds 64 MiB, less than the 132 MiB" in log and "through shared memory" not in log
+    assert "hint: /dev/shm holds 64 MiB, less than the 132 MiB" in (run / "train.log").read_text()
+    assert scalars(run, "ranks/shared_memory") == [0]
     np.testing.assert_array_equal(np.load(run / "z.npy"), np.load(launched_runs["deepspeed"] / "z.npy"))
 
 
@@ -262,3 +273,17 @@ def test_launch_bad_inputs(tmp_path):
     assert_one_line_error(result, "srun", "--hostfile")
     result = run_cli("launch", "--env", "HETREC_SURELY_UNSET", "--dry-run", "--", "train", expect_ok=False)
     assert_one_line_error(result, "HETREC_SURELY_UNSET", "not set")
+
+
+def test_cpu_ranks_that_share_memory_are_told_that_union_is_faster_than_auto():
+    from hetrec_dist.distributed.data_parallel import DataParallel
+    from hetrec_dist.distributed.training_world import TrainingWorld
+    from hetrec_dist.physics.fourier_grid import HalfBall
+
+    def ranks(shared_memory, reduction):
+        return DataParallel(TrainingWorld(shared_memory=shared_memory), torch.nn.Linear(2, 2), 1e-3, 8, reduction,
+                            60, HalfBall.build(4), torch.zeros(1, 2))
+
+    assert any("--basis-reduction union is faster here" in hint for hint in ranks(True, "auto").hints())
+    assert ranks(True, "union").hints() == [] and ranks(False, "auto").hints() == []
+    assert ranks(True, "union").describe() == "1 rank(s) (ranks sum gradients through shared memory)"

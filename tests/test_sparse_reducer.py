@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from conftest import free_port, run_bounded, run_ranks
-from hetrec_dist.distributed.shared_memory import BUILD_LOCK_STALE_S
+from hetrec_dist.distributed.deepspeed_internals import BUILD_LOCK_STALE_S
 from hetrec_dist.distributed.sparse_reducer import (STRATEGIES, allgather_bytes, allreduce_bytes, bytes_sent,
                                                     payload_bytes, reduce_basis_gradient)
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
@@ -118,7 +118,7 @@ def test_a_wait_no_timeout_covers_ends_the_process_with_one_line(tmp_path):
     script = tmp_path / "wait.py"
     script.write_text(f"""
 import time, torch.distributed as dist
-from hetrec_dist.distributed.shared_memory import run_or_exit
+from hetrec_dist.distributed.deepspeed_internals import run_or_exit
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 run_or_exit(lambda: time.sleep(60), 1, "a test wait")
 """)
@@ -140,7 +140,7 @@ def test_a_build_lock_left_by_a_stopped_run_is_removed_once_stale(tmp_path):
         lock.touch()
         os.utime(lock, (time.time() - age_s,) * 2)
         started = time.monotonic()
-        result = run_bounded([sys.executable, "-c", "from hetrec_dist.distributed.shared_memory import "
+        result = run_bounded([sys.executable, "-c", "from hetrec_dist.distributed.deepspeed_internals import "
                               "load_shared_memory_kernel as load; load()"], timeout_s=240,
                              env={"TORCH_EXTENSIONS_DIR": str(extensions), "DS_ACCELERATOR": "cpu"})
         assert result.returncode == 0, result.stderr

@@ -54,7 +54,8 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.config import build_config
-    from hetrec_dist.train.trainer import RankLost, Trainer
+    from hetrec_dist.distributed.data_parallel import RankLost
+    from hetrec_dist.train.trainer import Trainer
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
@@ -64,7 +65,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     if resume and os.path.isfile(saved):
         preset = preset or saved
     config = build_config(preset, overrides)
-    world = init_training_world(config.collective_timeout_s)
+    world = init_training_world(config.collective_timeout_s, config.shared_memory_sums)
     try:
         trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,
                           command=reproducible_command(), evaluate=run_evaluator(out, config.gt) if config.gt else None)

@@ -6,36 +6,35 @@ through distributed.sparse_reducer and torch's SparseAdam.
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from hetrec_dist.distributed.shared_memory import sum_over_ranks, sums_in_shared_memory
+from hetrec_dist.distributed.deepspeed_internals import stop_engine_averaging, sum_over_ranks
 
 
 class LocalDenseOptimizer:
     average_in_shared_memory = False  # whether the gradients are averaged through shared memory (see below)
 
-    def __init__(self, module, lr):
+    def __init__(self, module: torch.nn.Module, lr: float):
         self.optimizer = torch.optim.Adam(module.parameters(), lr=lr)
 
-    def backward(self, loss):
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self):
+    def step(self) -> None:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)
 
 
 class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
-    """On CPU ranks that share one machine, the gradients are averaged through shared memory (one flat
-    float32 sum) instead of the engine's all-reduce over gloo (see distributed.shared_memory)."""
+    """Where the world sums in shared memory (CPU ranks of one machine), the gradients are averaged through
+    it (one flat float32 sum) instead of by the engine's all-reduce over gloo."""
 
-    def __init__(self, module, lr, micro_batch_size, timeout_s):
+    def __init__(self, module, lr, micro_batch_size, timeout_s, shared_memory):
         import deepspeed
 
         super().__init__(module, lr)
@@ -44,26 +43,27 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=self.optimizer,
                                                                  config=config, dist_init_required=False)
         self.timeout_s = timeout_s
-        kinds = {(p.device, p.dtype) for p in module.parameters()}  # one flat tensor needs one kind
-        self.average_in_shared_memory = len(kinds) == 1 and sums_in_shared_memory(*kinds.pop(), dist.group.WORLD)
+        kinds = {(p.device, p.dtype) for p in module.parameters()}
+        self.average_in_shared_memory = shared_memory and kinds == {(torch.device("cpu"), torch.float32)}
         if self.average_in_shared_memory:
-            self.engine.enable_backward_allreduce = False
+            stop_engine_averaging(self.engine)
 
     def backward(self, loss):
         self.engine.backward(loss)
         if self.average_in_shared_memory:
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-            flat = _flatten_dense_tensors(grads)
-            sum_over_ranks(flat, dist.group.WORLD, self.timeout_s)
+            flat = torch.cat([grad.reshape(-1) for grad in grads])
+            sum_over_ranks(flat, dist.group.WORLD, self.timeout_s, shared_memory=True)
             flat /= dist.get_world_size()
-            for grad, average in zip(grads, _unflatten_dense_tensors(flat, grads)):
-                grad.copy_(average)
+            for grad, average in zip(grads, flat.split([grad.numel() for grad in grads])):
+                grad.copy_(average.view_as(grad))
 
     def step(self):
         self.engine.step()
 
 
 def dense_optimizer(world, module, lr, micro_batch_size, timeout_s):
+    """LocalDenseOptimizer in one process, DeepSpeedDenseOptimizer on the ranks of `world`."""
     if world.size == 1:
         return LocalDenseOptimizer(module, lr)
-    return DeepSpeedDenseOptimizer(module, lr, micro_batch_size, timeout_s)
+    return DeepSpeedDenseOptimizer(module, lr, micro_batch_size, timeout_s, world.shared_memory)

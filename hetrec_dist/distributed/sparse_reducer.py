@@ -15,8 +15,9 @@ Strategies (only collectives that gloo and NCCL both have: all_reduce SUM/MAX, a
              instead of up to 8 x 2(K+1) per slice point, and let every rank rebuild the other ranks'
              gradients (touched sets included) and sum them with its own: fewest bytes, most compute;
     auto     reduce the mask, then whichever of the four sends the fewest bytes.
-All of them first all-gather two counts a rank (touched rows, images). Where all ranks share one machine's
-memory, the sums (dense, union, the mask as float32) go through it (see distributed.shared_memory).
+All of them first all-gather two counts a rank (touched rows, images). Where the world sums in shared memory
+(CPU ranks of one machine), the sums (dense, union, the mask as float32) go through it (see
+distributed.deepspeed_internals).
 """
 
 import dataclasses
@@ -25,7 +26,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from hetrec_dist.distributed.shared_memory import sum_over_ranks, sums_in_shared_memory
+from hetrec_dist.distributed.deepspeed_internals import sum_over_ranks, sums_in_shared_memory
+from hetrec_dist.physics.fourier_grid import HalfBall
 from hetrec_dist.physics.projector import SliceFactors, basis_gradient, slice_geometry
 
 STRATEGIES = ("dense", "gather", "union", "factors")
@@ -87,7 +89,7 @@ def _touched_mask(rows, n_rows, group, timeout_s, in_shared_memory):
     if in_shared_memory:
         mask = torch.zeros(n_rows, dtype=torch.float32)
         mask[rows] = 1
-        sum_over_ranks(mask, group, timeout_s)
+        sum_over_ranks(mask, group, timeout_s, shared_memory=True)
         return mask > 0
     mask = torch.zeros(n_rows, dtype=torch.uint8, device=rows.device)
     mask[rows] = 1
@@ -99,19 +101,19 @@ def _sparse(rows, values, shape):
     return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False)
 
 
-def _reduce_dense(grad, union, group, timeout_s):
+def _reduce_dense(grad, union, group, timeout_s, shared_memory):
     dense = grad.to_dense()
-    sum_over_ranks(dense, group, timeout_s)
+    sum_over_ranks(dense, group, timeout_s, shared_memory)
     rows = union.nonzero().squeeze(1)
     return _sparse(rows, dense[rows], grad.shape)
 
 
-def _reduce_union(grad, union, group, timeout_s):
+def _reduce_union(grad, union, group, timeout_s, shared_memory):
     rows = union.nonzero().squeeze(1)
     position = torch.cumsum(union, 0) - 1
     values = grad.values().new_zeros(len(rows), grad.shape[1])
     values[position[grad.indices()[0]]] = grad.values()
-    sum_over_ranks(values, group, timeout_s)
+    sum_over_ranks(values, group, timeout_s, shared_memory)
     return _sparse(rows, values, grad.shape)
 
 
@@ -163,10 +165,11 @@ def _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_si
     return _sum_in_rank_order(parts, (half_ball.n_voxels, 2 * n_components))
 
 
-def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d, group=None, timeout_s=600):
+def reduce_basis_gradient(factors: SliceFactors, strategy: str, half_ball: HalfBall, points_2d: torch.Tensor,
+                          group=None, timeout_s: float = 600, shared_memory: bool = False):
     """The basis gradient summed over the ranks of `group`, from each rank's factors (after backward).
     Returns (sum as coalesced sparse tensor, ReductionStats). timeout_s: how long to wait for the other ranks
-    where no process-group timeout applies."""
+    where no process-group timeout applies; shared_memory: the world's switch (TrainingWorld.shared_memory)."""
     if strategy not in STRATEGIES + ("auto",):
         raise ValueError(f"unknown reduction strategy {strategy!r} (one of {', '.join(STRATEGIES)}, auto)")
     started = time.perf_counter()
@@ -177,7 +180,7 @@ def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d,
     counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
     counts = torch.stack(_all_gather(counts, group, world_size)).tolist()
     max_nnz, image_counts = max(c[0] for c in counts), [c[1] for c in counts]
-    mask_in_shared_memory = sums_in_shared_memory(touched.device, torch.float32, group)
+    mask_in_shared_memory = shared_memory and sums_in_shared_memory(touched.device, torch.float32)
     union = (_touched_mask(touched, n_rows, group, timeout_s, mask_in_shared_memory)
              if strategy in MASK_FIRST else None)
     union_rows = int(union.sum()) if union is not None else 0
@@ -191,9 +194,9 @@ def reduce_basis_gradient(factors: SliceFactors, strategy, half_ball, points_2d,
     else:
         grad = factors.basis_gradient(n_rows)
         if strategy == "dense":
-            total = _reduce_dense(grad, union, group, timeout_s)
+            total = _reduce_dense(grad, union, group, timeout_s, shared_memory)
         elif strategy == "union":
-            total = _reduce_union(grad, union, group, timeout_s)
+            total = _reduce_union(grad, union, group, timeout_s, shared_memory)
         else:
             total = _reduce_gather(grad, group, max_nnz, world_size)
     return total, ReductionStats(strategy, sent, payload["dense"], total.values().shape[0],

@@ -17,17 +17,23 @@ import torch.distributed as dist
 
 from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT
 from hetrec_dist.distributed.mpi_world import ProcessWorld, launched_world_size
-from hetrec_dist.distributed.shared_memory import (load_shared_memory_kernel, shared_memory_room,
-                                                   unlink_shared_memory_buffer)
+from hetrec_dist.distributed.deepspeed_internals import (choose_accelerator, kernel_is_ready,
+                                                         load_shared_memory_kernel, prepare_shared_memory,
+                                                         unlink_shared_memory_buffer)
 from hetrec_dist.errors import UserError
 
 
 class TrainingWorld(ProcessWorld):
-    """The ranks of a torch.distributed process group (one process: the ProcessWorld defaults)."""
+    """The ranks of a torch.distributed process group (one process: the ProcessWorld defaults).
 
-    def __init__(self, group=None, local_rank=0, local_size=1, hints=()):
+    shared_memory: whether CPU float32 sums over the ranks go through DeepSpeed's shared-memory kernel
+    (distributed.deepspeed_internals), decided once when the ranks start.
+    """
+
+    def __init__(self, group=None, local_rank=0, local_size=1, hints=(), shared_memory=False):
         self.group, self.local_rank, self.local_size = group, local_rank, local_size
         self.hints = list(hints)  # for the user, about how these ranks were set up
+        self.shared_memory = shared_memory
         if group is not None:
             self.rank, self.size = dist.get_rank(), dist.get_world_size()
 
@@ -99,30 +105,8 @@ def _environment_from_slurm():
     env.setdefault("MASTER_PORT", str(DEFAULT_MASTER_PORT))
 
 
-def _local_size_for_shared_memory():
-    """DeepSpeed's shared-memory all-reduce (see distributed.shared_memory) needs LOCAL_SIZE, which only its
-    own launcher sets: under mpiexec take it from Open MPI's or MPICH's variable, under srun on one node from
-    SLURM's. Where /dev/shm cannot hold the kernel's buffers, drop it (the sums then go through gloo) and
-    return a hint that says so."""
-    env = os.environ
-    if "LOCAL_SIZE" not in env:
-        found = [env[name] for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS") if name in env]
-        if found:
-            env["LOCAL_SIZE"] = found[0]
-        elif env.get("SLURM_STEP_NUM_NODES") == "1" and "SLURM_STEP_NUM_TASKS" in env:
-            env["LOCAL_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
-    if "LOCAL_SIZE" in env and not torch.cuda.is_available():
-        available, needed = shared_memory_room(int(env["LOCAL_SIZE"]))
-        if available < needed:
-            ranks = env.pop("LOCAL_SIZE")
-            return (f"/dev/shm holds {available >> 20} MiB, less than the {needed >> 20} MiB that the shared-memory "
-                    f"all-reduce of {ranks} ranks needs: ranks sum through gloo, which is slower (in Docker: "
-                    "docker run --shm-size 1g)")
-    return None
-
-
 def _quiet_deepspeed():
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    choose_accelerator()
     from deepspeed.utils import logger
     logger.setLevel(logging.WARNING)
 
@@ -134,12 +118,13 @@ def _one_thread_share(local_size):
         torch.set_num_threads(max(1, cores // local_size))
 
 
-def init_training_world(timeout_s=600):
-    """One process (no launcher), or this rank of the launcher's world, with the process group ready."""
+def init_training_world(timeout_s=600, shared_memory=True):
+    """One process (no launcher), or this rank of the launcher's world, with the process group ready.
+    shared_memory: let CPU ranks that share one machine sum through its memory (TrainConfig.shared_memory_sums)."""
     if launched_world_size() <= 1:
         return TrainingWorld()
     _environment_from_slurm()
-    hint = _local_size_for_shared_memory()
+    hint = prepare_shared_memory(shared_memory)
     _quiet_deepspeed()
     import deepspeed
 
@@ -159,4 +144,5 @@ def init_training_world(timeout_s=600):
         torch.cuda.set_device(local_rank)
     else:
         _one_thread_share(local_size)
-    return TrainingWorld(control, local_rank, local_size, hints=[hint] if hint else [])
+    return TrainingWorld(control, local_rank, local_size, hints=[hint] if hint else [],
+                         shared_memory=kernel_is_ready())

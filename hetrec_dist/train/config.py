@@ -42,6 +42,7 @@ class TrainConfig:
     eval_every: int = 0        # epochs between evaluations against `gt` (0: only after the last epoch)
     basis_reduction: str = "auto"    # several ranks: how the sparse basis gradient is summed (REDUCTIONS)
     collective_timeout_s: int = 600  # several ranks: how long a rank waits for the others before it gives up
+    shared_memory_sums: bool = True  # CPU ranks of one machine sum through its shared memory (else gloo)
 
     def __post_init__(self):
         if self.mask_diameter_A is not None and not self.mask_diameter_A > 0:
@@ -106,6 +107,10 @@ def _typed(field, value):
     kind_type = _base_type(field)
     if value is None and kind_type is not field.type:
         return None
+    if kind_type is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"setting {field.name}: {value!r} is not true or false")
+        return value
     try:
         typed = kind_type(value)
     except (TypeError, ValueError):

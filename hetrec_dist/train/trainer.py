@@ -1,11 +1,10 @@
-"""The training loop of `hetrec train`: one process, or data-parallel ranks (see distributed/).
+"""The training loop of `hetrec train`: one process, or data-parallel ranks (distributed.data_parallel).
 
-RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint), mask.mrc (the basis' current real-space mask) and z.npy (latent
-means of all particles, store order); rank 0 writes them all. Each rank reads its own shard of the store
-(data.reader) with batch_size images a step; a step's global batch is the union of the ranks' batches, and
-its gradients are those of the mean loss over the global batch: dense ones averaged by the DeepSpeed
-engine, the basis one summed by the sparse reducer from every rank's slice factors. An epoch ends at the
-first step some rank has no batch for.
+RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint), mask.mrc (the
+basis' current real-space mask) and z.npy (latent means of all particles, store order); rank 0 writes them
+all. Each rank reads its own shard of the store (data.reader) with batch_size images a step; a step's global
+batch is the union of the ranks' batches, and its gradients are those of the mean loss over the global
+batch. An epoch ends at the first step some rank has no batch for.
 Randomness is a function of (seed, epoch): data order, and the VAE's sampling noise, drawn for the global
 batch and split by rank, so that 2 ranks with batch B take the steps one rank takes with batch 2B over the
 same particles. A run resumed at an epoch boundary, with the same number of ranks, continues exactly as an
@@ -20,13 +19,12 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
-from hetrec_dist.distributed.dense_engine import dense_optimizer
-from hetrec_dist.distributed.sparse_reducer import STRATEGIES, reduce_basis_gradient
+from hetrec_dist.distributed.data_parallel import DataParallel
+from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE
@@ -59,15 +57,13 @@ def prepare_run_dir(run_dir, resume, overwrite):
     os.makedirs(run_dir, exist_ok=True)
 
 
-class RankLost(UserError):
-    """Another rank died or stopped answering: this rank stops too (resume from the last checkpoint)."""
-
-
 class Trainer:
     def __init__(self, store_path, run_dir, config: TrainConfig, world=None, resume=False, overwrite=False,
-                 show_progress=True, command=None, evaluate=None):
+                 show_progress=True, command=None, evaluate=None, data=None):
         """evaluate(model, z, epoch, metrics) -> a line for train.log: called on rank 0 with every particle's
-        latent after the last epoch (and every config.eval_every epochs), e.g. against a ground truth."""
+        latent after the last epoch (and every config.eval_every epochs), e.g. against a ground truth.
+        data: where this rank's batches come from (default: its shard of the store, data.reader); it has
+        set_epoch(epoch), rank_particles() and iterates over batches."""
         self.store_path, self.run_dir, self.config = store_path, run_dir, config
         self.evaluate_callback = evaluate
         self.world = world or TrainingWorld()
@@ -79,12 +75,13 @@ class Trainer:
         shape = config.model_shape(store.box)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
         self.world.broadcast_(self.model.basis.data)
-        self.dense_optimizer = dense_optimizer(self.world, self.model.dense_modules(), config.lr, config.batch_size,
-                                               config.collective_timeout_s)
+        self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
+                                  config.basis_reduction, config.collective_timeout_s, self.model.half_ball,
+                                  self.model.disk.coords)
         self.basis_optimizer = torch.optim.SparseAdam([self.model.basis], lr=config.lr_basis)
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
-        self.dataset = ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
-                                              world_size=self.world.size, seed=config.seed)
+        self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
+                                                   world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
         self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
@@ -105,7 +102,7 @@ class Trainer:
     def state_dict(self):
         return {"model": self.model.state_dict(), "model_shape": dataclasses.asdict(self.model.shape),
                 "pixel_size_A": self.model.pixel_size_A, "image_std": self.model.image_std,
-                "dense_optimizer": self.dense_optimizer.state_dict(),
+                "dense_optimizer": self.ranks.state_dict(),
                 "basis_optimizer": self.basis_optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config)}
 
@@ -114,7 +111,7 @@ class Trainer:
             raise UserError(f"the checkpoint's model shape {state.get('model_shape')} differs from this run's "
                             f"{dataclasses.asdict(self.model.shape)}")
         self.model.load_state_dict(state["model"])
-        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        self.ranks.load_state_dict(state["dense_optimizer"])
         self.basis_optimizer.load_state_dict(state["basis_optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
 
@@ -122,30 +119,19 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _basis_gradient(self, factors):
-        """The basis gradient of the global batch's mean loss, and what reducing it cost (None: one rank)."""
-        if self.world.size == 1:
-            return factors.basis_gradient(self.model.half_ball.n_voxels), None
-        total, stats = reduce_basis_gradient(factors, self.config.basis_reduction, self.model.half_ball,
-                                             self.model.disk.coords, self.world.group,
-                                             self.config.collective_timeout_s)
-        mean = torch.sparse_coo_tensor(total.indices(), total.values() / self.world.size, total.shape,
-                                       is_coalesced=True, check_invariants=False)
-        return mean, stats
-
-    def train_step(self, batch, noise, loss_scale=1.0):
-        """One optimisation step; returns the loss terms, the step-time split (seconds) and reducer stats.
-        loss_scale makes the engine's average over ranks the mean over the global batch."""
+    def train_step(self, batch, noise, share):
+        """One optimisation step on this rank's `share` of the global batch; returns the loss terms, the
+        step-time split (seconds) and the reducer's stats (None in one process)."""
         started = time.perf_counter()
         out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True)
         self._synchronize()
         forward_done = time.perf_counter()
-        self.dense_optimizer.backward(out["loss"] * loss_scale)
+        self.ranks.backward(out["loss"], share)
         self._synchronize()
         backward_done = time.perf_counter()
-        self.model.basis.grad, reduction = self._basis_gradient(out["factors"])
+        self.model.basis.grad, reduction = self.ranks.basis_gradient(out["factors"])
         reduce_done = time.perf_counter()
-        self.dense_optimizer.step()
+        self.ranks.step()
         self.basis_optimizer.step()
         self.basis_optimizer.zero_grad(set_to_none=True)
         self._synchronize()
@@ -157,42 +143,40 @@ class Trainer:
         """The epoch's batches: read in this process, or by spawned DataLoader workers (see data.reader)."""
         workers = self.config.num_workers
         if workers == 0:
-            return self.dataset
-        return torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=workers,
+            return self.data
+        return torch.utils.data.DataLoader(self.data, batch_size=None, num_workers=workers,
                                            multiprocessing_context="spawn", pin_memory=self.device.type == "cuda")
 
     def train_epoch(self):
         self.model.train()
-        self.dataset.set_epoch(self.epoch)
+        self.data.set_epoch(self.epoch)
         generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + self.epoch)
         totals, n_images, epoch_started = {"loss": 0.0, "data": 0.0, "kl": 0.0}, 0, time.perf_counter()
-        progress = tqdm(total=self.dataset.rank_particles() * self.world.size, unit="img",
+        progress = tqdm(total=self.data.rank_particles() * self.world.size, unit="img",
                         disable=not self.show_progress, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                         dynamic_ncols=True, leave=False)
         batches = iter(self._loader())
         while True:
             data_started = time.perf_counter()
             batch = next(batches, None)
-            sizes = [n for n, in self.world.all_gather_ints([0 if batch is None else len(batch["index"])])]
-            if min(sizes) == 0:
+            share = self.ranks.share(0 if batch is None else len(batch["index"]))
+            if share is None:
                 break
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             data_s = time.perf_counter() - data_started
-            n_global, offset, size = sum(sizes), sum(sizes[:self.world.rank]), sizes[self.world.rank]
-            noise = torch.randn(n_global, self.config.zdim, generator=generator, device=self.device)
-            out, timings, reduction = self.train_step(batch, noise[offset:offset + size],
-                                                      loss_scale=size * self.world.size / n_global)
-            n_images += size
+            noise = share.own(torch.randn(share.n_global, self.config.zdim, generator=generator, device=self.device))
+            out, timings, reduction = self.train_step(batch, noise, share)
+            n_images += share.size
             if (self.step + 1) % self.config.mask_every == 0:
                 self.model.confine_basis(self.mask, follow_envelope=self.config.mask == "envelope"
                                          and self.epoch >= self.config.mask_warmup_epochs)
             for key in totals:
-                totals[key] += out[key].item() * size
+                totals[key] += out[key].item() * share.size
             self.step += 1
-            progress.update(n_global)
+            progress.update(share.n_global)
             progress.set_postfix(loss=f"{out['loss'].item():.4f}", refresh=False)
             if self.step % self.config.log_every == 0:
-                self._log_step(out, data_s + sum(timings.values()), n_global, size, data_s, timings, reduction)
+                self._log_step(out, data_s + sum(timings.values()), share, data_s, timings, reduction)
         progress.close()
         self.epoch += 1
         self._show_examples(out)
@@ -202,9 +186,9 @@ class Trainer:
         self.metrics.scalars({f"epoch/{k}": v for k, v in summary.items()}, self.epoch)
         return summary
 
-    def _log_step(self, out, step_s, n_global, size, data_s, timings, reduction):
+    def _log_step(self, out, step_s, share, data_s, timings, reduction):
         values = {"train/loss": out["loss"].item(), "train/data": out["data"].item(), "train/kl": out["kl"].item(),
-                  "perf/images_per_s": n_global / step_s, "perf/images_per_s_per_rank": size / step_s,
+                  "perf/images_per_s": share.n_global / step_s, "perf/images_per_s_per_rank": share.size / step_s,
                   "perf/touched_fraction": out["touched_fraction"],
                   "perf/peak_memory_MiB": peak_memory_mib(self.device), "time/data_s": data_s,
                   "mask/volume_fraction": float(self.mask.mask.mean()),
@@ -228,28 +212,21 @@ class Trainer:
     def train(self):
         """Train to config.epochs, write z.npy (and evaluate against config.gt). Raises RankLost when the
         other ranks stop answering."""
+        resume_hint = (f"continue from the last checkpoint in {self.run_dir}/checkpoints with --resume, on any "
+                       "number of ranks")
         try:
-            self._train()
-        except RuntimeError as err:  # gloo reports a lost peer as a plain RuntimeError
-            if self.world.size == 1 or not (isinstance(err, dist.DistError) or "gloo" in str(err)):
-                raise
-            reason = str(err).strip().splitlines()[0].split("] ")[-1].split(". ")[0]
-            raise RankLost(f"rank {self.world.rank} of {self.world.size} lost contact with the other ranks "
-                           f"({reason}); continue from the last checkpoint in {self.run_dir}/checkpoints with "
-                           "--resume, on any number of ranks") from None
+            with self.ranks.lost_peers_stop_here(resume_hint):
+                self._train()
         finally:
             self.metrics.close()
 
     def _train(self):
-        shared = self.dense_optimizer.average_in_shared_memory
-        self.log.info(f"training {self.store_path} on {self.device} x {self.world.size} rank(s), batch "
-                      f"{self.config.batch_size} a rank, from epoch {self.epoch}"
-                      + (" (ranks sum gradients through shared memory)" if shared else ""))
-        for hint in self.world.hints:
+        self.log.info(f"training {self.store_path} on {self.device} x {self.ranks.describe()}, batch "
+                      f"{self.config.batch_size} a rank, from epoch {self.epoch}")
+        self.metrics.scalars({"ranks/size": self.world.size, "ranks/shared_memory": float(self.world.shared_memory)},
+                             self.step)
+        for hint in self.ranks.hints():
             self._hint(hint)
-        if shared and self.config.basis_reduction == "auto":
-            self._hint("basis_reduction auto sends the fewest bytes (the factors), but CPU ranks on one machine "
-                       "are short of compute, not bandwidth: --basis-reduction union is faster here")
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
             line = ", ".join(f"{k} {v:.5g}" for k, v in summary.items())
