@@ -164,7 +164,7 @@ def test_every_pose_pickle_layout_cryodrgn_reads(sim_dir, sim_store, tmp_path, l
 @pytest.mark.parametrize("case,fragments", [
     ("pixels", ["translations up to", "fractions of the box", "divide them by the box (32)"]),
     ("euler", ["(300, 3)", "Euler angles"]),
-    ("reflection", ["not rotations", "particle 5"]),
+    ("reflection", ["row 6: the pose is not a rotation"]),
     ("dict", ["numeric array", "found dict"]),
     ("strings", ["numeric array"]),
 ])
@@ -371,3 +371,68 @@ def absolute_star_for(stack, n, pixel_size_A, origins_A):
     path = os.path.join(os.path.dirname(stack), "odd.star")
     starfile.write({"optics": optics, "particles": particles}, path)
     return path
+
+
+# Values no microscope gives, and files that are not what they say ------------------------------------------
+
+def _set(block, column, row, value):
+    def edit(tables):
+        tables[block] = tables[block].astype({column: object})
+        tables[block].loc[row, column] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,fragments", [
+    (_set("particles", "rlnDefocusU", 3, np.nan), ["data_particles row 4", "rlnDefocusU is nan", "not a number"]),
+    (_set("particles", "rlnAngleRot", 2, "abc"), ["row 3", "rlnAngleRot is 'abc'"]),
+    (_set("particles", "rlnAngleTilt", 5, np.inf), ["row 6", "not a rotation"]),
+    (_set("optics", "rlnImagePixelSize", 0, -4.0), ["the pixel size is -4"]),
+    (_set("optics", "rlnVoltage", 0, 0.0), ["row 1 (and 299 more)", "voltage (kV) is 0", "positive"]),
+    (_set("optics", "rlnAmplitudeContrast", 0, 1.5), ["amplitude contrast is 1.5"]),
+    (_set("optics", "rlnImageSize", 0, 32.5), ["rlnImageSize is 32.5", "not a whole number"]),
+    (_set("particles", "rlnImageName", 5, "6@"), ["row 6", "names no stack"]),
+    (lambda t: t.update(particles=t["particles"].iloc[:0]), ["lists no particles"]),
+    (lambda t: t.update(optics=pd.concat([t["optics"]] * 2)), ["optics group 1 twice"]),
+    (lambda t: t["particles"].pop("rlnOriginYAngst"), ["rlnOriginYAngst missing"]),
+    (lambda t: t.update(particles=pd.concat([t["particles"], t["particles"][["rlnDefocusU"]]], axis=1)),
+     ["data_particles has the column rlnDefocusU twice"]),
+])
+def test_star_values_that_cannot_be_right_are_refused(sim_dir, tmp_path, edit, fragments):
+    convert_fails(tmp_path, absolute_star(sim_dir, tmp_path, edit), "p.star", *fragments)
+
+
+def test_cs_and_pkl_values_that_cannot_be_right_are_refused(sim_dir, tmp_path):
+    split_cryosparc(sim_dir, tmp_path / "J9")
+    passthrough = np.load(tmp_path / "J9" / "J9_passthrough_particles.cs")
+    np.save(open(tmp_path / "J9" / "J9_passthrough_particles.cs", "wb"), np.concatenate([passthrough[:1], passthrough]))
+    convert_fails(tmp_path, tmp_path / "J9" / "J9_particles.cs", "J9_passthrough_particles.cs",
+                  "uid appears on more than one row", extra=("--datadir", sim_dir))
+    records = write_cryosparc(sim_dir, tmp_path / "p.cs")
+    records["alignments3D/pose"][4] = np.nan
+    np.save(open(tmp_path / "p.cs", "wb"), records)
+    convert_fails(tmp_path, tmp_path / "p.cs", "row 5", "not a rotation", extra=("--datadir", sim_dir))
+    stacks_txt = write_cryodrgn(sim_dir, tmp_path)
+    rotations, translations = pickle.load(open(tmp_path / "poses.pkl", "rb"))
+    translations[2, 0] = np.nan
+    pickle.dump((rotations, translations), open(tmp_path / "poses.pkl", "wb"))
+    convert_fails(tmp_path, stacks_txt, "poses.pkl", "row 3", "shift", "finite",
+                  extra=("--poses", tmp_path / "poses.pkl", "--ctf", tmp_path / "ctf.pkl"))
+
+
+def test_stacks_and_options_that_cannot_be_right(sim_dir, tmp_path, monkeypatch):
+    images = np.zeros((4, 32, 32), dtype=np.complex64)
+    mrcfile.write(tmp_path / "complex.mrcs", images)
+    star = absolute_star_for(tmp_path / "complex.mrcs", 4, 4.0, np.zeros((4, 2)))
+    convert_fails(tmp_path, star, "complex.mrcs", "complex numbers (MRC mode 4)")
+    mrcfile.write(tmp_path / "bright.mrcs", np.full((4, 32, 32), 1e6, dtype=np.float32))
+    star = absolute_star_for(tmp_path / "bright.mrcs", 4, 4.0, np.zeros((4, 2)))
+    convert_fails(tmp_path, star, "bright.mrcs", "do not fit in float16", "--dtype float32", extra=("--dtype", "float16"))
+    for option in ("--apix", "--voltage-kv", "--phase-shift-deg"):
+        result = run_cli("convert", star, "-o", tmp_path / "o.zarr", option, "nan", expect_ok=False)
+        assert result.exit_code == 2 and "nan is not a number" in result.output
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path / "work")
+    result = run_cli("convert", star, "-o", "", expect_ok=False)
+    assert result.exit_code == 2 and "an empty path" in result.output
+    assert os.listdir(tmp_path / "work") == ["precious.txt"]

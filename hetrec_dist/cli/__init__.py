@@ -27,8 +27,8 @@ class _UserErrorsAsMessages(click.Group):
             warnings.simplefilter("default", InputWarning)
             try:
                 return super().invoke(ctx)
-            except UserError as err:
-                raise click.ClickException(str(err)) from None
+            except UserError as err:  # one line, whatever a library's message it quotes holds
+                raise click.ClickException(" ".join(str(err).split())) from None
 
 
 @click.group(cls=_UserErrorsAsMessages, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,8 +1,24 @@
 """The command line that reproduces the current command, from its parsed parameters."""
 
+import math
 import shlex
 
 import click
+
+
+def refuse_empty(ctx, param, value):
+    """A click callback for output paths: an empty one would mean the current folder, which a command that
+    replaces its output must never take for it."""
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("an empty path; name the output")
+    return value
+
+
+def finite_floats(ctx, param, value):
+    """A click callback: nan and inf pass click's FloatRange, and are no value a user means."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number")
+    return value
 
 
 def reproducible_command():

@@ -2,9 +2,11 @@
 
 import click
 
+from hetrec_dist.cli.command_line import refuse_empty
+
 
 @click.command("simulate")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty, help="Output folder.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=10000, show_default=True, help="Number of particles.")
 @click.option("--box", "-D", type=click.IntRange(min=8), default=64, show_default=True, help="Box size (pixels, even).")
 @click.option("--apix", type=click.FloatRange(min=0, min_open=True), help="Pixel size in A (default: 128 A / box).")

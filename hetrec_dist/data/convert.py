@@ -66,7 +66,8 @@ def read_particle_table(input_path, options):
     if extension not in readers:
         raise UserError(f"{input_path}: unknown input type {extension!r} (expected .star, .cs, .mrcs or .txt)")
     _refuse_options_for_other_inputs(options, extension)
-    table = readers[extension](input_path, options)
+    with np.errstate(all="ignore"):  # what a NaN or infinity in the input makes is reported by check_values
+        table = readers[extension](input_path, options)
     if len(table) == 0:
         raise UserError(f"{input_path}: lists no particles")
     check_stacks(table)
@@ -167,7 +168,7 @@ def _what_changed(existing, attrs):
 def prepare_store(out, table, options, command):
     """Create the store, or reopen an unfinished one made by the same command. Returns its attrs."""
     box = _output_box(table, options)
-    chunk_images = options.chunk_images or particle_store.default_chunk_images(box, options.dtype)
+    chunk_images = min(options.chunk_images or particle_store.default_chunk_images(box, options.dtype), len(table))
     attrs = store_attrs(table, options, box, chunk_images, command)
     if options.overwrite:
         particle_store.remove_store(out)
@@ -182,7 +183,10 @@ def prepare_store(out, table, options, command):
             raise UserError(f"{out} holds an unfinished conversion that this command cannot resume: "
                             f"{'; '.join(changes)}; use --overwrite to start again")
         return existing
-    group = particle_store.create_store(out, len(table), box, options.dtype, chunk_images, attrs)
+    try:
+        group = particle_store.create_store(out, len(table), box, options.dtype, chunk_images, attrs)
+    except OSError as err:
+        raise UserError(f"{out}: cannot create the store ({err.strerror or err})") from None
     _write_metadata(group, table, box, attrs["pixel_size_A"])
     return attrs
 
@@ -230,7 +234,11 @@ def convert_chunk(store_path, task, box, dtype, invert_contrast):
     images = fourier_crop(read_task_images(task), box)
     if invert_contrast:
         images = -images
-    stored = images.astype(dtype)
+    with np.errstate(over="ignore"):
+        stored = images.astype(dtype)
+    if not np.isfinite(stored).all():
+        raise UserError(f"{task.stack_paths[0]}: image values up to {np.abs(images).max():.4g} do not fit in "
+                        f"{dtype} (at most {np.finfo(dtype).max:.4g}); convert with --dtype float32 --overwrite")
     group = zarr.open_group(store_path, mode="r+")
     group["images"][task.start:task.start + len(stored)] = stored
     values = stored.astype(np.float64)

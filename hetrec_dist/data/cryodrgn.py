@@ -17,13 +17,12 @@ import pickle
 
 import numpy as np
 
-from hetrec_dist.data.particles import (ParticleTable, ctf_constants, option_replaces, read_stack_header,
-                                        resolve_stack_path, search_roots, single_value)
+from hetrec_dist.data.particles import (ParticleTable, check_values, ctf_constants, option_replaces,
+                                        read_stack_header, resolve_stack_path, search_roots, single_value)
 from hetrec_dist.errors import UserError, warn_input
 
 # A translation beyond half the box puts the particle's centre outside its image: such values are pixels.
 MAX_TRANSLATION_FRACTION = 0.5
-ROTATION_TOLERANCE = 1e-3
 _POSE_LAYOUTS = "(rotations, translations), (rotations,), or rotations alone"
 _CTF_CONSTANT_COLUMNS = {"voltage_kv": (5, "voltage"), "cs_mm": (6, "Cs"), "amplitude_contrast": (7, "amplitude contrast"),
                          "phase_shift_deg": (8, "phase shift")}
@@ -33,16 +32,18 @@ def _load_pickle(path):
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as err:
-        raise UserError(f"{path}: not a readable pickle ({err})") from None
+    except Exception as err:  # unpickling runs the file's own code, which may raise anything
+        raise UserError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
 
 
 def _array(value, path, what):
     """A numpy float64 array of a pickled numpy array or torch tensor."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch here
         value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.number):
+    if not isinstance(value, np.ndarray):
         raise UserError(f"{path}: {what} should be a numeric array, found {type(value).__name__}")
+    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+        raise UserError(f"{path}: {what} should be a numeric array, found an array of {value.dtype}")
     return value.astype(np.float64)
 
 
@@ -76,28 +77,18 @@ def _poses(poses_paths, n, box):
             rotations.shape == (n, 3)) else ""
         raise UserError(f"{rotations_path}: rotations of shape {rotations.shape}, but the stacks hold {n} images "
                         f"(need {n} x 3 x 3){looks_like}")
-    _require_rotations(rotations, rotations_path)
     if translations is None:
         warn_input(f"{rotations_path}: no translations; the shifts are taken as zero")
         return rotations, np.zeros((n, 2))
     if translations.shape != (n, 2):
         raise UserError(f"{translations_path}: translations of shape {translations.shape}, but the stacks hold "
                         f"{n} images (need {n} x 2)")
-    largest = float(np.abs(translations).max()) if n else 0.0
+    largest = float(np.nanmax(np.abs(translations))) if n else 0.0
     if largest > MAX_TRANSLATION_FRACTION:
         raise UserError(f"{translations_path}: translations up to {largest:g}, but cryoDRGN's are fractions of the "
                         f"box (at most {MAX_TRANSLATION_FRACTION}); if these are pixels, divide them by the box "
                         f"({box})")
     return rotations, translations * box
-
-
-def _require_rotations(rotations, path):
-    """Each matrix orthonormal with determinant +1 (a reflection or Euler angles in disguise is refused)."""
-    gram_error = np.abs(np.einsum("nji,njk->nik", rotations, rotations) - np.eye(3)).max(axis=(1, 2))
-    bad = np.flatnonzero((gram_error > ROTATION_TOLERANCE) | (np.linalg.det(rotations) < 0))
-    if bad.size:
-        raise UserError(f"{path}: {bad.size} of the matrices are not rotations (the first is particle {bad[0]}, "
-                        "0-based)")
 
 
 def _ctf_table(ctf_path, n, box, options):
@@ -109,6 +100,9 @@ def _ctf_table(ctf_path, n, box, options):
     estimated_box = single_value(ctf[:, 0], "the box (column 0)", ctf_path)
     estimated_pixel_size = single_value(ctf[:, 1], "the pixel size (column 1)", ctf_path)
     file_pixel_size = estimated_box * estimated_pixel_size / box
+    if estimated_box != box and options.apix is None:
+        warn_input(f"{ctf_path}: describes images of box {estimated_box:g} at {estimated_pixel_size:g} Å; the stacks "
+                   f"are {box} pixels wide, so their pixel size is {file_pixel_size:g} Å (cryoDRGN's rule)")
     field = (f"the pixel size ({estimated_box:g} x {estimated_pixel_size:g} Å / the stacks' box {box})"
              if estimated_box != box else "the pixel size (column 1)")
     pixel_size_A = float(option_replaces(file_pixel_size, options.apix, "apix", field, ctf_path))
@@ -123,8 +117,11 @@ def _ctf_table(ctf_path, n, box, options):
 def _stack_list(path, datadir):
     if not path.endswith(".txt"):
         return [os.path.abspath(path)]
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path) as f:
+            names = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file listing stacks, one a line") from None
     if not names:
         raise UserError(f"{path}: lists no stacks")
     return [resolve_stack_path(name, search_roots(path, datadir)) for name in names]
@@ -142,7 +139,7 @@ def read_cryodrgn(stack_path, options):
     n, box = sum(counts), headers[0].nx
     ctf, pixel_size_A, pixel_size_source = _ctf_table(options.ctf, n, box, options)
     rotations, shifts_px = _poses(tuple(options.poses), n, box)
-    return ParticleTable(
+    table = ParticleTable(
         stack_paths=stack_paths,
         stack_of=np.repeat(np.arange(len(counts), dtype=np.int32), counts),
         image_in_stack=np.concatenate([np.arange(c, dtype=np.int64) for c in counts]),
@@ -151,3 +148,5 @@ def read_cryodrgn(stack_path, options):
         pixel_size_source=pixel_size_source,
         metadata_files=list(dict.fromkeys(os.path.abspath(p) for p in (*options.poses, options.ctf)))
         + ([os.path.abspath(stack_path)] if stack_path.endswith(".txt") else []))
+    check_values(table, options.poses[0], options.ctf)
+    return table

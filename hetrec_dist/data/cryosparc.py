@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
-from hetrec_dist.data.particles import (ParticleTable, ctf_constants, index_stacks, option_replaces,
+from hetrec_dist.data.particles import (ParticleTable, check_values, ctf_constants, index_stacks, option_replaces,
                                         optics_group_hint, search_roots, select_optics_groups, single_value)
-from hetrec_dist.errors import UserError
+from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.physics.rotations import matrices_from_cryosparc_pose
 
 REQUIRED_FIELDS = (
@@ -25,13 +25,25 @@ _CTF_CONSTANT_FIELDS = {"voltage_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm", "amp
 PROJECT_LEVELS_ABOVE_CS = 1
 
 
+# The shape of one row's value of each field read (scalars ()), all of them numbers but blob/path
+_FIELD_SHAPES = {"blob/idx": (), "blob/shape": (2,), "blob/psize_A": (), "alignments3D/pose": (3,),
+                 "alignments3D/shift": (2,), "alignments3D/psize_A": (), "ctf/df1_A": (), "ctf/df2_A": (),
+                 "ctf/df_angle_rad": (), "ctf/accel_kv": (), "ctf/cs_mm": (), "ctf/amp_contrast": (),
+                 "ctf/phase_shift_rad": (), "ctf/exp_group_id": (), "blob/sign": ()}
+
+
 def _load(path):
     try:
         records = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable cryoSPARC .cs file ({err})") from None
+    except (OSError, ValueError, EOFError):
+        raise UserError(f"{path}: not a readable cryoSPARC .cs file (a numpy array of particle records)") from None
     if records.dtype.names is None:
         raise UserError(f"{path}: not a cryoSPARC .cs file (no named fields)")
+    for name in [n for n in _FIELD_SHAPES if n in records.dtype.names]:
+        field = records.dtype.fields[name][0]
+        if field.shape != _FIELD_SHAPES[name] or not np.issubdtype(field.base, np.number):
+            raise UserError(f"{path}: {name} is {field.base} of shape {field.shape} per particle; expected "
+                            f"numbers of shape {_FIELD_SHAPES[name]}")
     return records
 
 
@@ -43,6 +55,9 @@ def find_passthrough(path):
     same_job = [p for p in candidates if os.path.basename(p).startswith(name.split("_")[0] + "_")]
     if len(same_job) == 1 or len(candidates) == 1:
         return (same_job or candidates)[0]
+    if candidates:
+        raise UserError(f"{path}: lacks fields, and several passthrough files lie beside it "
+                        f"({', '.join(map(os.path.basename, candidates))}); choose one with --passthrough")
     return None
 
 
@@ -51,6 +66,8 @@ def _join(main, main_path, passthrough, passthrough_path):
     for records, where in ((main, main_path), (passthrough, passthrough_path)):
         if "uid" not in records.dtype.names:
             raise UserError(f"{where}: no uid field, so its rows cannot be matched with the other .cs file")
+        if len(np.unique(records["uid"])) < len(records):
+            raise UserError(f"{where}: some uid appears on more than one row, so rows cannot be matched by uid")
     order = np.argsort(passthrough["uid"], kind="stable")
     at = np.clip(np.searchsorted(passthrough["uid"], main["uid"], sorter=order), 0, len(order) - 1)
     rows = order[at]
@@ -59,6 +76,11 @@ def _join(main, main_path, passthrough, passthrough_path):
         raise UserError(f"{passthrough_path}: lacks {unmatched} of the {len(main)} particles (uid) of {main_path}; "
                         "is it the passthrough file of the same job?")
     extra = [name for name in passthrough.dtype.names if name not in main.dtype.names]
+    for name in [n for n in passthrough.dtype.names if n in main.dtype.names and n != "uid"]:
+        differ = int(np.sum(np.any(np.asarray(passthrough[name][rows] != main[name]).reshape(len(main), -1), axis=1)))
+        if differ:
+            warn_input(f"{main_path} and {passthrough_path} give different {name} for {differ} particles; "
+                       f"using {main_path}'s (the job's newer values)")
     joined = np.empty(len(main), dtype=main.dtype.descr + [passthrough.dtype.descr[passthrough.dtype.names.index(n)]
                                                             for n in extra])
     for name in main.dtype.names:
@@ -113,6 +135,8 @@ def read_cryosparc_cs(path, options):
     """ParticleTable of a cryoSPARC .cs file (options: particles.InputOptions); poses from alignments3D, CTF
     from ctf/*, optics groups from ctf/exp_group_id."""
     records, files = read_cs_records(path, options.passthrough)
+    if len(records) == 0:
+        raise UserError(f"{path}: lists no particles")
     names = records.dtype.names
     groups = records["ctf/exp_group_id"].astype(np.int32) if "ctf/exp_group_id" in names else np.ones(len(records), np.int32)
     source_rows = np.flatnonzero(select_optics_groups(groups, options.optics_groups, "ctf/exp_group_id", path))
@@ -134,9 +158,11 @@ def read_cryosparc_cs(path, options):
                   np.degrees(records["ctf/df_angle_rad"])], axis=1), constants], axis=1).astype(np.float64)
     roots = search_roots(path, options.datadir, PROJECT_LEVELS_ABOVE_CS)
     stack_paths, stack_of = index_stacks(_stack_names(records), roots)
-    return ParticleTable(
+    table = ParticleTable(
         stack_paths=stack_paths, stack_of=stack_of, image_in_stack=records["blob/idx"].astype(np.int64),
         rotations=matrices_from_cryosparc_pose(records["alignments3D/pose"]), shifts_px=shifts_px, ctf=ctf,
         optics_group=groups, source_rows=source_rows, box=box, pixel_size_A=pixel_size_A,
         pixel_size_source="--apix" if options.apix is not None else f"blob/psize_A of {path}",
         metadata_files=[os.path.abspath(f) for f in files])
+    check_values(table, path, path)
+    return table

@@ -14,6 +14,7 @@ from hetrec_dist.errors import UserError, warn_input
 # A stack header's pixel size of 0 or 1 means "not set" in most writers (mrcfile's default is 1).
 UNSET_HEADER_PIXEL_SIZES_A = (0.0, 1.0)
 PIXEL_SIZE_RTOL = 1e-3
+COMPLEX_MRC_MODES = (3, 4)
 
 
 @dataclasses.dataclass
@@ -76,9 +77,62 @@ def describe_values(values, limit=4):
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def first_bad(ok, source_rows):
+    """'row 12' (1-based row of the file) of the first False in `ok`, and ' (and 3 more)' where there are
+    more; None where all are True."""
+    bad = np.flatnonzero(~np.asarray(ok))
+    if not bad.size:
+        return None
+    more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+    return int(bad[0]), f"row {int(source_rows[bad[0]]) + 1}{more}"
+
+
+# What each CTF column must be (after the box and pixel size): (name, test of a physical value, what it must be)
+_CTF_VALUE_RULES = (
+    ("defocus U (Å)", np.isfinite, "a number"), ("defocus V (Å)", np.isfinite, "a number"),
+    ("astigmatism angle (°)", np.isfinite, "a number"), ("voltage (kV)", lambda v: v > 0, "positive"),
+    ("Cs (mm)", lambda v: v >= 0, "zero or positive"),
+    ("amplitude contrast", lambda v: (v >= 0) & (v < 1), "from 0 to below 1"),
+    ("phase shift (°)", np.isfinite, "a number"),
+)
+
+
+def check_values(table, pose_path, ctf_path):
+    """Every value the readers made is one a microscope gives: a finite positive pixel size, rotation matrices,
+    finite shifts and CTF parameters in their ranges. A UserError names the file, the quantity and the first
+    row that is not (NaN and infinity included)."""
+    if not (np.isfinite(table.pixel_size_A) and table.pixel_size_A > 0):
+        raise UserError(f"{table.pixel_size_source}: the pixel size is {table.pixel_size_A:g} Å; it must be positive")
+    with np.errstate(invalid="ignore"):
+        gram_error = np.abs(np.einsum("nji,njk->nik", table.rotations, table.rotations) - np.eye(3)).max(axis=(1, 2))
+        rotation = (gram_error <= ROTATION_TOLERANCE) & (np.linalg.det(table.rotations) > 0)
+    bad = first_bad(rotation, table.source_rows)
+    if bad:
+        raise UserError(f"{pose_path}: {bad[1]}: the pose is not a rotation ({_matrix_text(table.rotations[bad[0]])})")
+    bad = first_bad(np.isfinite(table.shifts_px).all(axis=1), table.source_rows)
+    if bad:
+        raise UserError(f"{pose_path}: {bad[1]}: the shift is {table.shifts_px[bad[0]].tolist()}; it must be finite")
+    for column, (name, rule, must) in enumerate(_CTF_VALUE_RULES, start=2):
+        values = table.ctf[:, column]
+        with np.errstate(invalid="ignore"):
+            bad = first_bad(np.isfinite(values) & rule(values), table.source_rows)
+        if bad:
+            raise UserError(f"{ctf_path}: {bad[1]}: the {name} is {values[bad[0]]:g}; it must be {must}")
+
+
+ROTATION_TOLERANCE = 1e-3
+
+
+def _matrix_text(matrix):
+    return "[" + ", ".join("[" + ", ".join(f"{v:.3g}" for v in row) + "]" for row in matrix) + "]"
+
+
 def single_value(values, name, path, hint=""):
-    """The one value a field must hold on every row; a UserError naming the values where rows disagree."""
+    """The one value a field must hold on every row; a UserError naming the values where rows disagree or are
+    not numbers."""
     values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise UserError(f"{path}: {name} is {describe_values(values)}; it must be a number")
     if not np.allclose(values, values[0], rtol=PIXEL_SIZE_RTOL, atol=0):
         raise UserError(f"{path}: {name} differs between particles ({describe_values(values)}){hint}")
     return float(values[0])
@@ -209,12 +263,14 @@ def read_stack_header(path):
             with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
                 header = mrc.header
                 pixel_size_A = float(mrc.voxel_size.x)
-                n_images, ny, nx = int(header.nz), int(header.ny), int(header.nx)
+                n_images, ny, nx, mode = int(header.nz), int(header.ny), int(header.nx), int(header.mode)
                 data_bytes = (int(np.prod(mrcfile.utils.data_shape_from_header(header)))
                               * mrcfile.utils.data_dtype_from_header(header).itemsize)
                 expected_bytes = header.nbytes + int(header.nsymbt) + data_bytes
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable MRC stack ({err})") from None
+    if mode in COMPLEX_MRC_MODES:
+        raise UserError(f"{path}: holds complex numbers (MRC mode {mode}); hetrec reads real particle images")
     if min(n_images, ny, nx) <= 0:
         raise UserError(f"{path}: not a readable MRC stack (header says {n_images} images of {nx} x {ny} pixels)")
     actual_bytes = os.path.getsize(path)

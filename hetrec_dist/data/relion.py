@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from hetrec_dist.data.particles import (PIXEL_SIZE_RTOL, ParticleTable, ctf_constants, describe_values,
+from hetrec_dist.data.particles import (PIXEL_SIZE_RTOL, ParticleTable, check_values, ctf_constants, describe_values,
                                         index_stacks, option_replaces, optics_group_hint, search_roots,
                                         select_optics_groups, single_value)
 from hetrec_dist.errors import UserError, warn_input
@@ -47,9 +47,42 @@ def read_star_blocks(path):
 
 
 def _read_blocks(path):
+    """(the particle block, the optics block or None), each column once and every used column numeric."""
     blocks, name = read_star_blocks(path)
-    optics = blocks.get("optics")
-    return blocks[name].reset_index(drop=True), optics if isinstance(optics, pd.DataFrame) else None
+    particles, optics = blocks[name].reset_index(drop=True), blocks.get("optics")
+    if isinstance(optics, dict):  # one optics group written as name-value pairs rather than a loop
+        optics = pd.DataFrame([optics])
+    optics = optics if isinstance(optics, pd.DataFrame) else None
+    if len(particles) == 0:
+        raise UserError(f"{path}: lists no particles")
+    for block, table in ((f"data_{name}", particles), ("data_optics", optics)):
+        if table is not None:
+            twice = table.columns[table.columns.duplicated()]
+            if len(twice):
+                raise UserError(f"{path}: {block} has the column {twice[0]} twice")
+            _numbers(table, block, path)
+    return particles, optics
+
+
+_NUMERIC_COLUMNS = (_POSE_COLUMNS + _CTF_PARTICLE_COLUMNS + tuple(_CTF_CONSTANT_COLUMNS.values())
+                    + tuple(c for _, columns, _ in _PIXEL_SIZE_SOURCES for c in columns)
+                    + ("rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst", "rlnImageSize",
+                       "rlnOpticsGroup", "rlnCtfDataAreCtfPremultiplied", "rlnImageDimensionality"))
+_WHOLE_NUMBER_COLUMNS = ("rlnOpticsGroup", "rlnImageSize")
+
+
+def _numbers(table, block, path):
+    """The columns hetrec reads, as numbers in place; a UserError names the first value that is not one."""
+    for column in [c for c in _NUMERIC_COLUMNS if c in table]:
+        numbers = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+        whole = column in _WHOLE_NUMBER_COLUMNS
+        bad = np.flatnonzero(np.isnan(numbers) | (whole & (numbers != np.round(numbers))))
+        if bad.size:
+            raw = table[column].iloc[bad[0]]
+            shown = repr(raw) if isinstance(raw, str) else str(raw)  # nan where a row lacks the field
+            raise UserError(f"{path}: {block} row {bad[0] + 1}: {column} is {shown}, "
+                            f"not {'a whole number' if whole else 'a number'}")
+        table[column] = numbers.astype(np.int64) if whole else numbers
 
 
 def _merge_optics(particles, optics, path):
@@ -59,6 +92,11 @@ def _merge_optics(particles, optics, path):
         return particles.assign(rlnOpticsGroup=particles.get("rlnOpticsGroup", 1))
     if "rlnOpticsGroup" not in particles:
         raise UserError(f"{path}: has a data_optics block but particles have no rlnOpticsGroup")
+    if "rlnOpticsGroup" not in optics:
+        raise UserError(f"{path}: data_optics has no rlnOpticsGroup")
+    twice = optics["rlnOpticsGroup"][optics["rlnOpticsGroup"].duplicated()]
+    if len(twice):
+        raise UserError(f"{path}: data_optics lists optics group {twice.iloc[0]} twice")
     missing_groups = set(particles["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
     if missing_groups:
         raise UserError(f"{path}: particles refer to optics groups {sorted(missing_groups)} not in data_optics")
@@ -66,7 +104,8 @@ def _merge_optics(particles, optics, path):
     for column in [c for c in merged.columns if c.endswith("@optics")]:
         own = column.removesuffix("@optics")
         if pd.api.types.is_numeric_dtype(merged[own]) and not np.allclose(merged[own], merged[column]):
-            warn_input(f"{path}: particles' own {own} differs from their optics group's; using the particles'")
+            warn_input(f"{path}: particles' own {own} ({describe_values(merged[own])}) differs from their optics "
+                       f"group's ({describe_values(merged[column])}); using the particles'")
     return merged.drop(columns=[c for c in merged.columns if c.endswith("@optics")])
 
 
@@ -85,7 +124,7 @@ def _pixel_size(df, path, apix):
              if all(c in df for c in columns)]
     if apix is not None or not found:
         values, name = (found[0][1], found[0][0]) if found else (None, "rlnImagePixelSize")
-        return float(option_replaces(values, apix, "apix", f"the pixel size ({name})", path)), "--apix"
+        return float(option_replaces(values, apix, "apix", f"pixel size ({name})", path)), "--apix"
     (first, values), others = found[0], found[1:]
     value = single_value(values, first, path, optics_group_hint(df["rlnOpticsGroup"], values))
     for name, other in others:
@@ -121,8 +160,11 @@ def _split_image_names(names, path):
         raise UserError(f"{path}: rlnImageName must be of the form index@stack.mrcs")
     try:
         indices = split[0].astype(np.int64).to_numpy() - 1
-    except ValueError:
-        raise UserError(f"{path}: rlnImageName has a non-numeric image index") from None
+    except (ValueError, OverflowError):
+        raise UserError(f"{path}: rlnImageName has an image index that is not a whole number") from None
+    nameless = np.flatnonzero(split[1].str.strip() == "")
+    if nameless.size:
+        raise UserError(f"{path}: row {nameless[0] + 1}: rlnImageName {names.iloc[nameless[0]]!r} names no stack")
     return indices, split[1].to_numpy()
 
 
@@ -135,6 +177,10 @@ def read_relion_star(path, options):
     _refuse_what_the_model_cannot_use(df, path)
     _require(df, _POSE_COLUMNS, "pose", path)
     _require(df, _CTF_PARTICLE_COLUMNS, "CTF", path)
+    for pair in (("rlnOriginXAngst", "rlnOriginYAngst"), ("rlnOriginX", "rlnOriginY"),
+                 ("rlnDetectorPixelSize", "rlnMagnification")):
+        if any(c in df for c in pair):
+            _require(df, pair, "paired", path)
     pixel_size_A, pixel_size_source = _pixel_size(df, path, options.apix)
     image_in_stack, stack_names = _split_image_names(df["rlnImageName"], path)
     roots = search_roots(path, options.datadir, PROJECT_LEVELS_ABOVE_STAR)
@@ -143,14 +189,17 @@ def read_relion_star(path, options):
     if "rlnImageSize" in df:
         box = int(single_value(df["rlnImageSize"], "rlnImageSize", path,
                                optics_group_hint(df["rlnOpticsGroup"], df["rlnImageSize"])))
+    df = df.assign(rlnOpticsGroup=df["rlnOpticsGroup"].astype(np.int32))
     constants = ctf_constants(len(df), {name: (column, df[column] if column in df else None)
                                         for name, column in _CTF_CONSTANT_COLUMNS.items()}, options, path)
     ctf = np.concatenate([
         np.stack([np.full(len(df), np.nan if box is None else box), np.full(len(df), pixel_size_A)], axis=1),
         df[list(_CTF_PARTICLE_COLUMNS)].to_numpy(np.float64), constants], axis=1)
-    return ParticleTable(
+    table = ParticleTable(
         stack_paths=stack_paths, stack_of=stack_of, image_in_stack=image_in_stack,
         rotations=matrices_from_relion_euler(*(df[c].to_numpy(np.float64) for c in _POSE_COLUMNS)),
         shifts_px=_shifts_px(df, pixel_size_A, path), ctf=ctf,
         optics_group=df["rlnOpticsGroup"].to_numpy(np.int32), source_rows=df.index.to_numpy(np.int64),
         box=box, pixel_size_A=pixel_size_A, pixel_size_source=pixel_size_source, metadata_files=[os.path.abspath(path)])
+    check_values(table, path, path)
+    return table

@@ -64,7 +64,7 @@ def create_store(path, n_images, box, dtype, chunk_images, attrs):
     compressor = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
     group.create_array("images", shape=(n_images, box, box), chunks=(chunk_images, box, box), dtype=dtype,
                        compressors=compressor, fill_value=0)
-    meta_chunk = max(chunk_images, 65536)
+    meta_chunk = min(max(chunk_images, 65536), max(n_images, 1))
     for name, (trailing, meta_dtype) in PER_PARTICLE_ARRAYS.items():
         group.create_array(name, shape=(n_images, *trailing), chunks=(meta_chunk, *trailing), dtype=meta_dtype,
                            compressors=compressor, fill_value=0)
