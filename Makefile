@@ -1,6 +1,6 @@
 # Two entry points, each installing what it needs into .venv on first use:
 #   make demo   simulate a small dataset, convert it to a Zarr store, train, evaluate, analyse
-#   make test   run the test suite
+#   make test   lint (ruff) and run the test suite (pytest -m "not multirank" skips the slow multi-rank tests)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HETREC := $(VENV)/bin/hetrec
@@ -29,6 +29,7 @@ demo: install
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO)/run/tb"
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 clean:

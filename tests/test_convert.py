@@ -8,12 +8,12 @@ import time
 
 import mrcfile
 import numpy as np
-import pandas as pd
 import pytest
 import starfile
 import zarr
 
 from conftest import assert_one_line_error, assert_same_store, run_cli
+
 from hetrec_dist.data.store import open_store
 from hetrec_dist.errors import UserError
 from hetrec_dist.physics.rotations import cryosparc_pose_from_matrices, matrices_from_relion_euler

@@ -10,6 +10,7 @@ import starfile
 import zarr
 
 from conftest import assert_one_line_error, run_cli
+
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.errors import UserError
 

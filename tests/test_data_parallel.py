@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, free_port, run_bounded, run_cli, run_ranks
+
 from hetrec_dist.data.reader import ParticleStore, _to_torch
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
@@ -91,6 +92,7 @@ def two_rank_parameters(sim_store, tmp_path_factory):
             for strategy, parameters in by_strategy.items()}
 
 
+@pytest.mark.multirank
 def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(sim_store, two_rank_parameters, tmp_path):
     """Per-rank batch 16 on 2 ranks = batch 32 on 1 rank, over the same particles (3 steps, the last one
     partial: 16 + 4 images), for every way of reducing the basis gradient."""
@@ -104,8 +106,9 @@ def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(sim_store, t
     for (rank, strategy), parameters in two_rank_parameters.items():
         for name, value in expected.items():
             assert not torch.equal(value, initial[name]), name  # the steps did change every parameter
+            where = f"{strategy}, rank {rank}, {name}"
             torch.testing.assert_close(parameters[name], value, rtol=1e-4, atol=1e-5,
-                                       msg=lambda m: f"{strategy}, rank {rank}, {name}: {m}")
+                                       msg=lambda m, where=where: f"{where}: {m}")
 
 
 def hetrec(*args):
@@ -139,6 +142,7 @@ def launched_runs(sim_store, tmp_path_factory):
     return runs
 
 
+@pytest.mark.multirank
 def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -160,12 +164,14 @@ def test_launch_trains_on_two_ranks_through_deepspeed_and_mpirun(launched_runs):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.multirank
 def test_the_shared_memory_switch_off_sums_through_gloo_to_the_same_bits(launched_runs):
     assert scalars(launched_runs["gloo"], "ranks/shared_memory") == [0]
     np.testing.assert_array_equal(np.load(launched_runs["gloo"] / "z.npy"),
                                   np.load(launched_runs["deepspeed"] / "z.npy"))
 
 
+@pytest.mark.multirank
 def test_srun_variables_start_the_same_ranks(sim_store, launched_runs, tmp_path):
     """What srun gives each task (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID) and what `hetrec launch
     --launcher srun` exports (MASTER_ADDR, MASTER_PORT) make the same 2-rank run."""
@@ -190,6 +196,7 @@ def test_srun_variables_start_the_same_ranks(sim_store, launched_runs, tmp_path)
     np.testing.assert_array_equal(np.load(tmp_path / "srun" / "z.npy"), np.load(launched_runs["mpirun"] / "z.npy"))
 
 
+@pytest.mark.multirank
 def test_ranks_sum_through_gloo_where_dev_shm_is_too_small(sim_store, launched_runs, tmp_path):
     """Docker's default /dev/shm (64 MB) cannot hold 2 ranks' buffers of the shared-memory kernel, which dies
     of SIGSEGV there: the run sums through gloo instead, says so, and trains to the same bits."""
@@ -206,6 +213,7 @@ def test_ranks_sum_through_gloo_where_dev_shm_is_too_small(sim_store, launched_r
     np.testing.assert_array_equal(np.load(run / "z.npy"), np.load(launched_runs["deepspeed"] / "z.npy"))
 
 
+@pytest.mark.multirank
 def test_a_dead_rank_stops_the_other_and_the_run_resumes_on_one_rank(sim_store, tmp_path):
     run, port = tmp_path / "run", free_port()
     ranks = [subprocess.Popen(hetrec("train", sim_store, "-o", run, "--epochs", 400, "--batch-size", 8,

@@ -18,12 +18,13 @@ import zarr
 from numpy.lib.recfunctions import repack_fields
 
 from conftest import assert_one_line_error, run_cli
+from test_convert import star_particles, write_cryodrgn, write_cryosparc
+from test_convert_errors import convert_fails
+
 from hetrec_dist.analysis.select import write_subset
 from hetrec_dist.data.store import open_store
 from hetrec_dist.physics.fourier import fourier_crop
 from hetrec_dist.simulate.render import project_atoms
-from test_convert import star_particles, write_cryodrgn, write_cryosparc
-from test_convert_errors import convert_fails
 
 
 def warnings_in(result):
@@ -426,7 +427,8 @@ def test_stacks_and_options_that_cannot_be_right(sim_dir, tmp_path, monkeypatch)
     convert_fails(tmp_path, star, "complex.mrcs", "complex numbers (MRC mode 4)")
     mrcfile.write(tmp_path / "bright.mrcs", np.full((4, 32, 32), 1e6, dtype=np.float32))
     star = absolute_star_for(tmp_path / "bright.mrcs", 4, 4.0, np.zeros((4, 2)))
-    convert_fails(tmp_path, star, "bright.mrcs", "do not fit in float16", "--dtype float32", extra=("--dtype", "float16"))
+    convert_fails(tmp_path, star, "bright.mrcs", "do not fit in float16", "--dtype float32",
+                  extra=("--dtype", "float16"))
     for option in ("--apix", "--voltage-kv", "--phase-shift-deg"):
         result = run_cli("convert", star, "-o", tmp_path / "o.zarr", option, "nan", expect_ok=False)
         assert result.exit_code == 2 and "nan is not a number" in result.output

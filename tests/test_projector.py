@@ -21,7 +21,8 @@ def project_dense_reference(basis, weights, geometry):
 def random_batch(n_images, box, n_components, seed=0, dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
     half_ball, disk = HalfBall.build(box / 2 - 1), HalfDisk.build(box, box / 2 - 1)
-    rotations = torch.from_numpy(matrices_from_relion_euler(*random_relion_euler(n_images, np.random.default_rng(seed))))
+    angles = random_relion_euler(n_images, np.random.default_rng(seed))
+    rotations = torch.from_numpy(matrices_from_relion_euler(*angles))
     basis = torch.randn(half_ball.n_voxels, 2 * n_components, generator=generator, dtype=dtype)
     weights = torch.randn(n_images, n_components, generator=generator, dtype=dtype)
     geometry = slice_geometry(rotations.to(dtype), disk.coords, half_ball)
@@ -86,7 +87,8 @@ def test_a_map_survives_the_round_trip_through_the_half_ball():
 def blob(box, centre_px, sigma_px=1.2):
     grid = torch.arange(box, dtype=torch.float64) - box // 2
     z, y, x = torch.meshgrid(grid, grid, grid, indexing="ij")
-    return torch.exp(-((x - centre_px[0]) ** 2 + (y - centre_px[1]) ** 2 + (z - centre_px[2]) ** 2) / (2 * sigma_px ** 2))
+    squared = (x - centre_px[0]) ** 2 + (y - centre_px[1]) ** 2 + (z - centre_px[2]) ** 2
+    return torch.exp(-squared / (2 * sigma_px ** 2))
 
 
 def test_support_projection_keeps_density_inside_the_sphere_and_removes_it_outside():

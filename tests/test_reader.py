@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from conftest import run_cli
+
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 
 

@@ -1,7 +1,11 @@
 import numpy as np
 
-from hetrec_dist.physics.rotations import (cryosparc_pose_from_matrices, matrices_from_cryosparc_pose,
-                                           matrices_from_relion_euler, random_relion_euler)
+from hetrec_dist.physics.rotations import (
+    cryosparc_pose_from_matrices,
+    matrices_from_cryosparc_pose,
+    matrices_from_relion_euler,
+    random_relion_euler,
+)
 
 
 def cryodrgn_style_relion_matrix(rot, tilt, psi):
@@ -30,7 +34,8 @@ def test_relion_matrices_match_the_other_formulation_and_are_rotations():
     matrices = matrices_from_relion_euler(*angles.T)
     for m, (rot, tilt, psi) in zip(matrices, angles):
         np.testing.assert_allclose(m, cryodrgn_style_relion_matrix(rot, tilt, psi), atol=1e-12)
-    np.testing.assert_allclose(matrices @ np.swapaxes(matrices, 1, 2), np.broadcast_to(np.eye(3), (50, 3, 3)), atol=1e-12)
+    np.testing.assert_allclose(matrices @ np.swapaxes(matrices, 1, 2), np.broadcast_to(np.eye(3), (50, 3, 3)),
+                               atol=1e-12)
     np.testing.assert_allclose(np.linalg.det(matrices), 1.0, atol=1e-12)
 
 
@@ -46,4 +51,5 @@ def test_cryosparc_pose_is_the_transposed_axis_angle_rotation():
     matrix = matrices_from_cryosparc_pose([[0.0, 0.0, angle]])[0]  # +90 degrees about z, transposed
     np.testing.assert_allclose(matrix, [[0, 1, 0], [-1, 0, 0], [0, 0, 1]], atol=1e-12)
     matrices = matrices_from_relion_euler(*random_relion_euler(20, np.random.default_rng(2)))
-    np.testing.assert_allclose(matrices_from_cryosparc_pose(cryosparc_pose_from_matrices(matrices)), matrices, atol=1e-12)
+    round_trip = matrices_from_cryosparc_pose(cryosparc_pose_from_matrices(matrices))
+    np.testing.assert_allclose(round_trip, matrices, atol=1e-12)

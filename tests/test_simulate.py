@@ -7,6 +7,7 @@ import starfile
 from scipy.ndimage import map_coordinates
 
 from conftest import assert_one_line_error, run_cli
+
 from hetrec_dist.data.reader import ParticleStore
 from hetrec_dist.physics.rotations import matrices_from_relion_euler
 from hetrec_dist.simulate.atom_models import hinge_model

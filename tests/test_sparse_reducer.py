@@ -10,9 +10,16 @@ import torch
 import torch.distributed as dist
 
 from conftest import free_port, run_bounded, run_ranks
+
 from hetrec_dist.distributed.deepspeed_internals import BUILD_LOCK_STALE_S
-from hetrec_dist.distributed.sparse_reducer import (STRATEGIES, allgather_bytes, allreduce_bytes, bytes_sent,
-                                                    payload_bytes, reduce_basis_gradient)
+from hetrec_dist.distributed.sparse_reducer import (
+    STRATEGIES,
+    allgather_bytes,
+    allreduce_bytes,
+    bytes_sent,
+    payload_bytes,
+    reduce_basis_gradient,
+)
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.projector import SliceFactors, project, slice_geometry
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
@@ -30,7 +37,8 @@ def rank_batch(rank):
 
     n_images = 5 + 3 * rank
     generator = torch.Generator().manual_seed(10 + rank)
-    rotations = torch.from_numpy(matrices_from_relion_euler(*random_relion_euler(n_images, np.random.default_rng(rank))))
+    angles = random_relion_euler(n_images, np.random.default_rng(rank))
+    rotations = torch.from_numpy(matrices_from_relion_euler(*angles))
     _, disk = grids()
     weights = torch.randn(n_images, N_COMPONENTS, generator=generator, dtype=torch.float64)
     grads = torch.randn(n_images, disk.coords.shape[0], 2, generator=generator, dtype=torch.float64)
@@ -74,6 +82,7 @@ def two_rank_results(tmp_path_factory):
             for strategy, result in by_strategy.items()}
 
 
+@pytest.mark.multirank
 def test_every_strategy_gives_the_one_process_gradient_and_touched_set_on_every_rank(two_rank_results):
     expected = autograd_basis_gradient([0, 1])
     for (rank, strategy), (indices, values, stats) in two_rank_results.items():
@@ -85,6 +94,7 @@ def test_every_strategy_gives_the_one_process_gradient_and_touched_set_on_every_
             f"{strategy}: the ranks' sums differ in their bits, so their basis replicas would drift apart"
 
 
+@pytest.mark.multirank
 def test_bytes_are_counted_for_ring_collectives_and_auto_takes_the_cheapest(two_rank_results):
     half_ball, disk = grids()
     n_rows, n_points = half_ball.n_voxels, disk.coords.shape[0]
@@ -129,6 +139,7 @@ run_or_exit(lambda: time.sleep(60), 1, "a test wait")
                                                   "ranks in 1 s; continue from the last checkpoint with --resume"]
 
 
+@pytest.mark.multirank
 def test_a_build_lock_left_by_a_stopped_run_is_removed_once_stale(tmp_path):
     """torch loads DeepSpeed's shared-memory kernel under a lock file; a process stopped meanwhile leaves it,
     and without this every later multi-rank run on the machine would wait for it forever."""

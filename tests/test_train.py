@@ -8,11 +8,13 @@ import torch
 import yaml
 
 from conftest import assert_one_line_error, run_cli
-from hetrec_dist.model.hetvae import HetVAE, ModelShape
+
+from hetrec_dist.model.hetvae import HetVAE
 from hetrec_dist.physics.maps import half_ball_to_map, map_to_half_ball
 from hetrec_dist.simulate.atom_models import hinge_model
 from hetrec_dist.simulate.render import render_map
 from hetrec_dist.train.checkpoint import load_checkpoint
+from hetrec_dist.train.config import TrainConfig
 
 TINY = ["--batch-size", 64, "--zdim", 2, "--n-basis", 3, "--device", "cpu", "-q"]
 
@@ -27,7 +29,7 @@ def tiny_run(sim_store, tmp_path_factory):
 def test_a_run_writes_config_logs_checkpoints_and_latents(tiny_run):
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert config["epochs"] == 3 and config["zdim"] == 2 and os.path.isdir(config["store"])
-    assert "epoch 3" in (tiny_run / "train.log").read_text()
+    assert len(epoch_scalars(tiny_run, "epoch/loss")) == 3
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tiny_run / "tb"))
     assert sorted(os.listdir(tiny_run / "checkpoints")) == ["epoch_0003.pt", "last.pt"]
     z = np.load(tiny_run / "z.npy")
@@ -119,10 +121,9 @@ def test_a_map_in_the_basis_comes_back_in_the_same_frame():
     box, apix = 32, 2.0
     model = hinge_model()
     truth = torch.from_numpy(render_map(model.start, model.weights, model.sigma_A, box, apix)).float()
-    vae = HetVAE(ModelShape(box=box, zdim=2, n_basis=2), pixel_size_A=apix, init_scale=0.0)
+    vae = HetVAE(TrainConfig(zdim=2, n_basis=2).model_shape(box), pixel_size_A=apix, init_scale=0.0)
     coefficients = map_to_half_ball(truth, vae.half_ball, apix)
-    with torch.no_grad():
-        vae.basis[:, 0], vae.basis[:, 3] = coefficients.real, coefficients.imag
+    vae.set_components(torch.stack([coefficients, torch.zeros_like(coefficients), torch.zeros_like(coefficients)], 1))
     decoded = vae.volume(torch.zeros(2))
     assert (decoded - truth).abs().max() < 0.02 * truth.abs().max()
 
@@ -130,7 +131,7 @@ def test_a_map_in_the_basis_comes_back_in_the_same_frame():
 def test_sparse_adam_changes_only_touched_rows_and_their_moments(sim_store):
     from hetrec_dist.data.reader import ChunkShuffledParticles
 
-    model = HetVAE(ModelShape(box=32, zdim=2, n_basis=3), pixel_size_A=4.0)
+    model = HetVAE(TrainConfig(zdim=2, n_basis=3).model_shape(32), pixel_size_A=4.0)
     optimizer = torch.optim.SparseAdam([model.basis], lr=1e-2)
     batch = next(iter(ChunkShuffledParticles(sim_store, batch_size=2)))
     for step in range(2):
@@ -149,9 +150,14 @@ def test_sparse_adam_changes_only_touched_rows_and_their_moments(sim_store):
     assert touched.numel() < 0.5 * model.basis.shape[0]
 
 
+def epoch_scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return [event.value for event in EventAccumulator(str(run / "tb")).Reload().Scalars(tag)]
+
+
 def test_training_on_more_epochs_lowers_the_loss(tiny_run):
-    lines = [l for l in (tiny_run / "train.log").read_text().splitlines() if ": loss " in l]
-    losses = [float(l.split(": loss ")[1].split(",")[0]) for l in lines]
+    losses = epoch_scalars(tiny_run, "epoch/loss")
     assert len(losses) == 3 and losses[-1] < losses[0]
 
 
@@ -165,7 +171,7 @@ def test_the_basis_gradient_from_slice_factors_equals_autograds(sim_store):
     """Training builds the basis gradient from per-image factors (what ranks exchange); it must be autograd's."""
     from hetrec_dist.data.reader import ChunkShuffledParticles
 
-    model = HetVAE(ModelShape(box=32, zdim=2, n_basis=3), pixel_size_A=4.0)
+    model = HetVAE(TrainConfig(zdim=2, n_basis=3).model_shape(32), pixel_size_A=4.0)
     batch = next(iter(ChunkShuffledParticles(sim_store, batch_size=8)))
     noise = torch.randn(8, 2)
     model(batch, noise=noise)["loss"].backward()
@@ -218,14 +224,13 @@ def test_confining_the_basis_keeps_a_particle_inside_the_mask_and_removes_what_i
     truth = torch.from_numpy(render_map(atoms.start, atoms.weights, atoms.sigma_A, box, apix))
     corner = torch.zeros_like(truth)
     corner[2:6, 2:6, 2:6] = truth.max()
-    vae = HetVAE(ModelShape(box=box, zdim=1, n_basis=1), pixel_size_A=apix).double()
+    vae = HetVAE(TrainConfig(zdim=1, n_basis=1).model_shape(box), pixel_size_A=apix).double()
     coefficients = torch.stack([map_to_half_ball(v, vae.half_ball, apix) for v in (truth, corner)], dim=1)
-    vae.basis.data = torch.cat([coefficients.real, coefficients.imag], dim=1)
+    vae.set_components(coefficients)
     particle_diameter = 2 * (np.linalg.norm(atoms.start, axis=1).max() + 3 * atoms.sigma_A)
     vae.confine_basis(vae.support_projector(particle_diameter))
     assert (vae.volume(torch.zeros(1, dtype=torch.float64)) - truth).abs().max() < 0.02 * truth.max()
-    components = vae.basis.view(-1, 2, 2)
-    corner_left = half_ball_to_map(torch.complex(components[:, 0, 1], components[:, 1, 1]), vae.half_ball, box, apix)
+    corner_left = half_ball_to_map(vae.components()[:, 1], vae.half_ball, box, apix)
     assert corner_left.abs().max() < 0.02 * truth.max()
 
 
@@ -241,16 +246,15 @@ def test_the_envelope_mask_keeps_every_conformation_the_decoder_reaches_and_remo
     blob = start.max() * torch.exp(-((grid[:, None, None] - 19) ** 2 + grid[None, :, None] ** 2
                                      + grid[None, None, :] ** 2) / (2 * 1.2 ** 2))
     assert start[36:, :, :].abs().max() < 1e-3 * start.max() and end[36:, :, :].abs().max() < 1e-3 * start.max()
-    vae = HetVAE(ModelShape(box=box, zdim=1, n_basis=2), pixel_size_A=apix).double()
+    vae = HetVAE(TrainConfig(zdim=1, n_basis=2).model_shape(box), pixel_size_A=apix).double()
     vae.decoder.weight.data, vae.decoder.bias.data = torch.tensor([[1.0], [0.0]]).double(), torch.zeros(2).double()
     coefficients = torch.stack([map_to_half_ball(v, vae.half_ball, apix) for v in (start, end - start, blob)], dim=1)
 
     def confined(follow_envelope):
-        vae.basis.data = torch.cat([coefficients.real, coefficients.imag], dim=1)
+        vae.set_components(coefficients)
         vae.confine_basis(vae.support_projector(), follow_envelope)
-        components = vae.basis.view(-1, 2, 3)
         return [vae.volume(torch.tensor([z]).double()) for z in (0.0, 1.0)], half_ball_to_map(
-            torch.complex(components[:, 0, 2], components[:, 1, 2]), vae.half_ball, box, apix)
+            vae.components()[:, 2], vae.half_ball, box, apix)
 
     (at_start, at_end), blob_left = confined(follow_envelope=True)
     assert (at_start - start).abs().max() < 0.03 * start.max() and (at_end - end).abs().max() < 0.03 * start.max()
@@ -265,7 +269,7 @@ def test_observed_spectra_undo_the_particle_shift():
     from hetrec_dist.simulate.render import project_atoms
 
     model = hinge_model()
-    vae = HetVAE(ModelShape(box=32, zdim=2, n_basis=1), pixel_size_A=4.0)
+    vae = HetVAE(TrainConfig(zdim=2, n_basis=1).model_shape(32), pixel_size_A=4.0)
     rotation = np.eye(3)[None]
     shifted, centred = (torch.from_numpy(project_atoms(model.start[None], model.weights, model.sigma_A, rotation,
                                                        np.array([s]), 32, 4.0)).float()
@@ -290,11 +294,10 @@ def test_the_model_predicts_the_simulators_clean_particles_from_the_true_map():
     particles["coordinate"] = 0.5
     images = clean_images(atoms, particles, ctf, box, pixel_size)
     truth = render_map(atoms.positions(np.array([0.5]))[0], atoms.weights, atoms.sigma_A, box, pixel_size)
-    vae = HetVAE(ModelShape(box=box, zdim=2, n_basis=1), pixel_size).eval()
+    vae = HetVAE(TrainConfig(zdim=2, n_basis=1).model_shape(box), pixel_size).eval()
     with torch.no_grad():
         coefficients = map_to_half_ball(torch.from_numpy(truth).float(), vae.half_ball, pixel_size)
-        vae.basis.zero_()
-        vae.basis[:, 0], vae.basis[:, 2] = coefficients.real, coefficients.imag
+        vae.set_components(torch.stack([coefficients, torch.zeros_like(coefficients)], 1))
         batch = {"images": torch.from_numpy(images).float(), "ctf": torch.from_numpy(ctf).float(),
                  "rotations": torch.from_numpy(matrices_from_relion_euler(
                      particles["rot"], particles["tilt"], particles["psi"])).float(),
@@ -307,3 +310,24 @@ def test_the_model_predicts_the_simulators_clean_particles_from_the_true_map():
         correlation = (observed * predicted.conj()).real.sum() / torch.sqrt(
             (observed.abs() ** 2).sum() * (predicted.abs() ** 2).sum())
         assert correlation > 0.98, (inner, float(correlation))
+
+
+def test_each_default_is_stated_once_by_the_config_and_agrees_everywhere_it_is_shown():
+    """TrainConfig holds the defaults; configs/default.yaml and the train command's help show them."""
+    import dataclasses
+    import re
+
+    from hetrec_dist.cli.train import command as train_command
+
+    defaults = TrainConfig()
+    preset = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "configs", "default.yaml")))
+    assert preset == dataclasses.asdict(defaults)
+    shown = 0
+    for option in train_command.params:
+        found = re.search(r"\(default ([^)]+)\)", option.help or "")
+        expected = getattr(defaults, option.name, None)
+        if found and expected is not None:  # None: the help explains what the run takes instead
+            value = float(found.group(1)) if isinstance(expected, (int, float)) else found.group(1)
+            assert value == expected, (option.name, found.group(1), expected)
+            shown += 1
+    assert shown >= 9

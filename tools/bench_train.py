@@ -28,7 +28,8 @@ def prepare(workdir, n, box):
     hetrec = [sys.executable, "-m", "hetrec_dist.cli"]
     sim, store = os.path.join(workdir, f"sim_{n}_{box}"), os.path.join(workdir, f"train_{n}_{box}.zarr")
     if not os.path.exists(os.path.join(sim, "particles.star")):
-        subprocess.run([*hetrec, "simulate", "-o", sim, "--n", str(n), "--box", str(box), "-q", "--overwrite"], check=True)
+        subprocess.run([*hetrec, "simulate", "-o", sim, "--n", str(n), "--box", str(box), "-q", "--overwrite"],
+                       check=True)
     if not os.path.exists(store):
         subprocess.run([*hetrec, "convert", os.path.join(sim, "particles.star"), "-o", store, "-q"], check=True)
     return store
@@ -92,7 +93,8 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     store = prepare(args.workdir, args.n, args.box)
     rate, peak, split = bench_hetrec(store, args.workdir, args.epochs, args.batch_size)
-    print(f"hetrec   box {args.box}, K 16, batch {args.batch_size}: {rate:.0f} images/s, peak RSS {peak / 2**20:.0f} MiB")
+    print(f"hetrec   box {args.box}, K 16, batch {args.batch_size}: {rate:.0f} images/s, "
+          f"peak RSS {peak / 2**20:.0f} MiB")
     print("         step split (s/step): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(split.items())))
     if args.cryodrgn_venv:
         other_rate, other_peak = bench_cryodrgn(args.cryodrgn_venv, store, args.workdir)

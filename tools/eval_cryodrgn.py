@@ -38,7 +38,8 @@ def main():
     for variant, flags in (("as decoded", []), ("--flip", ["--flip"]), ("--invert", ["--invert"])):
         out_dir = os.path.join(args.out, "gt_maps_" + (flags[0].strip("-") if flags else "plain"))
         subprocess.run([os.path.join(args.cryodrgn_venv, "bin", "cryodrgn"), "eval_vol",
-                        os.path.join(args.out, f"weights.{args.epoch}.pkl"), "-c", os.path.join(args.out, "config.yaml"),
+                        os.path.join(args.out, f"weights.{args.epoch}.pkl"),
+                        "-c", os.path.join(args.out, "config.yaml"),
                         "--zfile", zfile, "-o", out_dir, "--Apix", str(args.apix), *flags],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         names = sorted(n for n in os.listdir(out_dir) if n.endswith(".mrc"))

@@ -7,7 +7,6 @@ import click
 from hetrec_dist import __version__
 from hetrec_dist.errors import InputWarning, UserError
 
-
 _python_show_warning = warnings.showwarning
 
 

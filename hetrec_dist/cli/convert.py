@@ -8,23 +8,31 @@ from hetrec_dist.data.store import IMAGE_DTYPES
 
 @click.command("convert")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(), callback=refuse_empty, help="The store to write (a folder, e.g. particles.zarr).")
+@click.option("-o", "--out", required=True, type=click.Path(), callback=refuse_empty,
+              help="The store to write (a folder, e.g. particles.zarr).")
 @click.option("--datadir", type=click.Path(file_okay=False), help="Folder with the image stacks, if not beside INPUT.")
 @click.option("--poses", type=click.Path(dir_okay=False), multiple=True,
-              help="cryoDRGN poses.pkl (for .mrcs/.txt input); give it twice for separate rotation and translation pickles.")
+              help="cryoDRGN poses.pkl (for .mrcs/.txt input); give it twice for separate rotation and "
+                   "translation pickles.")
 @click.option("--ctf", type=click.Path(dir_okay=False), help="cryoDRGN ctf.pkl (for .mrcs/.txt input).")
 @click.option("--passthrough", type=click.Path(dir_okay=False),
-              help="cryoSPARC JNN_passthrough_particles.cs with the blob/ctf fields the .cs lacks (found beside it if not given).")
+              help="cryoSPARC JNN_passthrough_particles.cs with the blob/ctf fields the .cs lacks (found beside "
+                   "it if not given).")
 @click.option("--optics-group", "optics_groups", type=int, multiple=True,
               help="Convert only this optics group (rlnOpticsGroup, ctf/exp_group_id); repeat for several.")
 @click.option("--box", "-D", type=click.IntRange(min=8), help="Downsample to this even box by Fourier cropping.")
-@click.option("--apix", type=click.FloatRange(min=0, min_open=True), callback=finite_floats, help="Pixel size (Å), replacing the input's.")
-@click.option("--voltage-kv", type=click.FloatRange(min=0, min_open=True), callback=finite_floats, help="Voltage (kV), filling or replacing the input's.")
-@click.option("--cs-mm", type=click.FloatRange(min=0), callback=finite_floats, help="Spherical aberration (mm), filling or replacing the input's.")
+@click.option("--apix", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+              help="Pixel size (Å), replacing the input's.")
+@click.option("--voltage-kv", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+              help="Voltage (kV), filling or replacing the input's.")
+@click.option("--cs-mm", type=click.FloatRange(min=0), callback=finite_floats,
+              help="Spherical aberration (mm), filling or replacing the input's.")
 @click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=1), callback=finite_floats,
               help="Amplitude contrast (fraction), filling or replacing the input's.")
-@click.option("--phase-shift-deg", type=float, callback=finite_floats, help="Phase shift (°), filling or replacing the input's (missing = 0).")
-@click.option("--dtype", type=click.Choice(IMAGE_DTYPES), default="float32", show_default=True, help="Stored image precision.")
+@click.option("--phase-shift-deg", type=float, callback=finite_floats,
+              help="Phase shift (°), filling or replacing the input's (missing = 0).")
+@click.option("--dtype", type=click.Choice(IMAGE_DTYPES), default="float32", show_default=True,
+              help="Stored image precision.")
 @click.option("--chunk-images", type=click.IntRange(min=1), help="Images per chunk (default: about 4 MiB a chunk).")
 @click.option("--invert-contrast", is_flag=True, help="Negate the images (for data with dark particles).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")

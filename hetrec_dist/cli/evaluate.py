@@ -16,11 +16,12 @@ def command(run, gt_dir, checkpoint, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and
     the true map (resolution at 0.5 and 0.143, mean FSC); |Spearman| of latent PC1 against the true
     coordinate, and the held-out R^2 of the coordinate predicted linearly from z. Writes RUN/eval.json,
-    the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch. `hetrec train --gt DIR --eval-every N` does the same during training."""
+    the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch.
+    `hetrec train --gt DIR --eval-every N` does the same during training."""
     from hetrec_dist.analysis.ground_truth import evaluate_run
     from hetrec_dist.cli.run_files import run_checkpoint, run_latents
-    from hetrec_dist.train.metrics import TensorBoardLogger
     from hetrec_dist.train.inference import load_model, resolve_device
+    from hetrec_dist.train.metrics import TensorBoardLogger
 
     state = run_checkpoint(run, checkpoint)
     model = load_model(state, resolve_device(device))
@@ -30,6 +31,7 @@ def command(run, gt_dir, checkpoint, device):
     metrics.close()
     for m in result["maps"]:
         click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} A, "
-                   f"0.143 at {m['resolution_0.143_A']:.1f} A, mean FSC {m['mean_fsc']:.3f} ({m['n_particles']} particles)")
+                   f"0.143 at {m['resolution_0.143_A']:.1f} A, mean FSC {m['mean_fsc']:.3f} "
+                   f"({m['n_particles']} particles)")
     click.echo(f"mean FSC {result['mean_fsc']:.3f}; latent PC1 |Spearman| {result['latent_pc1_spearman']:.3f}; "
                f"held-out linear R^2 of the coordinate from z {result['latent_linear_r2']:.3f}")

@@ -10,7 +10,8 @@ from hetrec_dist.cli.command_line import refuse_empty
 @click.command("select")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--clusters", required=True, help="Comma-separated cluster numbers, e.g. 3,7.")
-@click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Which `hetrec analyze --k` to use.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Which `hetrec analyze --k` to use.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
               help="subset.star (RELION input), subset.cs (cryoSPARC input) or indices.pkl (any input).")
 def command(run, clusters, k, out):

@@ -6,16 +6,22 @@ from hetrec_dist.cli.command_line import refuse_empty
 
 
 @click.command("simulate")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty, help="Output folder.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty,
+              help="Output folder.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=10000, show_default=True, help="Number of particles.")
 @click.option("--box", "-D", type=click.IntRange(min=8), default=64, show_default=True, help="Box size (pixels, even).")
 @click.option("--apix", type=click.FloatRange(min=0, min_open=True), help="Pixel size in A (default: 128 A / box).")
-@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="Signal-to-noise ratio.")
+@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Signal-to-noise ratio.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--atoms", type=click.Path(dir_okay=False, exists=True), help="PDB/mmCIF file to image instead of the built-in hinge.")
-@click.option("--atoms-end", type=click.Path(dir_okay=False, exists=True), help="Second conformation of --atoms (same atoms) to move towards.")
-@click.option("--atom-sigma", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True, help="Gaussian width (A) of --atoms atoms.")
-@click.option("--n-maps", type=click.IntRange(min=2), default=5, show_default=True, help="Ground-truth maps along the coordinate.")
+@click.option("--atoms", type=click.Path(dir_okay=False, exists=True),
+              help="PDB/mmCIF file to image instead of the built-in hinge.")
+@click.option("--atoms-end", type=click.Path(dir_okay=False, exists=True),
+              help="Second conformation of --atoms (same atoms) to move towards.")
+@click.option("--atom-sigma", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
+              help="Gaussian width (A) of --atoms atoms.")
+@click.option("--n-maps", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Ground-truth maps along the coordinate.")
 @click.option("--images-per-stack", type=click.IntRange(min=1), default=10000, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -10,22 +10,27 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
 @click.command("train")
 @click.argument("store", type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty, help="Run folder.")
-@click.option("--config", "preset", type=click.Path(dir_okay=False), help="YAML preset (see configs/); unknown keys are an error.")
+@click.option("--config", "preset", type=click.Path(dir_okay=False),
+              help="YAML preset (see configs/); unknown keys are an error.")
 @click.option("--epochs", "-n", type=click.IntRange(min=1), help="Epochs in all (default 20).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Images per step (default 256).")
 @click.option("--zdim", type=click.IntRange(min=1), help="Latent dimension (default 8).")
 @click.option("--n-basis", type=click.IntRange(min=1), help="Basis volumes K besides the mean (default 16).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), callback=finite_floats, help="Learning rate of encoder and decoder (default 1e-3).")
-@click.option("--lr-basis", type=click.FloatRange(min=0, min_open=True), callback=finite_floats, help="Learning rate of the basis (default 1e-2).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+              help="Learning rate of encoder and decoder (default 1e-3).")
+@click.option("--lr-basis", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+              help="Learning rate of the basis (default 1e-2).")
 @click.option("--beta", type=click.FloatRange(min=0), callback=finite_floats, help="Weight of the KL term (default 1).")
-@click.option("--mask-diameter", "mask_diameter_A", type=click.FloatRange(min=0, min_open=True), callback=finite_floats, metavar="ANGSTROM",
+@click.option("--mask-diameter", "mask_diameter_A", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+              metavar="ANGSTROM",
               help="Confine the basis volumes to a sphere of this diameter (soft edge outside it), as RELION's "
                    "particle diameter (default 90% of the box).")
 @click.option("--mask", type=click.Choice(["envelope", "sphere"]),
               help="envelope (default): after the first epoch, the sphere times a soft mask around the model's "
                    "density (its RMS over the latent space, above --mask-threshold of its maximum), updated as "
                    "it trains; sphere: the sphere alone.")
-@click.option("--mask-threshold", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), callback=finite_floats,
+@click.option("--mask-threshold", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+              callback=finite_floats,
               help="Envelope mask: fraction of the maximum RMS density where its core ends (default 0.1).")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto (default).")
@@ -50,11 +55,11 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     STORE with --batch-size images a step; rank 0 writes OUT.
     """
     from hetrec_dist.analysis.ground_truth import run_evaluator
+    from hetrec_dist.distributed.data_parallel import RankLost
     from hetrec_dist.distributed.mpi_world import RankFailed
     from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.config import build_config
-    from hetrec_dist.distributed.data_parallel import RankLost
     from hetrec_dist.train.trainer import Trainer
 
     if resume and overwrite:

@@ -5,7 +5,6 @@ import os
 import click
 
 from hetrec_dist.cli.command_line import refuse_empty
-
 from hetrec_dist.cli.run_files import run_model, run_store_path
 
 
@@ -28,7 +27,8 @@ def read_latents(path, zdim):
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--z", "z_path", required=True, type=click.Path(dir_okay=False, exists=True),
               help="Latents: a .npy array or a text file, one row per map.")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty, help="Folder for the maps.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty,
+              help="Folder for the maps.")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="A checkpoint file (default: the run's last.pt).")
 @click.option("--device", default="auto", show_default=True)

@@ -17,15 +17,23 @@ import pickle
 
 import numpy as np
 
-from hetrec_dist.data.particles import (ParticleTable, check_values, ctf_constants, option_replaces,
-                                        read_stack_header, resolve_stack_path, search_roots, single_value)
+from hetrec_dist.data.particles import (
+    ParticleTable,
+    check_values,
+    ctf_constants,
+    option_replaces,
+    read_stack_header,
+    resolve_stack_path,
+    search_roots,
+    single_value,
+)
 from hetrec_dist.errors import UserError, warn_input
 
 # A translation beyond half the box puts the particle's centre outside its image: such values are pixels.
 MAX_TRANSLATION_FRACTION = 0.5
 _POSE_LAYOUTS = "(rotations, translations), (rotations,), or rotations alone"
-_CTF_CONSTANT_COLUMNS = {"voltage_kv": (5, "voltage"), "cs_mm": (6, "Cs"), "amplitude_contrast": (7, "amplitude contrast"),
-                         "phase_shift_deg": (8, "phase shift")}
+_CTF_CONSTANT_COLUMNS = {"voltage_kv": (5, "voltage"), "cs_mm": (6, "Cs"),
+                         "amplitude_contrast": (7, "amplitude contrast"), "phase_shift_deg": (8, "phase shift")}
 
 
 def _load_pickle(path):
@@ -106,7 +114,8 @@ def _ctf_table(ctf_path, n, box, options):
     field = (f"the pixel size ({estimated_box:g} x {estimated_pixel_size:g} Å / the stacks' box {box})"
              if estimated_box != box else "the pixel size (column 1)")
     pixel_size_A = float(option_replaces(file_pixel_size, options.apix, "apix", field, ctf_path))
-    source = "--apix" if options.apix is not None else f"{ctf_path} (box {estimated_box:g} at {estimated_pixel_size:g} Å)"
+    source = ("--apix" if options.apix is not None
+              else f"{ctf_path} (box {estimated_box:g} at {estimated_pixel_size:g} Å)")
     constants = ctf_constants(n, {name: (f"column {column} ({what})", ctf[:, column])
                                   for name, (column, what) in _CTF_CONSTANT_COLUMNS.items()}, options, ctf_path)
     ctf = np.concatenate([np.stack([np.full(n, box), np.full(n, pixel_size_A)], axis=1), ctf[:, 2:5], constants],

@@ -10,8 +10,17 @@ import os
 
 import numpy as np
 
-from hetrec_dist.data.particles import (ParticleTable, check_values, ctf_constants, index_stacks, option_replaces,
-                                        optics_group_hint, search_roots, select_optics_groups, single_value)
+from hetrec_dist.data.particles import (
+    ParticleTable,
+    check_values,
+    ctf_constants,
+    index_stacks,
+    optics_group_hint,
+    option_replaces,
+    search_roots,
+    select_optics_groups,
+    single_value,
+)
 from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.physics.rotations import matrices_from_cryosparc_pose
 
@@ -138,7 +147,8 @@ def read_cryosparc_cs(path, options):
     if len(records) == 0:
         raise UserError(f"{path}: lists no particles")
     names = records.dtype.names
-    groups = records["ctf/exp_group_id"].astype(np.int32) if "ctf/exp_group_id" in names else np.ones(len(records), np.int32)
+    groups = (records["ctf/exp_group_id"].astype(np.int32) if "ctf/exp_group_id" in names
+              else np.ones(len(records), np.int32))
     source_rows = np.flatnonzero(select_optics_groups(groups, options.optics_groups, "ctf/exp_group_id", path))
     records, groups = records[source_rows], groups[source_rows]
     _refuse_mixed_contrast(records, path)

@@ -9,9 +9,19 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from hetrec_dist.data.particles import (PIXEL_SIZE_RTOL, ParticleTable, check_values, ctf_constants, describe_values,
-                                        index_stacks, option_replaces, optics_group_hint, search_roots,
-                                        select_optics_groups, single_value)
+from hetrec_dist.data.particles import (
+    PIXEL_SIZE_RTOL,
+    ParticleTable,
+    check_values,
+    ctf_constants,
+    describe_values,
+    index_stacks,
+    optics_group_hint,
+    option_replaces,
+    search_roots,
+    select_optics_groups,
+    single_value,
+)
 from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.physics.rotations import matrices_from_relion_euler
 

@@ -15,11 +15,15 @@ import socket
 import torch
 import torch.distributed as dist
 
+from hetrec_dist.distributed.deepspeed_internals import (
+    choose_accelerator,
+    kernel_is_ready,
+    load_shared_memory_kernel,
+    prepare_shared_memory,
+    unlink_shared_memory_buffer,
+)
 from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT
 from hetrec_dist.distributed.mpi_world import ProcessWorld, launched_world_size
-from hetrec_dist.distributed.deepspeed_internals import (choose_accelerator, kernel_is_ready,
-                                                         load_shared_memory_kernel, prepare_shared_memory,
-                                                         unlink_shared_memory_buffer)
 from hetrec_dist.errors import UserError
 
 

@@ -23,14 +23,15 @@ from hetrec_dist.physics.projector import project, project_with_factors, slice_g
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
-    """Everything that fixes the parameter shapes; a checkpoint only loads into the same shape."""
+    """Everything that fixes the parameter shapes; a checkpoint only loads into the same shape. The defaults
+    live in train.config.TrainConfig (TrainConfig.model_shape(box))."""
     box: int
-    zdim: int = 8
-    n_basis: int = 16
-    encoder_hidden: int = 256
-    encoder_blocks: int = 5
-    encoder_radius: float = 0.25   # fraction of the box: Fourier radius of the encoder input
-    max_radius: float = 0.5        # fraction of the box: radius of the basis and the loss (< 0.5 of D)
+    zdim: int
+    n_basis: int
+    encoder_hidden: int
+    encoder_blocks: int
+    encoder_radius: float   # fraction of the box: Fourier radius of the encoder input
+    max_radius: float       # fraction of the box: radius of the basis and the loss (< 0.5 of D)
 
 
 class HetVAE(nn.Module):
@@ -118,20 +119,29 @@ class HetVAE(nn.Module):
         axes = torch.cat([self.basis.new_zeros(1, self.shape.zdim), self.decoder.weight])
         return torch.cat([mean[:, None], axes], dim=1).detach()
 
+    def components(self) -> torch.Tensor:
+        """The K+1 volumes as half-ball coefficients, V x (K+1) complex: column 0 the mean, k the k-th basis
+        volume. (The parameter `basis` holds them as V x 2(K+1) reals: the real parts, then the imaginary.)"""
+        parts = self.basis.view(-1, 2, self.shape.n_basis + 1)
+        return torch.complex(parts[:, 0], parts[:, 1])
+
+    @torch.no_grad()
+    def set_components(self, coefficients: torch.Tensor) -> None:
+        """Replace the K+1 volumes by V x (K+1) complex half-ball coefficients (the layout of components())."""
+        self.basis.copy_(torch.cat([coefficients.real, coefficients.imag], dim=1))
+
     @torch.no_grad()
     def confine_basis(self, projector, follow_envelope=False):
         """Replace every basis volume by its projection `projector` (a support_projector()); follow_envelope:
         first shrink the projector's mask to the envelope of the model's maps (see SupportProjector)."""
-        components = self.basis.view(-1, 2, self.shape.n_basis + 1)
         directions = self.density_directions() if follow_envelope else None
-        confined = projector(torch.complex(components[:, 0], components[:, 1]), directions)
-        self.basis.copy_(torch.cat([confined.real, confined.imag], dim=1))
+        self.set_components(projector(self.components(), directions))
 
     def volume(self, z):
         """The map [z, y, x] (D^3, in the images' original units) for one latent z (zdim,)."""
         weights = self.basis_weights(z[None].to(self.basis.dtype))[0]
-        components = self.basis.view(-1, 2, self.shape.n_basis + 1)
-        coefficients = torch.complex(components[:, 0] @ weights, components[:, 1] @ weights)
+        components = self.components()
+        coefficients = components @ weights.to(components.dtype)
         return half_ball_to_map(coefficients, self.half_ball, self.shape.box, self.pixel_size_A) * self.image_std
 
     def half_disk_to_image(self, coefficients):

@@ -77,7 +77,8 @@ class HalfBall(_Grid):
         """Rows (..., 8) of the 8 voxels (x + i, y + j, z + k), i, j, k in {0, 1} (i slowest) above each
         integer voxel (..., 3), without forming their coordinates."""
         side = 2 * self.extent + 1
-        base = (floor_voxels[..., 0] * side + floor_voxels[..., 1] + self.extent) * side + floor_voxels[..., 2] + self.extent
+        base = ((floor_voxels[..., 0] * side + floor_voxels[..., 1] + self.extent) * side
+                + floor_voxels[..., 2] + self.extent)
         offsets = torch.tensor([i * side * side + j * side + k for i in (0, 1) for j in (0, 1) for k in (0, 1)],
                                dtype=base.dtype, device=floor_voxels.device)
         corners = (base[..., None] + offsets).reshape(-1)

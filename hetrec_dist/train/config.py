@@ -10,7 +10,6 @@ from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import ModelShape
 from hetrec_dist.physics.maps import EnvelopeMask
 
-
 REDUCTIONS = ("auto",) + REDUCTION_STRATEGIES
 MASKS = ("sphere", "envelope")
 

@@ -85,7 +85,8 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
-            self.world.run_everywhere(lambda: self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device)))
+            self.world.run_everywhere(
+                lambda: self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device)))
         if self.world.is_root:
             save_config(config, os.path.join(run_dir, "config.yaml"), os.path.abspath(store_path), command)
             self.metrics = TensorBoardLogger(os.path.join(run_dir, "tb"))
