@@ -174,7 +174,8 @@ def _split_image_names(names, path):
         raise UserError(f"{path}: rlnImageName has an image index that is not a whole number") from None
     nameless = np.flatnonzero(split[1].str.strip() == "")
     if nameless.size:
-        raise UserError(f"{path}: row {nameless[0] + 1}: rlnImageName {names.iloc[nameless[0]]!r} names no stack")
+        raise UserError(f"{path}: row {names.index[nameless[0]] + 1}: rlnImageName {names.iloc[nameless[0]]!r} "
+                        "names no stack")
     return indices, split[1].to_numpy()
 
 
@@ -199,7 +200,6 @@ def read_relion_star(path, options):
     if "rlnImageSize" in df:
         box = int(single_value(df["rlnImageSize"], "rlnImageSize", path,
                                optics_group_hint(df["rlnOpticsGroup"], df["rlnImageSize"])))
-    df = df.assign(rlnOpticsGroup=df["rlnOpticsGroup"].astype(np.int32))
     constants = ctf_constants(len(df), {name: (column, df[column] if column in df else None)
                                         for name, column in _CTF_CONSTANT_COLUMNS.items()}, options, path)
     ctf = np.concatenate([
