@@ -55,3 +55,38 @@ def test_the_check_sees_a_reversed_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from hetrec_dist.train.trainer import Trainer\nimport hetrec_dist.cli\n")
     assert imported_subpackages(module) == {"train", "cli"}
+
+
+def test_public_functions_of_physics_model_and_distributed_are_annotated():
+    """Every argument and the return of a public function or method there has a type hint (the shapes and
+    units stay in the docstrings)."""
+    bare = []
+    for package in ("physics", "model", "distributed"):
+        for path in sorted((PACKAGE / package).glob("*.py")):
+            bare += [f"{path.relative_to(PACKAGE)}:{line} {name}" for line, name in unannotated_functions(path)]
+    assert not bare, "\n".join(bare)
+
+
+def unannotated_functions(path):
+    """(line, name) of public functions and methods of public classes that lack an argument or return hint."""
+    found = []
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef) and not child.name.startswith("_"):
+                visit(child)
+            elif isinstance(child, ast.FunctionDef) and (not child.name.startswith("_") or child.name == "__init__"):
+                arguments = [a for a in child.args.args + child.args.kwonlyargs if a.arg not in ("self", "cls")]
+                lacks_return = child.returns is None and child.name != "__init__"
+                if lacks_return or any(a.annotation is None for a in arguments):
+                    found.append((child.lineno, child.name))
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def test_the_annotation_check_sees_a_bare_function(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f(x: int) -> int:\n    return x\ndef g(x):\n    return x\nclass A:\n"
+                      "    def __init__(self, y):\n        pass\n    def _private(self, z):\n        pass\n")
+    assert unannotated_functions(module) == [(3, "g"), (6, "__init__")]

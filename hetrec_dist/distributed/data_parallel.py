@@ -8,12 +8,14 @@ ranks. In one process every call is the plain single-process operation.
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
 from hetrec_dist.distributed.dense_engine import dense_optimizer
-from hetrec_dist.distributed.sparse_reducer import reduce_basis_gradient
+from hetrec_dist.distributed.sparse_reducer import ReductionStats, reduce_basis_gradient
+from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
 from hetrec_dist.physics.fourier_grid import HalfBall
 from hetrec_dist.physics.projector import SliceFactors
@@ -49,8 +51,8 @@ class DataParallel:
     ranks' basis gradients; basis_reduction: a sparse_reducer strategy or "auto".
     """
 
-    def __init__(self, world, dense_module: torch.nn.Module, lr: float, batch_size: int, basis_reduction: str,
-                 timeout_s: float, half_ball: HalfBall, points_2d: torch.Tensor):
+    def __init__(self, world: TrainingWorld, dense_module: torch.nn.Module, lr: float, batch_size: int,
+                 basis_reduction: str, timeout_s: float, half_ball: HalfBall, points_2d: torch.Tensor):
         self.world, self.basis_reduction, self.timeout_s = world, basis_reduction, timeout_s
         self.half_ball, self.points_2d = half_ball, points_2d
         self.dense = dense_optimizer(world, dense_module, lr, batch_size, timeout_s)
@@ -67,7 +69,7 @@ class DataParallel:
                          "are short of compute, not bandwidth: --basis-reduction union is faster here")
         return hints
 
-    def share(self, local_size: int):
+    def share(self, local_size: int) -> BatchShare | None:
         """Agree on the step's global batch: this rank's BatchShare, or None where some rank has no batch
         (the epoch ends at the first such step)."""
         sizes = [n for n, in self.world.all_gather_ints([local_size])]
@@ -80,7 +82,7 @@ class DataParallel:
         """Dense gradients of the global batch's mean loss, from this rank's mean loss."""
         self.dense.backward(loss * share.loss_scale)
 
-    def basis_gradient(self, factors: SliceFactors):
+    def basis_gradient(self, factors: SliceFactors) -> tuple[torch.Tensor, ReductionStats | None]:
         """(the basis gradient of the global batch's mean loss, ReductionStats or None in one process)."""
         if self.world.size == 1:
             return factors.basis_gradient(self.half_ball.n_voxels), None
@@ -101,7 +103,7 @@ class DataParallel:
         self.dense.load_state_dict(state)
 
     @contextlib.contextmanager
-    def lost_peers_stop_here(self, resume_hint: str):
+    def lost_peers_stop_here(self, resume_hint: str) -> Iterator[None]:
         """Turns the transport's report of a dead or silent peer into RankLost with `resume_hint`."""
         try:
             yield

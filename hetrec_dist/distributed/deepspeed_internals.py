@@ -26,11 +26,18 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from hetrec_dist.errors import UserError
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+_T = TypeVar("_T")
 
 CHECKED_DEEPSPEED = ((0, 19, 8), (0, 20, 0))  # the range whose internals this module was checked against
 
@@ -51,11 +58,12 @@ def _check_deepspeed_version():
 _check_deepspeed_version()
 
 
-def choose_accelerator():
+def choose_accelerator() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def sum_over_ranks(tensor, group, timeout_s, shared_memory):
+def sum_over_ranks(tensor: torch.Tensor, group: dist.ProcessGroup | None, timeout_s: float,
+                   shared_memory: bool) -> None:
     """In-place all-reduce SUM of `tensor` over `group`: through the shared-memory kernel where `shared_memory`
     (the world's switch) is on and the tensor is CPU float32, else through the process group."""
     if shared_memory and sums_in_shared_memory(tensor.device, tensor.dtype):
@@ -67,12 +75,12 @@ def sum_over_ranks(tensor, group, timeout_s, shared_memory):
         dist.all_reduce(tensor, group=group)
 
 
-def sums_in_shared_memory(device, dtype):
+def sums_in_shared_memory(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether the kernel can sum a tensor of this device and dtype (it sums CPU float32 only)."""
     return torch.device(device).type == "cpu" and dtype == torch.float32
 
 
-def kernel_is_ready():
+def kernel_is_ready() -> bool:
     """Whether DeepSpeed's init set up the shared-memory kernel for the whole world (on the LOCAL_SIZE check
     its kernel makes). A process that never imported DeepSpeed has not, and is not made to import it."""
     comm = sys.modules.get("deepspeed.comm")
@@ -80,7 +88,7 @@ def kernel_is_ready():
             and os.environ.get("LOCAL_SIZE") == str(dist.get_world_size()))
 
 
-def prepare_shared_memory(wanted):
+def prepare_shared_memory(wanted: bool) -> str | None:
     """Before DeepSpeed's init: set LOCAL_SIZE where the ranks are all on this machine (Open MPI's or MPICH's
     variable under mpiexec, SLURM's under single-node srun; the DeepSpeed launcher sets it itself), or drop
     it where the kernel is not `wanted`, runs on GPUs, or would not fit in /dev/shm. Returns a hint for the
@@ -106,7 +114,7 @@ def prepare_shared_memory(wanted):
     return None
 
 
-def stop_engine_averaging(engine):
+def stop_engine_averaging(engine: "DeepSpeedEngine") -> None:
     """The engine's backward and step no longer average the gradients over ranks (the caller does)."""
     engine.enable_backward_allreduce = False
 
@@ -115,7 +123,7 @@ BUILD_LOCK_STALE_S = 300  # the kernel builds in ~25 s on 2 cores; a lock this o
 BUILD_LOCK_PATIENCE_S = 30  # after this long, say what the wait is for
 
 
-def load_shared_memory_kernel():
+def load_shared_memory_kernel() -> None:
     """Load DeepSpeed's shared-memory all-reduce kernel (JIT-built on a machine's first run) where DeepSpeed's
     init would, so that its init finds it loaded, and remove a build lock older than any build, before and
     while waiting for it."""
@@ -168,7 +176,7 @@ def _remove_if_stale(lock):
 BUFFER_BYTES = 69_206_024  # a rank's buffer in DeepSpeed 0.19's kernel (its struct allreduce_workspace)
 
 
-def shared_memory_room(n_ranks):
+def shared_memory_room(n_ranks: int) -> tuple[int, int]:
     """(bytes /dev/shm holds, bytes n_ranks' buffers need). Where it holds less (Docker's default is 64 MB)
     the kernel dies of SIGSEGV or SIGBUS. The size, not the free space, so that every rank decides alike."""
     needed = n_ranks * BUFFER_BYTES
@@ -179,7 +187,7 @@ def shared_memory_room(n_ranks):
     return stats.f_frsize * stats.f_blocks, needed
 
 
-def unlink_shared_memory_buffer():
+def unlink_shared_memory_buffer() -> None:
     """Remove this rank's buffer name from /dev/shm, which DeepSpeed never does. Call it once every rank has
     mapped every buffer (after a collective that follows DeepSpeed's init); the mappings stay."""
     if kernel_is_ready():
@@ -195,7 +203,7 @@ def _remove(path):
         pass
 
 
-def run_or_exit(call, timeout_s, what):
+def run_or_exit(call: Callable[[], _T], timeout_s: float, what: str) -> _T:
     """call(); if it has not returned after timeout_s, a one-line error and exit status 1 (for waits that no
     process-group timeout covers)."""
     def give_up():

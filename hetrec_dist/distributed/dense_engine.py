@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from hetrec_dist.distributed.deepspeed_internals import stop_engine_averaging, sum_over_ranks
+from hetrec_dist.distributed.training_world import TrainingWorld
 
 
 class LocalDenseOptimizer:
@@ -34,7 +35,8 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
     """Where the world sums in shared memory (CPU ranks of one machine), the gradients are averaged through
     it (one flat float32 sum) instead of by the engine's all-reduce over gloo."""
 
-    def __init__(self, module, lr, micro_batch_size, timeout_s, shared_memory):
+    def __init__(self, module: torch.nn.Module, lr: float, micro_batch_size: int, timeout_s: float,
+                 shared_memory: bool):
         import deepspeed
 
         super().__init__(module, lr)
@@ -48,7 +50,7 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
         if self.average_in_shared_memory:
             stop_engine_averaging(self.engine)
 
-    def backward(self, loss):
+    def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
         if self.average_in_shared_memory:
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
@@ -58,11 +60,12 @@ class DeepSpeedDenseOptimizer(LocalDenseOptimizer):
             for grad, average in zip(grads, flat.split([grad.numel() for grad in grads])):
                 grad.copy_(average.view_as(grad))
 
-    def step(self):
+    def step(self) -> None:
         self.engine.step()
 
 
-def dense_optimizer(world, module, lr, micro_batch_size, timeout_s):
+def dense_optimizer(world: TrainingWorld, module: torch.nn.Module, lr: float, micro_batch_size: int,
+                    timeout_s: float) -> LocalDenseOptimizer:
     """LocalDenseOptimizer in one process, DeepSpeedDenseOptimizer on the ranks of `world`."""
     if world.size == 1:
         return LocalDenseOptimizer(module, lr)

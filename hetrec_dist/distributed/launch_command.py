@@ -21,15 +21,15 @@ _HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)\s*$")
 @dataclasses.dataclass
 class LaunchPlan:
     launcher: str = "deepspeed"
-    hostfile: str = None
-    nodes: int = None
-    procs_per_node: int = None
-    master_addr: str = None
+    hostfile: str | None = None
+    nodes: int | None = None
+    procs_per_node: int | None = None
+    master_addr: str | None = None
     master_port: int = DEFAULT_MASTER_PORT
     env: tuple = ()          # NAME (forward this process's value) or NAME=VALUE
 
 
-def read_hostfile(path):
+def read_hostfile(path: str) -> list[tuple[str, int]]:
     """DeepSpeed's hostfile: `host slots=N` a line, # comments. Returns [(host, slots)]."""
     try:
         with open(path) as f:
@@ -99,7 +99,7 @@ def _mpi_flavour():
     return executable, "openmpi" if "Open MPI" in version or "OpenRTE" in version else "mpich"
 
 
-def build_command(plan: LaunchPlan, train_args):
+def build_command(plan: LaunchPlan, train_args: list[str]) -> tuple[list[str], dict[str, str]]:
     """(argv, environment additions) that start `hetrec train train_args` on the planned ranks."""
     if plan.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {plan.launcher!r} (one of {', '.join(LAUNCHERS)})")

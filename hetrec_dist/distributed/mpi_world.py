@@ -8,8 +8,15 @@ run never initialises MPI.
 """
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hetrec_dist.errors import UserError
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+_T = TypeVar("_T")
 
 _MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
 # srun sets SLURM_STEP_NUM_TASKS inside a job step only; SLURM_NTASKS is also set in a batch script's one process
@@ -28,13 +35,13 @@ class ProcessWorld:
     rank, size = 0, 1
 
     @property
-    def is_root(self):
+    def is_root(self) -> bool:
         return self.rank == 0
 
-    def allgather_object(self, obj):
+    def allgather_object(self, obj: Any) -> list[Any]:
         return [obj]
 
-    def broadcast_object(self, obj):
+    def broadcast_object(self, obj: Any) -> Any:
         return obj
 
     def _agree(self, error):
@@ -47,7 +54,7 @@ class ProcessWorld:
             raise error if isinstance(error, UserError) else UserError(first)
         raise RankFailed()
 
-    def run_everywhere(self, fn):
+    def run_everywhere(self, fn: Callable[[], _T]) -> _T:
         """fn() on every rank; a UserError on any rank stops all of them together."""
         result, error = None, None
         try:
@@ -59,21 +66,21 @@ class ProcessWorld:
         self._agree(error)
         return result
 
-    def run_on_root(self, fn):
+    def run_on_root(self, fn: Callable[[], _T]) -> _T:
         """fn() on rank 0 only; its result (or its error) reaches every rank."""
         result = self.run_everywhere(lambda: fn() if self.is_root else None)
         return self.broadcast_object(result)
 
 
 class MpiWorld(ProcessWorld):
-    def __init__(self, comm):
+    def __init__(self, comm: "MPI.Comm"):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
-    def allgather_object(self, obj):
+    def allgather_object(self, obj: Any) -> list[Any]:
         return self.comm.allgather(obj)
 
-    def broadcast_object(self, obj):
+    def broadcast_object(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)
 
 
@@ -81,12 +88,12 @@ def _size_in_environment(variables):
     return max(int(os.environ.get(v, "1") or 1) for v in variables)
 
 
-def launched_world_size():
+def launched_world_size() -> int:
     """How many processes a launcher (mpiexec, deepspeed, torchrun, srun) started, from its environment."""
     return _size_in_environment(_LAUNCHER_SIZE_VARIABLES)
 
 
-def mpi_world():
+def mpi_world() -> ProcessWorld:
     if _size_in_environment(_MPI_SIZE_VARIABLES) <= 1:
         return ProcessWorld()
     from mpi4py import MPI

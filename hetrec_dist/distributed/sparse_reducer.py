@@ -45,20 +45,21 @@ class ReductionStats:
     seconds: float
 
 
-def allreduce_bytes(n_bytes, world_size):
+def allreduce_bytes(n_bytes: int, world_size: int) -> int:
     return 2 * (world_size - 1) * n_bytes // world_size
 
 
-def allgather_bytes(n_bytes_per_rank, world_size):
+def allgather_bytes(n_bytes_per_rank: int, world_size: int) -> int:
     return (world_size - 1) * n_bytes_per_rank
 
 
-def factor_columns(n_components, n_points):
+def factor_columns(n_components: int, n_points: int) -> int:
     """Numbers an image sends under `factors`: its pose, its basis weights and its slice gradient."""
     return 9 + n_components + 2 * n_points
 
 
-def payload_bytes(n_rows, n_components, n_points, max_nnz, max_images, union_rows, world_size, value_bytes=4):
+def payload_bytes(n_rows: int, n_components: int, n_points: int, max_nnz: int, max_images: int, union_rows: int,
+                  world_size: int, value_bytes: int = 4) -> dict[str, int]:
     """Bytes one rank sends for the gradient itself under each strategy (besides the counts and, for dense,
     union and auto, the touched-mask all-reduce of n_rows bytes)."""
     row_bytes = 2 * n_components * value_bytes
@@ -69,7 +70,8 @@ def payload_bytes(n_rows, n_components, n_points, max_nnz, max_images, union_row
                                        world_size)}
 
 
-def bytes_sent(strategy, payload, n_rows, world_size, mask_row_bytes=1):
+def bytes_sent(strategy: str, payload: dict[str, int], n_rows: int, world_size: int,
+               mask_row_bytes: int = 1) -> int:
     """Total bytes a rank sends under `strategy` (auto: the cheapest payload), with the counts and mask."""
     counts = allgather_bytes(COUNTS_BYTES, world_size)
     mask = allreduce_bytes(n_rows * mask_row_bytes, world_size)
@@ -166,7 +168,8 @@ def _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_si
 
 
 def reduce_basis_gradient(factors: SliceFactors, strategy: str, half_ball: HalfBall, points_2d: torch.Tensor,
-                          group=None, timeout_s: float = 600, shared_memory: bool = False):
+                          group: dist.ProcessGroup | None = None, timeout_s: float = 600,
+                          shared_memory: bool = False) -> tuple[torch.Tensor, ReductionStats]:
     """The basis gradient summed over the ranks of `group`, from each rank's factors (after backward).
     Returns (sum as coalesced sparse tensor, ReductionStats). timeout_s: how long to wait for the other ranks
     where no process-group timeout applies; shared_memory: the world's switch (TrainingWorld.shared_memory)."""

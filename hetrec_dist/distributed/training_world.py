@@ -11,6 +11,8 @@ import datetime
 import logging
 import os
 import socket
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,28 +36,29 @@ class TrainingWorld(ProcessWorld):
     (distributed.deepspeed_internals), decided once when the ranks start.
     """
 
-    def __init__(self, group=None, local_rank=0, local_size=1, hints=(), shared_memory=False):
+    def __init__(self, group: dist.ProcessGroup | None = None, local_rank: int = 0, local_size: int = 1,
+                 hints: Iterable[str] = (), shared_memory: bool = False):
         self.group, self.local_rank, self.local_size = group, local_rank, local_size
         self.hints = list(hints)  # for the user, about how these ranks were set up
         self.shared_memory = shared_memory
         if group is not None:
             self.rank, self.size = dist.get_rank(), dist.get_world_size()
 
-    def allgather_object(self, obj):
+    def allgather_object(self, obj: Any) -> list[Any]:
         if self.group is None:
             return super().allgather_object(obj)
         gathered = [None] * self.size
         dist.all_gather_object(gathered, obj, group=self.group)
         return gathered
 
-    def broadcast_object(self, obj):
+    def broadcast_object(self, obj: Any) -> Any:
         if self.group is None:
             return super().broadcast_object(obj)
         holder = [obj]
         dist.broadcast_object_list(holder, src=0, group=self.group)
         return holder[0]
 
-    def gather_object(self, obj):
+    def gather_object(self, obj: Any) -> list[Any] | None:
         """Every rank's obj, in rank order, on rank 0 (None elsewhere)."""
         if self.group is None:
             return [obj]
@@ -63,7 +66,7 @@ class TrainingWorld(ProcessWorld):
         dist.gather_object(obj, gathered, dst=0, group=self.group)
         return gathered
 
-    def all_gather_ints(self, values):
+    def all_gather_ints(self, values: list[int]) -> list[list[int]]:
         """Every rank's list of ints, as a list of lists in rank order."""
         if self.group is None:
             return [list(values)]
@@ -72,7 +75,7 @@ class TrainingWorld(ProcessWorld):
         dist.all_gather(gathered, mine, group=self.group)
         return [g.tolist() for g in gathered]
 
-    def all_sum(self, values):
+    def all_sum(self, values: list[float]) -> list[float]:
         """Sums over ranks of a list of floats."""
         if self.group is None:
             return list(values)
@@ -80,15 +83,15 @@ class TrainingWorld(ProcessWorld):
         dist.all_reduce(total, group=self.group)
         return total.tolist()
 
-    def broadcast_(self, tensor):
+    def broadcast_(self, tensor: torch.Tensor) -> None:
         if self.group is not None:
             dist.broadcast(tensor, src=0)
 
-    def barrier(self):
+    def barrier(self) -> None:
         if self.group is not None:
             dist.barrier(group=self.group)
 
-    def close(self):
+    def close(self) -> None:
         """Leave the process group together: a rank that destroys it while another still has gloo traffic
         with it can abort at exit ("terminate called without an active exception")."""
         if self.group is not None:
@@ -122,7 +125,7 @@ def _one_thread_share(local_size):
         torch.set_num_threads(max(1, cores // local_size))
 
 
-def init_training_world(timeout_s=600, shared_memory=True):
+def init_training_world(timeout_s: float = 600, shared_memory: bool = True) -> TrainingWorld:
     """One process (no launcher), or this rank of the launcher's world, with the process group ready.
     shared_memory: let CPU ranks that share one machine sum through its memory (TrainConfig.shared_memory_sums)."""
     if launched_world_size() <= 1:

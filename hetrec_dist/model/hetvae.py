@@ -18,7 +18,7 @@ from hetrec_dist.model.encoder import ResidualMLPEncoder
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map
-from hetrec_dist.physics.projector import project, project_with_factors, slice_geometry
+from hetrec_dist.physics.projector import SliceFactors, project, project_with_factors, slice_geometry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,31 +54,32 @@ class HetVAE(nn.Module):
         self.half_ball, self.disk = self.half_ball.to(self.basis.device), self.disk.to(self.basis.device)
         return self
 
-    def dense_modules(self):
+    def dense_modules(self) -> nn.ModuleDict:
         """Every parameter but the basis (which gets a sparse gradient and its own optimizer)."""
         return nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})
 
-    def basis_weights(self, z):
+    def basis_weights(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.ones_like(z[:, :1]), self.decoder(z)], dim=1)
 
-    def observed_spectra(self, batch):
+    def observed_spectra(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Half-disk Fourier coefficients of the normalised images, shift-corrected (B x P, complex)."""
         images = batch["images"] / self.image_std
         spectra = self.disk.take(torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)), norm="ortho"))
         phase = -2 * torch.pi * (batch["shifts"].to(images.dtype) @ self.disk.coords.T) / self.shape.box
         return spectra * torch.polar(torch.ones_like(phase), phase)
 
-    def ctf(self, batch):
+    def ctf(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         params = batch["ctf"].to(self.basis.dtype)
         frequency = self.disk.coords / (self.shape.box * self.pixel_size_A)
         p = [params[:, i, None] for i in range(2, 9)]
         return ctf_2d(frequency[:, 0], frequency[:, 1], *p)
 
-    def encode(self, observed):
+    def encode(self, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         points = observed[:, self.encoder_points]
         return self.encoder(torch.cat([points.real, points.imag], dim=1))
 
-    def forward(self, batch, beta=1.0, noise=None, basis_factors=False):
+    def forward(self, batch: dict[str, torch.Tensor], beta: float = 1.0, noise: torch.Tensor | None = None,
+                basis_factors: bool = False) -> dict[str, torch.Tensor | float | SliceFactors]:
         """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, and predictions.
         noise (B x zdim): the reparametrisation's standard normal draws (training mode; drawn here if None).
         basis_factors: leave the basis out of autograd and return out["factors"] (see project_with_factors)."""
@@ -103,7 +104,8 @@ class HetVAE(nn.Module):
                 "touched_fraction": len(geometry.touched_rows) / self.half_ball.n_voxels,
                 "mu": mu, "observed": observed, "predicted": predicted}
 
-    def support_projector(self, mask_diameter_A=None, envelope_threshold=EnvelopeMask.threshold):
+    def support_projector(self, mask_diameter_A: float | None = None,
+                          envelope_threshold: float = EnvelopeMask.threshold) -> SupportProjector:
         """What confines the basis to a sphere of mask_diameter_A (None: 90% of the box), soft edge 5% of the
         box outside it, or to that sphere times the envelope of the model's density (see SupportProjector)."""
         box = self.shape.box
@@ -111,7 +113,7 @@ class HetVAE(nn.Module):
         return SupportProjector(self.half_ball, box, self.pixel_size_A, radius_px, edge_px=0.05 * box,
                                 envelope=EnvelopeMask(threshold=envelope_threshold))
 
-    def density_directions(self):
+    def density_directions(self) -> torch.Tensor:
         """(K+1) x (1 + zdim): the mean map's basis weights (1, decoder bias) and, for each latent axis, how the
         weights change along it (0, decoder column): the maps of the model over the latent prior N(0, I) have
         these as their mean and principal directions."""
@@ -131,20 +133,20 @@ class HetVAE(nn.Module):
         self.basis.copy_(torch.cat([coefficients.real, coefficients.imag], dim=1))
 
     @torch.no_grad()
-    def confine_basis(self, projector, follow_envelope=False):
+    def confine_basis(self, projector: SupportProjector, follow_envelope: bool = False) -> None:
         """Replace every basis volume by its projection `projector` (a support_projector()); follow_envelope:
         first shrink the projector's mask to the envelope of the model's maps (see SupportProjector)."""
         directions = self.density_directions() if follow_envelope else None
         self.set_components(projector(self.components(), directions))
 
-    def volume(self, z):
+    def volume(self, z: torch.Tensor) -> torch.Tensor:
         """The map [z, y, x] (D^3, in the images' original units) for one latent z (zdim,)."""
         weights = self.basis_weights(z[None].to(self.basis.dtype))[0]
         components = self.components()
         coefficients = components @ weights.to(components.dtype)
         return half_ball_to_map(coefficients, self.half_ball, self.shape.box, self.pixel_size_A) * self.image_std
 
-    def half_disk_to_image(self, coefficients):
+    def half_disk_to_image(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Real-space images (B x D x D, origin at D//2) of half-disk coefficients, for display."""
         box = self.shape.box
         spectra = torch.zeros(coefficients.shape[0], box * (box // 2 + 1), dtype=coefficients.dtype,

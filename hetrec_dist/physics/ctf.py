@@ -10,7 +10,15 @@ with df(a) = (U+V)/2 + (U-V)/2 * cos(2(a - angle)), a the direction of the spati
 The CTF is positive at low frequency, so a particle of positive density stays white after the CTF.
 """
 
+from typing import TYPE_CHECKING, TypeAlias
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# A scalar, a numpy array or a torch tensor (ctf_2d works on either kind of array).
+_ArrayOrScalar: TypeAlias = "float | np.ndarray | torch.Tensor"
 
 # Columns of the store's ctf array (cryoDRGN's ctf.pkl layout).
 CTF_COLUMNS = ("box", "pixel_size_A", "defocus_u_A", "defocus_v_A", "defocus_angle_deg",
@@ -26,14 +34,16 @@ def _array_module(x):
     return torch
 
 
-def electron_wavelength_A(voltage_kv):
+def electron_wavelength_A(voltage_kv: _ArrayOrScalar) -> _ArrayOrScalar:
     """Relativistic electron wavelength in Angstrom."""
     volts = voltage_kv * 1e3
     return 12.2642598 / (volts * (1.0 + volts * 0.978466e-6)) ** 0.5
 
 
-def ctf_2d(freq_x, freq_y, defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kv, cs_mm,
-           amplitude_contrast, phase_shift_deg=0.0):
+def ctf_2d(freq_x: _ArrayOrScalar, freq_y: _ArrayOrScalar, defocus_u_A: _ArrayOrScalar,
+           defocus_v_A: _ArrayOrScalar, defocus_angle_deg: _ArrayOrScalar, voltage_kv: _ArrayOrScalar,
+           cs_mm: _ArrayOrScalar, amplitude_contrast: _ArrayOrScalar,
+           phase_shift_deg: _ArrayOrScalar = 0.0) -> _ArrayOrScalar:
     """CTF at spatial frequencies (freq_x, freq_y) in 1/A; parameters broadcast against the grid.
     Works on numpy arrays and on torch tensors (all arguments of one kind)."""
     xp = _array_module(freq_x)

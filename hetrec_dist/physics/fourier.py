@@ -4,14 +4,14 @@ pixel D // 2 (the FFT centre after fftshift)."""
 import numpy as np
 
 
-def frequency_grid_2d(box, pixel_size_A):
+def frequency_grid_2d(box: int, pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
     """Spatial frequencies (fx, fy) in 1/A of the full, fftshift-ed D x D grid, each D x D."""
     freqs = np.fft.fftshift(np.fft.fftfreq(box, d=pixel_size_A))
     fy, fx = np.meshgrid(freqs, freqs, indexing="ij")
     return fx, fy
 
 
-def fourier_crop(images, new_box):
+def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
     """Downsample images (..., D, D) to (..., new_box, new_box) by cropping their Fourier transform.
 
     The spectrum is taken about pixel D // 2 (the particle centre of this project's convention, and of

@@ -32,7 +32,7 @@ class HalfDisk(_Grid):
     weights: torch.Tensor
 
     @classmethod
-    def build(cls, box, radius):
+    def build(cls, box: int, radius: float) -> "HalfDisk":
         ky = torch.arange(-(box // 2), box // 2)
         kx = torch.arange(0, box // 2 + 1)
         grid_y, grid_x = torch.meshgrid(ky, kx, indexing="ij")
@@ -43,7 +43,7 @@ class HalfDisk(_Grid):
         weights = torch.where(kx_in > 0, 2.0, 1.0)
         return cls(box, radius, torch.stack([kx_in, ky_in], 1).float(), flat_index, weights)
 
-    def take(self, spectra):
+    def take(self, spectra: torch.Tensor) -> torch.Tensor:
         """The half-disk coefficients (B x P) of rfft2 spectra (B x D x D/2+1)."""
         return spectra.reshape(spectra.shape[0], -1)[:, self.flat_index]
 
@@ -59,7 +59,7 @@ class HalfBall(_Grid):
     lookup: torch.Tensor   # (R + 1) x (2R + 1) x (2R + 1), int32
 
     @classmethod
-    def build(cls, radius):
+    def build(cls, radius: float) -> "HalfBall":
         extent = int(math.ceil(radius)) + 2
         span = torch.arange(-extent, extent + 1)
         x, y, z = torch.meshgrid(torch.arange(0, extent + 1), span, span, indexing="ij")
@@ -70,10 +70,10 @@ class HalfBall(_Grid):
         return cls(radius, extent, coords, lookup)
 
     @property
-    def n_voxels(self):
+    def n_voxels(self) -> int:
         return self.coords.shape[0]
 
-    def corner_rows(self, floor_voxels):
+    def corner_rows(self, floor_voxels: torch.Tensor) -> torch.Tensor:
         """Rows (..., 8) of the 8 voxels (x + i, y + j, z + k), i, j, k in {0, 1} (i slowest) above each
         integer voxel (..., 3), without forming their coordinates."""
         side = 2 * self.extent + 1

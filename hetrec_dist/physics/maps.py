@@ -8,6 +8,8 @@ import dataclasses
 
 import torch
 
+from hetrec_dist.physics.fourier_grid import HalfBall
+
 
 def _wrapped_index(half_ball, box):
     """Flat index of each voxel into a D x D x (D/2+1) rfftn array [z mod D, y mod D, x]."""
@@ -15,7 +17,7 @@ def _wrapped_index(half_ball, box):
     return ((z % box) * box + (y % box)) * (box // 2 + 1) + x
 
 
-def map_to_half_ball(volume, half_ball, pixel_size_A):
+def map_to_half_ball(volume: torch.Tensor, half_ball: HalfBall, pixel_size_A: float) -> torch.Tensor:
     """Complex coefficients (V,) of a map [z, y, x] (a D^3 tensor) at the half ball's voxels.
     Voxels beyond D/2 wrap around (the basis margin); keep the ball's radius below D/2."""
     box = volume.shape[0]
@@ -23,7 +25,7 @@ def map_to_half_ball(volume, half_ball, pixel_size_A):
     return spectrum.reshape(-1)[_wrapped_index(half_ball, box)]
 
 
-def half_ball_to_map(coefficients, half_ball, box, pixel_size_A):
+def half_ball_to_map(coefficients: torch.Tensor, half_ball: HalfBall, box: int, pixel_size_A: float) -> torch.Tensor:
     """The real map [z, y, x] (D^3) of half-ball coefficients (V,), Hermitian-completed by irfftn.
     Voxels outside |k| < D/2 (the interpolation margin) are left out."""
     keep = (half_ball.coords.abs().amax(1) < box // 2) & (half_ball.coords[:, 0] <= box // 2)
@@ -33,7 +35,7 @@ def half_ball_to_map(coefficients, half_ball, box, pixel_size_A):
     return torch.fft.fftshift(volume) * (box / pixel_size_A)
 
 
-def soft_sphere_mask(n, radius, edge):
+def soft_sphere_mask(n: int, radius: float, edge: float) -> torch.Tensor:
     """A sphere (n^3, origin at index 0 as FFTs want it): 1 within `radius` samples, falling to 0 over the
     next `edge` samples (raised cosine), as RELION's soft mask of the particle diameter."""
     grid = torch.fft.fftfreq(n, 1.0 / n)
@@ -71,7 +73,8 @@ class SupportProjector:
     (radius_px, falling to 0 over edge_px outside; pixels of the images: box `box`, pixel_size_A), or, when
     called with the directions of the density's variation, that sphere times an envelope of the density."""
 
-    def __init__(self, half_ball, box, pixel_size_A, radius_px, edge_px, envelope=EnvelopeMask()):
+    def __init__(self, half_ball: HalfBall, box: int, pixel_size_A: float, radius_px: float, edge_px: float,
+                 envelope: EnvelopeMask = EnvelopeMask()):
         self.n = 2 * half_ball.extent + 2
         self.index = _wrapped_index(half_ball, self.n)
         self.samples_per_A = self.n / (box * pixel_size_A)
@@ -99,12 +102,12 @@ class SupportProjector:
         return torch.stack([torch.fft.rfftn(self._map(volume) * mask).reshape(-1)[index]
                             for volume in coefficients.T], dim=1)
 
-    def mask_map(self, box):
+    def mask_map(self, box: int) -> torch.Tensor:
         """The current mask on the images' grid (box^3, centred at box // 2, as maps are), for display."""
         centred = torch.fft.fftshift(self.mask)
         return torch.nn.functional.interpolate(centred[None, None], size=(box,) * 3, mode="trilinear")[0, 0]
 
-    def envelope_mask(self, coefficients, directions):
+    def envelope_mask(self, coefficients: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         """A soft mask around the root-mean-square density of the low-passed maps sum_c directions[c, m]
         volume_c (m = 1..M): its noise power taken off, thresholded at a fraction of its maximum inside the
         sphere, dilated, soft-edged. With directions (1, w) for the mean and the decoder's columns for the

@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from hetrec_dist.physics.fourier_grid import HalfBall
+
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
@@ -68,7 +70,7 @@ def _trilinear_weights(frac):
     return torch.stack([x[i] * y[j] * z[k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], -1)
 
 
-def slice_geometry(rotations, points_2d, half_ball):
+def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: HalfBall) -> SliceGeometry:
     """Geometry of the central slices at poses `rotations` (B x 3 x 3) of 2-D points (P x 2, (kx, ky))."""
     k3 = points_2d.to(rotations.dtype) @ rotations[:, :2, :]  # B x P x 3
     flipped = k3[..., 0] < 0
@@ -109,7 +111,8 @@ class _SparseSlice(torch.autograd.Function):
         return grad_basis, grad_weights, None
 
 
-def basis_gradient(geometry, grad_slices, weights, n_voxels):
+def basis_gradient(geometry: SliceGeometry, grad_slices: torch.Tensor, weights: torch.Tensor,
+                   n_voxels: int) -> torch.Tensor:
     """The sparse basis gradient (coalesced COO, n_voxels x 2(K+1)) from its per-image factors: the
     gradient of the loss with respect to each image's slice (B x P x 2) and the image's weights (B x K+1).
     It is sum_i T_i^T (conj_i(grad_slice_i) x w_i), nonzero only on geometry.touched_rows."""
@@ -126,7 +129,7 @@ def basis_gradient(geometry, grad_slices, weights, n_voxels):
                                    is_coalesced=True, check_invariants=False)
 
 
-def project(basis, weights, geometry):
+def project(basis: torch.Tensor, weights: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
     """Slices (B x P x 2, (re, im)) of the basis weighted by `weights` (B x K+1) at `geometry`."""
     return _SparseSlice.apply(basis, weights, geometry)
 
@@ -138,16 +141,17 @@ class SliceFactors:
     rotations: torch.Tensor
     weights: torch.Tensor
     geometry: SliceGeometry
-    grad_slices: torch.Tensor = None
+    grad_slices: torch.Tensor | None = None
 
     def _capture(self, grad):
         self.grad_slices = grad
 
-    def basis_gradient(self, n_voxels):
+    def basis_gradient(self, n_voxels: int) -> torch.Tensor:
         return basis_gradient(self.geometry, self.grad_slices, self.weights, n_voxels)
 
 
-def project_with_factors(basis, weights, geometry, rotations):
+def project_with_factors(basis: torch.Tensor, weights: torch.Tensor, geometry: SliceGeometry,
+                         rotations: torch.Tensor) -> tuple[torch.Tensor, SliceFactors]:
     """Slices as project() gives them, but autograd leaves the basis alone: its gradient is built by the
     caller from the returned SliceFactors (whose grad_slices backward fills in), e.g. after all-gathering
     the factors of several ranks, which is much cheaper than reducing the gradient itself."""

@@ -15,6 +15,7 @@ Sources and how they map to it:
 """
 
 import numpy as np
+import numpy.typing as npt
 from scipy.spatial.transform import Rotation
 
 _RELION_FLIPPED_ENTRIES = ((0, 2), (2, 0), (1, 2), (2, 1))
@@ -30,7 +31,7 @@ def _rot_y_prime(t):
     return np.stack([np.stack([c, zero, -s], -1), np.stack([zero, one, zero], -1), np.stack([s, zero, c], -1)], -2)
 
 
-def matrices_from_relion_euler(rot_deg, tilt_deg, psi_deg):
+def matrices_from_relion_euler(rot_deg: npt.ArrayLike, tilt_deg: npt.ArrayLike, psi_deg: npt.ArrayLike) -> np.ndarray:
     """Pose matrices (N x 3 x 3, float64) from RELION's ZYZ Euler angles in degrees."""
     a, b, y = (np.radians(np.asarray(v, dtype=np.float64)) for v in (rot_deg, tilt_deg, psi_deg))
     matrices = np.swapaxes(_rot_z(a) @ _rot_y_prime(b) @ _rot_z(y), -1, -2).copy()
@@ -39,18 +40,18 @@ def matrices_from_relion_euler(rot_deg, tilt_deg, psi_deg):
     return matrices
 
 
-def matrices_from_cryosparc_pose(pose_axis_angle):
+def matrices_from_cryosparc_pose(pose_axis_angle: npt.ArrayLike) -> np.ndarray:
     """Pose matrices from cryoSPARC's alignments3D/pose axis-angle vectors (N x 3, radians)."""
     rotation = Rotation.from_rotvec(np.asarray(pose_axis_angle, dtype=np.float64)).as_matrix()
     return np.swapaxes(rotation, -1, -2).copy()
 
 
-def cryosparc_pose_from_matrices(matrices):
+def cryosparc_pose_from_matrices(matrices: npt.ArrayLike) -> np.ndarray:
     """The inverse of matrices_from_cryosparc_pose (used to write .cs files)."""
     return Rotation.from_matrix(np.swapaxes(np.asarray(matrices, dtype=np.float64), -1, -2)).as_rotvec()
 
 
-def random_relion_euler(n, rng):
+def random_relion_euler(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Euler angles (degrees) of n rotations drawn uniformly from SO(3)."""
     rot = rng.uniform(-180.0, 180.0, n)
     tilt = np.degrees(np.arccos(rng.uniform(-1.0, 1.0, n)))
