@@ -3,7 +3,9 @@
     python tools/bench_reader.py --n 20000 --box 64
 
 Writes synthetic stores directly (noise images: the worst case for compression), then times one epoch of
-ChunkShuffledParticles (batch 256, shuffled, in the calling process) with torch and Blosc on one thread.
+ChunkShuffledParticles (batch 256, shuffled, in the calling process) with torch and Blosc on one thread,
+with and without the check of every chunk against its recorded statistics (store.verify_chunk), epochs
+alternating, best of --repeats each; the check's cost is reported per image.
 """
 
 import argparse
@@ -16,7 +18,7 @@ import torch
 
 
 def make_store(path, n, box, dtype):
-    from hetrec_dist.data.store import create_store, default_chunk_images, normalization
+    from hetrec_dist.data.store import chunk_statistics, create_store, default_chunk_images, normalization
 
     chunk = default_chunk_images(box, dtype)
     group = create_store(path, n, box, dtype, chunk, {"box": box, "pixel_size_A": 1.0})
@@ -24,17 +26,22 @@ def make_store(path, n, box, dtype):
     for start in range(0, n, chunk):
         images = rng.normal(size=(min(chunk, n - start), box, box)).astype(dtype)
         group["images"][start:start + len(images)] = images
-        values = images.astype(np.float64)
-        group["chunk_stats"][start // chunk] = [values.size, values.sum(), np.square(values).sum()]
+        group["chunk_stats"][start // chunk] = chunk_statistics(images)
     group.attrs.update({"normalization": normalization(group["chunk_stats"][:]), "complete": True})
 
 
-def time_epoch(path, batch_size):
-    from hetrec_dist.data.reader import ChunkShuffledParticles
+def time_epoch(path, batch_size, verify=True):
+    from hetrec_dist.data import reader
 
-    dataset = ChunkShuffledParticles(path, batch_size=batch_size, seed=0)
-    started = time.perf_counter()
-    count = sum(len(batch["index"]) for batch in dataset)
+    checked = reader.verify_chunk
+    if not verify:
+        reader.verify_chunk = lambda stored, recorded: True
+    try:
+        dataset = reader.ChunkShuffledParticles(path, batch_size=batch_size, seed=0)
+        started = time.perf_counter()
+        count = sum(len(batch["index"]) for batch in dataset)
+    finally:
+        reader.verify_chunk = checked
     return count / (time.perf_counter() - started)
 
 
@@ -44,18 +51,25 @@ def main():
     parser.add_argument("--box", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workdir", default="/tmp/hetrec_bench")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     import numcodecs.blosc
     numcodecs.blosc.set_nthreads(1)
-    print(f"{'dtype':>8} {'images/s/core':>14} {'MB/s (float32)':>15}")
+    print(f"{'dtype':>8} {'images/s/core':>14} {'MB/s (float32)':>15} {'unchecked images/s':>19} "
+          f"{'check us/image':>15}")
     for dtype in ("float32", "float16"):
         path = os.path.join(args.workdir, f"reader_{dtype}_{args.n}_{args.box}.zarr")
         shutil.rmtree(path, ignore_errors=True)
         make_store(path, args.n, args.box, dtype)
         time_epoch(path, args.batch_size)  # warm the page cache
-        rate = time_epoch(path, args.batch_size)
-        print(f"{dtype:>8} {rate:>14.0f} {rate * args.box ** 2 * 4 / 1e6:>15.1f}")
+        rates = {True: [], False: []}
+        for _ in range(args.repeats):
+            for verify in (True, False):
+                rates[verify].append(time_epoch(path, args.batch_size, verify))
+        rate, unchecked = max(rates[True]), max(rates[False])
+        print(f"{dtype:>8} {rate:>14.0f} {rate * args.box ** 2 * 4 / 1e6:>15.1f} {unchecked:>19.0f} "
+              f"{1e6 * (1 / rate - 1 / unchecked):>15.1f}")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,14 @@ def _line(value):
 @click.command("inspect")
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def command(store, as_json):
+@click.option("--verify", is_flag=True,
+              help="Also read every images-chunk back and check it against what its conversion recorded.")
+def command(store, as_json, verify):
     """Summarise the particle STORE: size, box, pixel size, chunking, compression, ranges of poses, shifts
-    and defocus, optics groups, and whether its conversion finished."""
-    from hetrec_dist.data.summary import store_summary
+    and defocus, optics groups, and whether its conversion finished. With --verify, exit status 1 names
+    every damaged or missing chunk."""
+    from hetrec_dist.data.summary import damaged_chunks, store_summary
+    from hetrec_dist.errors import UserError
 
     summary = store_summary(store)
     if as_json:
@@ -30,3 +34,11 @@ def command(store, as_json):
     width = max(map(len, summary))
     for key, value in summary.items():
         click.echo(f"{key:<{width}}  {_line(value)}")
+    if verify:
+        checked, damaged = damaged_chunks(store, show_progress=not as_json)
+        if damaged:
+            listed = "; ".join(f"chunk {chunk} (particles {start} to {stop - 1}): {what}"
+                               for chunk, start, stop, what in damaged)
+            raise UserError(f"{store}: {len(damaged)} of {checked} chunks are damaged or missing: {listed}; "
+                            "convert the store again with --overwrite")
+        click.echo(f"verified {checked} chunks: each holds what was written", err=True)

@@ -241,8 +241,7 @@ def convert_chunk(store_path, task, box, dtype, invert_contrast):
                         f"{dtype} (at most {np.finfo(dtype).max:.4g}); convert with --dtype float32 --overwrite")
     group = zarr.open_group(store_path, mode="r+")
     group["images"][task.start:task.start + len(stored)] = stored
-    values = stored.astype(np.float64)
-    group["chunk_stats"][task.chunk] = [values.size, values.sum(), np.square(values).sum()]
+    group["chunk_stats"][task.chunk] = particle_store.chunk_statistics(stored)
     return len(stored)
 
 

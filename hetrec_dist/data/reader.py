@@ -12,28 +12,56 @@ opens the store itself (zarr's I/O thread does not survive fork).
 import numpy as np
 import torch
 
-from hetrec_dist.data.store import n_chunks, open_store
+from hetrec_dist.data.store import n_chunks, open_store, verify_chunk
+from hetrec_dist.errors import UserError
 
 BATCH_FIELDS = ("rotations", "shifts", "ctf", "optics_group")
 
 
 class ParticleStore:
-    """A complete particle store, read by range. Images come back as float32."""
+    """A complete particle store, read by range. Images come back as float32. Every images-chunk read is
+    checked against the statistics its conversion recorded (store.verify_chunk): a damaged or missing chunk
+    is a UserError naming the chunk and its particles, never data."""
 
-    def __init__(self, path):
+    def __init__(self, path, require_complete=True):
         self.path = path
-        self.group = open_store(path)
+        self.group = open_store(path, require_complete=require_complete)
         self.attrs = self.group.attrs.asdict()
         self.images = self.group["images"]
         self.n_particles, self.box = self.images.shape[0], self.images.shape[-1]
         self.pixel_size_A = self.attrs["pixel_size_A"]
         self.chunk_images = self.images.chunks[0]
         self.n_chunks = n_chunks(self.n_particles, self.chunk_images)
+        self.chunk_stats = self.group["chunk_stats"][:]
+
+    def chunk_range(self, chunk):
+        """(first particle, last particle + 1) of an images-chunk."""
+        start = chunk * self.chunk_images
+        return start, min(start + self.chunk_images, self.n_particles)
+
+    def verified_chunk(self, chunk):
+        """The stored values of an images-chunk (its dtype), checked; a UserError if it is damaged or missing."""
+        start, stop = self.chunk_range(chunk)
+        where = f"{self.path}: images chunk {chunk} (particles {start} to {stop - 1})"
+        remedy = ("the store is damaged: convert it again with --overwrite (`hetrec inspect --verify` lists every "
+                  "damaged chunk)")
+        try:
+            stored = self.images[start:stop]
+        except Exception as err:  # zarr and the codecs raise many types for a damaged chunk
+            raise UserError(f"{where} cannot be read ({type(err).__name__}); {remedy}") from None
+        if not verify_chunk(stored, self.chunk_stats[chunk]):
+            raise UserError(f"{where} does not hold what was written (its file is damaged or missing); {remedy}")
+        return stored
 
     def read(self, start, stop):
-        """Particles start..stop-1 as numpy arrays: index, images and the BATCH_FIELDS."""
+        """Particles start..stop-1 as numpy arrays: index, images and the BATCH_FIELDS. Whole chunks are read
+        and checked."""
+        first, last = start // self.chunk_images, (stop - 1) // self.chunk_images
+        chunks = [self.verified_chunk(chunk) for chunk in range(first, last + 1)]
+        offset = start - first * self.chunk_images
+        images = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         batch = {"index": np.arange(start, stop, dtype=np.int64),
-                 "images": np.asarray(self.images[start:stop], dtype=np.float32)}
+                 "images": np.asarray(images[offset:offset + stop - start], dtype=np.float32)}
         for name in BATCH_FIELDS:
             batch[name] = self.group[name][start:stop]
         return batch

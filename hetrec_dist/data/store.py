@@ -111,6 +111,29 @@ def written_chunks(group):
     return done
 
 
+def chunk_statistics(stored):
+    """(count, sum, sum of squares) of one images-chunk's stored values, in float64: what chunk_stats records
+    when the chunk is written, and what every later read of it is checked against (verify_chunk)."""
+    values = np.asarray(stored, dtype=np.float64)
+    return np.array([values.size, values.sum(), np.square(values).sum()])
+
+
+# Sums of the same values on another machine may differ in their last bits (the order of a SIMD reduction);
+# a damaged chunk differs by far more.
+CHUNK_CHECK_RTOL = 1e-9
+
+
+def verify_chunk(stored, recorded):
+    """Whether a chunk read back holds what was written: its chunk_statistics equal the recorded row, to
+    within rounding (CHUNK_CHECK_RTOL of the sum's scale sqrt(count x sum of squares), and of the sum of
+    squares)."""
+    count, total, total_sq = chunk_statistics(stored)
+    expected_count, expected_total, expected_sq = recorded
+    scale = np.sqrt(max(count * expected_sq, 0.0))
+    return (count == expected_count and abs(total - expected_total) <= CHUNK_CHECK_RTOL * scale
+            and abs(total_sq - expected_sq) <= CHUNK_CHECK_RTOL * expected_sq)
+
+
 def normalization(chunk_stats):
     """Mean and standard deviation of all pixels, from per-chunk (count, sum, sum of squares)."""
     count, total, total_sq = chunk_stats.sum(axis=0)

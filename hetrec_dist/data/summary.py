@@ -3,8 +3,10 @@
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from hetrec_dist.data.store import open_store, written_chunks
+from hetrec_dist.errors import UserError
 
 
 def _stored_bytes(path):
@@ -55,3 +57,19 @@ def store_summary(path):
         "normalization": attrs.get("normalization"),
         "sources": [s["path"] for s in attrs["sources"]["metadata"]],
     }
+
+
+def damaged_chunks(path, show_progress=True):
+    """Every written images-chunk of a store read back and checked (reader.ParticleStore.verified_chunk):
+    (number of chunks checked, [(chunk, first particle, last particle + 1, what is wrong)])."""
+    from hetrec_dist.data.reader import ParticleStore  # torch, which a plain inspect does not need
+
+    store = ParticleStore(path, require_complete=False)
+    written = np.flatnonzero(written_chunks(store.group))
+    damaged = []
+    for chunk in tqdm(written, unit="chunk", desc="verify", disable=not show_progress, dynamic_ncols=True):
+        try:
+            store.verified_chunk(chunk)
+        except UserError as err:
+            damaged.append((int(chunk), *store.chunk_range(chunk), str(err).split(": ", 2)[-1].split(";")[0]))
+    return len(written), damaged

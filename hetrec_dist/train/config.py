@@ -1,6 +1,7 @@
 """Training configuration: defaults, YAML presets (configs/*.yaml) and command-line overrides."""
 
 import dataclasses
+import math
 import typing
 
 import yaml
@@ -44,23 +45,47 @@ class TrainConfig:
     shared_memory_sums: bool = True  # CPU ranks of one machine sum through its shared memory (else gloo)
 
     def __post_init__(self):
-        if self.mask_diameter_A is not None and not self.mask_diameter_A > 0:
-            raise UserError(f"setting mask_diameter_A: {self.mask_diameter_A!r} is not a positive diameter in Angstrom")
-        if self.mask_every < 1:
-            raise UserError(f"setting mask_every: {self.mask_every!r} is not a positive number of steps")
-        if self.mask not in MASKS:
-            raise UserError(f"setting mask: {self.mask!r} is not one of {', '.join(MASKS)}")
-        if not 0 < self.mask_threshold < 1:
-            raise UserError(f"setting mask_threshold: {self.mask_threshold!r} is not a fraction between 0 and 1")
-        if self.mask_warmup_epochs < 0:
-            raise UserError(f"setting mask_warmup_epochs: {self.mask_warmup_epochs!r} is not a number of epochs")
-        if self.basis_reduction not in REDUCTIONS:
-            raise UserError(f"setting basis_reduction: {self.basis_reduction!r} is not one of {', '.join(REDUCTIONS)}")
+        """Every setting checked, whether it came from the command line, a YAML file or a run's config.yaml."""
+        for name, (valid, what) in _VALID.items():
+            value = getattr(self, name)
+            if value is not None and not valid(value):
+                raise UserError(f"setting {name}: {value!r} is not {what}")
 
     def model_shape(self, box):
         return ModelShape(box=box, zdim=self.zdim, n_basis=self.n_basis, encoder_hidden=self.encoder_hidden,
                           encoder_blocks=self.encoder_blocks, encoder_radius=self.encoder_radius,
                           max_radius=self.max_radius)
+
+
+def _positive(value):
+    return math.isfinite(value) and value > 0
+
+
+_VALID = {  # setting: (test of a valid value, what a valid value is); None passes where a setting may be unset
+    "epochs": (lambda v: v >= 1, "a number of epochs of at least 1"),
+    "batch_size": (lambda v: v >= 1, "a number of images of at least 1"),
+    "zdim": (lambda v: v >= 1, "a latent dimension of at least 1"),
+    "n_basis": (lambda v: v >= 1, "a number of basis volumes of at least 1"),
+    "encoder_hidden": (lambda v: v >= 1, "a layer width of at least 1"),
+    "encoder_blocks": (lambda v: v >= 1, "a number of blocks of at least 1"),
+    "encoder_radius": (lambda v: 0 < v <= 0.5, "a fraction of the box in (0, 0.5]"),
+    "max_radius": (lambda v: 0 < v <= 0.5, "a fraction of the box in (0, 0.5]"),
+    "lr": (_positive, "a positive learning rate"),
+    "lr_basis": (_positive, "a positive learning rate"),
+    "beta": (lambda v: math.isfinite(v) and v >= 0, "a KL weight of 0 or more"),
+    "mask_diameter_A": (_positive, "a positive diameter in Angstrom"),
+    "mask_every": (lambda v: v >= 1, "a positive number of steps"),
+    "mask": (lambda v: v in MASKS, f"one of {', '.join(MASKS)}"),
+    "mask_threshold": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+    "mask_warmup_epochs": (lambda v: v >= 0, "a number of epochs"),
+    "seed": (lambda v: v >= 0, "a seed of 0 or more"),
+    "checkpoint_every": (lambda v: v >= 1, "a number of epochs of at least 1"),
+    "log_every": (lambda v: v >= 1, "a number of steps of at least 1"),
+    "num_workers": (lambda v: v >= 0, "a number of worker processes"),
+    "eval_every": (lambda v: v >= 0, "a number of epochs (0: at the end only)"),
+    "basis_reduction": (lambda v: v in REDUCTIONS, f"one of {', '.join(REDUCTIONS)}"),
+    "collective_timeout_s": (lambda v: v >= 1, "a timeout of at least 1 s"),
+}
 
 
 def _check_keys(values, source):
