@@ -117,7 +117,7 @@ def test_an_existing_output_needs_overwrite(sim_dir, tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "precious.txt").write_text("keep me")
     result = run_cli("convert", star, "-o", tmp_path / "folder", "--overwrite", expect_ok=False)
-    assert_one_line_error(result, "not a Zarr store")
+    assert_one_line_error(result, "not a particle store")
     assert (tmp_path / "folder" / "precious.txt").exists()
 
 

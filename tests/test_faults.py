@@ -3,11 +3,17 @@ Each fault is injected here: bytes overwritten, files removed, values a config s
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
+
+from hetrec_dist.data.store import open_store
+from hetrec_dist.train.checkpoint import load_checkpoint
 
 TINY = ["--batch-size", 64, "--zdim", 2, "--n-basis", 3, "--device", "cpu", "-q"]
 
@@ -69,3 +75,49 @@ def test_values_from_a_yaml_config_are_checked_like_options(sim_store, tmp_path,
                      expect_ok=False)
     assert_one_line_error(result, f"setting {setting}:", what)
     assert not (tmp_path / "run").exists()
+
+
+def hetrec_process(*args):
+    return subprocess.Popen([sys.executable, "-m", "hetrec_dist.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, process, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), process.communicate() if process.poll() is not None else f"no {path} in {timeout_s} s"
+
+
+def test_a_live_run_is_never_replaced_or_resumed_and_a_dead_ones_lock_is_taken_over(sim_store, tmp_path):
+    run = tmp_path / "run"
+    live = hetrec_process("train", sim_store, "-o", run, "--epochs", 1000, *TINY[:-1])
+    try:
+        wait_for(run / "checkpoints" / "last.pt", live)
+        for extra in (("--overwrite",), ("--resume",), ()):
+            result = run_cli("train", sim_store, "-o", run, *extra, *TINY, expect_ok=False)
+            if extra:
+                assert_one_line_error(result, str(run), f"in use by process {live.pid} on", "training run")
+            else:
+                assert_one_line_error(result, "already exists", "--resume")
+        assert live.poll() is None and (run / "config.yaml").exists()
+    finally:
+        live.kill()
+        live.wait()
+    epoch = load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]
+    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", epoch + 1, "-q")  # the kernel freed its lock
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == epoch + 1
+
+
+def test_a_store_being_converted_is_not_overwritten(tmp_path):
+    run_cli("simulate", "-o", tmp_path / "sim", "--n", 3000, "--box", 32, "-q")
+    star, store = tmp_path / "sim" / "particles.star", tmp_path / "p.zarr"
+    live = hetrec_process("convert", star, "-o", store, "--chunk-images", 4, "-q")
+    try:
+        wait_for(store / "zarr.json", live)
+        result = run_cli("convert", star, "-o", store, "--overwrite", "-q", expect_ok=False)
+        assert_one_line_error(result, "p.zarr", f"in use by process {live.pid}", "particle store")
+        assert live.wait(timeout=120) == 0, live.communicate()
+    finally:
+        live.kill()
+    assert open_store(str(store)).attrs["complete"] and not (store / ".hetrec.lock").exists()

@@ -22,6 +22,7 @@ from hetrec_dist import __version__
 from hetrec_dist.data import store as particle_store
 from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
+from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
 from hetrec_dist.data.particles import InputOptions, check_stacks, open_stack
 from hetrec_dist.data.relion import read_relion_star
 from hetrec_dist.errors import InputWarning, UserError, warn_input
@@ -166,15 +167,19 @@ def _what_changed(existing, attrs):
 
 
 def prepare_store(out, table, options, command):
-    """Create the store, or reopen an unfinished one made by the same command. Returns its attrs."""
+    """Lock the store for this conversion and create it, empty it for --overwrite, or reopen an unfinished
+    one made by the same command. Returns (its attrs, the FolderLock to hold until the store is finished);
+    a store another conversion is writing is never touched."""
     box = _output_box(table, options)
     chunk_images = min(options.chunk_images or particle_store.default_chunk_images(box, options.dtype), len(table))
     attrs = store_attrs(table, options, box, chunk_images, command)
+    if entries_but_the_lock(out) and not particle_store.is_store(out):
+        raise UserError(f"{out} exists and is not a particle store; choose another output"
+                        + ("" if options.overwrite else " or use --overwrite"))
+    lock = FolderLock(out, "particle store").acquire()
     if options.overwrite:
-        particle_store.remove_store(out)
-    elif os.path.exists(out):
-        if not particle_store.is_store(out):
-            raise UserError(f"{out} exists and is not a particle store; choose another output or use --overwrite")
+        empty_folder_but_its_lock(out)
+    elif particle_store.is_store(out):
         existing = particle_store.open_store(out, mode="r", require_complete=False).attrs.asdict()
         if existing.get("complete"):
             raise UserError(f"{out} already exists; use --overwrite to replace it")
@@ -182,13 +187,13 @@ def prepare_store(out, table, options, command):
         if changes:
             raise UserError(f"{out} holds an unfinished conversion that this command cannot resume: "
                             f"{'; '.join(changes)}; use --overwrite to start again")
-        return existing
+        return existing, lock
     try:
         group = particle_store.create_store(out, len(table), box, options.dtype, chunk_images, attrs)
     except OSError as err:
         raise UserError(f"{out}: cannot create the store ({err.strerror or err})") from None
     _write_metadata(group, table, box, attrs["pixel_size_A"])
-    return attrs
+    return attrs, lock
 
 
 @dataclasses.dataclass
@@ -282,7 +287,8 @@ def convert(input_path, out, options, world, command="hetrec convert", show_prog
     """Convert INPUT to the store OUT (see module doc). world: the processes converting together (one, or
     the ranks of mpiexec, each calling this; distributed.mpi_world)."""
     table = world.run_everywhere(lambda: _read_warning_once(world, input_path, options))
-    attrs = world.run_on_root(lambda: prepare_store(out, table, options, command))
+    held = []  # rank 0's lock on the store, until it is finished
+    attrs = world.run_on_root(lambda: held.append(prepare_store(out, table, options, command)) or held[0][0])
     done = particle_store.written_chunks(zarr.open_group(out, mode="r"))
     chunk_sizes = np.diff(np.minimum(np.arange(len(done) + 1) * attrs["chunk_images"], len(table)))
     pending = np.flatnonzero(~done)[world.rank::world.size]
@@ -296,5 +302,7 @@ def convert(input_path, out, options, world, command="hetrec convert", show_prog
               disable=not show_progress or world.rank != 0, dynamic_ncols=True) as progress:
         world.run_everywhere(lambda: _run_tasks(out, tasks, attrs, options.workers, progress))
     world.run_on_root(lambda: _finalize(out))
+    if held:
+        held[0][1].release(remove=True)
     elapsed = time.perf_counter() - started
     return {"n_particles": len(table), "seconds": elapsed, "resumed_from": already}

@@ -13,7 +13,6 @@ Arrays (N particles, box D):
 """
 
 import os
-import shutil
 
 import numpy as np
 import zarr
@@ -49,18 +48,10 @@ def is_store(path):
     return os.path.isfile(os.path.join(path, "zarr.json"))
 
 
-def remove_store(path):
-    """Delete an existing store for --overwrite; refuse to delete anything that is not one."""
-    if not os.path.exists(path):
-        return
-    if not is_store(path):
-        raise UserError(f"{path} exists and is not a Zarr store; refusing to overwrite it")
-    shutil.rmtree(path)
-
-
 def create_store(path, n_images, box, dtype, chunk_images, attrs):
-    """An empty, incomplete store with every array allocated; attrs["complete"] is False."""
-    group = zarr.open_group(path, mode="w")
+    """An empty, incomplete store with every array allocated; attrs["complete"] is False. `path` holds
+    nothing but, perhaps, the writer's lock file (data.folder_lock)."""
+    group = zarr.open_group(path, mode="a")
     compressor = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
     group.create_array("images", shape=(n_images, box, box), chunks=(chunk_images, box, box), dtype=dtype,
                        compressors=compressor, fill_value=0)

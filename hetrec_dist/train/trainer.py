@@ -14,13 +14,13 @@ uninterrupted one; checkpoints do not depend on the number of ranks.
 import dataclasses
 import logging
 import os
-import shutil
 import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.data_parallel import DataParallel
@@ -44,17 +44,20 @@ def check_box(box):
 
 
 def prepare_run_dir(run_dir, resume, overwrite):
-    if resume:
-        if last_checkpoint(run_dir) is None:
-            raise UserError(f"{run_dir}: nothing to resume (no checkpoint in {run_dir}/checkpoints)")
-        return
-    if os.path.exists(run_dir) and os.listdir(run_dir):
+    """Lock RUN for this run (the FolderLock returned: hold it while the run writes) and make it ready: a new
+    folder, a run to resume, or one to replace. A run another process is writing is never touched."""
+    entries = entries_but_the_lock(run_dir)
+    if resume and last_checkpoint(run_dir) is None:
+        raise UserError(f"{run_dir}: nothing to resume (no checkpoint in {run_dir}/checkpoints)")
+    if entries and not resume:
         if not overwrite:
             raise UserError(f"{run_dir} already exists; use --resume to continue it or --overwrite to replace it")
-        if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        if "config.yaml" not in entries:
             raise UserError(f"{run_dir} is not a training run; refusing to overwrite it")
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
+    lock = FolderLock(run_dir, "training run").acquire()
+    if entries and overwrite:
+        empty_folder_but_its_lock(run_dir)
+    return lock
 
 
 class Trainer:
@@ -70,7 +73,8 @@ class Trainer:
         self.show_progress = show_progress and self.world.is_root
         return_freed_memory_to_os()
         store, self.device = self.world.run_everywhere(lambda: self._open_inputs(store_path))
-        self.world.run_on_root(lambda: prepare_run_dir(run_dir, resume, overwrite))
+        self.run_lock = None  # rank 0's lock on the run folder, held as long as this Trainer lives
+        self.world.run_on_root(lambda: setattr(self, "run_lock", prepare_run_dir(run_dir, resume, overwrite)))
         torch.manual_seed(config.seed)
         shape = config.model_shape(store.box)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
