@@ -1,6 +1,7 @@
 """The faults real machines produce: nothing lost, nothing silently wrong, nothing hung (docs/faults.md).
 Each fault is injected here: bytes overwritten, files removed, values a config should not hold."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -121,3 +122,41 @@ def test_a_store_being_converted_is_not_overwritten(tmp_path):
     finally:
         live.kill()
     assert open_store(str(store)).attrs["complete"] and not (store / ".hetrec.lock").exists()
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(sim_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("faults") / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 2, *TINY)
+    return run
+
+
+def test_latents_of_another_checkpoint_are_refused(two_epoch_run, sim_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    record = json.loads((run / "z.json").read_text())
+    assert record == {"epoch": 2, "step": load_checkpoint(run / "checkpoints" / "last.pt")["step"],
+                      "n_particles": 300}
+    (run / "z.json").write_text(json.dumps({**record, "epoch": 1, "step": 3}))  # a resume killed after its checkpoint
+    gt = os.path.join(sim_dir, "ground_truth")
+    for command in (["analyze", run, "--k", 2], ["eval", run, "--gt", gt]):
+        assert_one_line_error(run_cli(*command, expect_ok=False), "z.npy holds the latents of epoch 1",
+                              "model is that of epoch 2", "hetrec embed")
+    run_cli("embed", run)
+    assert json.loads((run / "z.json").read_text())["epoch"] == 2
+    run_cli("eval", run, "--gt", gt)
+
+
+def test_ground_truth_of_other_particles_is_refused(two_epoch_run, tmp_path):
+    run_cli("simulate", "-o", tmp_path / "other", "--n", 300, "--box", 32, "--seed", 9, "-q")
+    before = sorted(os.listdir(two_epoch_run))
+    result = run_cli("eval", two_epoch_run, "--gt", tmp_path / "other" / "ground_truth", expect_ok=False)
+    assert_one_line_error(result, "ground truth of other particles")
+    assert sorted(os.listdir(two_epoch_run)) == before  # no eval.json overwritten
+
+
+def test_maps_of_nan_latents_are_refused(two_epoch_run, tmp_path):
+    (tmp_path / "z.txt").write_text("0.1 0.2\nnan 0.0\n")
+    result = run_cli("volume", two_epoch_run, "--z", tmp_path / "z.txt", "-o", tmp_path / "maps", expect_ok=False)
+    assert_one_line_error(result, "z.txt", "row 2", "finite")
+    assert not (tmp_path / "maps").exists()

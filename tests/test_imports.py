@@ -12,7 +12,7 @@ SHARED = {"errors", "__init__"}  # hetrec_dist.errors and the version: every pac
 MAY_IMPORT = {  # sub-package: the other sub-packages its modules may import
     "physics": set(),
     "model": {"physics"},
-    "simulate": {"physics"},
+    "simulate": {"physics", "data"},
     "data": {"physics"},
     "distributed": {"physics"},
     "train": {"model", "physics", "data", "distributed"},

@@ -9,16 +9,40 @@ import torch
 from scipy.stats import spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
+from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.errors import UserError
 
 
-def read_ground_truth(directory):
+def _ground_truth_record(directory):
     path = os.path.join(directory, "ground_truth.json")
     if not os.path.isfile(path):
         raise UserError(f"{directory}: no ground_truth.json (a `hetrec simulate` output's ground_truth/ folder)")
     with open(path) as f:
-        truth = json.load(f)
+        return json.load(f)
+
+
+def check_ground_truth_belongs(directory, store_attrs):
+    """A UserError where the ground truth in `directory` was simulated with other particles than the store's:
+    the SHA-256 of its particles.star (recorded by `hetrec simulate`, or of the file beside it) must be that of
+    a file the store was converted from. An old ground truth whose particles.star is gone is not checked."""
+    truth = _ground_truth_record(directory)
+    expected = truth.get("particles_star_sha256")
+    star = os.path.join(directory, truth.get("particles_star", "../particles.star"))
+    if expected is None and os.path.isfile(star):
+        expected = sha256_file(star)
+    converted_from = {source["sha256"] for source in store_attrs["sources"]["metadata"]}
+    if expected is not None and expected not in converted_from:
+        raise UserError(f"{directory}: the ground truth of other particles (its particles.star is not a file the "
+                        "run's store was converted from); give the ground_truth/ of the simulation you trained on")
+
+
+def read_ground_truth(directory, store_attrs=None):
+    """(true coordinate of each particle, [(coordinate, map)]) of a `hetrec simulate` output; checked against
+    the store when its attributes are given (check_ground_truth_belongs)."""
+    if store_attrs is not None:
+        check_ground_truth_belongs(directory, store_attrs)
+    truth = _ground_truth_record(directory)
     coordinates = np.load(os.path.join(directory, truth["coordinates_file"]))
     maps = [(m["coordinate"], mrcfile.read(os.path.join(directory, m["file"]))) for m in truth["maps"]]
     return coordinates, maps

@@ -1,12 +1,12 @@
 """Particle subsets back in the input's own format: RELION STAR, cryoSPARC .cs, or cryoDRGN index .pkl."""
 
-import hashlib
 import os
 import pickle
 
 import numpy as np
 import starfile
 
+from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.cryosparc import read_cs_records
 from hetrec_dist.data.relion import read_star_blocks
 from hetrec_dist.errors import UserError
@@ -26,9 +26,8 @@ def _source_metadata(store_attrs):
         path = source["path"]
         if not os.path.isfile(path):
             raise UserError(f"{path}: the file the store was converted from is gone; cannot write a subset of it")
-        with open(path, "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != source["sha256"]:
-                raise UserError(f"{path}: changed since the store was made; cannot match its rows to particles")
+        if sha256_file(path) != source["sha256"]:
+            raise UserError(f"{path}: changed since the store was made; cannot match its rows to particles")
         paths.append(path)
     return paths
 

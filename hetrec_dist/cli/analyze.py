@@ -17,10 +17,11 @@ def command(run, k, gt_dir, checkpoint, device, seed):
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.analysis.ground_truth import read_ground_truth
-    from hetrec_dist.cli.run_files import run_latents, run_model
+    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_store_attrs
 
-    model = run_model(run, checkpoint, device)
-    z = run_latents(run)
-    coordinates = read_ground_truth(gt_dir)[0] if gt_dir else None
+    state = run_checkpoint(run, checkpoint)
+    model = run_model(run, checkpoint, device, state)
+    z = run_latents(run, state)
+    coordinates = read_ground_truth(gt_dir, run_store_attrs(run))[0] if gt_dir else None
     out_dir, summary = analyze_run(run, model, z, k, coordinates, seed)
     click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}", err=True)

@@ -18,14 +18,14 @@ def command(run, gt_dir, checkpoint, device):
     coordinate, and the held-out R^2 of the coordinate predicted linearly from z. Writes RUN/eval.json,
     the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch.
     `hetrec train --gt DIR --eval-every N` does the same during training."""
-    from hetrec_dist.analysis.ground_truth import evaluate_run
-    from hetrec_dist.cli.run_files import run_checkpoint, run_latents
-    from hetrec_dist.train.inference import load_model, resolve_device
+    from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs, evaluate_run
+    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_store_attrs
     from hetrec_dist.train.metrics import TensorBoardLogger
 
+    check_ground_truth_belongs(gt_dir, run_store_attrs(run))
     state = run_checkpoint(run, checkpoint)
-    model = load_model(state, resolve_device(device))
-    z = run_latents(run)
+    model = run_model(run, checkpoint, device, state)
+    z = run_latents(run, state)
     metrics = TensorBoardLogger(os.path.join(run, "tb"))
     result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"])
     metrics.close()

@@ -14,23 +14,22 @@ def run_checkpoint(run, checkpoint=None):
     return load_checkpoint(path)
 
 
-def run_model(run, checkpoint, device):
-    """The model of a run's checkpoint, in eval mode on `device`."""
+def run_model(run, checkpoint, device, state=None):
+    """The model of a run's checkpoint (or of `state`, a checkpoint already loaded), in eval mode on `device`."""
     from hetrec_dist.train.inference import load_model, resolve_device
 
-    return load_model(run_checkpoint(run, checkpoint), resolve_device(device))
+    return load_model(state or run_checkpoint(run, checkpoint), resolve_device(device))
 
 
-def run_latents(run):
-    """RUN/z.npy."""
-    import numpy as np
-
+def run_latents(run, state):
+    """RUN/z.npy, refused where it holds the latents of another checkpoint than `state`."""
     from hetrec_dist.errors import UserError
+    from hetrec_dist.train.inference import read_run_latents
 
     path = os.path.join(run, "z.npy")
     if not os.path.isfile(path):
         raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
-    return np.load(path)
+    return read_run_latents(path, state)
 
 
 def run_store_path(run):
@@ -44,3 +43,10 @@ def run_store_path(run):
             return yaml.safe_load(f)["store"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         raise UserError(f"{run}: no readable config.yaml naming its store; is it a `hetrec train` run?") from None
+
+
+def run_store_attrs(run):
+    """The attributes of the store a run was trained on (its sources and their checksums among them)."""
+    from hetrec_dist.data.store import open_store
+
+    return open_store(run_store_path(run)).attrs.asdict()

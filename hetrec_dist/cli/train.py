@@ -70,6 +70,11 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     if resume and os.path.isfile(saved):
         preset = preset or saved
     config = build_config(preset, overrides)
+    if config.gt:
+        from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs
+        from hetrec_dist.data.store import open_store
+
+        check_ground_truth_belongs(config.gt, open_store(store).attrs.asdict())
     world = init_training_world(config.collective_timeout_s, config.shared_memory_sums)
     try:
         trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,

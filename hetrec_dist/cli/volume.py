@@ -20,6 +20,9 @@ def read_latents(path, zdim):
     z = np.atleast_2d(np.asarray(z, dtype=np.float32))
     if z.ndim != 2 or z.shape[1] != zdim:
         raise UserError(f"{path}: latents of shape {z.shape}, but the model's latent dimension is {zdim}")
+    bad = np.flatnonzero(~np.isfinite(z).all(axis=1))
+    if bad.size:
+        raise UserError(f"{path}: row {bad[0] + 1} is {z[bad[0]].tolist()}; every latent must be finite")
     return z
 
 
@@ -52,10 +55,11 @@ def volume_command(run, z_path, out, checkpoint, device, prefix):
 @click.option("--device", default="auto", show_default=True)
 def embed_command(run, store, checkpoint, out, device):
     """Recompute the latent mean of every particle (store order) from a checkpoint."""
-    from hetrec_dist.train.inference import embed, save_latents
+    from hetrec_dist.cli.run_files import run_checkpoint
+    from hetrec_dist.train.inference import embed, load_model, resolve_device, save_latents
 
-    model = run_model(run, checkpoint, device)
-    z = embed(model, store or run_store_path(run))
+    state = run_checkpoint(run, checkpoint)
+    z = embed(load_model(state, resolve_device(device)), store or run_store_path(run))
     out = out or os.path.join(run, "z.npy")
-    save_latents(out, z)
+    save_latents(out, z, state)
     click.echo(f"wrote latents of {len(z)} particles to {out}", err=True)

@@ -8,7 +8,6 @@ store is marked complete only after every chunk is written and the normalisation
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import multiprocessing
 import os
 import time
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from hetrec_dist import __version__
 from hetrec_dist.data import store as particle_store
+from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
@@ -75,14 +75,6 @@ def read_particle_table(input_path, options):
     return table
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2 ** 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _output_box(table, options):
     box = options.box or table.box
     if box > table.box:
@@ -124,7 +116,7 @@ def store_attrs(table, options, box, chunk_images, command):
             "ctf": "RELION's definition, see hetrec_dist.physics.ctf",
         },
         "sources": {
-            "metadata": [{"path": p, "sha256": _sha256(p)} for p in table.metadata_files],
+            "metadata": [{"path": p, "sha256": sha256_file(p)} for p in table.metadata_files],
             "stacks": [{"path": p, "bytes": os.path.getsize(p)} for p in table.stack_paths],
         },
         "command": command,

@@ -14,6 +14,7 @@ import pandas as pd
 import starfile
 from tqdm import tqdm
 
+from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.errors import UserError
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
 from hetrec_dist.simulate.render import apply_ctf, project_atoms, render_map
@@ -60,7 +61,7 @@ def _star_tables(particles, ctf, stack_names, pixel_size_A, box):
     return {"optics": optics, "particles": table}
 
 
-def _write_ground_truth(directory, model, coordinates, n_maps, box, pixel_size_A):
+def _write_ground_truth(directory, model, coordinates, n_maps, box, pixel_size_A, particles_sha256):
     os.makedirs(directory)
     np.save(os.path.join(directory, "coordinates.npy"), coordinates)
     map_coordinates = np.linspace(0.0, 1.0, n_maps)
@@ -74,7 +75,8 @@ def _write_ground_truth(directory, model, coordinates, n_maps, box, pixel_size_A
         files.append({"file": name, "coordinate": float(c)})
     with open(os.path.join(directory, "ground_truth.json"), "w") as f:
         json.dump({"maps": files, "coordinates_file": "coordinates.npy", "box": box,
-                   "pixel_size_A": pixel_size_A, "particles_star": "../particles.star"}, f, indent=2)
+                   "pixel_size_A": pixel_size_A, "particles_star": "../particles.star",
+                   "particles_star_sha256": particles_sha256}, f, indent=2)
 
 
 def simulate_dataset(out, model, n, box, pixel_size_A=None, snr=0.1, seed=0, images_per_stack=10000,
@@ -113,7 +115,7 @@ def simulate_dataset(out, model, n, box, pixel_size_A=None, snr=0.1, seed=0, ima
     starfile.write(_star_tables(particles, ctf, stack_names, pixel_size_A, box),
                    os.path.join(partial, "particles.star"))
     _write_ground_truth(os.path.join(partial, "ground_truth"), model, particles["coordinate"].to_numpy(),
-                        n_maps, box, pixel_size_A)
+                        n_maps, box, pixel_size_A, sha256_file(os.path.join(partial, "particles.star")))
     if os.path.exists(out):
         shutil.rmtree(out)
     os.rename(partial, out)

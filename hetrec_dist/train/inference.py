@@ -1,5 +1,6 @@
 """A trained model applied: the device to run on, the model of a checkpoint, and the latents of a store."""
 
+import json
 import os
 
 import numpy as np
@@ -32,10 +33,37 @@ def load_model(checkpoint, device="cpu"):
     return model.to(device).eval()
 
 
-def save_latents(path, z):
-    """Write z to path (.npy) through a temporary file, so a reader never sees half of it."""
+def latents_record_path(path):
+    """Where the record of what made a latents file lives: z.npy -> z.json."""
+    return os.path.splitext(path)[0] + ".json"
+
+
+def save_latents(path, z, checkpoint):
+    """Write z to path (.npy), and beside it (latents_record_path) the epoch and step of the checkpoint
+    (load_checkpoint's dict) whose model embedded them, each through a temporary file, so that a reader
+    never sees half of either, and later commands can tell latents of another checkpoint (read_run_latents)."""
+    record = {"epoch": int(checkpoint["epoch"]), "step": int(checkpoint["step"]), "n_particles": len(z)}
     np.save(path + ".tmp.npy", z)
+    with open(latents_record_path(path) + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(latents_record_path(path) + ".tmp", latents_record_path(path))
     os.replace(path + ".tmp.npy", path)
+
+
+def read_run_latents(path, checkpoint):
+    """The latents saved at `path` by save_latents, refused (UserError) where they came from another
+    checkpoint than `checkpoint`. Latents without a record (written before records existed) are taken as
+    they are."""
+    z = np.load(path)
+    record_path = latents_record_path(path)
+    if os.path.isfile(record_path):
+        with open(record_path) as f:
+            record = json.load(f)
+        if (record["epoch"], record["step"]) != (checkpoint["epoch"], checkpoint["step"]):
+            raise UserError(f"{path} holds the latents of epoch {record['epoch']} (step {record['step']}), but the "
+                            f"model is that of epoch {checkpoint['epoch']} (step {checkpoint['step']}); run "
+                            "`hetrec embed` on the run to compute them again")
+    return z
 
 
 @torch.no_grad()

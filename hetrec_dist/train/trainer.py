@@ -265,7 +265,7 @@ class Trainer:
     def write_latents(self):
         z = self.gather_latents()
         if self.world.is_root:
-            save_latents(os.path.join(self.run_dir, "z.npy"), z)
+            save_latents(os.path.join(self.run_dir, "z.npy"), z, {"epoch": self.epoch, "step": self.step})
             self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
         return z
 
