@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_bounded, run_cli
 
 from hetrec_dist.data.store import open_store
 from hetrec_dist.train.checkpoint import load_checkpoint
@@ -160,3 +160,45 @@ def test_maps_of_nan_latents_are_refused(two_epoch_run, tmp_path):
     result = run_cli("volume", two_epoch_run, "--z", tmp_path / "z.txt", "-o", tmp_path / "maps", expect_ok=False)
     assert_one_line_error(result, "z.txt", "row 2", "finite")
     assert not (tmp_path / "maps").exists()
+
+
+def in_small_tmpfs(folder, size, *command):
+    """Run `hetrec COMMAND` with a tmpfs of `size` mounted at `folder` (a private mount namespace), and copy what
+    it left there to FOLDER.after; skips the test where mounting needs rights this machine does not give."""
+    mount = f"mount -t tmpfs -o size={size} tmpfs {folder}"
+    os.makedirs(folder, exist_ok=True)
+    if run_bounded(["unshare", "--mount", "sh", "-c", mount], timeout_s=30).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs unshare and root")
+    hetrec = [sys.executable, "-m", "hetrec_dist.cli", *map(str, command)]
+    script = f'{mount} && "$@"; status=$?; rm -rf {folder}.after; cp -a {folder} {folder}.after; exit $status'
+    return run_bounded(["unshare", "--mount", "sh", "-c", script, "sh", *hetrec], timeout_s=240)
+
+
+def one_error_line(result):
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.stdout + result.stderr
+    return lines[0]
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(sim_dir, sim_store, tmp_path):
+    line = one_error_line(in_small_tmpfs(tmp_path / "small", "600k", "convert",
+                                         os.path.join(sim_dir, "particles.star"), "-o", tmp_path / "small" / "p.zarr",
+                                         "-q"))
+    assert "no space left on device while writing" in line and "p.zarr" in line
+    run = tmp_path / "small" / "run"
+    line = one_error_line(in_small_tmpfs(tmp_path / "small", "2m", "train", sim_store, "-o", run, "--epochs", 1,
+                                         *TINY))
+    assert line.startswith("Error: no space left on device while writing") and "checkpoints/epoch_0001" in line
+    after = tmp_path / "small.after"
+    assert not list(after.glob("**/*.tmp-*")) and not list(after.glob("run/checkpoints/*.pt"))
+    assert "stopped: no space left on device" in (after / "run" / "train.log").read_text()
+
+
+def test_what_killed_writes_left_is_cleared_at_the_next_start(two_epoch_run, sim_store, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    for left in (run / "checkpoints" / "last.pt.tmp-4242", run / "z.npy.tmp-4242"):
+        left.write_bytes(b"half a file")
+    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q")
+    assert not list(run.glob("**/*.tmp-*"))
+    assert "removed 2 unfinished file(s) a stopped run left" in (run / "train.log").read_text()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from hetrec_dist import __version__
 from hetrec_dist.data import store as particle_store
+from hetrec_dist.data.atomic_files import full_disk_as_user_error
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
@@ -277,7 +278,13 @@ def _read_warning_once(world, input_path, options):
 
 def convert(input_path, out, options, world, command="hetrec convert", show_progress=True):
     """Convert INPUT to the store OUT (see module doc). world: the processes converting together (one, or
-    the ranks of mpiexec, each calling this; distributed.mpi_world)."""
+    the ranks of mpiexec, each calling this; distributed.mpi_world). A full disk is a UserError; the store
+    stays unfinished and the same command resumes it once there is space."""
+    with full_disk_as_user_error(out):
+        return _convert(input_path, out, options, world, command, show_progress)
+
+
+def _convert(input_path, out, options, world, command, show_progress):
     table = world.run_everywhere(lambda: _read_warning_once(world, input_path, options))
     held = []  # rank 0's lock on the store, until it is finished
     attrs = world.run_on_root(lambda: held.append(prepare_store(out, table, options, command)) or held[0][0])

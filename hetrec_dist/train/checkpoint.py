@@ -14,15 +14,14 @@ import os
 
 import torch
 
+from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
 from hetrec_dist.errors import UserError
 
 LAST = "last.pt"
 
 
 def _atomic_save(state, path):
-    temporary = f"{path}.tmp{os.getpid()}"
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
 class Checkpointer:
@@ -30,6 +29,10 @@ class Checkpointer:
 
     def __init__(self, run_dir, world):
         self.directory, self.world = os.path.join(run_dir, "checkpoints"), world
+
+    def remove_temporaries(self) -> list:
+        """What killed writes left in checkpoints/ (call it on rank 0, holding the run's lock)."""
+        return remove_temporaries(self.directory) if os.path.isdir(self.directory) else []
 
     def save(self, state_dict, epoch, keep_epoch_file):
         """state_dict(): called on rank 0 only. last.pt, and epoch_NNNN.pt when keep_epoch_file; a kill never

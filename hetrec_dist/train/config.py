@@ -6,6 +6,7 @@ import typing
 
 import yaml
 
+from hetrec_dist.data.atomic_files import write_atomically
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES as REDUCTION_STRATEGIES
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import ModelShape
@@ -148,5 +149,10 @@ def _typed(field, value):
 def save_config(config, path, store, command):
     """RUN/config.yaml: every setting, then the run's record (RUN_RECORD_KEYS)."""
     record = dict(zip(RUN_RECORD_KEYS, (store, command)))
-    with open(path, "w") as f:
-        yaml.safe_dump({**dataclasses.asdict(config), **record}, f, sort_keys=False)
+    text = yaml.safe_dump({**dataclasses.asdict(config), **record}, sort_keys=False)
+
+    def write(temporary):
+        with open(temporary, "w") as f:
+            f.write(text)
+
+    write_atomically(path, write)

@@ -38,12 +38,20 @@ class TensorBoardLogger(MetricsLogger):
         self.writer.close()
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A line that cannot be written (a full disk) is dropped, not reported with a traceback on stderr: the
+    error that stops the run says what happened."""
+
+    def handleError(self, record):
+        pass
+
+
 def file_logger(path):
     """A logger that appends timestamped lines to RUN/train.log."""
     logger = logging.getLogger(f"hetrec.{path}")
     logger.setLevel(logging.INFO)
     if not logger.handlers:
-        handler = logging.FileHandler(path)
+        handler = _QuietFileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     return logger

@@ -11,6 +11,7 @@ same particles. A run resumed at an epoch boundary, with the same number of rank
 uninterrupted one; checkpoints do not depend on the number of ranks.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hetrec_dist.data.atomic_files import remove_temporaries
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
@@ -91,12 +93,17 @@ class Trainer:
         if resume:
             self.world.run_everywhere(
                 lambda: self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device)))
-        if self.world.is_root:
-            save_config(config, os.path.join(run_dir, "config.yaml"), os.path.abspath(store_path), command)
-            self.metrics = TensorBoardLogger(os.path.join(run_dir, "tb"))
-            self.log = file_logger(os.path.join(run_dir, "train.log"))
-        else:
-            self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
+        self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
+        self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
+
+    def _open_run_files(self, store_path, command):
+        """On rank 0: config.yaml, TensorBoard and train.log; what killed writes left behind goes first."""
+        left = remove_temporaries(self.run_dir) + self.checkpointer.remove_temporaries()
+        save_config(self.config, os.path.join(self.run_dir, "config.yaml"), store_path, command)
+        self.metrics = TensorBoardLogger(os.path.join(self.run_dir, "tb"))
+        self.log = file_logger(os.path.join(self.run_dir, "train.log"))
+        if left:
+            self.log.info(f"removed {len(left)} unfinished file(s) a stopped run left: {', '.join(left)}")
 
     def _open_inputs(self, store_path):
         """The store and the device, or a UserError saying what is wrong with them."""
@@ -222,8 +229,12 @@ class Trainer:
         try:
             with self.ranks.lost_peers_stop_here(resume_hint):
                 self._train()
+        except UserError as err:
+            self.log.error(f"stopped: {err}")
+            raise
         finally:
-            self.metrics.close()
+            with contextlib.suppress(OSError):  # a full disk already stopped the run
+                self.metrics.close()
 
     def _train(self):
         self.log.info(f"training {self.store_path} on {self.device} x {self.ranks.describe()}, batch "
