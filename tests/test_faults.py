@@ -202,3 +202,34 @@ def test_what_killed_writes_left_is_cleared_at_the_next_start(two_epoch_run, sim
     run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q")
     assert not list(run.glob("**/*.tmp-*"))
     assert "removed 2 unfinished file(s) a stopped run left" in (run / "train.log").read_text()
+
+
+def test_a_resumed_run_keeps_its_command_history_and_says_what_a_preset_changes(two_epoch_run, sim_store, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    first = yaml.safe_load((run / "config.yaml").read_text())
+    (tmp_path / "preset.yaml").write_text("lr: 0.005\nbeta: 1.0\n")
+    result = run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "--config", tmp_path / "preset.yaml",
+                     "-q")
+    warned = [line for line in result.output.splitlines() if line.startswith("Warning: ")]
+    assert len(warned) == 1 and "changes the resumed run's lr from 0.001 to 0.005" in warned[0]
+    resumed = yaml.safe_load((run / "config.yaml").read_text())
+    assert resumed["earlier_commands"] == [first["command"]] and "--resume" in resumed["command"]
+    assert resumed["zdim"] == first["zdim"] == 2  # a setting the preset does not name stays the run's
+
+
+def test_inspect_of_an_unfinished_store_counts_the_chunks_written(small_chunks_store):
+    import zarr
+
+    from hetrec_dist.data.summary import store_summary
+
+    whole = store_summary(str(small_chunks_store))["compression"]["ratio"]
+    group = zarr.open_group(small_chunks_store, mode="r+")
+    group.attrs["complete"] = False
+    for chunk in range(5, 10):
+        group["chunk_stats"][chunk] = np.nan
+        chunk_file(small_chunks_store, chunk).unlink()
+    partial = store_summary(str(small_chunks_store))
+    assert partial["chunks_written"] == "5/10" and abs(partial["compression"]["ratio"] - whole) < 0.05 * whole

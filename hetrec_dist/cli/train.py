@@ -49,7 +49,8 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     config.yaml, train.log, tb/ (TensorBoard), checkpoints/ and z.npy (latent means, store order).
 
     Settings come from the defaults, then --config, then these options. With --resume, the run's saved
-    config.yaml replaces the defaults and options given here (e.g. a larger --epochs) override it.
+    config.yaml comes first, then --config (a warning names each saved setting it changes), then the options
+    given here (e.g. a larger --epochs).
 
     Under a launcher (deepspeed, mpiexec, srun; see `hetrec launch`) every rank trains on its own shard of
     STORE with --batch-size images a step; rank 0 writes OUT.
@@ -67,9 +68,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     if overrides.get("gt"):
         overrides["gt"] = os.path.abspath(overrides["gt"])
     saved = os.path.join(out, "config.yaml")
-    if resume and os.path.isfile(saved):
-        preset = preset or saved
-    config = build_config(preset, overrides)
+    config = build_config(preset, overrides, saved if resume and os.path.isfile(saved) else None)
     if config.gt:
         from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs
         from hetrec_dist.data.store import open_store

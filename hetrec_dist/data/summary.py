@@ -30,7 +30,9 @@ def store_summary(path):
     attrs = group.attrs.asdict()
     images = group["images"]
     n = images.shape[0]
-    raw_bytes = images.nbytes
+    written = written_chunks(group)
+    chunk_sizes = np.diff(np.minimum(np.arange(len(written) + 1) * images.chunks[0], n))
+    raw_bytes = int(chunk_sizes[written].sum()) * images.nbytes // max(n, 1)  # of the chunks written so far
     stored_bytes = _stored_bytes(os.path.join(path, "images"))
     tilt, rot = viewing_directions(group["rotations"][:])
     shifts, ctf = group["shifts"][:], group["ctf"][:]
@@ -38,7 +40,7 @@ def store_summary(path):
     return {
         "path": os.path.abspath(path),
         "complete": bool(attrs.get("complete")),
-        "chunks_written": f"{int(written_chunks(group).sum())}/{group['chunk_stats'].shape[0]}",
+        "chunks_written": f"{int(written.sum())}/{group['chunk_stats'].shape[0]}",
         "n_particles": n,
         "box": attrs["box"],
         "pixel_size_A": attrs["pixel_size_A"],

@@ -2,13 +2,14 @@
 
 import dataclasses
 import math
+import os
 import typing
 
 import yaml
 
 from hetrec_dist.data.atomic_files import write_atomically
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES as REDUCTION_STRATEGIES
-from hetrec_dist.errors import UserError
+from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.model.hetvae import ModelShape
 from hetrec_dist.physics.maps import EnvelopeMask
 
@@ -96,7 +97,9 @@ def _check_keys(values, source):
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
-RUN_RECORD_KEYS = ("store", "command")  # what a run's config.yaml records beside the settings
+# What a run's config.yaml records beside the settings: the store, the command that made the run's current
+# settings, and the commands before it (a run resumed with other settings keeps its history).
+RUN_RECORD_KEYS = ("store", "command", "earlier_commands")
 
 
 def load_yaml(path):
@@ -112,10 +115,18 @@ def load_yaml(path):
     return values
 
 
-def build_config(preset_path=None, overrides=None):
-    """Defaults, then the preset, then the overrides that are not None."""
-    values = load_yaml(preset_path) if preset_path else {}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+def build_config(preset_path=None, overrides=None, saved_path=None):
+    """Defaults, then a resumed run's saved settings (saved_path, its config.yaml), then the preset, then the
+    overrides that are not None. A saved setting that the preset changes is a warning naming both values
+    (options given on the command line change them openly)."""
+    saved = load_yaml(saved_path) if saved_path else {}
+    preset = load_yaml(preset_path) if preset_path else {}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for name in sorted(set(saved) & set(preset) - set(given)):
+        if saved[name] != preset[name]:
+            warn_input(f"--config {preset_path} changes the resumed run's {name} from {saved[name]!r} to "
+                       f"{preset[name]!r}")
+    values = {**saved, **preset, **given}
     _check_keys(values, "options")
     return TrainConfig(**{name: _typed(field, values[name]) for name, field in _FIELDS.items() if name in values})
 
@@ -147,8 +158,14 @@ def _typed(field, value):
 
 
 def save_config(config, path, store, command):
-    """RUN/config.yaml: every setting, then the run's record (RUN_RECORD_KEYS)."""
-    record = dict(zip(RUN_RECORD_KEYS, (store, command)))
+    """RUN/config.yaml: every setting, then the run's record (RUN_RECORD_KEYS); the command that wrote an
+    existing config.yaml (a resumed run's) joins its earlier_commands."""
+    earlier = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = yaml.safe_load(f) or {}
+        earlier = list(previous.get("earlier_commands") or []) + [previous.get("command")]
+    record = dict(zip(RUN_RECORD_KEYS, (store, command, earlier)))
     text = yaml.safe_dump({**dataclasses.asdict(config), **record}, sort_keys=False)
 
     def write(temporary):
