@@ -258,7 +258,7 @@ def test_launch_dry_run_prints_each_launchers_command(tmp_path):
     text = run_cli("launch", "--launcher", "srun", "--nodes", 2, "--procs-per-node", 4, "--master-addr", "n1",
                    *common).output
     assert text.startswith("srun --nodes 2 --ntasks-per-node 4 "
-                           "--export=ALL,NCCL_DEBUG=INFO,MASTER_PORT=29600,MASTER_ADDR=n1 ")
+                           "--export=ALL,NCCL_DEBUG=INFO,MASTER_PORT=29600,MASTER_ADDR=n1,HETREC_JOB_TOKEN=")
 
 
 def test_the_deepspeed_launchers_local_rank_argument_is_accepted(sim_store):

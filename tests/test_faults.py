@@ -4,6 +4,8 @@ Each fault is injected here: bytes overwritten, files removed, values a config s
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,3 +235,61 @@ def test_inspect_of_an_unfinished_store_counts_the_chunks_written(small_chunks_s
         chunk_file(small_chunks_store, chunk).unlink()
     partial = store_summary(str(small_chunks_store))
     assert partial["chunks_written"] == "5/10" and abs(partial["compression"]["ratio"] - whole) < 0.05 * whole
+
+
+def launch(*args):
+    return [sys.executable, "-m", "hetrec_dist.cli", "launch", *map(str, args)]
+
+
+def error_lines(result):
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error: ")]
+
+
+@pytest.mark.multirank
+def test_a_busy_port_is_one_line_and_jobs_without_a_port_run_side_by_side(sim_store, tmp_path):
+    with socket.socket() as busy:  # another job's rendezvous
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = run_bounded(launch("--master-port", port, "--procs-per-node", 2, "--", "train", sim_store,
+                                    "-o", tmp_path / "busy", "--epochs", 1, *TINY), timeout_s=180)
+        assert result.returncode != 0 and time.monotonic() - started < 180
+        lines = error_lines(result)
+        assert len(lines) == 1 and f"port {port} of" in lines[0] and "--master-port" in lines[0], lines
+        jobs = [subprocess.Popen(launch("--procs-per-node", 2, "--", "train", sim_store, "-o", tmp_path / name,
+                                        "--epochs", 1, *TINY), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, start_new_session=True) for name in ("a", "b")]
+        try:
+            for job in jobs:
+                output = job.communicate(timeout=300)[0]
+                assert job.returncode == 0, output
+        finally:
+            for job in jobs:
+                if job.poll() is None:
+                    os.killpg(job.pid, signal.SIGKILL)
+    assert (tmp_path / "a" / "z.npy").exists() and (tmp_path / "b" / "z.npy").exists()
+
+
+@pytest.mark.multirank
+def test_a_rank_killed_under_the_launcher_leaves_the_resume_line_on_the_console_and_in_train_log(sim_store,
+                                                                                                  tmp_path):
+    import psutil
+
+    run = tmp_path / "run"
+    job = subprocess.Popen(launch("--procs-per-node", 2, "--", "train", sim_store, "-o", run, "--epochs", 1000,
+                                  *TINY), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        wait_for(run / "checkpoints" / "last.pt", job, timeout_s=240)
+        ranks = [p for p in psutil.Process(job.pid).children(recursive=True)
+                 if p.cmdline()[1:5] == ["-u", "-m", "hetrec_dist.cli", "train"]]
+        assert len(ranks) == 2, [p.cmdline() for p in ranks]
+        ranks[1].kill()
+        output = job.communicate(timeout=120)[0]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0
+    assert f"continue from the last checkpoint in {run}/checkpoints" in output, output
+    assert "stopped:" in (run / "train.log").read_text() and "--resume" in (run / "train.log").read_text()

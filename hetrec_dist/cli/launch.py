@@ -1,14 +1,16 @@
 """hetrec launch: start `hetrec train` on several ranks and nodes through deepspeed, mpirun or srun."""
 
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 import click
 
-from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT, LAUNCHERS, LaunchPlan, build_command
+from hetrec_dist.distributed.launch_command import LAUNCHERS, LaunchPlan, build_command
 from hetrec_dist.errors import UserError
 
 
@@ -20,7 +22,9 @@ from hetrec_dist.errors import UserError
 @click.option("--procs-per-node", type=click.IntRange(min=1),
               help="Ranks a node (default: the hostfile's slots, else this machine's GPUs, else 1).")
 @click.option("--master-addr", help="Host of rank 0 (default: first hostfile host; srun: this host).")
-@click.option("--master-port", type=click.IntRange(1, 65535), default=DEFAULT_MASTER_PORT, show_default=True)
+@click.option("--master-port", type=click.IntRange(1, 65535),
+              help="Rank 0's rendezvous port (default: a free port of this host, or a random one for a remote "
+                   "rank 0).")
 @click.option("--env", "env", multiple=True, metavar="NAME[=VALUE]",
               help="Forward a variable to every rank (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the exact command and exit.")
@@ -54,7 +58,22 @@ def command(command, dry_run, **options):
     finally:
         if env_file:
             os.unlink(env_file)
+    if result.returncode not in (0, 1):  # 1: a rank already said why; anything else: a rank was killed
+        _say_where_to_continue(list(command[1:]), plan.launcher, result.returncode)
     sys.exit(result.returncode)
+
+
+def _say_where_to_continue(train_args, launcher, status):
+    """After ranks that died without a word: the resume line, on the console and in the run's train.log."""
+    run = next((train_args[i + 1] for i, arg in enumerate(train_args[:-1]) if arg in ("-o", "--out")), None)
+    if run is None:
+        return
+    line = (f"the job stopped ({launcher} exited with status {status}: a rank was killed or crashed); continue "
+            f"from the last checkpoint in {run}/checkpoints with `hetrec launch … -- train … --resume`")
+    click.echo(f"Error: {line}", err=True)
+    if os.path.isdir(run):
+        with contextlib.suppress(OSError), open(os.path.join(run, "train.log"), "a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
 
 
 def _deepspeed_env_file(plan, env, dry_run):

@@ -1,5 +1,6 @@
 """hetrec train: learn a latent space and a structural basis from a particle store."""
 
+import contextlib
 import os
 
 import click
@@ -75,6 +76,8 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
 
         check_ground_truth_belongs(config.gt, open_store(store).attrs.asdict())
     world = init_training_world(config.collective_timeout_s, config.shared_memory_sums)
+    if world.size > 1:
+        _say_so_when_the_launcher_stops_this_rank(world, out)
     try:
         trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,
                           command=reproducible_command(), evaluate=run_evaluator(out, config.gt) if config.gt else None)
@@ -87,3 +90,22 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     world.close()
     if not quiet and world.is_root:
         click.echo(f"trained {trainer.epoch} epochs on {world.size} rank(s); outputs in {out}", err=True)
+
+
+def _say_so_when_the_launcher_stops_this_rank(world, run_dir):
+    """Launchers stop the other ranks when one dies (the deepspeed launcher with SIGTERM): rank 0 then says
+    where to continue from, on the console and in train.log, before it goes."""
+    import signal
+    import time
+
+    def stopped(signum, frame):
+        if world.is_root:
+            line = (f"rank {world.rank} of {world.size} was stopped by its launcher (another rank failed or was "
+                    f"killed); continue from the last checkpoint in {run_dir}/checkpoints with --resume")
+            os.write(2, f"\nError: {line}\n".encode())
+            with contextlib.suppress(OSError):
+                with open(os.path.join(run_dir, "train.log"), "a") as log:
+                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, stopped)

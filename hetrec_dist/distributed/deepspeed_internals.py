@@ -207,7 +207,7 @@ def run_or_exit(call: Callable[[], _T], timeout_s: float, what: str) -> _T:
     """call(); if it has not returned after timeout_s, a one-line error and exit status 1 (for waits that no
     process-group timeout covers)."""
     def give_up():
-        sys.stderr.write(f"Error: rank {dist.get_rank()} of {dist.get_world_size()}: {what} got no answer from "
+        sys.stderr.write(f"\nError: rank {dist.get_rank()} of {dist.get_world_size()}: {what} got no answer from "
                          f"the other ranks in {timeout_s} s; continue from the last checkpoint with --resume\n")
         sys.stderr.flush()
         os._exit(1)

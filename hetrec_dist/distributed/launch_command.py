@@ -5,16 +5,19 @@ see the same environment (a shared file system, the same virtual environment pat
 
 import dataclasses
 import os
+import random
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import uuid
 
 from hetrec_dist.errors import UserError
 
 LAUNCHERS = ("deepspeed", "mpirun", "srun")
-DEFAULT_MASTER_PORT = 29500
+DEFAULT_MASTER_PORT = 29500  # torch's and DeepSpeed's, where nothing chooses another
+REMOTE_PORTS = (29500, 30499)  # where a port is drawn when rank 0 runs on another host, which cannot be asked
 _HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)\s*$")
 
 
@@ -25,7 +28,7 @@ class LaunchPlan:
     nodes: int | None = None
     procs_per_node: int | None = None
     master_addr: str | None = None
-    master_port: int = DEFAULT_MASTER_PORT
+    master_port: int | None = None  # None: a free port of this host, or a random one for a remote rank 0
     env: tuple = ()          # NAME (forward this process's value) or NAME=VALUE
 
 
@@ -52,8 +55,27 @@ def read_hostfile(path: str) -> list[tuple[str, int]]:
     return hosts
 
 
+def free_port() -> int:
+    """A TCP port that nothing on this host listens on now (the kernel's choice)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _master_port(plan, hosts):
+    """--master-port, else a free port of this host where rank 0 runs here (so that two jobs on one machine,
+    or a job started right after another, never meet), else one drawn from REMOTE_PORTS."""
+    if plan.master_port is not None:
+        return plan.master_port
+    rank0_host = plan.master_addr or (hosts[0][0] if hosts else None)
+    if plan.launcher == "srun" or rank0_host in (None, "localhost", "127.0.0.1", socket.gethostname()):
+        return free_port()
+    return random.SystemRandom().randint(*REMOTE_PORTS)
+
+
 def _environment(plan):
-    """NAME=VALUE pairs to forward: --env values, MASTER_PORT (and MASTER_ADDR when known)."""
+    """NAME=VALUE pairs to forward: --env values, MASTER_PORT (and MASTER_ADDR when known), and a token that
+    every rank of this job shares (distributed.training_world checks that no rank met another job's)."""
     pairs = {}
     for item in plan.env:
         name, has_value, value = item.partition("=")
@@ -67,6 +89,7 @@ def _environment(plan):
     pairs["MASTER_PORT"] = str(plan.master_port)
     if plan.master_addr:
         pairs["MASTER_ADDR"] = plan.master_addr
+    pairs["HETREC_JOB_TOKEN"] = uuid.uuid4().hex
     return pairs
 
 
@@ -104,6 +127,7 @@ def build_command(plan: LaunchPlan, train_args: list[str]) -> tuple[list[str], d
     if plan.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {plan.launcher!r} (one of {', '.join(LAUNCHERS)})")
     hosts, nodes, procs = _hosts_and_shape(plan)
+    plan = dataclasses.replace(plan, master_port=_master_port(plan, hosts))
     env = _environment(plan)
     train = ["-m", "hetrec_dist.cli", "train", *train_args]
     if plan.launcher == "deepspeed":

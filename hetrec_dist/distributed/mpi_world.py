@@ -93,8 +93,13 @@ def launched_world_size() -> int:
     return _size_in_environment(_LAUNCHER_SIZE_VARIABLES)
 
 
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher (mpiexec, mpirun) started several processes, from its environment."""
+    return _size_in_environment(_MPI_SIZE_VARIABLES) > 1
+
+
 def mpi_world() -> ProcessWorld:
-    if _size_in_environment(_MPI_SIZE_VARIABLES) <= 1:
+    if not launched_by_mpi():
         return ProcessWorld()
     from mpi4py import MPI
     return MpiWorld(MPI.COMM_WORLD)

@@ -11,6 +11,7 @@ import datetime
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,8 +25,8 @@ from hetrec_dist.distributed.deepspeed_internals import (
     prepare_shared_memory,
     unlink_shared_memory_buffer,
 )
-from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT
-from hetrec_dist.distributed.mpi_world import ProcessWorld, launched_world_size
+from hetrec_dist.distributed.launch_command import DEFAULT_MASTER_PORT, free_port
+from hetrec_dist.distributed.mpi_world import ProcessWorld, launched_by_mpi, launched_world_size
 from hetrec_dist.errors import UserError
 
 
@@ -99,6 +100,9 @@ class TrainingWorld(ProcessWorld):
             dist.destroy_process_group()
 
 
+SLURM_PORTS = (20000, 28000)  # where a job's rendezvous port is drawn from its job and step numbers
+
+
 def _environment_from_slurm():
     """Under srun (and not already set by another launcher): torch's variables from SLURM's."""
     env = os.environ
@@ -109,7 +113,49 @@ def _environment_from_slurm():
                         "(`hetrec launch --launcher srun` does, as do the launch/ templates)")
     env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_STEP_NUM_TASKS"],
                LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
-    env.setdefault("MASTER_PORT", str(DEFAULT_MASTER_PORT))
+    job, step = env.get("SLURM_JOB_ID", "0"), env.get("SLURM_STEP_ID", "0")
+    # every task computes the same port, and jobs (and steps) that share a node differ in it
+    env.setdefault("MASTER_PORT", str(SLURM_PORTS[0] + (int(job) * 7 + int(step)) % (SLURM_PORTS[1] - SLURM_PORTS[0])
+                                      if job.isdigit() and step.isdigit() else DEFAULT_MASTER_PORT))
+    env.setdefault("HETREC_JOB_TOKEN", f"slurm-{job}.{step}")
+
+
+def _rendezvous_from_mpi():
+    """Under mpiexec without MASTER_PORT: rank 0 takes a free port of its host and a token for this job, and
+    tells the others through MPI (so that no two jobs on a node share a port)."""
+    if not launched_by_mpi() or "MASTER_PORT" in os.environ:
+        return
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    chosen = (free_port(), uuid.uuid4().hex) if comm.Get_rank() == 0 else None
+    port, token = comm.bcast(chosen, root=0)
+    os.environ["MASTER_PORT"] = str(port)
+    os.environ.setdefault("HETREC_JOB_TOKEN", token)
+
+
+def _init_process_group(backend, timeout_s):
+    """DeepSpeed's init; a rendezvous port in use is one line that says how to choose another."""
+    import deepspeed
+
+    port = int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT))
+    try:
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False,
+                                   distributed_port=port, timeout=datetime.timedelta(seconds=timeout_s))
+    except RuntimeError as err:  # torch's DistNetworkError
+        if "EADDRINUSE" not in str(err):
+            raise
+        raise UserError(f"port {port} of {os.environ.get('MASTER_ADDR', 'rank 0')} is in use (by another job?): "
+                        "choose another with `hetrec launch --master-port` or MASTER_PORT") from None
+
+
+def _refuse_other_jobs(identities):
+    """Every rank's (host, job token): ranks of two jobs that met on one port stop, instead of training
+    together."""
+    tokens = {token for _, token in identities if token}
+    if len(tokens) > 1:
+        raise UserError(f"ranks of {len(tokens)} different jobs met at port {os.environ.get('MASTER_PORT')}; "
+                        "start each job with its own port (`hetrec launch` picks a free one)")
 
 
 def _quiet_deepspeed():
@@ -131,19 +177,19 @@ def init_training_world(timeout_s: float = 600, shared_memory: bool = True) -> T
     if launched_world_size() <= 1:
         return TrainingWorld()
     _environment_from_slurm()
+    _rendezvous_from_mpi()
     hint = prepare_shared_memory(shared_memory)
     _quiet_deepspeed()
-    import deepspeed
-
     load_shared_memory_kernel()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False,
-                               distributed_port=int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
-                               timeout=datetime.timedelta(seconds=timeout_s))
+    _init_process_group(backend, timeout_s)
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
         if backend == "nccl" else dist.group.WORLD
-    hosts = [None] * dist.get_world_size()
-    dist.all_gather_object(hosts, socket.gethostname(), group=control)  # after every rank's init
+    identities = [None] * dist.get_world_size()
+    identity = (socket.gethostname(), os.environ.get("HETREC_JOB_TOKEN", ""))
+    dist.all_gather_object(identities, identity, group=control)  # after every rank's init
+    _refuse_other_jobs(identities)
+    hosts = [host for host, _ in identities]
     unlink_shared_memory_buffer()
     local_size = hosts.count(socket.gethostname())
     local_rank = int(os.environ.get("LOCAL_RANK", hosts[:dist.get_rank()].count(socket.gethostname())))
