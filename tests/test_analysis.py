@@ -114,6 +114,10 @@ def test_select_writes_the_clusters_particles_as_star_and_indices(analyzed_run, 
     chosen = np.flatnonzero(np.isin(labels, [1, 3]))
     assert list(subset["particles"]["rlnImageName"]) == list(original["particles"]["rlnImageName"].iloc[chosen])
     assert subset["optics"].equals(original["optics"])
+    again = run_cli("select", analyzed_run, "--k", 4, "--clusters", "1", "-o", tmp_path / "subset.star",
+                    expect_ok=False)
+    assert_one_line_error(again, "subset.star already exists", "--overwrite")
+    run_cli("select", analyzed_run, "--k", 4, "--clusters", "1", "-o", tmp_path / "subset.star", "--overwrite")
     run_cli("select", analyzed_run, "--k", 4, "--clusters", "2", "-o", tmp_path / "ind.pkl")
     with open(tmp_path / "ind.pkl", "rb") as f:
         np.testing.assert_array_equal(pickle.load(f), np.flatnonzero(labels == 2))

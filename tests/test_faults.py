@@ -293,3 +293,41 @@ def test_a_rank_killed_under_the_launcher_leaves_the_resume_line_on_the_console_
     assert job.returncode != 0
     assert f"continue from the last checkpoint in {run}/checkpoints" in output, output
     assert "stopped:" in (run / "train.log").read_text() and "--resume" in (run / "train.log").read_text()
+
+
+def test_a_run_on_a_downsampled_store_is_evaluated_against_the_full_size_ground_truth(sim_dir, tmp_path):
+    """The maps of the simulation (box 32, 4 Å) are Fourier-cropped to the run's box (16, 8 Å) to compare;
+    a ground truth of another field of view is one line, before training."""
+    run_cli("convert", os.path.join(sim_dir, "particles.star"), "-o", tmp_path / "small.zarr", "--box", 16, "-q")
+    gt = os.path.join(sim_dir, "ground_truth")
+    run_cli("train", tmp_path / "small.zarr", "-o", tmp_path / "run", "--epochs", 2, "--gt", gt, *TINY)
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert len(result["maps"]) == 5 and result["mean_fsc"] > 0.5
+    record = json.loads(open(os.path.join(gt, "ground_truth.json")).read())
+    shutil.copytree(gt, tmp_path / "gt")
+    (tmp_path / "gt" / "ground_truth.json").write_text(json.dumps({**record, "pixel_size_A": 3.0}))
+    result = run_cli("train", tmp_path / "small.zarr", "-o", tmp_path / "run2", "--gt", tmp_path / "gt", *TINY,
+                     expect_ok=False)
+    assert_one_line_error(result, "not the same field of view")
+    assert not (tmp_path / "run2").exists()
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(two_epoch_run, sim_store, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "z.npy")}
+    result = run_cli("train", sim_store, "-o", run, "--resume", "-q", "--epochs", 2, expect_ok=False)
+    assert_one_line_error(result, "has trained 2 epochs already", "--epochs above 2")
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_a_conversion_stopped_with_ctrl_c_says_how_to_resume(tmp_path):
+    run_cli("simulate", "-o", tmp_path / "sim", "--n", 3000, "--box", 32, "-q")
+    store = tmp_path / "p.zarr"
+    live = hetrec_process("convert", tmp_path / "sim" / "particles.star", "-o", store, "--chunk-images", 4, "-q")
+    wait_for(store / "chunk_stats" / "c", live)
+    live.send_signal(signal.SIGINT)
+    _, stderr = live.communicate(timeout=60)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert live.returncode == 1 and len(lines) == 1, stderr
+    assert "unfinished: run the same command again to resume" in lines[0]

@@ -23,6 +23,7 @@ from test_convert_errors import convert_fails
 
 from hetrec_dist.analysis.select import write_subset
 from hetrec_dist.data.store import open_store
+from hetrec_dist.data.summary import store_summary
 from hetrec_dist.physics.fourier import fourier_crop
 from hetrec_dist.simulate.render import project_atoms
 
@@ -238,6 +239,8 @@ def test_ctf_constants_a_star_lacks_are_given_by_options_and_replace_with_a_warn
     store, warned = converts(tmp_path, star, "--amplitude-contrast", 0.07, "--voltage-kv", 200, "--cs-mm", 0.01,
                              "--phase-shift-deg", 90)
     np.testing.assert_allclose(store["ctf"][:, 5:], np.tile([200, 0.01, 0.07, 90], (300, 1)), rtol=1e-6)
+    shown = store_summary(str(tmp_path / "out.zarr"))
+    assert shown["voltage_kv"] == [200.0, 200.0] and shown["amplitude_contrast"] == pytest.approx([0.07, 0.07])
     assert len(warned) == 3 and all("replaces" in w for w in warned), warned
     assert any("--voltage-kv 200 replaces rlnVoltage = 300" in w for w in warned)
 

@@ -12,6 +12,7 @@ from hetrec_dist.analysis.fsc import fsc_summary
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.errors import UserError
+from hetrec_dist.physics.fourier import fourier_crop
 
 
 def _ground_truth_record(directory):
@@ -35,6 +36,21 @@ def check_ground_truth_belongs(directory, store_attrs):
     if expected is not None and expected not in converted_from:
         raise UserError(f"{directory}: the ground truth of other particles (its particles.star is not a file the "
                         "run's store was converted from); give the ground_truth/ of the simulation you trained on")
+
+
+def check_ground_truth_extent(directory, box, pixel_size_A):
+    """The ground truth's maps cover the same field of view as a model of `box` at `pixel_size_A` (a store
+    converted with --box is fine: its maps are Fourier-cropped to compare, see maps_at_box); else a UserError."""
+    truth = _ground_truth_record(directory)
+    truth_box, truth_pixel_size = truth["box"], truth["pixel_size_A"]
+    if truth_box < box or not np.isclose(truth_box * truth_pixel_size, box * pixel_size_A, rtol=1e-3):
+        raise UserError(f"{directory}: its maps are {truth_box} voxels of {truth_pixel_size:g} Å, the model's "
+                        f"{box} of {pixel_size_A:g} Å: not the same field of view, so they cannot be compared")
+
+
+def maps_at_box(maps, box):
+    """[(coordinate, map)] with each map Fourier-cropped to `box` (the model's, after convert --box)."""
+    return [(coordinate, fourier_crop(volume.astype(np.float64), box, ndim=3)) for coordinate, volume in maps]
 
 
 def read_ground_truth(directory, store_attrs=None):
@@ -104,8 +120,10 @@ def run_evaluator(run_dir, gt_dir):
 def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):
     """evaluate() for a run: RUN/eval.json, decoded maps in RUN/eval_maps/, and eval/* scalars on `metrics`
     (a train.metrics logger) at `epoch`."""
+    check_ground_truth_extent(gt_dir, model.shape.box, model.pixel_size_A)
     coordinates, maps = read_ground_truth(gt_dir)
-    result = evaluate(model, z, coordinates, maps, map_dir=os.path.join(run_dir, "eval_maps"))
+    result = evaluate(model, z, coordinates, maps_at_box(maps, model.shape.box),
+                      map_dir=os.path.join(run_dir, "eval_maps"))
     result["epoch"] = epoch
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -27,7 +27,7 @@ from hetrec_dist.data.store import IMAGE_DTYPES
               help="Voltage (kV), filling or replacing the input's.")
 @click.option("--cs-mm", type=click.FloatRange(min=0), callback=finite_floats,
               help="Spherical aberration (mm), filling or replacing the input's.")
-@click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=1), callback=finite_floats,
+@click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=1, max_open=True), callback=finite_floats,
               help="Amplitude contrast (fraction), filling or replacing the input's.")
 @click.option("--phase-shift-deg", type=float, callback=finite_floats,
               help="Phase shift (°), filling or replacing the input's (missing = 0).")
@@ -57,8 +57,11 @@ def command(input_path, out, quiet, **options):
         raise UserError("--poses: give one poses.pkl, or a rotations pickle and a translations pickle")
     if quiet:
         warnings.simplefilter("ignore", InputWarning)
-    result = convert(input_path, out, ConvertOptions(**options), mpi_world(), command=reproducible_command(),
-                     show_progress=not quiet)
+    try:
+        result = convert(input_path, out, ConvertOptions(**options), mpi_world(), command=reproducible_command(),
+                         show_progress=not quiet)
+    except KeyboardInterrupt:
+        raise UserError(f"stopped; {out} is unfinished: run the same command again to resume") from None
     if not quiet and result is not None:
         rate = (result["n_particles"] - result["resumed_from"]) / max(result["seconds"], 1e-9)
         click.echo(f"wrote {result['n_particles']} particles to {out} ({rate:.0f} images/s)", err=True)

@@ -14,7 +14,8 @@ from hetrec_dist.cli.command_line import refuse_empty
               help="Which `hetrec analyze --k` to use.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
               help="subset.star (RELION input), subset.cs (cryoSPARC input) or indices.pkl (any input).")
-def command(run, clusters, k, out):
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+def command(run, clusters, k, out, overwrite):
     """Write the particles of the chosen clusters of RUN/analyze.K as a STAR or .cs file like the input
     (all columns and optics kept), or as a cryoDRGN-style index .pkl."""
     import numpy as np
@@ -26,7 +27,11 @@ def command(run, clusters, k, out):
 
     labels_path = os.path.join(run, f"analyze.{k}", "kmeans_labels.npy")
     if not os.path.isfile(labels_path):
-        raise UserError(f"{run}: no analyze.{k}/kmeans_labels.npy; run `hetrec analyze {run} --k {k}` first")
+        done = sorted(name for name in os.listdir(run) if name.startswith("analyze."))
+        also = f" (the run has {', '.join(done)}: give its --k)" if done else ""
+        raise UserError(f"{run}: no analyze.{k}/kmeans_labels.npy; run `hetrec analyze {run} --k {k}` first{also}")
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; use --overwrite to replace it")
     try:
         chosen = [int(c) for c in clusters.split(",") if c.strip()]
     except ValueError:

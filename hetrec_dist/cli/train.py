@@ -71,10 +71,12 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     saved = os.path.join(out, "config.yaml")
     config = build_config(preset, overrides, saved if resume and os.path.isfile(saved) else None)
     if config.gt:
-        from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs
+        from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs, check_ground_truth_extent
         from hetrec_dist.data.store import open_store
 
-        check_ground_truth_belongs(config.gt, open_store(store).attrs.asdict())
+        attrs = open_store(store).attrs.asdict()
+        check_ground_truth_belongs(config.gt, attrs)
+        check_ground_truth_extent(config.gt, attrs["box"], attrs["pixel_size_A"])
     world = init_training_world(config.collective_timeout_s, config.shared_memory_sums)
     if world.size > 1:
         _say_so_when_the_launcher_stops_this_rank(world, out)

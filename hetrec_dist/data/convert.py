@@ -175,7 +175,7 @@ def prepare_store(out, table, options, command):
     elif particle_store.is_store(out):
         existing = particle_store.open_store(out, mode="r", require_complete=False).attrs.asdict()
         if existing.get("complete"):
-            raise UserError(f"{out} already exists; use --overwrite to replace it")
+            raise UserError(f"{out} already exists and is complete; use --overwrite to replace it")
         changes = _what_changed(existing, attrs)
         if changes:
             raise UserError(f"{out} holds an unfinished conversion that this command cannot resume: "

@@ -93,6 +93,9 @@ class Trainer:
         if resume:
             self.world.run_everywhere(
                 lambda: self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device)))
+            if self.epoch >= config.epochs:
+                raise UserError(f"{run_dir} has trained {self.epoch} epochs already; give --epochs above "
+                                f"{self.epoch} to train on (`hetrec embed` recomputes its latents)")
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
 
