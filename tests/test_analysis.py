@@ -158,3 +158,14 @@ def test_train_evaluates_against_ground_truth_during_training(sim_store, sim_dir
     events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
     assert [e.step for e in events.Scalars("eval/mean_fsc")] == [1, 2]
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["epoch"] == 2
+
+
+def test_junk_separation_sees_junk_in_any_latent_direction():
+    from hetrec_dist.analysis.ground_truth import junk_separation_auc
+
+    rng = np.random.default_rng(4)
+    junk = rng.uniform(size=4000) < 0.1
+    z = rng.normal(size=(4000, 3))
+    assert abs(junk_separation_auc(z, junk) - 0.5) < 0.05
+    z[junk] += [0.0, 3.0, 0.0]
+    assert junk_separation_auc(z, junk) > 0.95

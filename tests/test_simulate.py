@@ -106,3 +106,48 @@ def test_simulate_from_a_pdb_file_with_two_conformations(tmp_path):
                      "--atoms-end", tmp_path / "b.pdb", expect_ok=False)
     assert_one_line_error(result, "b.pdb", "same atoms")
     assert not (tmp_path / "t").exists()
+
+
+def test_poses_can_be_written_with_consensus_like_errors_and_the_truth_is_kept(tmp_path):
+    run_cli("simulate", "-o", tmp_path / "s", "--n", 2000, "--box", 16, "--pose-error-deg", 3,
+            "--shift-error-px", 0.5, "-q")
+    truth = np.load(tmp_path / "s" / "ground_truth" / "poses.npz")
+    particles = starfile.read(tmp_path / "s" / "particles.star")["particles"]
+    written = matrices_from_relion_euler(particles["rlnAngleRot"], particles["rlnAngleTilt"],
+                                         particles["rlnAnglePsi"])
+    cosine = (np.einsum("nij,nij->n", written, truth["rotations"]) - 1) / 2
+    error_deg = np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+    assert abs(error_deg.mean() - 3 * np.sqrt(2 / np.pi)) < 0.15  # |N(0, 3)| has mean 2.39
+    shift_error = particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / 8.0 - truth["shifts"]
+    assert abs(shift_error.std() - 0.5) < 0.03
+
+
+def test_junk_particles_show_another_object_and_are_marked(tmp_path):
+    run_cli("simulate", "-o", tmp_path / "s", "--n", 400, "--box", 32, "--snr", 1e8, "--junk-fraction", 0.25, "-q")
+    junk = np.load(tmp_path / "s" / "ground_truth" / "junk.npy")
+    coordinates = np.load(tmp_path / "s" / "ground_truth" / "coordinates.npy")
+    assert 0.2 < junk.mean() < 0.3 and np.isnan(coordinates[junk]).all() and np.isfinite(coordinates[~junk]).all()
+    run_cli("convert", tmp_path / "s" / "particles.star", "-o", tmp_path / "p.zarr", "-q")
+    batch = ParticleStore(str(tmp_path / "p.zarr")).read(0, 400)
+    model = hinge_model()
+    shown = np.nan_to_num(coordinates)
+    expected = apply_ctf(project_atoms(model.positions(shown), model.weights, model.sigma_A, batch["rotations"],
+                                       batch["shifts"], 32, 4.0), batch["ctf"], 4.0)
+    error = np.abs(batch["images"] - expected).max(axis=(1, 2)) / np.abs(expected).max(axis=(1, 2))
+    assert error[~junk].max() < 1e-3 and error[junk].min() > 0.2
+
+
+def test_falling_noise_loses_power_with_frequency_and_white_noise_does_not(tmp_path):
+    powers = {}
+    for spectrum in ("white", "falling"):
+        run_cli("simulate", "-o", tmp_path / spectrum, "--n", 200, "--box", 64, "--apix", 1.0, "--snr", 1e-6,
+                "--noise-spectrum", spectrum, "--defocus-min-A", 15000, "--defocus-max-A", 16000, "-q")
+        images = mrcfile.read(tmp_path / spectrum / "stacks" / "particles_0000.mrcs").astype(np.float64)
+        power = np.abs(np.fft.fft2(images)) ** 2
+        radius = np.hypot(*np.meshgrid(np.fft.fftfreq(64), np.fft.fftfreq(64)))  # cycles a pixel = 1/Å here
+        powers[spectrum] = [power[:, (radius > low) & (radius < high)].mean() for low, high in ((0.02, 0.05),
+                                                                                              (0.3, 0.45))]
+        star = starfile.read(tmp_path / spectrum / "particles.star")["particles"]
+        assert star["rlnDefocusU"].between(15000, 16000).all()
+    assert 0.8 < powers["white"][0] / powers["white"][1] < 1.25
+    assert 6 < powers["falling"][0] / powers["falling"][1] < 11

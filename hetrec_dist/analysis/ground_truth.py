@@ -6,7 +6,7 @@ import os
 import mrcfile
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
 from hetrec_dist.data.checksums import sha256_file
@@ -100,11 +100,29 @@ def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
             write_map(os.path.join(map_dir, f"decoded_{index:02d}.mrc"), decoded, model.pixel_size_A)
         summary = fsc_summary(decoded, truth, model.pixel_size_A)
         per_map.append({"coordinate": coordinate, "n_particles": int(near.sum()), **summary})
-    return {"maps": per_map,
-            "mean_fsc": float(np.mean([m["mean_fsc"] for m in per_map])),
-            "mean_resolution_0.5_A": float(np.mean([m["resolution_0.5_A"] for m in per_map])),
-            "latent_pc1_spearman": float(latent_order_correlation(z, coordinates)),
-            "latent_linear_r2": latent_linear_r2(z, coordinates)}
+    real = np.isfinite(coordinates)  # junk particles have no coordinate
+    result = {"maps": per_map,
+              "mean_fsc": float(np.mean([m["mean_fsc"] for m in per_map])),
+              "mean_resolution_0.5_A": float(np.mean([m["resolution_0.5_A"] for m in per_map])),
+              "latent_pc1_spearman": float(latent_order_correlation(z[real], coordinates[real])),
+              "latent_linear_r2": latent_linear_r2(z[real], coordinates[real])}
+    if not real.all():
+        result["junk_separation_auc"] = junk_separation_auc(z, ~real)
+    return result
+
+
+def junk_separation_auc(z, junk):
+    """How well the latents tell junk from particles: the area under the ROC curve of a linear score fitted
+    on even particles and tested on odd ones, and the reverse, averaged (0.5: not at all, 1: perfectly)."""
+    design = np.column_stack([z, np.ones(len(z))])
+    scores = []
+    for fit, test in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
+        score = design[test] @ np.linalg.lstsq(design[fit], junk[fit].astype(float), rcond=None)[0]
+        ranks = rankdata(score)
+        positives = junk[test]
+        n_pos, n_neg = positives.sum(), (~positives).sum()
+        scores.append((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1))
+    return float(np.mean(scores))
 
 
 def run_evaluator(run_dir, gt_dir):

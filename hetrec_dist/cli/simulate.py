@@ -2,44 +2,63 @@
 
 import click
 
-from hetrec_dist.cli.command_line import refuse_empty
+from hetrec_dist.cli.command_line import finite_floats, refuse_empty
 
 
 @click.command("simulate")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty,
               help="Output folder.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=10000, show_default=True, help="Number of particles.")
-@click.option("--box", "-D", type=click.IntRange(min=8), default=64, show_default=True, help="Box size (pixels, even).")
-@click.option("--apix", type=click.FloatRange(min=0, min_open=True), help="Pixel size in A (default: 128 A / box).")
+@click.option("--box", "-D", type=click.IntRange(min=8), default=128, show_default=True,
+              help="Box size (pixels, even).")
+@click.option("--apix", "pixel_size_A", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+              help="Pixel size in Å (default: 128 Å / box).")
 @click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-              help="Signal-to-noise ratio.")
+              callback=finite_floats, help="Signal-to-noise ratio (variances over the whole box).")
+@click.option("--noise-spectrum", type=click.Choice(["white", "falling"]), default="white", show_default=True,
+              help="white, or falling: the noise power drops about tenfold from low frequencies to 5 Å, as "
+                   "counting detectors record it.")
+@click.option("--pose-error-deg", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              callback=finite_floats,
+              help="Write poses rotated about a random axis by |N(0, this)| degrees (the truth stays in "
+                   "ground_truth/poses.npz).")
+@click.option("--shift-error-px", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              callback=finite_floats, help="Write shifts with N(0, this) pixels added.")
+@click.option("--junk-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              show_default=True, help="Share of particles showing an unrelated compact object (ground_truth/junk.npy).")
+@click.option("--defocus-min-A", "defocus_min_A", type=click.FloatRange(min=0, min_open=True), default=10000.0,
+              show_default=True, callback=finite_floats, help="Smallest defocus (Å, underfocus).")
+@click.option("--defocus-max-A", "defocus_max_A", type=click.FloatRange(min=0, min_open=True), default=25000.0,
+              show_default=True, callback=finite_floats, help="Largest defocus (Å).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--atoms", type=click.Path(dir_okay=False, exists=True),
               help="PDB/mmCIF file to image instead of the built-in hinge.")
 @click.option("--atoms-end", type=click.Path(dir_okay=False, exists=True),
               help="Second conformation of --atoms (same atoms) to move towards.")
 @click.option("--atom-sigma", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
-              help="Gaussian width (A) of --atoms atoms.")
+              help="Gaussian width (Å) of --atoms atoms.")
 @click.option("--n-maps", type=click.IntRange(min=2), default=5, show_default=True,
               help="Ground-truth maps along the coordinate.")
 @click.option("--images-per-stack", type=click.IntRange(min=1), default=10000, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(out, n, box, apix, snr, seed, atoms, atoms_end, atom_sigma, n_maps, images_per_stack, overwrite, quiet):
+def command(out, atoms, atoms_end, atom_sigma, overwrite, quiet, **settings):
     """Simulate particles of an object that moves along a conformational coordinate in [0, 1].
 
     Writes OUT/particles.star (RELION 3.1), OUT/stacks/*.mrcs and OUT/ground_truth/ (the coordinate of
-    every particle and maps at --n-maps coordinates). Images are real-space projections of Gaussian atoms
-    at uniformly random orientations, with random shifts, an astigmatic CTF and white noise.
+    every particle, the true poses, which particles are junk, and maps at --n-maps coordinates). Images are
+    real-space projections of Gaussian atoms at uniformly random orientations, with random shifts, an
+    astigmatic CTF and Gaussian noise. The defaults make a box-128 dataset of 10,000 particles in about
+    three minutes on 2 cores.
     """
     from hetrec_dist.errors import UserError
     from hetrec_dist.simulate.atom_models import hinge_model, structure_model
-    from hetrec_dist.simulate.dataset import simulate_dataset
+    from hetrec_dist.simulate.dataset import SimulationSettings, simulate_dataset
 
     if atoms_end and not atoms:
         raise UserError("--atoms-end needs --atoms")
     model = structure_model(atoms, atoms_end, atom_sigma) if atoms else hinge_model()
-    result = simulate_dataset(out, model, n, box, apix, snr, seed, images_per_stack, n_maps, overwrite,
-                              show_progress=not quiet)
-    click.echo(f"wrote {result['n']} particles (box {result['box']}, {result['pixel_size_A']:.3f} A/px) to {out}",
-               err=True)
+    result = simulate_dataset(out, model, SimulationSettings(**settings), overwrite, show_progress=not quiet)
+    junk = f", {result['n_junk']} of them junk" if result["n_junk"] else ""
+    click.echo(f"wrote {result['n']} particles{junk} (box {result['box']}, {result['pixel_size_A']:.3f} Å/px) "
+               f"to {out}", err=True)

@@ -40,6 +40,18 @@ def matrices_from_relion_euler(rot_deg: npt.ArrayLike, tilt_deg: npt.ArrayLike, 
     return matrices
 
 
+def relion_euler_from_matrices(matrices: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inverse of matrices_from_relion_euler: (rot, tilt, psi) in degrees, tilt in [0, 180]."""
+    undone = np.array(matrices, dtype=np.float64)
+    for i, j in _RELION_FLIPPED_ENTRIES:
+        undone[..., i, j] *= -1
+    # undone = (Rz(a) Ry'(b) Rz(y))^T, and Ry'(b) is scipy's Ry(-b): the ZYZ angles of its transpose are
+    # (a, -b, y), or equally (a + 180, b, y + 180), which keeps the tilt in [0, 180]
+    alpha, beta, gamma = Rotation.from_matrix(np.swapaxes(undone, -1, -2)).as_euler("ZYZ", degrees=True).T
+    wrap = lambda angle: (angle + 180.0) % 360.0 - 180.0
+    return wrap(alpha + 180.0), beta, wrap(gamma + 180.0)
+
+
 def matrices_from_cryosparc_pose(pose_axis_angle: npt.ArrayLike) -> np.ndarray:
     """Pose matrices from cryoSPARC's alignments3D/pose axis-angle vectors (N x 3, radians)."""
     rotation = Rotation.from_rotvec(np.asarray(pose_axis_angle, dtype=np.float64)).as_matrix()

@@ -1,9 +1,18 @@
 """`hetrec simulate`: a heterogeneous dataset with ground truth, written as RELION 3.1 STAR + MRCS stacks.
 
-Noise: white Gaussian noise of variance var(signal) / snr, var(signal) being the pixel variance of the
-noise-free CTF-modulated images of the first block, over the whole box.
+Noise: Gaussian, of variance var(signal) / snr over the whole box, var(signal) being the pixel variance of
+the noise-free CTF-modulated images of the first block. Its spectrum is white, or falls with spatial
+frequency (NOISE_SPECTRA: "falling" approximates what counting detectors record, the noise power dropping
+by about a factor of ten from low frequencies to 5 Å and below, from the detector's MTF² and the ice's
+low-frequency excess; RELION's per-group noise spectra (sigma2) of real data fall alike).
+
+What a consensus refinement gets wrong is simulated too: poses written with errors (a rotation about a
+random axis by |N(0, pose_error_deg)|, shifts with N(0, shift_error_px) added), and junk (particles of a
+compact object unrelated to the model). ground_truth/ keeps the truth: the coordinate of every particle
+(NaN for junk), junk.npy, poses.npz (the true rotations and shifts in pixels, store convention).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,24 +21,59 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import starfile
+from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.errors import UserError
-from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
+from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler, relion_euler_from_matrices
+from hetrec_dist.simulate.atom_models import AtomModel
 from hetrec_dist.simulate.render import apply_ctf, project_atoms, render_map
 
 BLOCK_IMAGES = 500
 MOLECULE_BOX_A = 128.0  # default box width in Angstrom when no pixel size is given
 VOLTAGE_KV, CS_MM, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.1
+NOISE_SPECTRA = ("white", "falling")
+FALLING_NOISE_FLOOR, FALLING_NOISE_SCALE_PER_A = 0.1, 0.1  # power 1 at k = 0, 0.1 + 0.9 exp(-(k / 0.1 Å⁻¹)²)
 
 
-def draw_particles(n, box, pixel_size_A, rng):
+@dataclasses.dataclass
+class SimulationSettings:
+    """What `hetrec simulate` varies (its options); units in the names."""
+    n: int = 10000
+    box: int = 128
+    pixel_size_A: float | None = None  # None: MOLECULE_BOX_A / box
+    snr: float = 0.1
+    seed: int = 0
+    images_per_stack: int = 10000
+    n_maps: int = 5
+    noise_spectrum: str = "white"
+    pose_error_deg: float = 0.0
+    shift_error_px: float = 0.0
+    junk_fraction: float = 0.0
+    defocus_min_A: float = 10000.0
+    defocus_max_A: float = 25000.0
+
+    def __post_init__(self):
+        if self.n < 1 or self.box < 8 or self.box % 2:
+            raise UserError(f"need at least one particle and an even box of at least 8 (got n={self.n}, "
+                            f"box={self.box})")
+        if self.noise_spectrum not in NOISE_SPECTRA:
+            raise UserError(f"noise spectrum {self.noise_spectrum!r} is not one of {', '.join(NOISE_SPECTRA)}")
+        if not 0 <= self.junk_fraction < 1:
+            raise UserError(f"junk fraction {self.junk_fraction} is not in [0, 1)")
+        if not 0 < self.defocus_min_A <= self.defocus_max_A:
+            raise UserError(f"defocus range {self.defocus_min_A:g} to {self.defocus_max_A:g} Å is not a range of "
+                            "positive defoci")
+        self.pixel_size_A = self.pixel_size_A or MOLECULE_BOX_A / self.box
+
+
+def draw_particles(n, box, pixel_size_A, rng, defocus_range_A=(10000.0, 25000.0)):
     """Per-particle ground truth: conformational coordinate, RELION angles, shifts, CTF (store columns)."""
     coordinates = rng.uniform(0.0, 1.0, n)
     rot, tilt, psi = random_relion_euler(n, rng)
     shifts_px = np.clip(rng.normal(0.0, 2.0, (n, 2)), -6.0, 6.0)
-    defocus_u = rng.uniform(10000.0, 25000.0, n)
+    defocus_u = rng.uniform(*defocus_range_A, n)
     defocus_v = defocus_u - rng.uniform(0.0, 600.0, n)
     ctf = np.stack([np.full(n, box), np.full(n, pixel_size_A), defocus_u, defocus_v, rng.uniform(0.0, 180.0, n),
                     np.full(n, VOLTAGE_KV), np.full(n, CS_MM), np.full(n, AMPLITUDE_CONTRAST), np.zeros(n)], 1)
@@ -37,12 +81,50 @@ def draw_particles(n, box, pixel_size_A, rng):
                          "shift_x_px": shifts_px[:, 0], "shift_y_px": shifts_px[:, 1]}), ctf
 
 
-def clean_images(model, particles, ctf, box, pixel_size_A):
+def junk_model(model, rng):
+    """A compact object unrelated to `model`: as many atoms, in one blob of the model's radius of gyration."""
+    radius = np.sqrt(np.mean(np.sum(model.start ** 2, axis=1)))
+    start = rng.normal(size=model.start.shape) * radius / np.sqrt(3) * [1.4, 0.8, 0.8]
+    return AtomModel(start=start - start.mean(axis=0), weights=model.weights, sigma_A=model.sigma_A)
+
+
+def clean_images(model, particles, ctf, box, pixel_size_A, junk=None):
+    """Noise-free CTF-modulated images at the particles' true poses; rows where `junk` show junk's object."""
     rotations = matrices_from_relion_euler(particles["rot"], particles["tilt"], particles["psi"])
     shifts = particles[["shift_x_px", "shift_y_px"]].to_numpy()
-    images = project_atoms(model.positions(particles["coordinate"].to_numpy()), model.weights, model.sigma_A,
-                           rotations, shifts, box, pixel_size_A)
+    coordinates = np.nan_to_num(particles["coordinate"].to_numpy())
+    positions = model.positions(coordinates)
+    if junk is not None and "junk" in particles and particles["junk"].any():
+        positions[particles["junk"].to_numpy()] = junk.start
+    images = project_atoms(positions, model.weights, model.sigma_A, rotations, shifts, box, pixel_size_A)
     return apply_ctf(images, ctf, pixel_size_A)
+
+
+def noise_images(shape, pixel_size_A, spectrum, std, rng):
+    """Gaussian noise images (n x D x D) of standard deviation `std` over the box and spectrum `spectrum`."""
+    noise = rng.normal(0.0, 1.0, shape)
+    if spectrum == "white":
+        return noise * std
+    freqs = np.fft.fftfreq(shape[-1], d=pixel_size_A)
+    k2 = freqs[:, None] ** 2 + freqs[None, :] ** 2
+    power = FALLING_NOISE_FLOOR + (1 - FALLING_NOISE_FLOOR) * np.exp(-k2 / FALLING_NOISE_SCALE_PER_A ** 2)
+    coloured = np.fft.ifft2(np.fft.fft2(noise) * np.sqrt(power / power.mean())).real
+    return coloured * std
+
+
+def perturbed_poses(particles, pose_error_deg, shift_error_px, rng):
+    """The particles' RELION angles and shifts as a refinement with these errors would report them."""
+    if pose_error_deg == 0 and shift_error_px == 0:
+        return particles
+    rotations = matrices_from_relion_euler(particles["rot"], particles["tilt"], particles["psi"])
+    axes = rng.normal(size=(len(particles), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    angles = np.radians(np.abs(rng.normal(0.0, pose_error_deg, len(particles))))
+    errors = Rotation.from_rotvec(axes * angles[:, None]).as_matrix()
+    rot, tilt, psi = relion_euler_from_matrices(errors @ rotations)
+    shifts = particles[["shift_x_px", "shift_y_px"]].to_numpy() + rng.normal(0.0, shift_error_px,
+                                                                              (len(particles), 2))
+    return particles.assign(rot=rot, tilt=tilt, psi=psi, shift_x_px=shifts[:, 0], shift_y_px=shifts[:, 1])
 
 
 def _star_tables(particles, ctf, stack_names, pixel_size_A, box):
@@ -61,10 +143,15 @@ def _star_tables(particles, ctf, stack_names, pixel_size_A, box):
     return {"optics": optics, "particles": table}
 
 
-def _write_ground_truth(directory, model, coordinates, n_maps, box, pixel_size_A, particles_sha256):
+def _write_ground_truth(directory, model, particles, settings, particles_sha256):
     os.makedirs(directory)
-    np.save(os.path.join(directory, "coordinates.npy"), coordinates)
-    map_coordinates = np.linspace(0.0, 1.0, n_maps)
+    np.save(os.path.join(directory, "coordinates.npy"), particles["coordinate"].to_numpy())
+    np.save(os.path.join(directory, "junk.npy"), particles["junk"].to_numpy())
+    np.savez(os.path.join(directory, "poses.npz"),
+             rotations=matrices_from_relion_euler(particles["rot"], particles["tilt"], particles["psi"]),
+             shifts=particles[["shift_x_px", "shift_y_px"]].to_numpy())
+    box, pixel_size_A = settings.box, settings.pixel_size_A
+    map_coordinates = np.linspace(0.0, 1.0, settings.n_maps)
     files = []
     for i, (c, positions) in enumerate(zip(map_coordinates, model.positions(map_coordinates))):
         name = f"map_{i:02d}.mrc"
@@ -74,49 +161,57 @@ def _write_ground_truth(directory, model, coordinates, n_maps, box, pixel_size_A
             mrc.voxel_size = pixel_size_A
         files.append({"file": name, "coordinate": float(c)})
     with open(os.path.join(directory, "ground_truth.json"), "w") as f:
-        json.dump({"maps": files, "coordinates_file": "coordinates.npy", "box": box,
-                   "pixel_size_A": pixel_size_A, "particles_star": "../particles.star",
-                   "particles_star_sha256": particles_sha256}, f, indent=2)
+        json.dump({"maps": files, "coordinates_file": "coordinates.npy", "junk_file": "junk.npy",
+                   "poses_file": "poses.npz", "box": box, "pixel_size_A": pixel_size_A,
+                   "particles_star": "../particles.star", "particles_star_sha256": particles_sha256,
+                   "settings": dataclasses.asdict(settings)}, f, indent=2)
 
 
-def simulate_dataset(out, model, n, box, pixel_size_A=None, snr=0.1, seed=0, images_per_stack=10000,
-                     n_maps=5, overwrite=False, show_progress=True):
-    """Write OUT/particles.star, OUT/stacks/*.mrcs and OUT/ground_truth/. Built in a temporary folder
-    beside OUT and moved into place at the end, so OUT is never half-written."""
+def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=True, **overrides):
+    """Write OUT/particles.star, OUT/stacks/*.mrcs and OUT/ground_truth/ (settings: SimulationSettings, or
+    its fields as keywords). Built in a temporary folder beside OUT and moved into place at the end, so
+    OUT is never half-written."""
+    settings = settings or SimulationSettings(**overrides)
     if os.path.exists(out):
         if not overwrite:
             raise UserError(f"{out} already exists; use --overwrite to replace it")
         if not os.path.isfile(os.path.join(out, "particles.star")):
             raise UserError(f"{out} exists and is not a simulated dataset; refusing to overwrite it")
-    if n < 1 or box < 8 or box % 2:
-        raise UserError(f"need at least one particle and an even box of at least 8 (got n={n}, box={box})")
-    pixel_size_A = pixel_size_A or MOLECULE_BOX_A / box
-    rng = np.random.default_rng(seed)
-    particles, ctf = draw_particles(n, box, pixel_size_A, rng)
+    n, box, pixel_size_A = settings.n, settings.box, settings.pixel_size_A
+    rng = np.random.default_rng(settings.seed)
+    particles, ctf = draw_particles(n, box, pixel_size_A, rng, (settings.defocus_min_A, settings.defocus_max_A))
+    junk = rng.uniform(size=n) < settings.junk_fraction
+    particles = particles.assign(junk=junk, coordinate=np.where(junk, np.nan, particles["coordinate"]))
+    other = junk_model(model, rng)
     first = slice(0, min(n, BLOCK_IMAGES))
-    noise_std = float(np.sqrt(clean_images(model, particles[first], ctf[first], box, pixel_size_A).var() / snr))
+    signal = clean_images(model, particles[first], ctf[first], box, pixel_size_A, other)
+    noise_std = float(np.sqrt(signal.var() / settings.snr))
     partial = f"{out}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(os.path.join(partial, "stacks"))
     stack_names = []
     with tqdm(total=n, unit="img", desc="simulate", disable=not show_progress, dynamic_ncols=True) as progress:
-        for stack, start in enumerate(range(0, n, images_per_stack)):
-            count = min(images_per_stack, n - start)
+        for stack, start in enumerate(range(0, n, settings.images_per_stack)):
+            count = min(settings.images_per_stack, n - start)
             name = f"stacks/particles_{stack:04d}.mrcs"
             stack_names += [f"{i + 1:06d}@{name}" for i in range(count)]
             with mrcfile.new_mmap(os.path.join(partial, name), shape=(count, box, box), mrc_mode=2) as mrc:
                 mrc.voxel_size = pixel_size_A
                 for block in range(start, start + count, BLOCK_IMAGES):
                     rows = slice(block, min(block + BLOCK_IMAGES, start + count))
-                    images = clean_images(model, particles[rows], ctf[rows], box, pixel_size_A)
-                    images += np.random.default_rng([seed, block]).normal(0.0, noise_std, images.shape)
+                    images = clean_images(model, particles[rows], ctf[rows], box, pixel_size_A, other)
+                    images += noise_images(images.shape, pixel_size_A, settings.noise_spectrum, noise_std,
+                                           np.random.default_rng([settings.seed, block]))
                     mrc.data[rows.start - start:rows.stop - start] = images
                     progress.update(rows.stop - rows.start)
-    starfile.write(_star_tables(particles, ctf, stack_names, pixel_size_A, box),
+    reported = perturbed_poses(particles, settings.pose_error_deg, settings.shift_error_px,
+                               np.random.default_rng([settings.seed, n, 1]))
+    starfile.write(_star_tables(reported, ctf, stack_names, pixel_size_A, box),
                    os.path.join(partial, "particles.star"))
-    _write_ground_truth(os.path.join(partial, "ground_truth"), model, particles["coordinate"].to_numpy(),
-                        n_maps, box, pixel_size_A, sha256_file(os.path.join(partial, "particles.star")))
+    _write_ground_truth(os.path.join(partial, "ground_truth"), model, particles, settings,
+                        sha256_file(os.path.join(partial, "particles.star")))
     if os.path.exists(out):
         shutil.rmtree(out)
     os.rename(partial, out)
-    return {"n": n, "box": box, "pixel_size_A": pixel_size_A, "noise_std": noise_std}
+    return {"n": n, "box": box, "pixel_size_A": pixel_size_A, "noise_std": noise_std,
+            "n_junk": int(junk.sum())}
