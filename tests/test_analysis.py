@@ -169,3 +169,20 @@ def test_junk_separation_sees_junk_in_any_latent_direction():
     assert abs(junk_separation_auc(z, junk) - 0.5) < 0.05
     z[junk] += [0.0, 3.0, 0.0]
     assert junk_separation_auc(z, junk) > 0.95
+
+
+def test_the_latent_spread_says_when_no_direction_dominates(analyzed_run):
+    from hetrec_dist.analysis.latent import latent_spread
+
+    rng = np.random.default_rng(5)
+    coordinate = rng.uniform(size=3000)
+    one_axis = np.column_stack([6 * coordinate, rng.normal(size=(3000, 3))])
+    rotated = one_axis @ np.linalg.qr(rng.normal(size=(4, 4)))[0]  # the motion along a direction, not an axis
+    shares, dominant, _ = latent_spread(rotated)
+    assert dominant and shares[0] > 0.35 and abs(shares.sum() - 1) < 1e-9
+    spread = rng.normal(size=(3000, 6)) * [1.0, 0.95, 0.9, 0.9, 0.85, 0.3]
+    _, dominant, line = latent_spread(spread)
+    assert not dominant and "no direction dominates" in line
+    summary = json.loads((analyzed_run / "analyze.4" / "summary.json").read_text())
+    page = (analyzed_run / "analyze.4" / "index.html").read_text()
+    assert ("no direction dominates" in page) == (not summary["one_direction_dominates"])

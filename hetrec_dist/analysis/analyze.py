@@ -12,7 +12,7 @@ import pickle
 import numpy as np
 
 from hetrec_dist.analysis import plots
-from hetrec_dist.analysis.latent import kmeans, nearest_particles, pca, traversal
+from hetrec_dist.analysis.latent import kmeans, latent_spread, nearest_particles, pca, traversal
 from hetrec_dist.analysis.maps import write_latent_maps
 from hetrec_dist.errors import UserError
 
@@ -33,9 +33,12 @@ def _page(summary, out_dir):
     rows = "".join(f"<tr><td>{i}</td><td>{n}</td><td>{html.escape(m)}</td></tr>"
                    for i, (n, m) in enumerate(zip(summary["cluster_sizes"], summary["maps"]["kmeans"])))
     variance = ", ".join(f"{100 * v:.1f}%" for v in summary["pca_explained_fraction"])
+    spread = html.escape(summary["latent_spread"])
+    warning = "" if summary["one_direction_dominates"] else f'<p style="color:#a00"><b>{spread}</b></p>'
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetrec analysis</title></head><body>
 <h1>Latent analysis of {html.escape(summary['run'])}</h1>
 <p>{summary['n_particles']:,} particles, latent dimension {summary['zdim']}; PCA explained variance: {variance}.</p>
+{warning}
 {images}
 <h2>k-means clusters (k = {summary['k']})</h2>
 <p>Maps are decoded at the latent of the particle nearest each centre (open them in ChimeraX).</p>
@@ -55,6 +58,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     with open(os.path.join(run_dir, "z.pkl"), "wb") as f:
         pickle.dump(z, f)
     fitted = pca(z)
+    _, dominant, spread_line = latent_spread(z)
     projected = fitted.project(z)
     xy = projected[:, :2] if z.shape[1] > 1 else np.column_stack([projected[:, 0], np.zeros(len(z))])
     centres, labels = kmeans(z, k, seed)
@@ -84,6 +88,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
         names.append("umap_clusters.png")
     summary = {"run": os.path.abspath(run_dir), "n_particles": len(z), "zdim": z.shape[1], "k": k,
                "pca_explained_fraction": (fitted.explained_variance / fitted.explained_variance.sum()).tolist(),
+               "one_direction_dominates": bool(dominant), "latent_spread": spread_line,
                "cluster_sizes": np.bincount(labels, minlength=k).tolist(), "centre_particles": on_data.tolist(),
                "maps": maps, "plots": names}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:

@@ -29,6 +29,27 @@ def pca(z):
     return Pca(mean, components, variance[order])
 
 
+# One latent direction dominates when the first principal axis holds at least this many times the variance of
+# the second. A motion the latents hold along one axis (measured: 74% against 16%) passes; a motion spread
+# over several axes of about equal variance, which PCA, k-means and the traversals cannot show, does not.
+DOMINANCE_RATIO = 2.0
+
+
+def latent_spread(z):
+    """How the latent variance spreads over directions: (share of each principal axis, largest first,
+    whether one direction dominates (DOMINANCE_RATIO), a line that says so for the user)."""
+    shares = np.clip(np.linalg.eigvalsh(np.cov(z, rowvar=False, dtype=np.float64).reshape(z.shape[1], -1))[::-1],
+                     0, None)
+    shares = shares / max(shares.sum(), 1e-300)
+    dominant = len(shares) == 1 or shares[0] >= DOMINANCE_RATIO * shares[1]
+    listed = ", ".join(f"{100 * s:.0f}%" for s in shares)
+    line = f"latent variance over its {len(shares)} principal directions: {listed}"
+    if not dominant:
+        line += (f"; no direction dominates (PC1 holds less than {DOMINANCE_RATIO:g} x PC2), so PCA, k-means and "
+                 "the traversals may not show the motion: see README, 'When the latent space looks wrong'")
+    return shares, dominant, line
+
+
 def assign(z, centres, block=100_000):
     """Index of the nearest centre for every row of z, in blocks (memory bounded by block x k)."""
     labels = np.empty(len(z), dtype=np.int32)

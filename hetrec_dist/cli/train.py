@@ -90,8 +90,25 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
         world.close()  # a user error reaches every rank together (rank 0 raises it, the others RankFailed)
         raise
     world.close()
+    if world.is_root:
+        _report_latent_spread(trainer, quiet)
     if not quiet and world.is_root:
         click.echo(f"trained {trainer.epoch} epochs on {world.size} rank(s); outputs in {out}", err=True)
+
+
+def _report_latent_spread(trainer, quiet):
+    """How the latent variance spreads over directions, in train.log and on the console; a run whose latents
+    no single direction dominates is a warning even under --quiet (PCA and k-means may hide its motion)."""
+    import numpy as np
+
+    from hetrec_dist.analysis.latent import latent_spread
+
+    _, dominant, line = latent_spread(np.load(os.path.join(trainer.run_dir, "z.npy")))
+    trainer.log.info(line)
+    if not dominant:
+        click.echo(f"Warning: {line}", err=True)
+    elif not quiet:
+        click.echo(line, err=True)
 
 
 def _say_so_when_the_launcher_stops_this_rank(world, run_dir):
