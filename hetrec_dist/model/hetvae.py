@@ -79,10 +79,13 @@ class HetVAE(nn.Module):
         return self.encoder(torch.cat([points.real, points.imag], dim=1))
 
     def forward(self, batch: dict[str, torch.Tensor], beta: float = 1.0, noise: torch.Tensor | None = None,
-                basis_factors: bool = False) -> dict[str, torch.Tensor | float | SliceFactors]:
-        """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, and predictions.
+                basis_factors: bool = False, noise_weights: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor | float | SliceFactors]:
+        """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, the residual power
+        |data - model|² of every half-disk point (B x P, detached) and predictions.
         noise (B x zdim): the reparametrisation's standard normal draws (training mode; drawn here if None).
-        basis_factors: leave the basis out of autograd and return out["factors"] (see project_with_factors)."""
+        basis_factors: leave the basis out of autograd and return out["factors"] (see project_with_factors).
+        noise_weights (B x P): 1 / noise power of each point (model.noise.NoiseSpectrum); None: white noise."""
         observed = self.observed_spectra(batch)
         mu, logvar = self.encode(observed)
         if noise is None:
@@ -97,12 +100,14 @@ class HetVAE(nn.Module):
             slices = project(self.basis, self.basis_weights(z), geometry)
         predicted = self.ctf(batch) * torch.view_as_complex(slices)
         weights = self.disk.weights
-        data = 0.5 * ((observed - predicted).abs() ** 2 * weights).sum(1)
+        residual_power = (observed - predicted).abs() ** 2
+        weighted = residual_power if noise_weights is None else residual_power * noise_weights
+        data = 0.5 * (weighted * weights).sum(1)
         kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)
         norm = weights.sum()
         return {**out, "loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
                 "touched_fraction": len(geometry.touched_rows) / self.half_ball.n_voxels,
-                "mu": mu, "observed": observed, "predicted": predicted}
+                "residual_power": residual_power.detach(), "mu": mu, "observed": observed, "predicted": predicted}
 
     def support_projector(self, mask_diameter_A: float | None = None,
                           envelope_threshold: float = EnvelopeMask.threshold) -> SupportProjector:

@@ -15,6 +15,7 @@ from hetrec_dist.physics.maps import EnvelopeMask
 
 REDUCTIONS = ("auto",) + REDUCTION_STRATEGIES
 MASKS = ("sphere", "envelope")
+NOISE_MODELS = ("white", "shells")
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class TrainConfig:
     basis_reduction: str = "auto"    # several ranks: how the sparse basis gradient is summed (REDUCTIONS)
     collective_timeout_s: int = 600  # several ranks: how long a rank waits for the others before it gives up
     shared_memory_sums: bool = True  # CPU ranks of one machine sum through its shared memory (else gloo)
+    noise_model: str = "white"  # white, or shells: weight the likelihood by 1/σ² per shell and optics group
 
     def __post_init__(self):
         """Every setting checked, whether it came from the command line, a YAML file or a run's config.yaml."""
@@ -87,6 +89,7 @@ _VALID = {  # setting: (test of a valid value, what a valid value is); None pass
     "eval_every": (lambda v: v >= 0, "a number of epochs (0: at the end only)"),
     "basis_reduction": (lambda v: v in REDUCTIONS, f"one of {', '.join(REDUCTIONS)}"),
     "collective_timeout_s": (lambda v: v >= 1, "a timeout of at least 1 s"),
+    "noise_model": (lambda v: v in NOISE_MODELS, f"one of {', '.join(NOISE_MODELS)}"),
 }
 
 

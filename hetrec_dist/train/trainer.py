@@ -13,6 +13,7 @@ uninterrupted one; checkpoints do not depend on the number of ranks.
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hetrec_dist.data.atomic_files import remove_temporaries
+from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
@@ -30,6 +31,7 @@ from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE
+from hetrec_dist.model.noise import NoiseSpectrum
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.inference import embed, resolve_device, save_latents
@@ -86,6 +88,8 @@ class Trainer:
                                   self.model.disk.coords)
         self.basis_optimizer = torch.optim.SparseAdam([self.model.basis], lr=config.lr_basis)
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
+        groups = torch.from_numpy(np.unique(store.group["optics_group"][:]))
+        self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
@@ -119,6 +123,7 @@ class Trainer:
                 "pixel_size_A": self.model.pixel_size_A, "image_std": self.model.image_std,
                 "dense_optimizer": self.ranks.state_dict(),
                 "basis_optimizer": self.basis_optimizer.state_dict(),
+                "noise_spectrum": self.noise.state_dict(),
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config)}
 
     def load_state_dict(self, state):
@@ -128,6 +133,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ranks.load_state_dict(state["dense_optimizer"])
         self.basis_optimizer.load_state_dict(state["basis_optimizer"])
+        if "noise_spectrum" in state:  # checkpoints of hetrec 0.1 have none: white noise so far
+            self.noise.load_state_dict(state["noise_spectrum"])
         self.epoch, self.step = state["epoch"], state["step"]
 
     def _synchronize(self):
@@ -138,7 +145,10 @@ class Trainer:
         """One optimisation step on this rank's `share` of the global batch; returns the loss terms, the
         step-time split (seconds) and the reducer's stats (None in one process)."""
         started = time.perf_counter()
-        out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True)
+        weighted = self.config.noise_model == "shells"
+        out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True,
+                         noise_weights=self.noise.weights(batch["optics_group"]) if weighted else None)
+        self.noise.accumulate(out["residual_power"], batch["optics_group"])
         self._synchronize()
         forward_done = time.perf_counter()
         self.ranks.backward(out["loss"], share)
@@ -195,11 +205,29 @@ class Trainer:
         progress.close()
         self.epoch += 1
         self._show_examples(out)
+        self._estimate_noise()
         *sums, n_images = self.world.all_sum(list(totals.values()) + [n_images])
         summary = {k: v / max(n_images, 1) for k, v in zip(totals, sums)}
         summary["images_per_s"] = n_images / (time.perf_counter() - epoch_started)
         self.metrics.scalars({f"epoch/{k}": v for k, v in summary.items()}, self.epoch)
         return summary
+
+    def _estimate_noise(self):
+        """The noise power per shell from the epoch's residuals (all ranks'): TensorBoard shows it at a few
+        resolutions, RUN/noise_spectrum.json holds all of it."""
+        self.noise.update(self.world.all_sum)
+        if not self.world.is_root:
+            return
+        box_A = self.model.shape.box * self.model.pixel_size_A
+        power = self.noise.power
+        self.metrics.scalars({f"noise/power_{resolution}A": float(power[0, round(box_A / resolution)])
+                              for resolution in (30, 15, 8, 5) if round(box_A / resolution) < power.shape[1]},
+                             self.epoch)
+        record = {"shell_resolution_A": [box_A / max(shell, 1e-9) for shell in range(power.shape[1])],
+                  "optics_groups": self.noise.group_values.tolist(), "power": power.tolist(),
+                  "used_in_the_likelihood": self.config.noise_model == "shells", "epoch": self.epoch}
+        write_atomically(os.path.join(self.run_dir, "noise_spectrum.json"),
+                         lambda temporary: _write_json(temporary, record))
 
     def _log_step(self, out, step_s, share, data_s, timings, reduction):
         values = {"train/loss": out["loss"].item(), "train/data": out["data"].item(), "train/kl": out["kl"].item(),
@@ -287,3 +315,8 @@ class Trainer:
         """The evaluation callback, on rank 0, with its line in train.log."""
         if self.world.is_root:
             self.log.info(f"epoch {self.epoch} eval: {self.evaluate_callback(self.model, z, self.epoch, self.metrics)}")
+
+
+def _write_json(path, record):
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
