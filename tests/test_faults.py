@@ -70,7 +70,7 @@ def test_verify_passes_a_whole_store_and_a_store_copied_elsewhere(small_chunks_s
     ("zdim", 0, "a latent dimension of at least 1"), ("n_basis", 0, "a number of basis volumes"),
     ("batch_size", 0, "a number of images"), ("epochs", 0, "a number of epochs of at least 1"),
     ("lr", -1.0, "a positive learning rate"), ("lr_basis", ".nan", "a positive learning rate"),
-    ("max_radius", 0.7, "(0, 0.5]"), ("seed", -3, "a seed of 0 or more"),
+    ("max_resolution_A", -4, "a positive resolution"), ("seed", -3, "a seed of 0 or more"),
 ])
 def test_values_from_a_yaml_config_are_checked_like_options(sim_store, tmp_path, setting, value, what):
     (tmp_path / "bad.yaml").write_text(f"{setting}: {value}\n")

@@ -121,7 +121,7 @@ def test_a_map_in_the_basis_comes_back_in_the_same_frame():
     box, apix = 32, 2.0
     model = hinge_model()
     truth = torch.from_numpy(render_map(model.start, model.weights, model.sigma_A, box, apix)).float()
-    vae = HetVAE(TrainConfig(zdim=2, n_basis=2).model_shape(box), pixel_size_A=apix, init_scale=0.0)
+    vae = HetVAE(TrainConfig(zdim=2, n_basis=2).model_shape(box, apix), pixel_size_A=apix, init_scale=0.0)
     coefficients = map_to_half_ball(truth, vae.half_ball, apix)
     vae.set_components(torch.stack([coefficients, torch.zeros_like(coefficients), torch.zeros_like(coefficients)], 1))
     decoded = vae.volume(torch.zeros(2))
@@ -131,7 +131,7 @@ def test_a_map_in_the_basis_comes_back_in_the_same_frame():
 def test_sparse_adam_changes_only_touched_rows_and_their_moments(sim_store):
     from hetrec_dist.data.reader import ChunkShuffledParticles
 
-    model = HetVAE(TrainConfig(zdim=2, n_basis=3).model_shape(32), pixel_size_A=4.0)
+    model = HetVAE(TrainConfig(zdim=2, n_basis=3).model_shape(32, 4), pixel_size_A=4.0)
     optimizer = torch.optim.SparseAdam([model.basis], lr=1e-2)
     batch = next(iter(ChunkShuffledParticles(sim_store, batch_size=2)))
     for step in range(2):
@@ -171,7 +171,7 @@ def test_the_basis_gradient_from_slice_factors_equals_autograds(sim_store):
     """Training builds the basis gradient from per-image factors (what ranks exchange); it must be autograd's."""
     from hetrec_dist.data.reader import ChunkShuffledParticles
 
-    model = HetVAE(TrainConfig(zdim=2, n_basis=3).model_shape(32), pixel_size_A=4.0)
+    model = HetVAE(TrainConfig(zdim=2, n_basis=3).model_shape(32, 4), pixel_size_A=4.0)
     batch = next(iter(ChunkShuffledParticles(sim_store, batch_size=8)))
     noise = torch.randn(8, 2)
     model(batch, noise=noise)["loss"].backward()
@@ -194,7 +194,7 @@ def test_train_bad_inputs(sim_dir, sim_store, tiny_run, tmp_path):
     result = run_cli("train", sim_store, "-o", tmp_path / "r1", "--config", tmp_path / "typo.yaml", expect_ok=False)
     assert_one_line_error(result, "epochs", "is not an integer")
     result = run_cli("train", sim_store, "-o", tiny_run, "--resume", "--zdim", 5, expect_ok=False)
-    assert_one_line_error(result, "model shape")
+    assert_one_line_error(result, "checkpoint's model has zdim 2", "settings ask for zdim 5")
     assert load_checkpoint(tiny_run / "checkpoints" / "last.pt")["epoch"] == 3  # untouched
     run_cli("convert", os.path.join(sim_dir, "particles.star"), "-o", tmp_path / "small.zarr", "--box", 12, "-q")
     result = run_cli("train", tmp_path / "small.zarr", "-o", tmp_path / "r2", expect_ok=False)
@@ -224,7 +224,7 @@ def test_confining_the_basis_keeps_a_particle_inside_the_mask_and_removes_what_i
     truth = torch.from_numpy(render_map(atoms.start, atoms.weights, atoms.sigma_A, box, apix))
     corner = torch.zeros_like(truth)
     corner[2:6, 2:6, 2:6] = truth.max()
-    vae = HetVAE(TrainConfig(zdim=1, n_basis=1).model_shape(box), pixel_size_A=apix).double()
+    vae = HetVAE(TrainConfig(zdim=1, n_basis=1).model_shape(box, apix), pixel_size_A=apix).double()
     coefficients = torch.stack([map_to_half_ball(v, vae.half_ball, apix) for v in (truth, corner)], dim=1)
     vae.set_components(coefficients)
     particle_diameter = 2 * (np.linalg.norm(atoms.start, axis=1).max() + 3 * atoms.sigma_A)
@@ -246,7 +246,7 @@ def test_the_envelope_mask_keeps_every_conformation_the_decoder_reaches_and_remo
     blob = start.max() * torch.exp(-((grid[:, None, None] - 19) ** 2 + grid[None, :, None] ** 2
                                      + grid[None, None, :] ** 2) / (2 * 1.2 ** 2))
     assert start[36:, :, :].abs().max() < 1e-3 * start.max() and end[36:, :, :].abs().max() < 1e-3 * start.max()
-    vae = HetVAE(TrainConfig(zdim=1, n_basis=2).model_shape(box), pixel_size_A=apix).double()
+    vae = HetVAE(TrainConfig(zdim=1, n_basis=2).model_shape(box, apix), pixel_size_A=apix).double()
     vae.decoder.weight.data, vae.decoder.bias.data = torch.tensor([[1.0], [0.0]]).double(), torch.zeros(2).double()
     coefficients = torch.stack([map_to_half_ball(v, vae.half_ball, apix) for v in (start, end - start, blob)], dim=1)
 
@@ -269,7 +269,7 @@ def test_observed_spectra_undo_the_particle_shift():
     from hetrec_dist.simulate.render import project_atoms
 
     model = hinge_model()
-    vae = HetVAE(TrainConfig(zdim=2, n_basis=1).model_shape(32), pixel_size_A=4.0)
+    vae = HetVAE(TrainConfig(zdim=2, n_basis=1).model_shape(32, 4), pixel_size_A=4.0)
     rotation = np.eye(3)[None]
     shifted, centred = (torch.from_numpy(project_atoms(model.start[None], model.weights, model.sigma_A, rotation,
                                                        np.array([s]), 32, 4.0)).float()
@@ -294,7 +294,7 @@ def test_the_model_predicts_the_simulators_clean_particles_from_the_true_map():
     particles["coordinate"] = 0.5
     images = clean_images(atoms, particles, ctf, box, pixel_size)
     truth = render_map(atoms.positions(np.array([0.5]))[0], atoms.weights, atoms.sigma_A, box, pixel_size)
-    vae = HetVAE(TrainConfig(zdim=2, n_basis=1).model_shape(box), pixel_size).eval()
+    vae = HetVAE(TrainConfig(zdim=2, n_basis=1).model_shape(box, pixel_size), pixel_size).eval()
     with torch.no_grad():
         coefficients = map_to_half_ball(torch.from_numpy(truth).float(), vae.half_ball, pixel_size)
         vae.set_components(torch.stack([coefficients, torch.zeros_like(coefficients)], 1))

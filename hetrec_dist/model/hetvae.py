@@ -24,7 +24,7 @@ from hetrec_dist.physics.projector import SliceFactors, project, project_with_fa
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
     """Everything that fixes the parameter shapes; a checkpoint only loads into the same shape. The defaults
-    live in train.config.TrainConfig (TrainConfig.model_shape(box))."""
+    live in train.config.TrainConfig, in Å (TrainConfig.model_shape(box, pixel_size_A))."""
     box: int
     zdim: int
     n_basis: int

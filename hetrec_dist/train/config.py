@@ -26,8 +26,8 @@ class TrainConfig:
     n_basis: int = 16
     encoder_hidden: int = 256
     encoder_blocks: int = 5
-    encoder_radius: float = 0.25
-    max_radius: float = 0.5
+    max_resolution_A: float = 4.0      # the likelihood and the basis reach this resolution (Å; Nyquist if finer)
+    encoder_resolution_A: float = 4.0  # the encoder sees the images to this resolution (Å; not beyond the above)
     lr: float = 1e-3           # Adam, encoder and decoder
     lr_basis: float = 1e-2     # sparse Adam, structural basis
     beta: float = 1.0          # weight of the KL term
@@ -55,10 +55,16 @@ class TrainConfig:
             if value is not None and not valid(value):
                 raise UserError(f"setting {name}: {value!r} is not {what}")
 
-    def model_shape(self, box):
+    def model_shape(self, box, pixel_size_A):
+        """The model's shape for images of `box` pixels of `pixel_size_A`: the resolutions in Å become Fourier
+        radii as fractions of the box (pixel size / resolution), so that the same particles at any box train
+        alike; none goes beyond Nyquist (0.5)."""
+        nyquist_A = 2 * pixel_size_A
+        max_resolution_A = max(self.max_resolution_A, nyquist_A)
         return ModelShape(box=box, zdim=self.zdim, n_basis=self.n_basis, encoder_hidden=self.encoder_hidden,
-                          encoder_blocks=self.encoder_blocks, encoder_radius=self.encoder_radius,
-                          max_radius=self.max_radius)
+                          encoder_blocks=self.encoder_blocks,
+                          encoder_radius=pixel_size_A / max(self.encoder_resolution_A, max_resolution_A),
+                          max_radius=pixel_size_A / max_resolution_A)
 
 
 def _positive(value):
@@ -72,8 +78,8 @@ _VALID = {  # setting: (test of a valid value, what a valid value is); None pass
     "n_basis": (lambda v: v >= 1, "a number of basis volumes of at least 1"),
     "encoder_hidden": (lambda v: v >= 1, "a layer width of at least 1"),
     "encoder_blocks": (lambda v: v >= 1, "a number of blocks of at least 1"),
-    "encoder_radius": (lambda v: 0 < v <= 0.5, "a fraction of the box in (0, 0.5]"),
-    "max_radius": (lambda v: 0 < v <= 0.5, "a fraction of the box in (0, 0.5]"),
+    "max_resolution_A": (_positive, "a positive resolution in Å"),
+    "encoder_resolution_A": (_positive, "a positive resolution in Å"),
     "lr": (_positive, "a positive learning rate"),
     "lr_basis": (_positive, "a positive learning rate"),
     "beta": (lambda v: math.isfinite(v) and v >= 0, "a KL weight of 0 or more"),
@@ -91,6 +97,20 @@ _VALID = {  # setting: (test of a valid value, what a valid value is); None pass
     "collective_timeout_s": (lambda v: v >= 1, "a timeout of at least 1 s"),
     "noise_model": (lambda v: v in NOISE_MODELS, f"one of {', '.join(NOISE_MODELS)}"),
 }
+
+
+# Settings of hetrec 0.1 that a run's config.yaml may still hold: fractions of the box, now resolutions in Å.
+# A resumed run keeps its checkpoint's shape; elsewhere these are dropped with a warning.
+LEGACY_SETTINGS = {"encoder_radius": "encoder_resolution_A", "max_radius": "max_resolution_A"}
+
+
+def _drop_legacy(values, source):
+    for old, new in LEGACY_SETTINGS.items():
+        if old in values:
+            warn_input(f"{source}: setting {old} (a fraction of the box) is now {new} (Å); {old} is not read, and a "
+                       "resumed run keeps its checkpoint's model")
+            values.pop(old)
+    return values
 
 
 def _check_keys(values, source):
@@ -114,6 +134,7 @@ def load_yaml(path):
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config must be a mapping of setting: value")
     values = {k: v for k, v in values.items() if k not in RUN_RECORD_KEYS}  # a run's config.yaml is a preset too
+    values = _drop_legacy(values, path)
     _check_keys(values, path)
     return values
 

@@ -30,7 +30,7 @@ from hetrec_dist.distributed.data_parallel import DataParallel
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
-from hetrec_dist.model.hetvae import HetVAE
+from hetrec_dist.model.hetvae import HetVAE, ModelShape
 from hetrec_dist.model.noise import NoiseSpectrum
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
@@ -80,7 +80,9 @@ class Trainer:
         self.run_lock = None  # rank 0's lock on the run folder, held as long as this Trainer lives
         self.world.run_on_root(lambda: setattr(self, "run_lock", prepare_run_dir(run_dir, resume, overwrite)))
         torch.manual_seed(config.seed)
-        shape = config.model_shape(store.box)
+        saved = self.world.run_everywhere(
+            lambda: load_checkpoint(last_checkpoint(run_dir), self.device)) if resume else None
+        shape = config.model_shape(store.box, store.pixel_size_A) if saved is None else _resumed_shape(saved, config)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
@@ -95,8 +97,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
-            self.world.run_everywhere(
-                lambda: self.load_state_dict(load_checkpoint(last_checkpoint(run_dir), self.device)))
+            self.world.run_everywhere(lambda: self.load_state_dict(saved))
             if self.epoch >= config.epochs:
                 raise UserError(f"{run_dir} has trained {self.epoch} epochs already; give --epochs above "
                                 f"{self.epoch} to train on (`hetrec embed` recomputes its latents)")
@@ -315,6 +316,18 @@ class Trainer:
         """The evaluation callback, on rank 0, with its line in train.log."""
         if self.world.is_root:
             self.log.info(f"epoch {self.epoch} eval: {self.evaluate_callback(self.model, z, self.epoch, self.metrics)}")
+
+
+def _resumed_shape(checkpoint, config):
+    """A resumed run keeps its checkpoint's model shape (its Fourier radii too, whatever today's defaults in
+    Å give); the settings that size the layers must still agree with it."""
+    shape = ModelShape(**checkpoint["model_shape"])
+    differ = [name for name in ("zdim", "n_basis", "encoder_hidden", "encoder_blocks")
+              if getattr(shape, name) != getattr(config, name)]
+    if differ:
+        raise UserError(f"the checkpoint's model has {', '.join(f'{n} {getattr(shape, n)}' for n in differ)}, "
+                        f"but the settings ask for {', '.join(f'{n} {getattr(config, n)}' for n in differ)}")
+    return shape
 
 
 def _write_json(path, record):
