@@ -42,3 +42,22 @@ def test_white_until_estimated_floored_and_kept_in_a_state_dict():
     other = NoiseSpectrum.for_disk(torch.tensor([1]), disk.coords)
     other.load_state_dict(spectrum.state_dict())
     assert torch.equal(other.power, spectrum.power)
+
+
+def test_the_background_estimate_sees_the_noise_and_not_the_particle():
+    from hetrec_dist.model.hetvae import HetVAE
+    from hetrec_dist.train.config import TrainConfig
+
+    box = 64
+    model = HetVAE(TrainConfig(zdim=1, n_basis=1).model_shape(box, 2.0), pixel_size_A=2.0)
+    generator = torch.Generator().manual_seed(1)
+    grid = torch.arange(box) - box // 2
+    particle = 50.0 * ((grid[:, None] ** 2 + grid[None, :] ** 2) < 12 ** 2).float()
+    spectrum = NoiseSpectrum.for_disk(torch.tensor([1]), model.disk.coords)
+    for _ in range(10):
+        images = particle + 2.0 * torch.randn(32, box, box, generator=generator)
+        spectra, kept = model.background_spectra({"images": images})
+        spectrum.accumulate_background(spectra, torch.ones(32, dtype=torch.long), kept)
+    spectrum.update()
+    power = spectrum.power[0][2:]  # white noise of variance 4: power 4 in every shell
+    assert (power - 4.0).abs().max() < 0.6 and abs(power.mean() - 4.0) < 0.15, power

@@ -68,6 +68,20 @@ class HetVAE(nn.Module):
         phase = -2 * torch.pi * (batch["shifts"].to(images.dtype) @ self.disk.coords.T) / self.shape.box
         return spectra * torch.polar(torch.ones_like(phase), phase)
 
+    def background_spectra(self, batch: dict[str, torch.Tensor], mask_diameter_A: float | None = None
+                           ) -> tuple[torch.Tensor, float]:
+        """(half-disk coefficients of the images outside a soft circle of the particle's diameter (None: 90% of
+        the box), B x P; the mean of the squared mask kept): what model.noise takes the noise power from."""
+        box = self.shape.box
+        radius_px = 0.45 * box if mask_diameter_A is None else mask_diameter_A / (2 * self.pixel_size_A)
+        grid = torch.arange(box, device=self.basis.device, dtype=torch.float32) - box // 2
+        radius = torch.sqrt(grid[:, None] ** 2 + grid[None, :] ** 2)
+        edge_px = 0.05 * box
+        outside = 0.5 - 0.5 * torch.cos(torch.pi * ((radius - radius_px) / edge_px).clamp(0, 1))
+        images = batch["images"].to(self.basis.device) / self.image_std * outside
+        spectra = self.disk.take(torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)), norm="ortho"))
+        return spectra, float((outside ** 2).mean())
+
     def ctf(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         params = batch["ctf"].to(self.basis.dtype)
         frequency = self.disk.coords / (self.shape.box * self.pixel_size_A)

@@ -65,6 +65,13 @@ class NoiseSpectrum:
         self._sums.zero_()
         self._counts.zero_()
 
+    @torch.no_grad()
+    def accumulate_background(self, spectra: torch.Tensor, groups: torch.Tensor, kept_fraction: float) -> None:
+        """Add the half-disk coefficients (B x P) of images whose particle was masked away: their power,
+        divided by the mean squared mask (kept_fraction), is the noise power (Scheres 2012's initial estimate
+        from the particle-free corners)."""
+        self.accumulate(spectra.abs() ** 2 / kept_fraction, groups)
+
     def state_dict(self) -> dict:
         return {"group_values": self.group_values.clone(), "power": self.power.clone()}
 

@@ -15,7 +15,7 @@ from hetrec_dist.physics.maps import EnvelopeMask
 
 REDUCTIONS = ("auto",) + REDUCTION_STRATEGIES
 MASKS = ("sphere", "envelope")
-NOISE_MODELS = ("white", "shells")
+NOISE_MODELS = ("white", "residuals", "background")
 
 
 @dataclasses.dataclass
@@ -46,7 +46,9 @@ class TrainConfig:
     basis_reduction: str = "auto"    # several ranks: how the sparse basis gradient is summed (REDUCTIONS)
     collective_timeout_s: int = 600  # several ranks: how long a rank waits for the others before it gives up
     shared_memory_sums: bool = True  # CPU ranks of one machine sum through its shared memory (else gloo)
-    noise_model: str = "white"  # white, or shells: weight the likelihood by 1/σ² per shell and optics group
+    noise_model: str = "white"  # white; residuals or background: weight the likelihood by 1/σ² per shell and
+    #                             optics group, estimated from the residuals each epoch or from the particle-free
+    #                             corners of the images once
 
     def __post_init__(self):
         """Every setting checked, whether it came from the command line, a YAML file or a run's config.yaml."""

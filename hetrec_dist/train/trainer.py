@@ -39,6 +39,7 @@ from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
 
 MIN_BOX, MAX_BOX = 16, 1024
+BACKGROUND_IMAGES = 2000  # images a rank takes the noise power from (noise_model background)
 
 
 def check_box(box):
@@ -95,6 +96,8 @@ class Trainer:
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
+        if config.noise_model == "background" and not resume:
+            self._noise_from_background()
         self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
             self.world.run_everywhere(lambda: self.load_state_dict(saved))
@@ -146,10 +149,11 @@ class Trainer:
         """One optimisation step on this rank's `share` of the global batch; returns the loss terms, the
         step-time split (seconds) and the reducer's stats (None in one process)."""
         started = time.perf_counter()
-        weighted = self.config.noise_model == "shells"
+        weighted = self.config.noise_model != "white"
         out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True,
                          noise_weights=self.noise.weights(batch["optics_group"]) if weighted else None)
-        self.noise.accumulate(out["residual_power"], batch["optics_group"])
+        if self.config.noise_model != "background":
+            self.noise.accumulate(out["residual_power"], batch["optics_group"])
         self._synchronize()
         forward_done = time.perf_counter()
         self.ranks.backward(out["loss"], share)
@@ -213,10 +217,25 @@ class Trainer:
         self.metrics.scalars({f"epoch/{k}": v for k, v in summary.items()}, self.epoch)
         return summary
 
-    def _estimate_noise(self):
-        """The noise power per shell from the epoch's residuals (all ranks'): TensorBoard shows it at a few
-        resolutions, RUN/noise_spectrum.json holds all of it."""
+    @torch.no_grad()
+    def _noise_from_background(self, n_images=BACKGROUND_IMAGES):
+        """The noise power from the particle-free corners of up to n_images of each rank's images, once."""
+        seen = 0
+        for batch in self.data:
+            spectra, kept = self.model.background_spectra({"images": batch["images"].to(self.device)},
+                                                          self.config.mask_diameter_A)
+            self.noise.accumulate_background(spectra, batch["optics_group"], kept)
+            seen += len(batch["images"])
+            if seen >= n_images:
+                break
         self.noise.update(self.world.all_sum)
+
+    def _estimate_noise(self):
+        """The noise power per shell: from the epoch's residuals (all ranks'), unless it was taken from the
+        images' background once (noise_model background). TensorBoard shows it at a few resolutions,
+        RUN/noise_spectrum.json holds all of it."""
+        if self.config.noise_model != "background":
+            self.noise.update(self.world.all_sum)
         if not self.world.is_root:
             return
         box_A = self.model.shape.box * self.model.pixel_size_A
@@ -226,7 +245,7 @@ class Trainer:
                              self.epoch)
         record = {"shell_resolution_A": [box_A / max(shell, 1e-9) for shell in range(power.shape[1])],
                   "optics_groups": self.noise.group_values.tolist(), "power": power.tolist(),
-                  "used_in_the_likelihood": self.config.noise_model == "shells", "epoch": self.epoch}
+                  "noise_model": self.config.noise_model, "epoch": self.epoch}
         write_atomically(os.path.join(self.run_dir, "noise_spectrum.json"),
                          lambda temporary: _write_json(temporary, record))
 
