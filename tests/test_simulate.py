@@ -151,3 +151,22 @@ def test_falling_noise_loses_power_with_frequency_and_white_noise_does_not(tmp_p
         assert star["rlnDefocusU"].between(15000, 16000).all()
     assert 0.8 < powers["white"][0] / powers["white"][1] < 1.25
     assert 6 < powers["falling"][0] / powers["falling"][1] < 11
+
+
+def test_several_snrs_make_optics_groups_of_that_noise(tmp_path):
+    """--snr 1 --snr 0.01: two optics groups of half the particles each, each group's images those the same
+    seed gives with its SNR alone."""
+    out = {}
+    for name, snrs in (("both", ["--snr", 1, "--snr", 0.01]), ("clean", ["--snr", 1]), ("noisy", ["--snr", 0.01])):
+        run_cli("simulate", "-o", tmp_path / name, "--n", 40, "--box", 32, "--seed", 2, *snrs, "-q")
+        star = starfile.read(tmp_path / name / "particles.star", always_dict=True)
+        out[name] = (star, mrcfile.read(tmp_path / name / "stacks" / "particles_0000.mrcs"))
+    star, images = out["both"]
+    assert list(star["optics"]["rlnOpticsGroup"]) == [1, 2]
+    assert list(star["particles"]["rlnOpticsGroup"]) == [1] * 20 + [2] * 20
+    np.testing.assert_allclose(images[:20], out["clean"][1][:20], atol=1e-6)
+    np.testing.assert_allclose(images[20:], out["noisy"][1][20:], atol=1e-5)
+    ratio = np.std(out["noisy"][1]) / np.std(out["clean"][1])
+    assert abs(ratio - np.sqrt((1 + 100) / (1 + 1))) < 0.7, ratio  # image power: signal (1 part) + noise
+    truth = json.loads((tmp_path / "both" / "ground_truth" / "ground_truth.json").read_text())
+    assert truth["settings"]["snr"] == [1.0, 0.01]

@@ -15,9 +15,11 @@ def refuse_empty(ctx, param, value):
 
 
 def finite_floats(ctx, param, value):
-    """A click callback: nan and inf pass click's FloatRange, and are no value a user means."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a number")
+    """A click callback: nan and inf pass click's FloatRange, and are no value a user means (value: a float,
+    None, or a tuple of floats from a multiple option)."""
+    for number in value if isinstance(value, tuple) else (value,):
+        if number is not None and not math.isfinite(number):
+            raise click.BadParameter(f"{number} is not a number")
     return value
 
 

@@ -13,8 +13,10 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty
               help="Box size (pixels, even).")
 @click.option("--apix", "pixel_size_A", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
               help="Pixel size in Å (default: 128 Å / box).")
-@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-              callback=finite_floats, help="Signal-to-noise ratio (variances over the whole box).")
+@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=[0.1], show_default=True,
+              multiple=True, callback=finite_floats,
+              help="Signal-to-noise ratio (variances over the whole box). Given several times, one optics group "
+                   "each, the particles split evenly between them in order (sessions of unequal quality).")
 @click.option("--noise-spectrum", type=click.Choice(["white", "falling"]), default="white", show_default=True,
               help="white, or falling: the noise power drops about tenfold from low frequencies to 5 Å, as "
                    "counting detectors record it.")

@@ -43,7 +43,7 @@ class SimulationSettings:
     n: int = 10000
     box: int = 128
     pixel_size_A: float | None = None  # None: MOLECULE_BOX_A / box
-    snr: float = 0.1
+    snr: float | tuple[float, ...] = 0.1  # several: one optics group each, the particles split evenly in order
     seed: int = 0
     images_per_stack: int = 10000
     n_maps: int = 5
@@ -66,6 +66,13 @@ class SimulationSettings:
             raise UserError(f"defocus range {self.defocus_min_A:g} to {self.defocus_max_A:g} Å is not a range of "
                             "positive defoci")
         self.pixel_size_A = self.pixel_size_A or MOLECULE_BOX_A / self.box
+        self.snr = tuple(np.atleast_1d(np.asarray(self.snr, dtype=float)).tolist())
+        if not self.snr or min(self.snr) <= 0 or len(self.snr) > self.n:
+            raise UserError(f"SNR {self.snr}: need one to {self.n} positive values, one per optics group")
+
+    def optics_groups(self):
+        """Each particle's optics group (1, 2, ... one per SNR), in contiguous runs of about n / groups."""
+        return np.arange(self.n) * len(self.snr) // self.n + 1
 
 
 def draw_particles(n, box, pixel_size_A, rng, defocus_range_A=(10000.0, 25000.0)):
@@ -101,7 +108,8 @@ def clean_images(model, particles, ctf, box, pixel_size_A, junk=None):
 
 
 def noise_images(shape, pixel_size_A, spectrum, std, rng):
-    """Gaussian noise images (n x D x D) of standard deviation `std` over the box and spectrum `spectrum`."""
+    """Gaussian noise images (n x D x D) of standard deviation `std` (a number, or n x 1 x 1) over the box and
+    spectrum `spectrum`."""
     noise = rng.normal(0.0, 1.0, shape)
     if spectrum == "white":
         return noise * std
@@ -127,19 +135,20 @@ def perturbed_poses(particles, pose_error_deg, shift_error_px, rng):
     return particles.assign(rot=rot, tilt=tilt, psi=psi, shift_x_px=shifts[:, 0], shift_y_px=shifts[:, 1])
 
 
-def _star_tables(particles, ctf, stack_names, pixel_size_A, box):
+def _star_tables(particles, ctf, stack_names, pixel_size_A, box, groups):
+    numbers = np.unique(groups)
     optics = pd.DataFrame({
-        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
-        "rlnMicrographOriginalPixelSize": [pixel_size_A], "rlnVoltage": [VOLTAGE_KV],
-        "rlnSphericalAberration": [CS_MM], "rlnAmplitudeContrast": [AMPLITUDE_CONTRAST],
-        "rlnImagePixelSize": [pixel_size_A], "rlnImageSize": [box], "rlnImageDimensionality": [2]})
+        "rlnOpticsGroupName": [f"opticsGroup{g}" for g in numbers], "rlnOpticsGroup": numbers,
+        "rlnMicrographOriginalPixelSize": pixel_size_A, "rlnVoltage": VOLTAGE_KV,
+        "rlnSphericalAberration": CS_MM, "rlnAmplitudeContrast": AMPLITUDE_CONTRAST,
+        "rlnImagePixelSize": pixel_size_A, "rlnImageSize": box, "rlnImageDimensionality": 2})
     table = pd.DataFrame({
         "rlnImageName": stack_names,
         "rlnAngleRot": particles["rot"], "rlnAngleTilt": particles["tilt"], "rlnAnglePsi": particles["psi"],
         "rlnOriginXAngst": particles["shift_x_px"] * pixel_size_A,
         "rlnOriginYAngst": particles["shift_y_px"] * pixel_size_A,
         "rlnDefocusU": ctf[:, 2], "rlnDefocusV": ctf[:, 3], "rlnDefocusAngle": ctf[:, 4],
-        "rlnPhaseShift": ctf[:, 8], "rlnOpticsGroup": np.ones(len(particles), dtype=int)})
+        "rlnPhaseShift": ctf[:, 8], "rlnOpticsGroup": groups})
     return {"optics": optics, "particles": table}
 
 
@@ -185,7 +194,7 @@ def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=T
     other = junk_model(model, rng)
     first = slice(0, min(n, BLOCK_IMAGES))
     signal = clean_images(model, particles[first], ctf[first], box, pixel_size_A, other)
-    noise_std = float(np.sqrt(signal.var() / settings.snr))
+    noise_std = np.sqrt(signal.var() / np.array(settings.snr))[settings.optics_groups() - 1]  # per particle
     partial = f"{out}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(os.path.join(partial, "stacks"))
@@ -200,18 +209,19 @@ def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=T
                 for block in range(start, start + count, BLOCK_IMAGES):
                     rows = slice(block, min(block + BLOCK_IMAGES, start + count))
                     images = clean_images(model, particles[rows], ctf[rows], box, pixel_size_A, other)
-                    images += noise_images(images.shape, pixel_size_A, settings.noise_spectrum, noise_std,
+                    images += noise_images(images.shape, pixel_size_A, settings.noise_spectrum,
+                                           noise_std[rows, None, None],
                                            np.random.default_rng([settings.seed, block]))
                     mrc.data[rows.start - start:rows.stop - start] = images
                     progress.update(rows.stop - rows.start)
     reported = perturbed_poses(particles, settings.pose_error_deg, settings.shift_error_px,
                                np.random.default_rng([settings.seed, n, 1]))
-    starfile.write(_star_tables(reported, ctf, stack_names, pixel_size_A, box),
+    starfile.write(_star_tables(reported, ctf, stack_names, pixel_size_A, box, settings.optics_groups()),
                    os.path.join(partial, "particles.star"))
     _write_ground_truth(os.path.join(partial, "ground_truth"), model, particles, settings,
                         sha256_file(os.path.join(partial, "particles.star")))
     if os.path.exists(out):
         shutil.rmtree(out)
     os.rename(partial, out)
-    return {"n": n, "box": box, "pixel_size_A": pixel_size_A, "noise_std": noise_std,
+    return {"n": n, "box": box, "pixel_size_A": pixel_size_A, "noise_std": sorted(set(noise_std.tolist())),
             "n_junk": int(junk.sum())}
