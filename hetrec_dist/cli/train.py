@@ -92,6 +92,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     world.close()
     if world.is_root:
         _report_latent_spread(trainer, quiet)
+        _report_unequal_noise(trainer)
     if not quiet and world.is_root:
         click.echo(f"trained {trainer.epoch} epochs on {world.size} rank(s); outputs in {out}", err=True)
 
@@ -109,6 +110,16 @@ def _report_latent_spread(trainer, quiet):
         click.echo(f"Warning: {line}", err=True)
     elif not quiet:
         click.echo(line, err=True)
+
+
+def _report_unequal_noise(trainer):
+    """A warning, in train.log and on the console, when an unweighted run's optics groups differ in noise."""
+    from hetrec_dist.model.noise import unequal_groups_line
+
+    line = unequal_groups_line(trainer.noise) if trainer.config.noise_model == "white" else None
+    if line:
+        trainer.log.info(line)
+        click.echo(f"Warning: {line}", err=True)
 
 
 def _say_so_when_the_launcher_stops_this_rank(world, run_dir):

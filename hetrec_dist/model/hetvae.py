@@ -99,7 +99,7 @@ class HetVAE(nn.Module):
         |data - model|² of every half-disk point (B x P, detached) and predictions.
         noise (B x zdim): the reparametrisation's standard normal draws (training mode; drawn here if None).
         basis_factors: leave the basis out of autograd and return out["factors"] (see project_with_factors).
-        noise_weights (B x P): 1 / noise power of each point (model.noise.NoiseSpectrum); None: white noise."""
+        noise_weights (B x P): the likelihood weight of each point (model.noise.NoiseSpectrum); None: white noise."""
         observed = self.observed_spectra(batch)
         mu, logvar = self.encode(observed)
         if noise is None:

@@ -153,7 +153,7 @@ class Trainer:
         out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True,
                          noise_weights=self.noise.weights(batch["optics_group"]) if weighted else None)
         if self.config.noise_model != "background":
-            self.noise.accumulate(out["residual_power"], batch["optics_group"])
+            self.noise.accumulate(out["residual_power"], out["observed"].abs() ** 2, batch["optics_group"])
         self._synchronize()
         forward_done = time.perf_counter()
         self.ranks.backward(out["loss"], share)
@@ -222,9 +222,10 @@ class Trainer:
         """The noise power from the particle-free corners of up to n_images of each rank's images, once."""
         seen = 0
         for batch in self.data:
-            spectra, kept = self.model.background_spectra({"images": batch["images"].to(self.device)},
-                                                          self.config.mask_diameter_A)
-            self.noise.accumulate_background(spectra, batch["optics_group"], kept)
+            images = {"images": batch["images"].to(self.device), "shifts": batch["shifts"].to(self.device)}
+            spectra, kept = self.model.background_spectra(images, self.config.mask_diameter_A)
+            self.noise.accumulate_background(spectra, kept, self.model.observed_spectra(images),
+                                             batch["optics_group"])
             seen += len(batch["images"])
             if seen >= n_images:
                 break
@@ -245,6 +246,7 @@ class Trainer:
                              self.epoch)
         record = {"shell_resolution_A": [box_A / max(shell, 1e-9) for shell in range(power.shape[1])],
                   "optics_groups": self.noise.group_values.tolist(), "power": power.tolist(),
+                  "weight_scale": self.noise.scale,
                   "noise_model": self.config.noise_model, "epoch": self.epoch}
         write_atomically(os.path.join(self.run_dir, "noise_spectrum.json"),
                          lambda temporary: _write_json(temporary, record))
