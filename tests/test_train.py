@@ -334,8 +334,8 @@ def test_each_default_is_stated_once_by_the_config_and_agrees_everywhere_it_is_s
 
 
 def test_the_same_particles_at_any_box_get_the_same_fourier_extent():
-    """The resolutions the model works to are in Å: the half-disk it compares (and the encoder's part of it)
-    ends at 4 Å whether the particles come at 2, 1 or 0.5 Å a pixel; coarser pixels stop at Nyquist. (With
+    """The resolutions the model works to are in Å: the half-disk it compares ends at 4 Å, the encoder's part
+    of it at 6 Å, whether the particles come at 2, 1 or 0.5 Å a pixel; coarser pixels stop at Nyquist. (With
     the radii as fractions of the box, as before, a box-128 run compared noise out to 2 Å, and its latents
     spread the motion over five directions: docs/benchmarks.md.)"""
     config = TrainConfig()
@@ -344,6 +344,6 @@ def test_the_same_particles_at_any_box_get_the_same_fourier_extent():
         frequency = model.disk.coords.norm(dim=1) / (box * pixel_size)  # 1/Å
         encoder = frequency[model.encoder_points]
         assert 1 / frequency.max() == pytest.approx(4.0, rel=0.05), box
-        assert 1 / encoder.max() == pytest.approx(4.0, rel=0.05), box
+        assert 1 / encoder.max() == pytest.approx(6.0, rel=0.05), box
     coarse = HetVAE(config.model_shape(32, 4.0), pixel_size_A=4.0)
     assert coarse.disk.radius == 15  # Nyquist (less one voxel for the interpolation margin)

@@ -27,7 +27,7 @@ class TrainConfig:
     encoder_hidden: int = 256
     encoder_blocks: int = 5
     max_resolution_A: float = 4.0      # the likelihood and the basis reach this resolution (Å; Nyquist if finer)
-    encoder_resolution_A: float = 4.0  # the encoder sees the images to this resolution (Å; not beyond the above)
+    encoder_resolution_A: float = 6.0  # the encoder sees the images to this resolution (Å; not beyond the above)
     lr: float = 1e-3           # Adam, encoder and decoder
     lr_basis: float = 1e-2     # sparse Adam, structural basis
     beta: float = 1.0          # weight of the KL term
