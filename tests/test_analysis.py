@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import re
 
 import mrcfile
 import numpy as np
@@ -106,6 +107,52 @@ def test_analyze_writes_maps_plots_page_and_z_pkl(analyzed_run):
         np.testing.assert_array_equal(pickle.load(f), np.load(analyzed_run / "z.npy"))
 
 
+def test_the_page_shows_map_pictures_confounders_and_curves_and_links_only_files_that_exist(analyzed_run):
+    out = analyzed_run / "analyze.4"
+    summary = json.loads((out / "summary.json").read_text())
+    expected = {"cluster_maps.png", "pc1_traversal.png", "pc2_traversal.png", "training_curves.png",
+                "pca_by_defocus.png", "pca_by_optics_group.png", "pca_by_tilt.png", "pca_by_in_plane_angle_psi.png",
+                "pca_by_particle_index.png"}
+    assert expected <= set(summary["plots"])
+    page = (out / "index.html").read_text()
+    named = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert {f"plots/{p}" for p in summary["plots"]} <= set(named) and "chimerax.cxc" in named
+    assert {f"maps/{m}" for group in summary["maps"].values() for m in group} <= set(named)
+    for name in named:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+
+
+def test_the_chimerax_script_opens_every_map_once_at_a_level_inside_their_range(analyzed_run):
+    """ChimeraX runs a .cxc in its own folder: every path must exist relative to it; models are numbered in
+    the order opened (each cluster map one, each traversal one volume series)."""
+    out = analyzed_run / "analyze.4"
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [line for line in (out / "chimerax.cxc").read_text().splitlines() if line and not line.startswith("#")]
+    assert {line.split()[0] for line in lines} <= {"open", "volume", "tile", "hide"}
+    opened = [line.split()[1:] for line in lines if line.startswith("open")]
+    assert opened[0] == [f"maps/{m}" for m in summary["maps"]["kmeans"]]
+    assert opened[1] == [f"maps/{m}" for m in summary["maps"]["pc1"]] + ["vseries", "true"]
+    assert opened[2] == [f"maps/{m}" for m in summary["maps"]["pc2"]] + ["vseries", "true"]
+    assert all((out / path).is_file() for paths in opened for path in paths if path.startswith("maps/"))
+    assert "volume #1-4 level" in lines[1] and lines[2] == "tile #1-4"
+    assert [line.split()[1] for line in lines if line.startswith("volume")] == ["#1-4", "#5", "#6"]
+    level = summary["chimerax_level"]
+    first = mrcfile.read(out / "maps" / summary["maps"]["kmeans"][0])
+    assert first.min() < level < first.max() and abs((first > level).mean() - 0.05) < 0.01
+
+
+def test_training_curves_read_the_last_line_of_each_epoch(tmp_path):
+    from hetrec_dist.analysis.analyze import training_epochs
+
+    (tmp_path / "train.log").write_text(
+        "2026-01-01 00:00:00,000 epoch 1: loss 0.5, data 0.4, kl 2.0, images_per_s 10\n"
+        "2026-01-01 00:00:00,000 epoch 2: loss 0.45, data 0.39, kl 3.0, images_per_s 10\n"
+        "2026-01-01 00:00:00,000 epoch 2 eval: mean FSC 0.4\n"  # resumed from epoch 1:
+        "2026-01-01 00:00:00,000 epoch 2: loss 0.44, data 0.38, kl 3.5, images_per_s 10\n")
+    assert training_epochs(tmp_path) == {"epoch": [1, 2], "loss": [0.5, 0.44], "data": [0.4, 0.38], "kl": [2.0, 3.5]}
+    assert training_epochs(tmp_path / "missing") is None
+
+
 def test_select_writes_the_clusters_particles_as_star_and_indices(analyzed_run, sim_dir, tmp_path):
     labels = np.load(analyzed_run / "analyze.4" / "kmeans_labels.npy")
     run_cli("select", analyzed_run, "--k", 4, "--clusters", "1,3", "-o", tmp_path / "subset.star")
@@ -186,3 +233,18 @@ def test_the_latent_spread_says_when_no_direction_dominates(analyzed_run):
     summary = json.loads((analyzed_run / "analyze.4" / "summary.json").read_text())
     page = (analyzed_run / "analyze.4" / "index.html").read_text()
     assert ("no direction dominates" in page) == (not summary["one_direction_dominates"])
+
+
+def test_analyze_without_the_store_warns_and_leaves_out_only_the_confounder_plots(analyzed_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "moved"
+    shutil.copytree(analyzed_run, run, ignore=shutil.ignore_patterns("analyze.*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "store": str(tmp_path / "gone.zarr")}))
+    result = run_cli("analyze", run, "--k", 3, "--device", "cpu")
+    assert "Warning: no plots coloured by defocus, pose or optics group" in result.output
+    summary = json.loads((run / "analyze.3" / "summary.json").read_text())
+    assert not any(p.startswith("pca_by_") for p in summary["plots"]) and "cluster_maps.png" in summary["plots"]

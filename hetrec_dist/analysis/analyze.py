@@ -1,19 +1,23 @@
 """`hetrec analyze`: PCA, k-means, maps at cluster centres and along PC1/PC2, plots and a summary page.
 
-Writes RUN/analyze.K/: summary.json, index.html, plots/*.png, maps/*.mrc, kmeans_labels.npy,
-kmeans_centres.txt, and RUN/z.pkl (the latents as cryoDRGN's z.pkl).
+Writes RUN/analyze.K/: summary.json, index.html, chimerax.cxc, plots/*.png (the latent landscape, pictures
+of the cluster maps and the PC traversals, the latents coloured by the ground truth and by what may confound
+them, the training curves), maps/*.mrc, kmeans_labels.npy, kmeans_centres.txt, and RUN/z.pkl (the latents
+as cryoDRGN's z.pkl).
 """
 
 import html
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 
 from hetrec_dist.analysis import plots
 from hetrec_dist.analysis.latent import kmeans, latent_spread, nearest_particles, pca, traversal
-from hetrec_dist.analysis.maps import write_latent_maps
+from hetrec_dist.analysis.maps import chimerax_level, write_latent_maps
+from hetrec_dist.data.map_files import read_map
 from hetrec_dist.errors import UserError
 
 
@@ -28,28 +32,88 @@ def _umap(z, seed):
 
 
 def _page(summary, out_dir):
-    images = "".join(f'<figure><img src="plots/{p}" style="max-width:100%"><figcaption>{html.escape(p)}</figcaption>'
-                     f"</figure>" for p in summary["plots"])
-    rows = "".join(f"<tr><td>{i}</td><td>{n}</td><td>{html.escape(m)}</td></tr>"
-                   for i, (n, m) in enumerate(zip(summary["cluster_sizes"], summary["maps"]["kmeans"])))
+    def figure(name):
+        return (f'<figure><img src="plots/{name}" style="max-width:100%"><figcaption>{html.escape(name)}'
+                f"</figcaption></figure>")
+
+    def links(names):
+        return ", ".join(f'<a href="maps/{html.escape(n)}">{html.escape(n)}</a>' for n in names)
+
+    plots_shown = summary["plots"]
+    maps = summary["maps"]
+    rows = "".join(f'<tr><td>{i}</td><td>{n}</td><td><a href="maps/{html.escape(m)}">{html.escape(m)}</a></td></tr>'
+                   for i, (n, m) in enumerate(zip(summary["cluster_sizes"], maps["kmeans"])))
     variance = ", ".join(f"{100 * v:.1f}%" for v in summary["pca_explained_fraction"])
     spread = html.escape(summary["latent_spread"])
     warning = "" if summary["one_direction_dominates"] else f'<p style="color:#a00"><b>{spread}</b></p>'
+    landscape = "".join(figure(p) for p in plots_shown if p.startswith(("pca_clusters", "umap", "pc_hist")))
+    confounders = "".join(figure(p) for p in plots_shown if p.startswith("pca_by_") or p == "pca_ground_truth.png")
+    traversals = "".join(figure(p) for p in plots_shown if p.endswith("_traversal.png"))
+    curves = "".join(figure(p) for p in plots_shown if p == "training_curves.png")
+    cluster_maps = "".join(figure(p) for p in plots_shown if p == "cluster_maps.png")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetrec analysis</title></head><body>
 <h1>Latent analysis of {html.escape(summary['run'])}</h1>
 <p>{summary['n_particles']:,} particles, latent dimension {summary['zdim']}; PCA explained variance: {variance}.</p>
 {warning}
-{images}
+{landscape}
 <h2>k-means clusters (k = {summary['k']})</h2>
-<p>Maps are decoded at the latent of the particle nearest each centre (open them in ChimeraX).</p>
+<p>Maps are decoded at the latent of the particle nearest each centre. Open them all in ChimeraX with
+<a href="chimerax.cxc">chimerax.cxc</a> (the cluster maps tiled, then the traversals as volume series).</p>
 <table border="1" cellpadding="3"><tr><th>cluster</th><th>particles</th><th>map</th></tr>{rows}</table>
-<h2>Traversals</h2><p>PC1: {', '.join(summary['maps']['pc1'])}<br>PC2: {', '.join(summary['maps']['pc2'])}</p>
+{cluster_maps}
+<h2>Traversals</h2><p>PC1: {links(maps['pc1'])}<br>PC2: {links(maps['pc2'])}</p>
+{traversals}
+<h2>What else the latents follow</h2>
+<p>Latents that follow defocus, the pose, the optics group or the particle index (drift during the
+acquisition) show artefacts or junk rather than conformations.</p>
+{confounders}
+<h2>Training</h2>
+{curves}
 </body></html>"""
     with open(os.path.join(out_dir, "index.html"), "w") as f:
         f.write(page)
 
 
-def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10):
+def training_epochs(run_dir):
+    """{"epoch", "loss", "data", "kl": lists} from RUN/train.log (a resumed epoch: its last line); None if
+    the log has no epoch lines."""
+    pattern = re.compile(r"epoch (\d+): loss ([-+.\deE]+), data ([-+.\deE]+), kl ([-+.\deE]+)")
+    found = {}
+    try:
+        with open(os.path.join(run_dir, "train.log")) as f:
+            for line in f:
+                match = pattern.search(line)
+                if match:
+                    found[int(match.group(1))] = [float(v) for v in match.groups()[1:]]
+    except OSError:
+        return None
+    if not found:
+        return None
+    epochs = sorted(found)
+    return {"epoch": epochs, **{name: [found[e][i] for e in epochs] for i, name in enumerate(("loss", "data", "kl"))}}
+
+
+def write_chimerax_script(path, maps, level):
+    """A ChimeraX command script that opens the cluster maps tiled, then each traversal as a volume series,
+    at one surface level (Å units of the maps). ChimeraX runs a .cxc in its own folder, so paths are relative."""
+    k = len(maps["kmeans"])
+    lines = ["# hetrec analyze: open in ChimeraX (File > Open, or `open chimerax.cxc`).",
+             f"open {' '.join('maps/' + name for name in maps['kmeans'])}",
+             f"volume #1-{k} level {level:.6g} style surface", f"tile #1-{k}"]
+    model = k
+    for direction in ("pc1", "pc2"):
+        if maps[direction]:
+            model += 1
+            lines += [f"# {direction.upper()} traversal as a volume series #{model} (play it with its slider)",
+                      f"open {' '.join('maps/' + name for name in maps[direction])} vseries true",
+                      f"volume #{model} level {level:.6g} style surface", f"hide #{model} models"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10, particles=None):
+    """PCA, k-means, maps and their pictures, plots and the page (module doc). particles: {label: (N,) array}
+    to colour the latents by (cli.run_files.run_particle_metadata), or None."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
     out_dir = os.path.join(run_dir, f"analyze.{k}")
@@ -65,32 +129,51 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     on_data = nearest_particles(z, centres)
     np.save(os.path.join(out_dir, "kmeans_labels.npy"), labels)
     np.savetxt(os.path.join(out_dir, "kmeans_centres.txt"), z[on_data])
-    maps_dir = os.path.join(out_dir, "maps")
-    maps = {"kmeans": write_latent_maps(model, z[on_data], maps_dir, "kmeans_{:02d}.mrc"),
-            "pc1": write_latent_maps(model, traversal(z, fitted, 0, n_traversal), maps_dir, "pc1_{:02d}.mrc")}
-    maps["pc2"] = (write_latent_maps(model, traversal(z, fitted, 1, n_traversal), maps_dir, "pc2_{:02d}.mrc")
-                   if z.shape[1] > 1 else [])
-    plot_dir = os.path.join(out_dir, "plots")
+    maps_dir, plot_dir = os.path.join(out_dir, "maps"), os.path.join(out_dir, "plots")
+    pictures = {"kmeans": [], "pc1": [], "pc2": []}
+    maps = {"kmeans": write_latent_maps(model, z[on_data], maps_dir, "kmeans_{:02d}.mrc", pictures["kmeans"]),
+            "pc1": write_latent_maps(model, traversal(z, fitted, 0, n_traversal), maps_dir, "pc1_{:02d}.mrc",
+                                     pictures["pc1"])}
+    maps["pc2"] = (write_latent_maps(model, traversal(z, fitted, 1, n_traversal), maps_dir, "pc2_{:02d}.mrc",
+                                     pictures["pc2"]) if z.shape[1] > 1 else [])
     plots.landscape(xy, labels, fitted.project(z[on_data])[:, :2] if z.shape[1] > 1 else xy[on_data],
                     os.path.join(plot_dir, "pca_clusters.png"))
     plots.histograms(projected, fitted.explained_variance, os.path.join(plot_dir, "pc_histograms.png"))
     names = ["pca_clusters.png", "pc_histograms.png"]
+    plots.map_grid(pictures["kmeans"], [f"cluster {i}" for i in range(k)], os.path.join(plot_dir, "cluster_maps.png"))
+    names.append("cluster_maps.png")
+    for traversal_name in ("pc1", "pc2"):
+        if pictures[traversal_name]:
+            name = f"{traversal_name}_traversal.png"
+            plots.traversal_strip(pictures[traversal_name], os.path.join(plot_dir, name), traversal_name.upper())
+            names.append(name)
     if gt_coordinates is not None:
         if len(gt_coordinates) != len(z):
             raise UserError(f"ground truth has {len(gt_coordinates)} coordinates but the run {len(z)} particles")
         plots.coloured_by(xy, gt_coordinates, os.path.join(plot_dir, "pca_ground_truth.png"), "true coordinate")
         names.append("pca_ground_truth.png")
+    for label, values in (particles or {}).items():
+        if len(values) == len(z):
+            name = "pca_by_" + re.sub(r"[^a-z0-9]+", "_", label.split(" (")[0].lower()).strip("_") + ".png"
+            plots.coloured_by(xy, values, os.path.join(plot_dir, name), label)
+            names.append(name)
+    epochs = training_epochs(run_dir)
+    if epochs is not None:
+        plots.training_curves(epochs, os.path.join(plot_dir, "training_curves.png"))
+        names.append("training_curves.png")
     embedded = _umap(z, seed) if z.shape[1] > 2 else None
     if embedded is not None:
         rows, umap_xy = embedded
         plots.landscape(umap_xy, labels[rows], umap_xy[[np.abs(rows - i).argmin() for i in on_data]],
                         os.path.join(plot_dir, "umap_clusters.png"), ("UMAP1", "UMAP2"))
         names.append("umap_clusters.png")
+    level = chimerax_level(read_map(os.path.join(maps_dir, maps["kmeans"][0])))
+    write_chimerax_script(os.path.join(out_dir, "chimerax.cxc"), maps, level)
     summary = {"run": os.path.abspath(run_dir), "n_particles": len(z), "zdim": z.shape[1], "k": k,
                "pca_explained_fraction": (fitted.explained_variance / fitted.explained_variance.sum()).tolist(),
                "one_direction_dominates": bool(dominant), "latent_spread": spread_line,
                "cluster_sizes": np.bincount(labels, minlength=k).tolist(), "centre_particles": on_data.tolist(),
-               "maps": maps, "plots": names}
+               "maps": maps, "plots": names, "chimerax_level": level}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     _page(summary, out_dir)

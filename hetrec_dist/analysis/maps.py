@@ -9,10 +9,28 @@ from hetrec_dist.data.map_files import write_map
 
 
 @torch.no_grad()
-def write_latent_maps(model, latents, directory, name_format):
-    """The model's map for each latent row, as directory/name_format.format(i); returns the file names."""
+def write_latent_maps(model, latents, directory, name_format, pictures=None):
+    """The model's map for each latent row, as directory/name_format.format(i); returns the file names.
+    pictures: a list to append each map's map_pictures to (None: none made)."""
     names = []
     for i, latent in enumerate(torch.from_numpy(np.asarray(latents, dtype=np.float32)).to(model.basis.device)):
         names.append(name_format.format(i))
-        write_map(os.path.join(directory, names[-1]), model.volume(latent).cpu().numpy(), model.pixel_size_A)
+        volume = model.volume(latent).cpu().numpy()
+        write_map(os.path.join(directory, names[-1]), volume, model.pixel_size_A)
+        if pictures is not None:
+            pictures.append(map_pictures(volume))
     return names
+
+
+def map_pictures(volume):
+    """Views of a D x D x D map (MRC order: z, y, x): the central sections normal to z, y and x, and the
+    projection along z (each D x D, float32)."""
+    centre = volume.shape[0] // 2
+    return {"section z": volume[centre], "section y": volume[:, centre], "section x": volume[:, :, centre],
+            "projection z": volume.sum(0)}
+
+
+def chimerax_level(volume, enclosed_fraction=0.05):
+    """A threshold for a surface that encloses `enclosed_fraction` of the box (the maps' envelope mask keeps
+    about 10% of it on our benchmark, so 5% shows the molecule without its weakest density)."""
+    return float(np.quantile(volume, 1 - enclosed_fraction))

@@ -70,3 +70,51 @@ def fsc_plot(curves, box, pixel_size_A, path):
     axis.set_ylim(-0.1, 1.05)
     axis.legend(fontsize=8)
     _save(figure, path)
+
+
+def map_grid(pictures, titles, path):
+    """One row per map (titles), one column per view (map_pictures), each view on its own grey scale."""
+    views = list(pictures[0])
+    figure, axes = plt.subplots(len(pictures), len(views), figsize=(1.8 * len(views), 1.8 * len(pictures)),
+                                squeeze=False)
+    for row, (picture, title) in enumerate(zip(pictures, titles)):
+        for column, view in enumerate(views):
+            axis = axes[row, column]
+            axis.imshow(picture[view], cmap="gray", origin="lower")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(view, fontsize=9)
+        axes[row, 0].set_ylabel(title, fontsize=9)
+    _save(figure, path)
+
+
+def traversal_strip(pictures, path, label, views=("projection z", "section z")):
+    """The steps of a traversal side by side (columns), one row per view on a grey scale shared along the row,
+    so that what changes between steps shows."""
+    figure, axes = plt.subplots(len(views), len(pictures), figsize=(1.5 * len(pictures), 1.6 * len(views)),
+                                squeeze=False)
+    for row, view in enumerate(views):
+        low = min(float(p[view].min()) for p in pictures)
+        high = max(float(p[view].max()) for p in pictures)
+        for column, picture in enumerate(pictures):
+            axis = axes[row, column]
+            axis.imshow(picture[view], cmap="gray", origin="lower", vmin=low, vmax=high)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(f"{label} {column}", fontsize=8)
+        axes[row, 0].set_ylabel(view, fontsize=8)
+    _save(figure, path)
+
+
+def training_curves(epochs, path):
+    """Loss, its data term and KL per epoch (epochs: {"epoch": [...], "loss": [...], "data": [...],
+    "kl": [...]}), each on its own axis."""
+    names = [name for name in ("loss", "data", "kl") if name in epochs]
+    figure, axes = plt.subplots(1, len(names), figsize=(3.5 * len(names), 3), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        axis.plot(epochs["epoch"], epochs[name], marker="o", markersize=3)
+        axis.set_xlabel("epoch")
+        axis.set_title(name)
+    _save(figure, path)

@@ -17,11 +17,17 @@ def command(run, k, gt_dir, checkpoint, device, seed):
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.analysis.ground_truth import read_ground_truth
-    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_store_attrs
+    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_particle_metadata, run_store_attrs
+    from hetrec_dist.errors import UserError
 
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
     z = run_latents(run, state)
     coordinates = read_ground_truth(gt_dir, run_store_attrs(run))[0] if gt_dir else None
-    out_dir, summary = analyze_run(run, model, z, k, coordinates, seed)
+    try:
+        particles = run_particle_metadata(run)
+    except UserError as error:  # the store stayed on the cluster: the rest of the analysis needs none of it
+        click.echo(f"Warning: no plots coloured by defocus, pose or optics group: {error}", err=True)
+        particles = None
+    out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles)
     click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}", err=True)

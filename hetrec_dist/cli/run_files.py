@@ -50,3 +50,19 @@ def run_store_attrs(run):
     from hetrec_dist.data.store import open_store
 
     return open_store(run_store_path(run)).attrs.asdict()
+
+
+def run_particle_metadata(run):
+    """What may confound a run's latents, per particle in store order: {label: (N,) array} of defocus (Å),
+    optics group, the pose's tilt and in-plane angle (RELION's tilt and psi, degrees) and the particle's
+    index (acquisition drift). A UserError where the run's store is not readable."""
+    import numpy as np
+
+    from hetrec_dist.data.store import open_store
+    from hetrec_dist.physics.rotations import relion_euler_from_matrices
+
+    group = open_store(run_store_path(run))
+    _, tilt, psi = relion_euler_from_matrices(group["rotations"][:])
+    defocus_A = group["ctf"][:, 2:4].mean(1)
+    return {"defocus (Å)": defocus_A, "optics group": group["optics_group"][:].astype(float),
+            "tilt (°)": tilt, "in-plane angle psi (°)": psi, "particle index": np.arange(len(tilt), dtype=float)}

@@ -19,3 +19,8 @@ def write_map(path, volume, pixel_size_A):
             mrc.voxel_size = pixel_size_A
 
     write_atomically(path, write)
+
+
+def read_map(path):
+    """The data of an MRC map written by write_map (z, y, x; float32)."""
+    return mrcfile.read(path)
