@@ -120,3 +120,33 @@ def test_the_user_is_told_only_when_the_groups_noise_differs():
     assert unequal_groups_line(spectrum) is None
     spectrum.power[1] *= 2
     assert "up to 3.8 x (group 2 against group 1)" in unequal_groups_line(spectrum)
+
+
+def test_a_run_resumed_as_background_takes_the_background_estimate(sim_store, tmp_path):
+    """Resuming a white run with noise_model background estimates the noise from the images' corners, as a
+    new background run does, instead of keeping the white run's residual estimate."""
+    import json
+
+    from conftest import run_cli
+
+    tiny = ["--batch-size", 64, "--zdim", 2, "--n-basis", 2, "--device", "cpu", "-q"]
+    (tmp_path / "background.yaml").write_text("noise_model: background\n")
+    run_cli("train", sim_store, "-o", tmp_path / "white", "--epochs", 1, *tiny)
+    white = json.loads((tmp_path / "white" / "noise_spectrum.json").read_text())["power"]
+    run_cli("train", sim_store, "-o", tmp_path / "white", "--epochs", 2, "--resume",
+            "--config", tmp_path / "background.yaml", *tiny)
+    run_cli("train", sim_store, "-o", tmp_path / "fresh", "--epochs", 1, "--config", tmp_path / "background.yaml",
+            *tiny)
+    resumed, fresh = (json.loads((tmp_path / run / "noise_spectrum.json").read_text())
+                      for run in ("white", "fresh"))
+    assert resumed["noise_model"] == "background" and resumed["power"] == fresh["power"] != white
+
+
+def test_background_noise_needs_pixels_outside_the_mask(sim_store, tmp_path):
+    from conftest import assert_one_line_error, run_cli
+
+    (tmp_path / "background.yaml").write_text("noise_model: background\n")
+    result = run_cli("train", sim_store, "-o", tmp_path / "run", "--epochs", 1, "--config",
+                     tmp_path / "background.yaml", "--mask-diameter", 400, "--device", "cpu", "-q", expect_ok=False)
+    assert_one_line_error(result, "leaves no particle-free pixels", "--mask-diameter")
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

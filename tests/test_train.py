@@ -347,3 +347,30 @@ def test_the_same_particles_at_any_box_get_the_same_fourier_extent():
         assert 1 / encoder.max() == pytest.approx(6.0, rel=0.05), box
     coarse = HetVAE(config.model_shape(32, 4.0), pixel_size_A=4.0)
     assert coarse.disk.radius == 15  # Nyquist (less one voxel for the interpolation margin)
+
+
+def test_resolutions_that_leave_no_model_and_changes_a_resumed_run_cannot_make_are_refused(sim_store, tiny_run,
+                                                                                         tmp_path):
+    for setting, fragment in (("max_resolution_A: 1000", "leaves the model under 8 Fourier shells"),
+                              ("encoder_resolution_A: 1000", "leaves the model under 4 Fourier shells"),
+                              ("max_resolution_A: true", "True is not a number")):
+        (tmp_path / "c.yaml").write_text(setting + "\n")
+        result = run_cli("train", sim_store, "-o", tmp_path / "run", "--config", tmp_path / "c.yaml", *TINY,
+                         expect_ok=False)
+        assert_one_line_error(result, fragment)
+    (tmp_path / "c.yaml").write_text("max_resolution_A: 8.0\n")
+    saved = (tiny_run / "config.yaml").read_text()
+    result = run_cli("train", sim_store, "-o", tiny_run, "--resume", "--epochs", 4, "--config", tmp_path / "c.yaml",
+                     *TINY, expect_ok=False)
+    assert_one_line_error(result, "a resumed run keeps its model", "max_resolution_A 4.0, not 8.0")
+    assert (tiny_run / "config.yaml").read_text() == saved
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_before_its_checkpoint(sim_store, tmp_path, monkeypatch):
+    from hetrec_dist.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self: {"loss": float("nan"), "data": 0.0, "kl": 0.0,
+                                                              "images_per_s": 1.0})
+    result = run_cli("train", sim_store, "-o", tmp_path / "run", "--epochs", 2, *TINY, expect_ok=False)
+    assert_one_line_error(result, "the loss became nan in epoch 0", "nothing of this epoch was saved")
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -3,7 +3,8 @@
     python tools/bench_analyze.py --run /tmp/hetrec_bench/hq20 --n 1000000 --k 20
 
 Uses RUN's checkpoint for the maps (k centres + 2 x 10 traversal maps) and replaces its latents by N
-draws from a mixture of 20 Gaussians in the model's latent dimension (written to a scratch copy of RUN).
+draws from a mixture of 20 Gaussians in the model's latent dimension (written to a scratch copy of RUN), with
+five random per-particle values to colour the latents by, as the store's defocus, pose and index.
 """
 
 import argparse
@@ -34,7 +35,9 @@ def main():
     z = (centres[rng.integers(0, 20, args.n)] + rng.normal(size=(args.n, model.shape.zdim))).astype(np.float32)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    analyze_run(scratch, model, z, args.k)
+    particles = {label: rng.normal(size=args.n) for label in  # what run_particle_metadata reads from a store
+                 ("defocus (Å)", "optics group", "tilt (°)", "in-plane angle psi (°)", "particle index")}
+    analyze_run(scratch, model, z, args.k, particles=particles)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"analyze {args.n:,} latents (zdim {model.shape.zdim}, k {args.k}, box {model.shape.box}): "

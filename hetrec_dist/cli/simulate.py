@@ -62,5 +62,10 @@ def command(out, atoms, atoms_end, atom_sigma, overwrite, quiet, **settings):
     model = structure_model(atoms, atoms_end, atom_sigma) if atoms else hinge_model()
     result = simulate_dataset(out, model, SimulationSettings(**settings), overwrite, show_progress=not quiet)
     junk = f", {result['n_junk']} of them junk" if result["n_junk"] else ""
-    click.echo(f"wrote {result['n']} particles{junk} (box {result['box']}, {result['pixel_size_A']:.3f} Å/px) "
+    snrs = settings["snr"]
+    groups = f", {len(snrs)} optics groups (SNR {', '.join(f'{v:g}' for v in snrs)})" if len(snrs) > 1 else ""
+    click.echo(f"wrote {result['n']} particles{junk}{groups} (box {result['box']}, {result['pixel_size_A']:.3f} Å/px) "
                f"to {out}", err=True)
+    if settings["junk_fraction"] and result["n_junk"] in (0, result["n"]):
+        click.echo(f"Warning: --junk-fraction {settings['junk_fraction']:g} drew {result['n_junk']} junk particles "
+                   f"of {result['n']} (each particle is junk at random with that chance)", err=True)

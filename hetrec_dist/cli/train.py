@@ -94,7 +94,19 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
         _report_latent_spread(trainer, quiet)
         _report_unequal_noise(trainer)
     if not quiet and world.is_root:
+        if config.gt:
+            _echo_evaluation(out)
         click.echo(f"trained {trainer.epoch} epochs on {world.size} rank(s); outputs in {out}", err=True)
+
+
+def _echo_evaluation(run):
+    import json
+
+    with open(os.path.join(run, "eval.json")) as f:
+        scores = json.load(f)
+    click.echo(f"against the ground truth: mean FSC {scores['mean_fsc']:.3f}, FSC=0.5 at "
+               f"{scores['mean_resolution_0.5_A']:.2f} Å, latent PC1 |Spearman| {scores['latent_pc1_spearman']:.3f}, "
+               f"linear R² {scores['latent_linear_r2']:.3f} (RUN/eval.json)", err=True)
 
 
 def _report_latent_spread(trainer, quiet):

@@ -114,11 +114,13 @@ UNEQUAL_GROUPS_RATIO = 2.0
 def unequal_groups_line(spectrum: NoiseSpectrum) -> str | None:
     """A line for the user when the optics groups' noise power (the mean over shells) differs by at least
     UNEQUAL_GROUPS_RATIO; None otherwise."""
-    levels = spectrum.power[:, 1:].mean(1)
+    if len(spectrum.group_values) < 2:
+        return None
+    levels = spectrum.power[:, 1:].mean(1) if spectrum.power.shape[1] > 1 else spectrum.power[:, 0]
     ratio = float(levels.max() / levels.min())
     if ratio < UNEQUAL_GROUPS_RATIO:
         return None
     quietest, noisiest = (int(spectrum.group_values[int(i)]) for i in (levels.argmin(), levels.argmax()))
     return (f"the optics groups' noise power differs up to {ratio:.1f} x (group {noisiest} against group "
             f"{quietest}); noise_model: background in a --config file weights each group by its own, which "
-            "recovers the maps better on such data (README, 'Resolution')")
+            "recovers the maps better on such data (README, 'Noise')")

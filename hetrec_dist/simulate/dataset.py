@@ -34,6 +34,7 @@ BLOCK_IMAGES = 500
 MOLECULE_BOX_A = 128.0  # default box width in Angstrom when no pixel size is given
 VOLTAGE_KV, CS_MM, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.1
 NOISE_SPECTRA = ("white", "falling")
+MIN_SNR = 1e-8  # far below any real data (0.01-0.1); much lower overflows float32
 FALLING_NOISE_FLOOR, FALLING_NOISE_SCALE_PER_A = 0.1, 0.1  # power 1 at k = 0, 0.1 + 0.9 exp(-(k / 0.1 Å⁻¹)²)
 
 
@@ -67,8 +68,11 @@ class SimulationSettings:
                             "positive defoci")
         self.pixel_size_A = self.pixel_size_A or MOLECULE_BOX_A / self.box
         self.snr = tuple(np.atleast_1d(np.asarray(self.snr, dtype=float)).tolist())
-        if not self.snr or min(self.snr) <= 0 or len(self.snr) > self.n:
-            raise UserError(f"SNR {self.snr}: need one to {self.n} positive values, one per optics group")
+        if len(self.snr) > self.n:
+            raise UserError(f"--snr given {len(self.snr)} times makes {len(self.snr)} optics groups, more than the "
+                            f"{self.n} particles")
+        if not self.snr or not min(self.snr) >= MIN_SNR:
+            raise UserError(f"SNR {min(self.snr or [0]):g}: give at least {MIN_SNR:g} (real data are at 0.01-0.1)")
 
     def optics_groups(self):
         """Each particle's optics group (1, 2, ... one per SNR), in contiguous runs of about n / groups."""

@@ -63,10 +63,20 @@ class TrainConfig:
         alike; none goes beyond Nyquist (0.5)."""
         nyquist_A = 2 * pixel_size_A
         max_resolution_A = max(self.max_resolution_A, nyquist_A)
+        box_A = box * pixel_size_A
+        for name, value, least in (("max_resolution_A", self.max_resolution_A, MIN_SHELLS),
+                                   ("encoder_resolution_A", self.encoder_resolution_A, MIN_ENCODER_SHELLS)):
+            if box_A / value < least:
+                raise UserError(f"setting {name}: {value:g} Å leaves the model under {least} Fourier shells of this "
+                                f"{box_A:g} Å box; give at most {box_A / least:.3g} Å")
         return ModelShape(box=box, zdim=self.zdim, n_basis=self.n_basis, encoder_hidden=self.encoder_hidden,
                           encoder_blocks=self.encoder_blocks,
                           encoder_radius=pixel_size_A / max(self.encoder_resolution_A, max_resolution_A),
                           max_radius=pixel_size_A / max_resolution_A)
+
+
+# The fewest Fourier shells the likelihood and the encoder may reach: below them a map or an image is a blob.
+MIN_SHELLS, MIN_ENCODER_SHELLS = 8, 4
 
 
 def _positive(value):
@@ -141,6 +151,10 @@ def load_yaml(path):
     return values
 
 
+# Settings that set the Fourier extent of a run's model, which a resumed run keeps (train.trainer._resumed_shape).
+SHAPE_RESOLUTIONS = ("max_resolution_A", "encoder_resolution_A")
+
+
 def build_config(preset_path=None, overrides=None, saved_path=None):
     """Defaults, then a resumed run's saved settings (saved_path, its config.yaml), then the preset, then the
     overrides that are not None. A saved setting that the preset changes is a warning naming both values
@@ -148,6 +162,11 @@ def build_config(preset_path=None, overrides=None, saved_path=None):
     saved = load_yaml(saved_path) if saved_path else {}
     preset = load_yaml(preset_path) if preset_path else {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for name in SHAPE_RESOLUTIONS:
+        new = given.get(name, preset.get(name, saved.get(name)))
+        if name in saved and new != saved[name]:
+            raise UserError(f"a resumed run keeps its model: it was built with {name} {saved[name]!r}, not {new!r}; "
+                            "train a new run (another -o) to change it")
     for name in sorted(set(saved) & set(preset) - set(given)):
         if saved[name] != preset[name]:
             warn_input(f"--config {preset_path} changes the resumed run's {name} from {saved[name]!r} to "
@@ -174,7 +193,7 @@ def _typed(field, value):
             raise UserError(f"setting {field.name}: {value!r} is not true or false")
         return value
     try:
-        typed = kind_type(value)
+        typed = None if isinstance(value, bool) else kind_type(value)  # YAML's true is no number
     except (TypeError, ValueError):
         typed = None
     if typed is None or (kind_type is int and typed != value):

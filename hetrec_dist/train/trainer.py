@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 
@@ -40,6 +41,7 @@ from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_log
 
 MIN_BOX, MAX_BOX = 16, 1024
 BACKGROUND_IMAGES = 2000  # images a rank takes the noise power from (noise_model background)
+MIN_BACKGROUND_FRACTION = 0.01  # of the box: less outside the mask is no estimate of the noise
 
 
 def check_box(box):
@@ -96,14 +98,14 @@ class Trainer:
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
-        if config.noise_model == "background" and not resume:
-            self._noise_from_background()
         self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
             self.world.run_everywhere(lambda: self.load_state_dict(saved))
             if self.epoch >= config.epochs:
                 raise UserError(f"{run_dir} has trained {self.epoch} epochs already; give --epochs above "
                                 f"{self.epoch} to train on (`hetrec embed` recomputes its latents)")
+        if config.noise_model == "background" and (saved or {}).get("config", {}).get("noise_model") != "background":
+            self._noise_from_background()  # a new run, or one resumed from another noise model
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
 
@@ -224,6 +226,10 @@ class Trainer:
         for batch in self.data:
             images = {"images": batch["images"].to(self.device), "shifts": batch["shifts"].to(self.device)}
             spectra, kept = self.model.background_spectra(images, self.config.mask_diameter_A)
+            if kept < MIN_BACKGROUND_FRACTION:
+                raise UserError(f"noise_model background: a mask of {self.config.mask_diameter_A} Å leaves no "
+                                "particle-free pixels in the box to take the noise from; give a smaller "
+                                "--mask-diameter, or noise_model residuals")
             self.noise.accumulate_background(spectra, kept, self.model.observed_spectra(images),
                                              batch["optics_group"])
             seen += len(batch["images"])
@@ -244,7 +250,7 @@ class Trainer:
         self.metrics.scalars({f"noise/power_{resolution}A": float(power[0, round(box_A / resolution)])
                               for resolution in (30, 15, 8, 5) if round(box_A / resolution) < power.shape[1]},
                              self.epoch)
-        record = {"shell_resolution_A": [box_A / max(shell, 1e-9) for shell in range(power.shape[1])],
+        record = {"shell_resolution_A": [box_A / shell if shell else None for shell in range(power.shape[1])],
                   "optics_groups": self.noise.group_values.tolist(), "power": power.tolist(),
                   "weight_scale": self.noise.scale,
                   "noise_model": self.config.noise_model, "epoch": self.epoch}
@@ -294,10 +300,17 @@ class Trainer:
                       f"{self.config.batch_size} a rank, from epoch {self.epoch}")
         self.metrics.scalars({"ranks/size": self.world.size, "ranks/shared_memory": float(self.world.shared_memory)},
                              self.step)
+        shape, pixel_size_A = self.model.shape, self.model.pixel_size_A
+        self._tell(f"the model compares images to {pixel_size_A / shape.max_radius:.3g} Å "
+                   f"({round(shape.max_radius * shape.box)} Fourier shells), its encoder reads them to "
+                   f"{pixel_size_A / shape.encoder_radius:.3g} Å; noise_model {self.config.noise_model}")
         for hint in self.ranks.hints():
             self._hint(hint)
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
+            if not math.isfinite(summary["loss"]):  # summed over ranks: every rank stops here together
+                raise UserError(f"the loss became {summary['loss']} in epoch {self.epoch}; nothing of this epoch "
+                                "was saved (settings or data that give NaN: see train.log and TensorBoard)")
             line = ", ".join(f"{k} {v:.5g}" for k, v in summary.items())
             self.log.info(f"epoch {self.epoch}: {line}")
             if self.show_progress:
@@ -315,9 +328,13 @@ class Trainer:
             self.evaluate(z)
 
     def _hint(self, line):
-        self.log.info(f"hint: {line}")
+        self._tell(f"hint: {line}")
+
+    def _tell(self, line):
+        """A line in train.log, and on the console unless --quiet."""
+        self.log.info(line)
         if self.show_progress:
-            tqdm.write(f"hint: {line}")
+            tqdm.write(line)
 
     def gather_latents(self):
         """Latent means of every particle, in store order, on rank 0 (None on the others)."""
