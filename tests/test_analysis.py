@@ -112,7 +112,7 @@ def test_the_page_shows_map_pictures_confounders_and_curves_and_links_only_files
     summary = json.loads((out / "summary.json").read_text())
     expected = {"cluster_maps.png", "pc1_traversal.png", "pc2_traversal.png", "training_curves.png",
                 "pca_by_defocus.png", "pca_by_optics_group.png", "pca_by_tilt.png", "pca_by_in_plane_angle_psi.png",
-                "pca_by_particle_index.png"}
+                "pca_by_particle_index.png", "umap_clusters.png", "umap_ground_truth.png"}
     assert expected <= set(summary["plots"])
     page = (out / "index.html").read_text()
     named = re.findall(r'(?:src|href)="([^"]+)"', page)
@@ -244,7 +244,8 @@ def test_analyze_without_the_store_warns_and_leaves_out_only_the_confounder_plot
     shutil.copytree(analyzed_run, run, ignore=shutil.ignore_patterns("analyze.*"))
     config = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "store": str(tmp_path / "gone.zarr")}))
-    result = run_cli("analyze", run, "--k", 3, "--device", "cpu")
+    result = run_cli("analyze", run, "--k", 3, "--device", "cpu", "--no-umap")
     assert "Warning: no plots coloured by defocus, pose or optics group" in result.output
     summary = json.loads((run / "analyze.3" / "summary.json").read_text())
-    assert not any(p.startswith("pca_by_") for p in summary["plots"]) and "cluster_maps.png" in summary["plots"]
+    assert not any(p.startswith(("pca_by_", "umap")) for p in summary["plots"])
+    assert "cluster_maps.png" in summary["plots"]

@@ -20,15 +20,17 @@ from hetrec_dist.analysis.maps import chimerax_level, write_latent_maps
 from hetrec_dist.data.map_files import read_map
 from hetrec_dist.errors import UserError
 
+UMAP_SAMPLE = 50_000  # particles UMAP embeds (a random sample): its cost grows faster than N
 
-def _umap(z, seed):
-    """2-D UMAP of a subset (umap-learn is an optional extra); None when it is not installed."""
-    try:
-        import umap
-    except ImportError:
-        return None
-    rows = np.random.default_rng(seed).choice(len(z), min(len(z), 50_000), replace=False)
-    return rows, umap.UMAP(random_state=seed).fit_transform(z[rows])
+
+def _umap(z, seed, included):
+    """(rows, 2-D UMAP of z[rows]) for a random sample of UMAP_SAMPLE particles at most, sorted, with the
+    particles `included` added."""
+    import umap
+
+    sample = np.random.default_rng(seed).choice(len(z), min(len(z), UMAP_SAMPLE), replace=False)
+    rows = np.union1d(sample, included)
+    return rows, umap.UMAP(random_state=seed, n_jobs=1).fit_transform(z[rows])  # seeded: one thread anyway
 
 
 def _page(summary, out_dir):
@@ -111,9 +113,11 @@ def write_chimerax_script(path, maps, level):
         f.write("\n".join(lines) + "\n")
 
 
-def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10, particles=None):
+def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10, particles=None,
+                with_umap=True):
     """PCA, k-means, maps and their pictures, plots and the page (module doc). particles: {label: (N,) array}
-    to colour the latents by (cli.run_files.run_particle_metadata), or None."""
+    to colour the latents by (cli.run_files.run_particle_metadata), or None. with_umap: also a UMAP of a
+    sample (latents of 3 dimensions or more)."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
     out_dir = os.path.join(run_dir, f"analyze.{k}")
@@ -161,12 +165,16 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     if epochs is not None:
         plots.training_curves(epochs, os.path.join(plot_dir, "training_curves.png"))
         names.append("training_curves.png")
-    embedded = _umap(z, seed) if z.shape[1] > 2 else None
-    if embedded is not None:
-        rows, umap_xy = embedded
-        plots.landscape(umap_xy, labels[rows], umap_xy[[np.abs(rows - i).argmin() for i in on_data]],
-                        os.path.join(plot_dir, "umap_clusters.png"), ("UMAP1", "UMAP2"))
+    if with_umap and z.shape[1] > 2:
+        rows, umap_xy = _umap(z, seed, on_data)
+        centres_xy = umap_xy[np.searchsorted(rows, on_data)]
+        plots.landscape(umap_xy, labels[rows], centres_xy, os.path.join(plot_dir, "umap_clusters.png"),
+                        ("UMAP1", "UMAP2"))
         names.append("umap_clusters.png")
+        if gt_coordinates is not None:
+            plots.coloured_by(umap_xy, gt_coordinates[rows], os.path.join(plot_dir, "umap_ground_truth.png"),
+                              "true coordinate", ("UMAP1", "UMAP2"))
+            names.append("umap_ground_truth.png")
     level = chimerax_level(read_map(os.path.join(maps_dir, maps["kmeans"][0])))
     write_chimerax_script(os.path.join(out_dir, "chimerax.cxc"), maps, level)
     summary = {"run": os.path.abspath(run_dir), "n_particles": len(z), "zdim": z.shape[1], "k": k,

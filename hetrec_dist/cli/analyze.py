@@ -12,8 +12,10 @@ import click
               help="A checkpoint file (default: the run's last.pt).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def command(run, k, gt_dir, checkpoint, device, seed):
-    """PCA of RUN/z.npy (and UMAP when umap-learn is installed), k-means with maps at the particles nearest
+@click.option("--umap/--no-umap", "with_umap", default=True, show_default=True,
+              help="A UMAP of the latents (of a 50,000-particle sample) beside the PCA.")
+def command(run, k, gt_dir, checkpoint, device, seed, with_umap):
+    """PCA and UMAP of RUN/z.npy, k-means with maps at the particles nearest
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.analysis.ground_truth import read_ground_truth
@@ -29,5 +31,6 @@ def command(run, k, gt_dir, checkpoint, device, seed):
     except UserError as error:  # the store stayed on the cluster: the rest of the analysis needs none of it
         click.echo(f"Warning: no plots coloured by defocus, pose or optics group: {error}", err=True)
         particles = None
-    out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles)
+    out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles,
+                                   with_umap=with_umap)
     click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}", err=True)
