@@ -245,7 +245,33 @@ def test_analyze_without_the_store_warns_and_leaves_out_only_the_confounder_plot
     config = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "store": str(tmp_path / "gone.zarr")}))
     result = run_cli("analyze", run, "--k", 3, "--device", "cpu", "--no-umap")
-    assert "Warning: no plots coloured by defocus, pose or optics group" in result.output
+    assert "Warning: the run's store is not readable" in result.output and "no plots coloured by" in result.output
     summary = json.loads((run / "analyze.3" / "summary.json").read_text())
     assert not any(p.startswith(("pca_by_", "umap")) for p in summary["plots"])
     assert "cluster_maps.png" in summary["plots"]
+
+
+def test_a_failed_analysis_leaves_the_previous_one_whole(analyzed_run, sim_dir, tmp_path):
+    """The page, summary, labels and maps of analyze.K come from one run of analyze: a rerun that fails (here
+    on a ground truth of other particles) changes none of them and leaves no half-written folder."""
+    import shutil
+
+    out = analyzed_run / "analyze.4"
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    truth = tmp_path / "truth"
+    shutil.copytree(os.path.join(sim_dir, "ground_truth"), truth)
+    np.save(truth / "coordinates.npy", np.load(truth / "coordinates.npy")[:100])
+    result = run_cli("analyze", analyzed_run, "--k", 4, "--gt", truth, "--seed", 7, "--device", "cpu",
+                     expect_ok=False)
+    assert_one_line_error(result, "ground truth has 100 coordinates but the run 300 particles")
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    assert not (analyzed_run / "analyze.4.partial").exists()
+
+
+def test_training_curves_skip_what_is_not_a_number(tmp_path):
+    from hetrec_dist.analysis.analyze import training_epochs
+
+    (tmp_path / "train.log").write_bytes(
+        b"x epoch 1: loss 0.5, data 0.4, kl 2e+01, images_per_s 10\n"
+        b"x epoch 2: loss ., data -, kl e\n\xff\xfe\n")
+    assert training_epochs(tmp_path) == {"epoch": [1], "loss": [0.5], "data": [0.4], "kl": [20.0]}

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 
 import numpy as np
 
@@ -63,14 +64,14 @@ def _page(summary, out_dir):
 <a href="chimerax.cxc">chimerax.cxc</a> (the cluster maps tiled, then the traversals as volume series).</p>
 <table border="1" cellpadding="3"><tr><th>cluster</th><th>particles</th><th>map</th></tr>{rows}</table>
 {cluster_maps}
-<h2>Traversals</h2><p>PC1: {links(maps['pc1'])}<br>PC2: {links(maps['pc2'])}</p>
+<h2>Traversals</h2><p>PC1: {links(maps['pc1'])}<br>PC2: {links(maps['pc2']) or 'none (a latent of one dimension)'}</p>
 {traversals}
 <h2>What else the latents follow</h2>
 <p>Latents that follow defocus, the pose, the optics group or the particle index (drift during the
 acquisition) show artefacts or junk rather than conformations.</p>
 {confounders}
 <h2>Training</h2>
-{curves}
+{curves or '<p>No epoch lines in the run&#39;s train.log.</p>'}
 </body></html>"""
     with open(os.path.join(out_dir, "index.html"), "w") as f:
         f.write(page)
@@ -79,10 +80,11 @@ acquisition) show artefacts or junk rather than conformations.</p>
 def training_epochs(run_dir):
     """{"epoch", "loss", "data", "kl": lists} from RUN/train.log (a resumed epoch: its last line); None if
     the log has no epoch lines."""
-    pattern = re.compile(r"epoch (\d+): loss ([-+.\deE]+), data ([-+.\deE]+), kl ([-+.\deE]+)")
+    number = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
+    pattern = re.compile(rf"epoch (\d+): loss {number}, data {number}, kl {number}")
     found = {}
     try:
-        with open(os.path.join(run_dir, "train.log")) as f:
+        with open(os.path.join(run_dir, "train.log"), encoding="utf-8", errors="replace") as f:
             for line in f:
                 match = pattern.search(line)
                 if match:
@@ -97,7 +99,7 @@ def training_epochs(run_dir):
 
 def write_chimerax_script(path, maps, level):
     """A ChimeraX command script that opens the cluster maps tiled, then each traversal as a volume series,
-    at one surface level (Å units of the maps). ChimeraX runs a .cxc in its own folder, so paths are relative."""
+    at one surface level (the maps' density units). ChimeraX runs a .cxc in its own folder: paths are relative."""
     k = len(maps["kmeans"])
     lines = ["# hetrec analyze: open in ChimeraX (File > Open, or `open chimerax.cxc`).",
              f"open {' '.join('maps/' + name for name in maps['kmeans'])}",
@@ -120,9 +122,13 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     sample (latents of 3 dimensions or more)."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
-    out_dir = os.path.join(run_dir, f"analyze.{k}")
+    if gt_coordinates is not None and len(gt_coordinates) != len(z):
+        raise UserError(f"ground truth has {len(gt_coordinates)} coordinates but the run {len(z)} particles")
+    final_dir = os.path.join(run_dir, f"analyze.{k}")
+    out_dir = final_dir + ".partial"  # built aside and moved into place whole: never a page of mixed runs
+    shutil.rmtree(out_dir, ignore_errors=True)
     for sub in ("plots", "maps"):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        os.makedirs(os.path.join(out_dir, sub))
     with open(os.path.join(run_dir, "z.pkl"), "wb") as f:
         pickle.dump(z, f)
     fitted = pca(z)
@@ -152,8 +158,6 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
             plots.traversal_strip(pictures[traversal_name], os.path.join(plot_dir, name), traversal_name.upper())
             names.append(name)
     if gt_coordinates is not None:
-        if len(gt_coordinates) != len(z):
-            raise UserError(f"ground truth has {len(gt_coordinates)} coordinates but the run {len(z)} particles")
         plots.coloured_by(xy, gt_coordinates, os.path.join(plot_dir, "pca_ground_truth.png"), "true coordinate")
         names.append("pca_ground_truth.png")
     for label, values in (particles or {}).items():
@@ -185,4 +189,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     _page(summary, out_dir)
-    return out_dir, summary
+    if os.path.exists(final_dir):
+        shutil.rmtree(final_dir)
+    os.rename(out_dir, final_dir)
+    return final_dir, summary

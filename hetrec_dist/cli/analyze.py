@@ -25,12 +25,19 @@ def command(run, k, gt_dir, checkpoint, device, seed, with_umap):
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
     z = run_latents(run, state)
-    coordinates = read_ground_truth(gt_dir, run_store_attrs(run))[0] if gt_dir else None
+    try:  # the store may have stayed on the cluster: the analysis needs little of it
+        store_attrs, particles = run_store_attrs(run), run_particle_metadata(run)
+    except UserError as error:
+        click.echo(f"Warning: the run's store is not readable ({error}; config.yaml's `store:` names it): no "
+                   "plots coloured by defocus, pose or optics group, and --gt is not checked against it", err=True)
+        store_attrs, particles = None, None
+    coordinates = read_ground_truth(gt_dir, store_attrs)[0] if gt_dir else None
+    if with_umap and z.shape[1] < 3:
+        click.echo(f"UMAP left out: the latents have {z.shape[1]} dimension(s), which PCA shows whole", err=True)
     try:
-        particles = run_particle_metadata(run)
-    except UserError as error:  # the store stayed on the cluster: the rest of the analysis needs none of it
-        click.echo(f"Warning: no plots coloured by defocus, pose or optics group: {error}", err=True)
-        particles = None
-    out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles,
-                                   with_umap=with_umap)
+        out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles,
+                                       with_umap=with_umap)
+    except OSError as error:  # a folder that cannot be written, a folder where a file should be
+        raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "
+                        f"({error.filename or 'a file'})") from None
     click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}", err=True)

@@ -51,7 +51,7 @@ def file_logger(path):
     logger = logging.getLogger(f"hetrec.{path}")
     logger.setLevel(logging.INFO)
     if not logger.handlers:
-        handler = _QuietFileHandler(path)
+        handler = _QuietFileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     return logger
