@@ -35,7 +35,7 @@ def main():
     z = (centres[rng.integers(0, 20, args.n)] + rng.normal(size=(args.n, model.shape.zdim))).astype(np.float32)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    particles = {label: rng.normal(size=args.n) for label in  # what run_particle_metadata reads from a store
+    particles = {label: rng.normal(size=args.n) for label in  # what particle_metadata reads from a store
                  ("defocus (Å)", "optics group", "tilt (°)", "in-plane angle psi (°)", "particle index")}
     analyze_run(scratch, model, z, args.k, particles=particles)
     seconds = time.perf_counter() - started

@@ -118,7 +118,7 @@ def write_chimerax_script(path, maps, level):
 def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10, particles=None,
                 with_umap=True):
     """PCA, k-means, maps and their pictures, plots and the page (module doc). particles: {label: (N,) array}
-    to colour the latents by (cli.run_files.run_particle_metadata), or None. with_umap: also a UMAP of a
+    to colour the latents by (cli.run_files.particle_metadata), or None. with_umap: also a UMAP of a
     sample (latents of 3 dimensions or more)."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")

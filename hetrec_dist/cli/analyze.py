@@ -19,14 +19,15 @@ def command(run, k, gt_dir, checkpoint, device, seed, with_umap):
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.analysis.ground_truth import read_ground_truth
-    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_particle_metadata, run_store_attrs
+    from hetrec_dist.cli.run_files import particle_metadata, run_checkpoint, run_latents, run_model, run_store
     from hetrec_dist.errors import UserError
 
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
     z = run_latents(run, state)
     try:  # the store may have stayed on the cluster: the analysis needs little of it
-        store_attrs, particles = run_store_attrs(run), run_particle_metadata(run)
+        store = run_store(run)
+        store_attrs, particles = store.attrs.asdict(), particle_metadata(store)
     except UserError as error:
         click.echo(f"Warning: the run's store is not readable ({error}; config.yaml's `store:` names it): no "
                    "plots coloured by defocus, pose or optics group, and --gt is not checked against it", err=True)

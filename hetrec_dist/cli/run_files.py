@@ -45,24 +45,27 @@ def run_store_path(run):
         raise UserError(f"{run}: no readable config.yaml naming its store; is it a `hetrec train` run?") from None
 
 
+def run_store(run):
+    """The store a run was trained on, opened to read (a UserError where it is not readable)."""
+    from hetrec_dist.data.store import open_store
+
+    return open_store(run_store_path(run))
+
+
 def run_store_attrs(run):
     """The attributes of the store a run was trained on (its sources and their checksums among them)."""
-    from hetrec_dist.data.store import open_store
-
-    return open_store(run_store_path(run)).attrs.asdict()
+    return run_store(run).attrs.asdict()
 
 
-def run_particle_metadata(run):
-    """What may confound a run's latents, per particle in store order: {label: (N,) array} of defocus (Å),
-    optics group, the pose's tilt and in-plane angle (RELION's tilt and psi, degrees) and the particle's
-    index (acquisition drift). A UserError where the run's store is not readable."""
+def particle_metadata(store):
+    """What may confound a run's latents, per particle of an opened store (run_store), in store order:
+    {label: (N,) array} of defocus (Å), optics group, the pose's tilt and in-plane angle (RELION's tilt and
+    psi, degrees) and the particle's index (acquisition drift)."""
     import numpy as np
 
-    from hetrec_dist.data.store import open_store
     from hetrec_dist.physics.rotations import relion_euler_from_matrices
 
-    group = open_store(run_store_path(run))
-    _, tilt, psi = relion_euler_from_matrices(group["rotations"][:])
-    defocus_A = group["ctf"][:, 2:4].mean(1)
-    return {"defocus (Å)": defocus_A, "optics group": group["optics_group"][:].astype(float),
+    _, tilt, psi = relion_euler_from_matrices(store["rotations"][:])
+    defocus_A = store["ctf"][:, 2:4].mean(1)
+    return {"defocus (Å)": defocus_A, "optics group": store["optics_group"][:].astype(float),
             "tilt (°)": tilt, "in-plane angle psi (°)": psi, "particle index": np.arange(len(tilt), dtype=float)}

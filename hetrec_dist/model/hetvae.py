@@ -17,7 +17,7 @@ from torch import nn
 from hetrec_dist.model.encoder import ResidualMLPEncoder
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
-from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map
+from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map, soft_sphere_mask
 from hetrec_dist.physics.projector import SliceFactors, project, project_with_factors, slice_geometry
 
 
@@ -61,11 +61,16 @@ class HetVAE(nn.Module):
     def basis_weights(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.ones_like(z[:, :1]), self.decoder(z)], dim=1)
 
+    def _spectra(self, images: torch.Tensor) -> torch.Tensor:
+        """Half-disk Fourier coefficients (B x P, complex) of images (B x D x D, centre at D // 2), normalised
+        by the store's pixel standard deviation."""
+        centred = torch.fft.ifftshift(images / self.image_std, dim=(-2, -1))
+        return self.disk.take(torch.fft.rfft2(centred, norm="ortho"))
+
     def observed_spectra(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Half-disk Fourier coefficients of the normalised images, shift-corrected (B x P, complex)."""
-        images = batch["images"] / self.image_std
-        spectra = self.disk.take(torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)), norm="ortho"))
-        phase = -2 * torch.pi * (batch["shifts"].to(images.dtype) @ self.disk.coords.T) / self.shape.box
+        spectra = self._spectra(batch["images"])
+        phase = -2 * torch.pi * (batch["shifts"].to(batch["images"].dtype) @ self.disk.coords.T) / self.shape.box
         return spectra * torch.polar(torch.ones_like(phase), phase)
 
     def background_spectra(self, batch: dict[str, torch.Tensor], mask_diameter_A: float | None = None
@@ -74,12 +79,9 @@ class HetVAE(nn.Module):
         the box), B x P; the mean of the squared mask kept): what model.noise takes the noise power from."""
         box = self.shape.box
         radius_px = 0.45 * box if mask_diameter_A is None else mask_diameter_A / (2 * self.pixel_size_A)
-        grid = torch.arange(box, device=self.basis.device, dtype=torch.float32) - box // 2
-        radius = torch.sqrt(grid[:, None] ** 2 + grid[None, :] ** 2)
-        edge_px = 0.05 * box
-        outside = 0.5 - 0.5 * torch.cos(torch.pi * ((radius - radius_px) / edge_px).clamp(0, 1))
-        images = batch["images"].to(self.basis.device) / self.image_std * outside
-        spectra = self.disk.take(torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)), norm="ortho"))
+        inside = soft_sphere_mask(box, radius_px, 0.05 * box, ndim=2).to(self.basis.device)
+        outside = torch.fft.fftshift(1 - inside)  # centred at D // 2, as the images are
+        spectra = self._spectra(batch["images"].to(self.basis.device) * outside)
         return spectra, float((outside ** 2).mean())
 
     def ctf(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -35,11 +35,12 @@ def half_ball_to_map(coefficients: torch.Tensor, half_ball: HalfBall, box: int, 
     return torch.fft.fftshift(volume) * (box / pixel_size_A)
 
 
-def soft_sphere_mask(n: int, radius: float, edge: float) -> torch.Tensor:
-    """A sphere (n^3, origin at index 0 as FFTs want it): 1 within `radius` samples, falling to 0 over the
-    next `edge` samples (raised cosine), as RELION's soft mask of the particle diameter."""
+def soft_sphere_mask(n: int, radius: float, edge: float, ndim: int = 3) -> torch.Tensor:
+    """A sphere (n^ndim; ndim 2: a disk; origin at index 0 as FFTs want it): 1 within `radius` samples,
+    falling to 0 over the next `edge` samples (raised cosine), as RELION's soft mask of the particle diameter."""
     grid = torch.fft.fftfreq(n, 1.0 / n)
-    distance = torch.sqrt(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2)
+    squares = [(grid ** 2).view([n if axis == i else 1 for i in range(ndim)]) for axis in range(ndim)]
+    distance = torch.sqrt(sum(squares))  # broadcast: one n^ndim array, not one per axis
     outside = ((distance - radius) / edge).clamp(0, 1)
     return 0.5 + 0.5 * torch.cos(torch.pi * outside)
 

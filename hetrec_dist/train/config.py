@@ -158,7 +158,7 @@ SHAPE_RESOLUTIONS = ("max_resolution_A", "encoder_resolution_A")
 def build_config(preset_path=None, overrides=None, saved_path=None):
     """Defaults, then a resumed run's saved settings (saved_path, its config.yaml), then the preset, then the
     overrides that are not None. A saved setting that the preset changes is a warning naming both values
-    (options given on the command line change them openly)."""
+    (options given on the command line change them openly); a change to SHAPE_RESOLUTIONS is refused."""
     saved = load_yaml(saved_path) if saved_path else {}
     preset = load_yaml(preset_path) if preset_path else {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
