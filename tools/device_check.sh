@@ -6,7 +6,7 @@
 #
 # Packages the machine lacks come from the wheels in .whl/ (make them here with ../shared/device/fetch_wheels.sh;
 # carry .whl with the tree). Writes $OUT/device_check.json and $OUT/device_check.log; exits 1 if a step failed.
-# Steps and sizes: tools/device_check.py. About 3-5 minutes on one H200 (estimate; set-up included).
+# Steps and sizes: tools/device_check.py. Its time on a GPU is not measured yet (aimed at under 8 minutes).
 set -uo pipefail
 OUT=${OUT:-/tmp/device_check_out}
 PYTHON=${PYTHON:-python3}
