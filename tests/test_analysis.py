@@ -275,3 +275,75 @@ def test_training_curves_skip_what_is_not_a_number(tmp_path):
         b"x epoch 1: loss 0.5, data 0.4, kl 2e+01, images_per_s 10\n"
         b"x epoch 2: loss ., data -, kl e\n\xff\xfe\n")
     assert training_epochs(tmp_path) == {"epoch": [1], "loss": [0.5], "data": [0.4], "kl": [20.0]}
+
+
+def test_the_pictures_of_pc1s_two_ends_differ_where_the_domain_moves(sim_dir, tmp_path):
+    """A model whose first latent axis moves the simulated hinge's domain (its mean volume the true map half
+    way, its one basis volume half the difference of the true end maps): the analysis' PC1 maps at the
+    traversal's ends differ where the true ends differ, the moving domain, and hardly where the static one is."""
+    import torch
+
+    from hetrec_dist.analysis.analyze import analyze_run
+    from hetrec_dist.analysis.maps import map_pictures
+    from hetrec_dist.model.hetvae import HetVAE
+    from hetrec_dist.physics.maps import map_to_half_ball
+    from hetrec_dist.train.config import TrainConfig
+
+    first, last = (mrcfile.read(os.path.join(sim_dir, "ground_truth", f"map_0{i}.mrc")).astype(np.float32)
+                   for i in (0, 4))
+    model = HetVAE(TrainConfig(zdim=2, n_basis=1).model_shape(32, 4.0), pixel_size_A=4.0, init_scale=0.0)
+    volumes = [torch.from_numpy(v) for v in ((first + last) / 2, (last - first) / 2)]
+    model.set_components(torch.stack([map_to_half_ball(v, model.half_ball, 4.0) for v in volumes], 1))
+    with torch.no_grad():
+        model.decoder.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        model.decoder.bias.zero_()
+    rng = np.random.default_rng(0)
+    z = np.column_stack([rng.uniform(-1, 1, 2000), rng.normal(scale=0.1, size=2000)]).astype(np.float32)
+    analyze_run(str(tmp_path), model.eval(), z, k=3, with_umap=False)
+    maps = tmp_path / "analyze.3" / "maps"
+    ends = [map_pictures(mrcfile.read(maps / f"pc1_{i:02d}.mrc"))["projection z"] for i in (0, 9)]
+    decoded, moved = np.abs(ends[1] - ends[0]), np.abs(last.sum(0) - first.sum(0))  # projections along z
+    particle = np.maximum(first.sum(0), last.sum(0)) > 0.2 * np.maximum(first.sum(0), last.sum(0)).max()
+    moving = moved > np.quantile(moved[particle], 0.8)
+    static = particle & (moved < np.quantile(moved[particle], 0.3))
+    assert decoded[moving].mean() > 5 * decoded[static].mean(), (decoded[moving].mean(), decoded[static].mean())
+    assert np.corrcoef(decoded.ravel(), moved.ravel())[0, 1] > 0.9
+
+
+def test_a_graph_path_follows_the_data_around_a_gap_and_refuses_to_jump_between_islands():
+    from hetrec_dist.analysis.latent import evenly_along, graph_path
+    from hetrec_dist.errors import UserError
+
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, np.pi, 3000)  # a half circle of radius 5: its ends are 10 apart across the gap
+    z = np.column_stack([5 * np.cos(angle), 5 * np.sin(angle), rng.normal(scale=0.05, size=3000)])
+    start, end = int(angle.argmin()), int(angle.argmax())
+    path = graph_path(z, start, end)
+    assert path[0] == start and path[-1] == end
+    assert np.all(np.diff(angle[path]) > -0.05)  # along the arc, in order
+    length = np.linalg.norm(np.diff(z[path], axis=0), axis=1).sum()
+    assert 5 * np.pi * 0.98 < length < 5 * np.pi * 1.1  # the arc (15.7), not the chord (10)
+    shown = evenly_along(z, path, 5)
+    assert shown[0] == start and shown[-1] == end and np.all(np.diff(angle[shown]) > 0.5)
+    islands = np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 100])
+    with pytest.raises(UserError, match="no chain of 10 nearest neighbours"):
+        graph_path(islands, 0, 399)
+
+
+def test_analyze_path_writes_maps_along_the_data_between_two_centres(analyzed_run, tmp_path):
+    run_cli("analyze", analyzed_run, "--k", 4, "--path", "c0", "c3", "--no-umap", "--device", "cpu")
+    out = analyzed_run / "analyze.4"
+    summary = json.loads((out / "summary.json").read_text())
+    path = np.loadtxt(out / "path_particles.txt", dtype=int)
+    centres = summary["centre_particles"]
+    assert path[0] == centres[0] and path[-1] == centres[3] and summary["path"]["n_particles"] == len(path)
+    assert summary["maps"]["path"] == [f"path_{i:02d}.mrc" for i in range(10)]
+    assert set(summary["path"]["map_particles"]) <= set(path.tolist())
+    page = (out / "index.html").read_text()
+    for name in ("plots/path_traversal.png", "plots/path_on_pca.png", "maps/path_09.mrc"):
+        assert name in page and (out / name).stat().st_size > 1000
+    assert "maps/path_00.mrc" in (out / "chimerax.cxc").read_text()
+    for ends, fragment in ((("c4", "1"), "there is none"), (("x", "1"), "give a particle index"),
+                           (("0", "300"), "particles are 0 to 299")):
+        result = run_cli("analyze", analyzed_run, "--k", 4, "--path", *ends, "--no-umap", expect_ok=False)
+        assert_one_line_error(result, "--path", fragment)

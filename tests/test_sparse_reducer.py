@@ -45,18 +45,28 @@ def rank_batch(rank):
     return rotations, weights, grads
 
 
-def rank_factors(rank):
+def row_offsets(rank, n_stacked):
+    """A half-set basis (n_stacked 2): the rank's images alternate between the halves' rows."""
+    if n_stacked == 1:
+        return None
+    n_voxels = grids()[0].n_voxels
+    return (torch.arange(5 + 3 * rank) + rank) % n_stacked * n_voxels
+
+
+def rank_factors(rank, n_stacked=1):
     half_ball, disk = grids()
     rotations, weights, grads = rank_batch(rank)
-    return SliceFactors(rotations, weights, slice_geometry(rotations, disk.coords, half_ball), grads)
+    geometry = slice_geometry(rotations, disk.coords, half_ball, row_offsets(rank, n_stacked), n_stacked)
+    return SliceFactors(rotations, weights, geometry, grads)
 
 
-def autograd_basis_gradient(ranks):
+def autograd_basis_gradient(ranks, n_stacked=1):
     """The basis gradient of the ranks' images together, by autograd through the projector in one process."""
     half_ball, disk = grids()
     rotations, weights, grads = (torch.cat(parts) for parts in zip(*(rank_batch(r) for r in ranks)))
-    basis = torch.zeros(half_ball.n_voxels, 2 * N_COMPONENTS, dtype=torch.float64, requires_grad=True)
-    slices = project(basis, weights, slice_geometry(rotations, disk.coords, half_ball))
+    offsets = None if n_stacked == 1 else torch.cat([row_offsets(r, n_stacked) for r in ranks])
+    basis = torch.zeros(n_stacked * half_ball.n_voxels, 2 * N_COMPONENTS, dtype=torch.float64, requires_grad=True)
+    slices = project(basis, weights, slice_geometry(rotations, disk.coords, half_ball, offsets, n_stacked))
     return torch.autograd.grad((slices * grads).sum(), basis)[0].coalesce()
 
 
@@ -67,8 +77,9 @@ def _worker(rank, world_size, port):
     results = {}
     try:
         for strategy in STRATEGIES + ("auto",):
-            total, stats = reduce_basis_gradient(rank_factors(rank), strategy, half_ball, disk.coords)
-            results[strategy] = (total.indices().clone(), total.values().clone(), stats)
+            for n_stacked in (1, 2):
+                total, stats = reduce_basis_gradient(rank_factors(rank, n_stacked), strategy, half_ball, disk.coords)
+                results[strategy, n_stacked] = (total.indices().clone(), total.values().clone(), stats)
     finally:
         dist.destroy_process_group()
     return results
@@ -76,20 +87,20 @@ def _worker(rank, world_size, port):
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
-    """{(rank, strategy): (indices, values, stats) of the summed gradient}"""
+    """{(rank, strategy, n_stacked): (indices, values, stats) of the summed gradient}; n_stacked 2: a half-set
+    basis."""
     ranks = run_ranks(_worker, 2, free_port(), out_dir=tmp_path_factory.mktemp("two_ranks"))
-    return {(rank, strategy): result for rank, by_strategy in enumerate(ranks)
-            for strategy, result in by_strategy.items()}
+    return {(rank, *key): result for rank, by_strategy in enumerate(ranks) for key, result in by_strategy.items()}
 
 
 @pytest.mark.multirank
 def test_every_strategy_gives_the_one_process_gradient_and_touched_set_on_every_rank(two_rank_results):
-    expected = autograd_basis_gradient([0, 1])
-    for (rank, strategy), (indices, values, stats) in two_rank_results.items():
+    for (rank, strategy, n_stacked), (indices, values, stats) in two_rank_results.items():
+        expected = autograd_basis_gradient([0, 1], n_stacked)
         torch.testing.assert_close(indices, expected.indices(), msg=f"{strategy} rank {rank}")
         torch.testing.assert_close(values, expected.values(), msg=f"{strategy} rank {rank}")
         assert stats.union_rows == expected.values().shape[0]
-        other_indices, other_values, _ = two_rank_results[(1 - rank, strategy)]
+        other_indices, other_values, _ = two_rank_results[(1 - rank, strategy, n_stacked)]
         assert torch.equal(indices, other_indices) and torch.equal(values, other_values), \
             f"{strategy}: the ranks' sums differ in their bits, so their basis replicas would drift apart"
 
@@ -105,9 +116,9 @@ def test_bytes_are_counted_for_ring_collectives_and_auto_takes_the_cheapest(two_
     assert payload["dense"] == n_rows * row_bytes  # 2 (W-1)/W = 1 for two ranks
     assert payload["gather"] == max(touched) * (row_bytes + 8)
     assert payload["union"] == union * row_bytes
-    assert payload["factors"] == 8 * (9 + N_COMPONENTS + 2 * n_points) * 8  # the larger rank's 8 images
+    assert payload["factors"] == 8 * (10 + N_COMPONENTS + 2 * n_points) * 8  # the larger rank's 8 images
     counts, mask = 16, n_rows
-    stats = {strategy: two_rank_results[(0, strategy)][2] for strategy in STRATEGIES + ("auto",)}
+    stats = {strategy: two_rank_results[(0, strategy, 1)][2] for strategy in STRATEGIES + ("auto",)}
     assert stats["gather"].bytes_sent == counts + payload["gather"]
     assert stats["factors"].bytes_sent == counts + payload["factors"]
     assert stats["dense"].bytes_sent == counts + mask + payload["dense"]

@@ -2,7 +2,8 @@
 
 Writes RUN/analyze.K/: summary.json, index.html, chimerax.cxc, plots/*.png (the latent landscape, pictures
 of the cluster maps and the PC traversals, the latents coloured by the ground truth and by what may confound
-them, the training curves), maps/*.mrc, kmeans_labels.npy, kmeans_centres.txt, and RUN/z.pkl (the latents
+them, the training curves; for a run trained with half-sets, the gold-standard resolution at each cluster
+centre and along PC1), maps/*.mrc, kmeans_labels.npy, kmeans_centres.txt, and RUN/z.pkl (the latents
 as cryoDRGN's z.pkl).
 """
 
@@ -16,7 +17,16 @@ import shutil
 import numpy as np
 
 from hetrec_dist.analysis import plots
-from hetrec_dist.analysis.latent import kmeans, latent_spread, nearest_particles, pca, traversal
+from hetrec_dist.analysis.half_maps import latent_resolution, model_limit_A
+from hetrec_dist.analysis.latent import (
+    evenly_along,
+    graph_path,
+    kmeans,
+    latent_spread,
+    nearest_particles,
+    pca,
+    traversal,
+)
 from hetrec_dist.analysis.maps import chimerax_level, write_latent_maps
 from hetrec_dist.data.map_files import read_map
 from hetrec_dist.errors import UserError
@@ -44,16 +54,30 @@ def _page(summary, out_dir):
 
     plots_shown = summary["plots"]
     maps = summary["maps"]
-    rows = "".join(f'<tr><td>{i}</td><td>{n}</td><td><a href="maps/{html.escape(m)}">{html.escape(m)}</a></td></tr>'
-                   for i, (n, m) in enumerate(zip(summary["cluster_sizes"], maps["kmeans"])))
+    resolutions = summary.get("half_map_resolution_0.143_A")
+    cells = ([f"<td>{r:.2f} Å{' *' if r <= resolutions['limit_A'] * (1 + 1e-6) else ''}</td>"
+              for r in resolutions["kmeans"]] if resolutions else [""] * len(maps["kmeans"]))
+    rows = "".join(f'<tr><td>{i}</td><td>{n}</td><td><a href="maps/{html.escape(m)}">{html.escape(m)}</a></td>{c}</tr>'
+                   for i, (n, m, c) in enumerate(zip(summary["cluster_sizes"], maps["kmeans"], cells)))
+    header = "<th>resolution (half-maps, FSC = 0.143)</th>" if resolutions else ""
+    gold = (f"<p>The resolution is the FSC = 0.143 point of the two half-sets' maps at each centre (gold standard);"
+            f" * marks the model's limit, {resolutions['limit_A']:.2f} Å: the maps may hold more.</p>"
+            if resolutions else "")
     variance = ", ".join(f"{100 * v:.1f}%" for v in summary["pca_explained_fraction"])
     spread = html.escape(summary["latent_spread"])
     warning = "" if summary["one_direction_dominates"] else f'<p style="color:#a00"><b>{spread}</b></p>'
     landscape = "".join(figure(p) for p in plots_shown if p.startswith(("pca_clusters", "umap", "pc_hist")))
     confounders = "".join(figure(p) for p in plots_shown if p.startswith("pca_by_") or p == "pca_ground_truth.png")
-    traversals = "".join(figure(p) for p in plots_shown if p.endswith("_traversal.png"))
+    traversals = "".join(figure(p) for p in plots_shown
+                         if p.endswith(("_traversal.png", "_resolution.png")) and not p.startswith("path_"))
     curves = "".join(figure(p) for p in plots_shown if p == "training_curves.png")
     cluster_maps = "".join(figure(p) for p in plots_shown if p == "cluster_maps.png")
+    path = summary.get("path")
+    path_section = "" if not path else (
+        f"<h2>Path from particle {path['from']} to particle {path['to']}</h2><p>The shortest path through the "
+        f"latents' nearest-neighbour graph: {path['n_particles']} particles (path_particles.txt), maps at "
+        f"{len(maps['path'])} of them evenly along it: {links(maps['path'])}</p>"
+        + "".join(figure(p) for p in plots_shown if p.startswith("path_")))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetrec analysis</title></head><body>
 <h1>Latent analysis of {html.escape(summary['run'])}</h1>
 <p>{summary['n_particles']:,} particles, latent dimension {summary['zdim']}; PCA explained variance: {variance}.</p>
@@ -62,10 +86,12 @@ def _page(summary, out_dir):
 <h2>k-means clusters (k = {summary['k']})</h2>
 <p>Maps are decoded at the latent of the particle nearest each centre. Open them all in ChimeraX with
 <a href="chimerax.cxc">chimerax.cxc</a> (the cluster maps tiled, then the traversals as volume series).</p>
-<table border="1" cellpadding="3"><tr><th>cluster</th><th>particles</th><th>map</th></tr>{rows}</table>
+{gold}
+<table border="1" cellpadding="3"><tr><th>cluster</th><th>particles</th><th>map</th>{header}</tr>{rows}</table>
 {cluster_maps}
 <h2>Traversals</h2><p>PC1: {links(maps['pc1'])}<br>PC2: {links(maps['pc2']) or 'none (a latent of one dimension)'}</p>
 {traversals}
+{path_section}
 <h2>What else the latents follow</h2>
 <p>Latents that follow defocus, the pose, the optics group or the particle index (drift during the
 acquisition) show artefacts or junk rather than conformations.</p>
@@ -105,8 +131,8 @@ def write_chimerax_script(path, maps, level):
              f"open {' '.join('maps/' + name for name in maps['kmeans'])}",
              f"volume #1-{k} level {level:.6g} style surface", f"tile #1-{k}"]
     model = k
-    for direction in ("pc1", "pc2"):
-        if maps[direction]:
+    for direction in ("pc1", "pc2", "path"):
+        if maps.get(direction):
             model += 1
             lines += [f"# {direction.upper()} traversal as a volume series #{model} (play it with its slider)",
                       f"open {' '.join('maps/' + name for name in maps[direction])} vseries true",
@@ -115,13 +141,29 @@ def write_chimerax_script(path, maps, level):
         f.write("\n".join(lines) + "\n")
 
 
+def path_end(text, n_particles, k):
+    """One end of --path: ("particle", index) for a particle index (0-based, store order), ("centre", N) for
+    cN, the particle nearest k-means centre N. Raises UserError for anything else."""
+    match = re.fullmatch(r"\s*(c?)(\d+)\s*", str(text))
+    if match is None:
+        raise UserError(f"--path {text!r}: give a particle index (0 to {n_particles - 1}) or cN for the "
+                        f"particle nearest k-means centre N")
+    value, limit = int(match.group(2)), k if match.group(1) else n_particles
+    if value >= limit:
+        what = "k-means centres are c0" if match.group(1) else "particles are 0"
+        raise UserError(f"--path {text}: there is none ({what} to {limit - 1})")
+    return ("centre" if match.group(1) else "particle", value)
+
+
 def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10, particles=None,
-                with_umap=True):
+                with_umap=True, path_ends=None):
     """PCA, k-means, maps and their pictures, plots and the page (module doc). particles: {label: (N,) array}
     to colour the latents by (cli.run_files.particle_metadata), or None. with_umap: also a UMAP of a
-    sample (latents of 3 dimensions or more)."""
+    sample (latents of 3 dimensions or more). path_ends: two --path ends (path_end), for maps along the
+    data between them (latent.graph_path)."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
+    ends = [path_end(end, len(z), k) for end in path_ends or ()]
     if gt_coordinates is not None and len(gt_coordinates) != len(z):
         raise UserError(f"ground truth has {len(gt_coordinates)} coordinates but the run {len(z)} particles")
     final_dir = os.path.join(run_dir, f"analyze.{k}")
@@ -141,9 +183,9 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     np.savetxt(os.path.join(out_dir, "kmeans_centres.txt"), z[on_data])
     maps_dir, plot_dir = os.path.join(out_dir, "maps"), os.path.join(out_dir, "plots")
     pictures = {"kmeans": [], "pc1": [], "pc2": []}
+    pc1_latents = traversal(z, fitted, 0, n_traversal)
     maps = {"kmeans": write_latent_maps(model, z[on_data], maps_dir, "kmeans_{:02d}.mrc", pictures["kmeans"]),
-            "pc1": write_latent_maps(model, traversal(z, fitted, 0, n_traversal), maps_dir, "pc1_{:02d}.mrc",
-                                     pictures["pc1"])}
+            "pc1": write_latent_maps(model, pc1_latents, maps_dir, "pc1_{:02d}.mrc", pictures["pc1"])}
     maps["pc2"] = (write_latent_maps(model, traversal(z, fitted, 1, n_traversal), maps_dir, "pc2_{:02d}.mrc",
                                      pictures["pc2"]) if z.shape[1] > 1 else [])
     plots.landscape(xy, labels, fitted.project(z[on_data])[:, :2] if z.shape[1] > 1 else xy[on_data],
@@ -157,6 +199,26 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
             name = f"{traversal_name}_traversal.png"
             plots.traversal_strip(pictures[traversal_name], os.path.join(plot_dir, name), traversal_name.upper())
             names.append(name)
+    if ends:
+        start, end = (on_data[value] if kind == "centre" else value for kind, value in ends)
+        path = graph_path(z, start, end, seed=seed)
+        on_path = evenly_along(z, path, n_traversal)
+        np.savetxt(os.path.join(out_dir, "path_particles.txt"), path, fmt="%d")
+        pictures["path"] = []
+        maps["path"] = write_latent_maps(model, z[on_path], maps_dir, "path_{:02d}.mrc", pictures["path"])
+        plots.traversal_strip(pictures["path"], os.path.join(plot_dir, "path_traversal.png"), "path")
+        plots.path_on_landscape(xy, xy[path], xy[on_path], os.path.join(plot_dir, "path_on_pca.png"))
+        names += ["path_traversal.png", "path_on_pca.png"]
+        path_record = {"from": int(start), "to": int(end), "n_particles": len(path),
+                       "map_particles": on_path.tolist()}
+    resolutions = None
+    if model.shape.n_half_sets == 2:
+        resolutions = {"kmeans": [latent_resolution(model, latent)["resolution_0.143_A"] for latent in z[on_data]],
+                       "pc1": [latent_resolution(model, latent)["resolution_0.143_A"] for latent in pc1_latents],
+                       "limit_A": model_limit_A(model)}
+        plots.resolution_along(resolutions["pc1"], resolutions["limit_A"],
+                               os.path.join(plot_dir, "pc1_resolution.png"), "PC1")
+        names.append("pc1_resolution.png")
     if gt_coordinates is not None:
         plots.coloured_by(xy, gt_coordinates, os.path.join(plot_dir, "pca_ground_truth.png"), "true coordinate")
         names.append("pca_ground_truth.png")
@@ -186,6 +248,10 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
                "one_direction_dominates": bool(dominant), "latent_spread": spread_line,
                "cluster_sizes": np.bincount(labels, minlength=k).tolist(), "centre_particles": on_data.tolist(),
                "maps": maps, "plots": names, "chimerax_level": level}
+    if resolutions:
+        summary["half_map_resolution_0.143_A"] = resolutions
+    if ends:
+        summary["path"] = path_record
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     _page(summary, out_dir)

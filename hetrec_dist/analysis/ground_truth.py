@@ -9,6 +9,7 @@ import torch
 from scipy.stats import rankdata, spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
+from hetrec_dist.analysis.half_maps import latent_resolution
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.errors import UserError
@@ -86,7 +87,9 @@ def latent_linear_r2(z, coordinates):
 @torch.no_grad()
 def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
     """Per ground-truth map: FSC of the map decoded at the mean latent of particles within `window` of its
-    coordinate (written to map_dir/decoded_NN.mrc when given); and the latent ordering correlation."""
+    coordinate (written to map_dir/decoded_NN.mrc when given), and for a model trained with half-sets the
+    half-maps' FSC = 0.143 resolution there (half_maps.latent_resolution), which the map's FSC = 0.5
+    resolution against the truth should match; and the latent ordering correlation."""
     if len(z) != len(coordinates):
         raise UserError(f"{len(z)} latents but {len(coordinates)} ground-truth coordinates")
     per_map = []
@@ -99,6 +102,10 @@ def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
         if map_dir is not None:
             write_map(os.path.join(map_dir, f"decoded_{index:02d}.mrc"), decoded, model.pixel_size_A)
         summary = fsc_summary(decoded, truth, model.pixel_size_A)
+        if model.shape.n_half_sets == 2:
+            halves = latent_resolution(model, latent.cpu().numpy())
+            summary.update({"half_map_resolution_0.143_A": halves["resolution_0.143_A"],
+                            "half_map_at_limit": halves["at_limit"]})
         per_map.append({"coordinate": coordinate, "n_particles": int(near.sum()), **summary})
     real = np.isfinite(coordinates)  # junk particles have no coordinate
     result = {"maps": per_map,

@@ -3,9 +3,14 @@
 import dataclasses
 
 import numpy as np
+import scipy.sparse
 from scipy.cluster.vq import kmeans2
+from scipy.sparse.csgraph import dijkstra
+
+from hetrec_dist.errors import UserError
 
 KMEANS_FIT_SAMPLE = 200_000  # k-means is fitted on at most this many particles, then all are assigned
+PATH_GRAPH_SAMPLE = 50_000  # particles the graph of a path is built on (a seeded sample with both ends)
 
 
 @dataclasses.dataclass
@@ -79,3 +84,38 @@ def traversal(z, fitted, component, n_points=10):
     coordinate = fitted.project(z)[:, component]
     steps = np.percentile(coordinate, np.linspace(5, 95, n_points))
     return fitted.mean + steps[:, None] * fitted.components[component][None]
+
+
+def graph_path(z, start, end, n_neighbors=10, seed=0):
+    """The particles (indices, `start` first, `end` last) along the shortest path between two particles through
+    a graph of the latents that joins each particle to its n_neighbors nearest, edges weighted by distance: a
+    path that stays where the data are, as cryoDRGN's graph traversal (Zhong et al., Nature Methods 2021).
+    The graph holds a seeded sample of PATH_GRAPH_SAMPLE particles at most, with both ends. Raises UserError
+    where the graph does not join them."""
+    from sklearn.neighbors import NearestNeighbors
+
+    sample = np.random.default_rng(seed).choice(len(z), min(len(z), PATH_GRAPH_SAMPLE), replace=False)
+    sample = np.union1d(sample, [start, end])
+    k = min(n_neighbors + 1, len(sample))
+    distances, neighbours = NearestNeighbors(n_neighbors=k).fit(z[sample]).kneighbors(z[sample])
+    rows = np.repeat(np.arange(len(sample)), k - 1)
+    # + a tiny length: particles with the same latent stay joined (a sparse graph's zero is no edge)
+    graph = scipy.sparse.csr_matrix((distances[:, 1:].ravel() + 1e-12, (rows, neighbours[:, 1:].ravel())),
+                                    shape=(len(sample),) * 2)
+    source, target = np.searchsorted(sample, [start, end])
+    lengths, predecessors = dijkstra(graph, directed=False, indices=source, return_predecessors=True)
+    if not np.isfinite(lengths[target]):
+        raise UserError(f"particles {start} and {end} lie in parts of the latent space that no chain of "
+                        f"{n_neighbors} nearest neighbours joins; choose ends in one region")
+    path = [target]
+    while path[-1] != source:
+        path.append(predecessors[path[-1]])
+    return sample[np.array(path[::-1])]
+
+
+def evenly_along(z, path, n_points=10):
+    """n_points particles of `path` (indices) at evenly spaced distances along it, both ends included."""
+    steps = np.linalg.norm(np.diff(z[path], axis=0), axis=1)
+    travelled = np.concatenate([[0.0], np.cumsum(steps)])
+    chosen = np.searchsorted(travelled, np.linspace(0, travelled[-1], n_points), side="left")
+    return path[np.clip(chosen, 0, len(path) - 1)]

@@ -9,14 +9,19 @@ from hetrec_dist.data.map_files import write_map
 
 
 @torch.no_grad()
-def write_latent_maps(model, latents, directory, name_format, pictures=None):
+def write_latent_maps(model, latents, directory, name_format, pictures=None, half_maps=False):
     """The model's map for each latent row, as directory/name_format.format(i); returns the file names.
-    pictures: a list to append each map's map_pictures to (None: none made)."""
+    pictures: a list to append each map's map_pictures to (None: none made). half_maps: also each half-set's
+    map beside it, NAME_half1.mrc and NAME_half2.mrc (a model trained with half-sets)."""
     names = []
     for i, latent in enumerate(torch.from_numpy(np.asarray(latents, dtype=np.float32)).to(model.basis.device)):
         names.append(name_format.format(i))
         volume = model.volume(latent).cpu().numpy()
         write_map(os.path.join(directory, names[-1]), volume, model.pixel_size_A)
+        for half_set in (1, 2) if half_maps else ():
+            stem, extension = os.path.splitext(names[-1])
+            write_map(os.path.join(directory, f"{stem}_half{half_set}{extension}"),
+                      model.volume(latent, half_set).cpu().numpy(), model.pixel_size_A)
         if pictures is not None:
             pictures.append(map_pictures(volume))
     return names

@@ -36,6 +36,20 @@ def landscape(xy, labels, centres_xy, path, axis_names=("PC1", "PC2")):
     _save(figure, path)
 
 
+def path_on_landscape(xy, path_xy, maps_xy, path, axis_names=("PC1", "PC2")):
+    """A path through the latents (path_xy, in order) over the particles' density, its maps' points numbered."""
+    figure, axis = plt.subplots(figsize=(6, 5))
+    axis.hexbin(xy[:, 0], xy[:, 1], gridsize=60, bins="log", cmap="Greys")
+    axis.plot(path_xy[:, 0], path_xy[:, 1], color="crimson", linewidth=1.5)
+    for i, (x, y) in enumerate(maps_xy):
+        axis.annotate(str(i), (x, y), fontsize=8, weight="bold", ha="center", va="center",
+                      bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})
+    axis.set_xlabel(axis_names[0])
+    axis.set_ylabel(axis_names[1])
+    axis.set_title(f"path through {len(path_xy)} particles; its maps numbered")
+    _save(figure, path)
+
+
 def coloured_by(xy, values, path, label, axis_names=("PC1", "PC2")):
     figure, axis = plt.subplots(figsize=(6, 5))
     shown = _subset(len(xy))
@@ -68,6 +82,19 @@ def fsc_plot(curves, box, pixel_size_A, path):
     axis.set_xlabel("spatial frequency (1/Å)")
     axis.set_ylabel("FSC")
     axis.set_ylim(-0.1, 1.05)
+    if len(curves) <= 12:  # beyond, a legend hides the curves
+        axis.legend(fontsize=8)
+    _save(figure, path)
+
+
+def resolution_along(resolutions_A, limit_A, path, label):
+    """The half-map FSC = 0.143 resolution (Å) at each step of a traversal, with the model's limit."""
+    figure, axis = plt.subplots(figsize=(6, 3))
+    axis.plot(np.arange(len(resolutions_A)), resolutions_A, marker="o")
+    axis.axhline(limit_A, color="grey", linestyle=":", linewidth=1, label="the model's limit")
+    axis.set_xlabel(f"{label} traversal step")
+    axis.set_ylabel("resolution (Å), FSC = 0.143")
+    axis.invert_yaxis()  # finer resolution higher up, as resolution plots show it
     axis.legend(fontsize=8)
     _save(figure, path)
 

@@ -14,7 +14,10 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--umap/--no-umap", "with_umap", default=True, show_default=True,
               help="A UMAP of the latents (of a 50,000-particle sample) beside the PCA.")
-def command(run, k, gt_dir, checkpoint, device, seed, with_umap):
+@click.option("--path", "path_ends", nargs=2, metavar="A B",
+              help="Maps along the data from A to B, each a particle index or cN (the particle nearest k-means "
+                   "centre N): the shortest path through the latents' nearest-neighbour graph.")
+def command(run, k, gt_dir, checkpoint, device, seed, with_umap, path_ends):
     """PCA and UMAP of RUN/z.npy, k-means with maps at the particles nearest
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
@@ -37,7 +40,7 @@ def command(run, k, gt_dir, checkpoint, device, seed, with_umap):
         click.echo(f"UMAP left out: the latents have {z.shape[1]} dimension(s), which PCA shows whole", err=True)
     try:
         out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles,
-                                       with_umap=with_umap)
+                                       with_umap=with_umap, path_ends=path_ends)
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "
                         f"({error.filename or 'a file'})") from None

@@ -15,7 +15,8 @@ import click
 def command(run, gt_dir, checkpoint, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and
     the true map (resolution at 0.5 and 0.143, mean FSC); |Spearman| of latent PC1 against the true
-    coordinate, and the held-out R^2 of the coordinate predicted linearly from z. Writes RUN/eval.json,
+    coordinate, and the held-out R^2 of the coordinate predicted linearly from z; for a run trained with
+    --half-sets, also its half-maps' FSC=0.143 resolution at each of these latents. Writes RUN/eval.json,
     the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch.
     `hetrec train --gt DIR --eval-every N` does the same during training."""
     from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs, evaluate_run
@@ -32,6 +33,8 @@ def command(run, gt_dir, checkpoint, device):
     for m in result["maps"]:
         click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} A, "
                    f"0.143 at {m['resolution_0.143_A']:.1f} A, mean FSC {m['mean_fsc']:.3f} "
-                   f"({m['n_particles']} particles)")
+                   f"({m['n_particles']} particles)"
+                   + (f"; half-maps FSC=0.143 at {m['half_map_resolution_0.143_A']:.1f} A"
+                      if "half_map_resolution_0.143_A" in m else ""))
     click.echo(f"mean FSC {result['mean_fsc']:.3f}; latent PC1 |Spearman| {result['latent_pc1_spearman']:.3f}; "
                f"held-out linear R^2 of the coordinate from z {result['latent_linear_r2']:.3f}")

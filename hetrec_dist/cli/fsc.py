@@ -1,6 +1,7 @@
 """hetrec fsc: Fourier shell correlation between two maps."""
 
 import json
+import os
 
 import click
 
@@ -21,13 +22,37 @@ def _read_map(path):
 
 
 @click.command("fsc")
-@click.argument("map_a", type=click.Path(dir_okay=False, exists=True))
-@click.argument("map_b", type=click.Path(dir_okay=False, exists=True))
-@click.option("--mask", help="'sphere' (soft, radius 0.45 box) or an MRC mask of the same box.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the curve as a PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result (with the curve) as JSON.")
-def command(map_a, map_b, mask, plot_path, as_json):
-    """FSC of MAP_A against MAP_B: the curve, resolution at 0.5 and 0.143, and the mean FSC."""
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="MAP_A MAP_B | RUN")
+@click.option("--z", "z_path", type=click.Path(dir_okay=False, exists=True),
+              help="With RUN (trained with --half-sets): latents, one row per map (.npy or text), at which to "
+                   "compare the two half-maps.")
+@click.option("--checkpoint", type=click.Path(exists=True), help="With RUN: a checkpoint (default: its last.pt).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--mask", help="Two maps: 'sphere' (soft, radius 0.45 box) or an MRC mask of the same box.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the curve(s) as a PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (with the curves) as JSON.")
+def command(inputs, z_path, checkpoint, device, mask, plot_path, as_json):
+    """FSC of MAP_A against MAP_B: the curve, resolution at 0.5 and 0.143, and the mean FSC.
+
+    `hetrec fsc RUN --z LATENTS`: for a run trained with --half-sets, the FSC of its two half-maps at each
+    latent row, and the gold-standard resolution (FSC = 0.143) of the map there."""
+    from hetrec_dist.errors import UserError
+
+    if len(inputs) == 1 and os.path.isdir(inputs[0]):
+        if not z_path:
+            raise UserError(f"{inputs[0]} is a run: give --z with the latents at which to compare its half-maps")
+        if mask:
+            raise UserError("--mask is for two maps; a run's half-maps are confined by its own mask")
+        _run_half_maps(inputs[0], z_path, checkpoint, device, plot_path, as_json)
+    elif len(inputs) == 2 and not any(os.path.isdir(path) for path in inputs):
+        if z_path or checkpoint:
+            raise UserError("--z and --checkpoint are for a run (`hetrec fsc RUN --z LATENTS`), not two maps")
+        _two_maps(*inputs, mask, plot_path, as_json)
+    else:
+        raise UserError(f"give two maps (MAP_A MAP_B) or one run folder (RUN --z LATENTS), not {' '.join(inputs)}")
+
+
+def _two_maps(map_a, map_b, mask, plot_path, as_json):
     from hetrec_dist.analysis.fsc import fsc_summary, soft_sphere
     from hetrec_dist.errors import UserError
 
@@ -52,3 +77,24 @@ def command(map_a, map_b, mask, plot_path, as_json):
     else:
         click.echo(f"FSC=0.5 at {result['resolution_0.5_A']:.2f} A, FSC=0.143 at {result['resolution_0.143_A']:.2f} A, "
                    f"mean FSC {result['mean_fsc']:.3f}")
+
+
+def _run_half_maps(run, z_path, checkpoint, device, plot_path, as_json):
+    from hetrec_dist.analysis.half_maps import describe_resolution, latent_resolution, require_half_sets
+    from hetrec_dist.cli.run_files import run_model
+    from hetrec_dist.cli.volume import read_latents
+
+    model = run_model(run, checkpoint, device)
+    require_half_sets(model, run)
+    results = [latent_resolution(model, latent) for latent in read_latents(z_path, model.shape.zdim)]
+    if plot_path:
+        from hetrec_dist.analysis.plots import fsc_plot
+
+        fsc_plot({f"latent {i}": r["curve"] for i, r in enumerate(results)}, model.shape.box, model.pixel_size_A,
+                 plot_path)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for i, result in enumerate(results):
+        click.echo(f"latent {i}: half-map FSC=0.143 at {describe_resolution(result)}, FSC=0.5 at "
+                   f"{result['resolution_0.5_A']:.2f} Å")

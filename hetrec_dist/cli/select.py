@@ -17,11 +17,13 @@ from hetrec_dist.cli.command_line import refuse_empty
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 def command(run, clusters, k, out, overwrite):
     """Write the particles of the chosen clusters of RUN/analyze.K as a STAR or .cs file like the input
-    (all columns and optics kept), or as a cryoDRGN-style index .pkl."""
+    (all columns and optics kept), or as a cryoDRGN-style index .pkl. A run trained with --half-sets writes
+    its half-sets into rlnRandomSubset or alignments3D/split."""
     import numpy as np
 
     from hetrec_dist.analysis.select import cluster_members, write_subset
     from hetrec_dist.cli.run_files import run_store_path
+    from hetrec_dist.data.half_sets import HALF_SETS_FILE, read_run_half_sets
     from hetrec_dist.data.store import open_store
     from hetrec_dist.errors import UserError
 
@@ -40,5 +42,7 @@ def command(run, clusters, k, out, overwrite):
     indices = cluster_members(np.load(labels_path), chosen, k)
     # stores made before source_row existed hold every row of their input, in order
     source_rows = store["source_row"][:] if "source_row" in store else np.arange(store["images"].shape[0])
-    write_subset(indices, store.attrs.asdict(), source_rows, out)
+    with_halves = os.path.isfile(os.path.join(run, HALF_SETS_FILE))
+    half_sets = read_run_half_sets(run, len(source_rows)) if with_halves else None
+    write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets)
     click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)

@@ -36,14 +36,20 @@ def read_latents(path, zdim):
               help="A checkpoint file (default: the run's last.pt).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--prefix", default="vol_", show_default=True, help="File names: PREFIX000.mrc, ...")
-def volume_command(run, z_path, out, checkpoint, device, prefix):
+@click.option("--half-maps", is_flag=True,
+              help="A run trained with --half-sets: also each half-map, PREFIX000_half1.mrc and _half2.mrc (the "
+                   "map is their mean).")
+def volume_command(run, z_path, out, checkpoint, device, prefix, half_maps):
     """Write one MRC map per latent row of --z (pixel size in the header, the input data's frame)."""
+    from hetrec_dist.analysis.half_maps import require_half_sets
     from hetrec_dist.analysis.maps import write_latent_maps
 
     model = run_model(run, checkpoint, device)
+    if half_maps:
+        require_half_sets(model, run)
     z = read_latents(z_path, model.shape.zdim)
-    write_latent_maps(model, z, out, prefix + "{:03d}.mrc")
-    click.echo(f"wrote {len(z)} maps to {out}", err=True)
+    write_latent_maps(model, z, out, prefix + "{:03d}.mrc", half_maps=half_maps)
+    click.echo(f"wrote {len(z)} maps{' and their half-maps' if half_maps else ''} to {out}", err=True)
 
 
 @click.command("embed")

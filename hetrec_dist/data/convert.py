@@ -135,6 +135,7 @@ def _write_metadata(group, table, box, pixel_size_A):
     group["source_stack"][:] = table.stack_of
     group["source_index"][:] = table.image_in_stack
     group["source_row"][:] = table.source_rows
+    group["half_set"][:] = 0 if table.half_set is None else table.half_set
 
 
 def _short(value, width=40):

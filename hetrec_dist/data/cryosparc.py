@@ -14,6 +14,7 @@ from hetrec_dist.data.particles import (
     ParticleTable,
     check_values,
     ctf_constants,
+    half_sets_or_none,
     index_stacks,
     optics_group_hint,
     option_replaces,
@@ -28,6 +29,8 @@ REQUIRED_FIELDS = (
     "blob/path", "blob/idx", "blob/shape", "blob/psize_A", "alignments3D/pose", "alignments3D/shift",
     "ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad",
 )
+# cryoSPARC's half-set of each particle in a refinement: 0 or 1 (our half-sets are 1 and 2)
+HALF_SET_FIELD = "alignments3D/split"
 _CTF_CONSTANT_FIELDS = {"voltage_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm", "amplitude_contrast": "ctf/amp_contrast",
                         "phase_shift_deg": "ctf/phase_shift_rad"}
 # Stacks (blob/path) are named relative to the project folder, which holds the job folder of the .cs file.
@@ -173,6 +176,8 @@ def read_cryosparc_cs(path, options):
         rotations=matrices_from_cryosparc_pose(records["alignments3D/pose"]), shifts_px=shifts_px, ctf=ctf,
         optics_group=groups, source_rows=source_rows, box=box, pixel_size_A=pixel_size_A,
         pixel_size_source="--apix" if options.apix is not None else f"blob/psize_A of {path}",
-        metadata_files=[os.path.abspath(f) for f in files])
+        metadata_files=[os.path.abspath(f) for f in files],
+        half_set=(half_sets_or_none(records[HALF_SET_FIELD].astype(np.int64) + 1, f"{HALF_SET_FIELD} + 1",
+                                    source_rows, path) if HALF_SET_FIELD in names else None))
     check_values(table, path, path)
     return table

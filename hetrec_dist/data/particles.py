@@ -48,7 +48,9 @@ class ParticleTable:
     rotations: N x 3 x 3; shifts_px: N x 2 in pixels at `box`; ctf: N x 9 (physics.ctf.CTF_COLUMNS);
     optics_group: N; source_rows: N, the 0-based row of each particle in the metadata file (particles may be
     a subset, e.g. with --optics-group); pixel_size_source: where pixel_size_A came from, for messages;
-    metadata_files: the files the table was read from (recorded with checksums).
+    metadata_files: the files the table was read from (recorded with checksums); half_set: N, each
+    particle's half-set (1 or 2, as RELION's rlnRandomSubset) where the input assigns one to every particle,
+    else None.
     """
 
     stack_paths: list
@@ -63,6 +65,7 @@ class ParticleTable:
     pixel_size_A: float
     pixel_size_source: str
     metadata_files: list
+    half_set: np.ndarray | None = None
 
     def __len__(self):
         return len(self.stack_of)
@@ -85,6 +88,18 @@ def first_bad(ok, source_rows):
         return None
     more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
     return int(bad[0]), f"row {int(source_rows[bad[0]]) + 1}{more}"
+
+
+def half_sets_or_none(values, field, source_rows, path):
+    """A metadata field's half-sets (N, int8, 1 or 2), or None, with a warning, where some value is neither
+    (the particles are then split at random by `hetrec train --half-sets`)."""
+    values = np.asarray(values)
+    bad = first_bad(np.isin(values, (1, 2)), source_rows)
+    if bad is not None:
+        warn_input(f"{path}: {field} is {values[bad[0]]} at {bad[1]}, not a half-set of 1 or 2; the half-sets are "
+                   "left unassigned (`hetrec train --half-sets` splits the particles at random)")
+        return None
+    return values.astype(np.int8)
 
 
 # What each CTF column must be (after the box and pixel size): (name, test of a physical value, what it must be)

@@ -15,6 +15,7 @@ from hetrec_dist.data.particles import (
     check_values,
     ctf_constants,
     describe_values,
+    half_sets_or_none,
     index_stacks,
     optics_group_hint,
     option_replaces,
@@ -210,6 +211,8 @@ def read_relion_star(path, options):
         rotations=matrices_from_relion_euler(*(df[c].to_numpy(np.float64) for c in _POSE_COLUMNS)),
         shifts_px=_shifts_px(df, pixel_size_A, path), ctf=ctf,
         optics_group=df["rlnOpticsGroup"].to_numpy(np.int32), source_rows=df.index.to_numpy(np.int64),
-        box=box, pixel_size_A=pixel_size_A, pixel_size_source=pixel_size_source, metadata_files=[os.path.abspath(path)])
+        box=box, pixel_size_A=pixel_size_A, pixel_size_source=pixel_size_source, metadata_files=[os.path.abspath(path)],
+        half_set=(half_sets_or_none(df["rlnRandomSubset"], "rlnRandomSubset", df.index.to_numpy(), path)
+                  if "rlnRandomSubset" in df else None))
     check_values(table, path, path)
     return table

@@ -9,6 +9,8 @@ Arrays (N particles, box D):
     source_stack    N           int32     index into attrs["sources"]["stacks"]
     source_index    N           int64     0-based image index in that stack
     source_row      N           int64     0-based row of the particle in the metadata file (STAR, .cs)
+    half_set        N           int8      1 or 2 (RELION rlnRandomSubset, cryoSPARC alignments3D/split + 1);
+                                          0: unassigned. Stores made before it existed lack it.
     chunk_stats     C x 3       float64   per images-chunk (count, sum, sum of squares); NaN = not written
 """
 
@@ -32,6 +34,7 @@ PER_PARTICLE_ARRAYS = {  # name: (trailing shape, dtype)
     "source_stack": ((), "int32"),
     "source_index": ((), "int64"),
     "source_row": ((), "int64"),
+    "half_set": ((), "int8"),
 }
 
 

@@ -85,7 +85,7 @@ class DataParallel:
     def basis_gradient(self, factors: SliceFactors) -> tuple[torch.Tensor, ReductionStats | None]:
         """(the basis gradient of the global batch's mean loss, ReductionStats or None in one process)."""
         if self.world.size == 1:
-            return factors.basis_gradient(self.half_ball.n_voxels), None
+            return factors.basis_gradient(), None
         total, stats = reduce_basis_gradient(factors, self.basis_reduction, self.half_ball, self.points_2d,
                                              self.world.group, self.timeout_s, self.world.shared_memory)
         mean = torch.sparse_coo_tensor(total.indices(), total.values() / self.world.size, total.shape,

@@ -54,8 +54,9 @@ def allgather_bytes(n_bytes_per_rank: int, world_size: int) -> int:
 
 
 def factor_columns(n_components: int, n_points: int) -> int:
-    """Numbers an image sends under `factors`: its pose, its basis weights and its slice gradient."""
-    return 9 + n_components + 2 * n_points
+    """Numbers an image sends under `factors`: its pose, its basis rows' offset, its basis weights and its
+    slice gradient."""
+    return 10 + n_components + 2 * n_points
 
 
 def payload_bytes(n_rows: int, n_components: int, n_points: int, max_nnz: int, max_images: int, union_rows: int,
@@ -148,7 +149,12 @@ def _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_si
     """Every rank's gradient, the other ranks' rebuilt here from their gathered factors, summed in rank
     order (a rank's own gradient is the one it would rebuild: same inputs, same shapes, same bits)."""
     n_images, n_components = factors.weights.shape
-    packed = torch.cat([factors.rotations.reshape(n_images, 9).to(factors.weights.dtype), factors.weights,
+    geometry = factors.geometry
+    n_stacked = geometry.n_rows // half_ball.n_voxels
+    offsets = geometry.row_offsets if geometry.row_offsets is not None else torch.zeros(n_images)
+    # a half-set's row offset (below 2^24) is exact in float32
+    packed = torch.cat([factors.rotations.reshape(n_images, 9).to(factors.weights.dtype),
+                        offsets.to(factors.weights)[:, None], factors.weights,
                         factors.grad_slices.reshape(n_images, -1)], dim=1)
     padded = packed.new_zeros(max(image_counts), packed.shape[1])
     padded[:n_images] = packed
@@ -156,15 +162,16 @@ def _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_si
     own, parts = dist.get_rank(group), []
     for rank, (rank_packed, count) in enumerate(zip(gathered, image_counts)):
         if rank == own:
-            parts.append(factors.basis_gradient(half_ball.n_voxels))
+            parts.append(factors.basis_gradient())
         elif count > 0:
             rank_packed = rank_packed[:count]
             rotations = rank_packed[:, :9].reshape(-1, 3, 3).to(factors.rotations.dtype).contiguous()
-            weights = rank_packed[:, 9:9 + n_components].contiguous()
-            grads = rank_packed[:, 9 + n_components:].reshape(count, -1, 2).contiguous()
-            geometry = slice_geometry(rotations, points_2d, half_ball)
-            parts.append(basis_gradient(geometry, grads, weights, half_ball.n_voxels))
-    return _sum_in_rank_order(parts, (half_ball.n_voxels, 2 * n_components))
+            rank_offsets = rank_packed[:, 9].round().int()
+            weights = rank_packed[:, 10:10 + n_components].contiguous()
+            grads = rank_packed[:, 10 + n_components:].reshape(count, -1, 2).contiguous()
+            rebuilt = slice_geometry(rotations, points_2d, half_ball, rank_offsets, n_stacked)
+            parts.append(basis_gradient(rebuilt, grads, weights))
+    return _sum_in_rank_order(parts, (geometry.n_rows, 2 * n_components))
 
 
 def reduce_basis_gradient(factors: SliceFactors, strategy: str, half_ball: HalfBall, points_2d: torch.Tensor,
@@ -177,7 +184,7 @@ def reduce_basis_gradient(factors: SliceFactors, strategy: str, half_ball: HalfB
         raise ValueError(f"unknown reduction strategy {strategy!r} (one of {', '.join(STRATEGIES)}, auto)")
     started = time.perf_counter()
     world_size = dist.get_world_size(group)
-    n_rows = half_ball.n_voxels
+    n_rows = factors.geometry.n_rows
     n_images, n_components = factors.weights.shape
     touched = factors.geometry.touched_rows
     counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
@@ -195,7 +202,7 @@ def reduce_basis_gradient(factors: SliceFactors, strategy: str, half_ball: HalfB
     if strategy == "factors":
         total = _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_size)
     else:
-        grad = factors.basis_gradient(n_rows)
+        grad = factors.basis_gradient()
         if strategy == "dense":
             total = _reduce_dense(grad, union, group, timeout_s, shared_memory)
         elif strategy == "union":

@@ -32,6 +32,7 @@ class ModelShape:
     encoder_blocks: int
     encoder_radius: float   # fraction of the box: Fourier radius of the encoder input
     max_radius: float       # fraction of the box: radius of the basis and the loss (< 0.5 of D)
+    n_half_sets: int = 1    # 2: a basis per half-set (half-set training), its rows stacked after the first's
 
 
 class HetVAE(nn.Module):
@@ -47,7 +48,8 @@ class HetVAE(nn.Module):
                                           shape.encoder_blocks)
         self.decoder = nn.Linear(shape.zdim, shape.n_basis)
         # small random volumes, so that the weights get a gradient from the first step (torch's global RNG)
-        self.basis = nn.Parameter(torch.randn(self.half_ball.n_voxels, 2 * (shape.n_basis + 1)) * init_scale)
+        n_rows = self.half_ball.n_voxels * shape.n_half_sets
+        self.basis = nn.Parameter(torch.randn(n_rows, 2 * (shape.n_basis + 1)) * init_scale)
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) moves the grids too
         super()._apply(fn, *args, **kwargs)
@@ -108,7 +110,8 @@ class HetVAE(nn.Module):
             noise = torch.randn_like(mu)
         z = mu + noise * torch.exp(0.5 * logvar) if self.training else mu
         rotations = batch["rotations"].to(self.basis.dtype)
-        geometry = slice_geometry(rotations, self.disk.coords, self.half_ball)
+        geometry = slice_geometry(rotations, self.disk.coords, self.half_ball, self._row_offsets(batch),
+                                  self.shape.n_half_sets)
         out = {}
         if basis_factors:
             slices, out["factors"] = project_with_factors(self.basis, self.basis_weights(z), geometry, rotations)
@@ -122,8 +125,18 @@ class HetVAE(nn.Module):
         kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)
         norm = weights.sum()
         return {**out, "loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
-                "touched_fraction": len(geometry.touched_rows) / self.half_ball.n_voxels,
+                "touched_fraction": len(geometry.touched_rows) / geometry.n_rows,
                 "residual_power": residual_power.detach(), "mu": mu, "observed": observed, "predicted": predicted}
+
+    def _row_offsets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Where each image's half-set basis starts (B,), from batch["half_set"] (1 or 2, RELION's
+        rlnRandomSubset); None for a model with one basis. Raises ValueError where a half-set model gets
+        images without their half-set."""
+        if self.shape.n_half_sets == 1:
+            return None
+        if "half_set" not in batch:
+            raise ValueError("a half-set model needs each image's half-set (batch['half_set'], 1 or 2)")
+        return (batch["half_set"].to(self.basis.device, torch.int32) - 1) * self.half_ball.n_voxels
 
     def support_projector(self, mask_diameter_A: float | None = None,
                           envelope_threshold: float = EnvelopeMask.threshold) -> SupportProjector:
@@ -142,28 +155,40 @@ class HetVAE(nn.Module):
         axes = torch.cat([self.basis.new_zeros(1, self.shape.zdim), self.decoder.weight])
         return torch.cat([mean[:, None], axes], dim=1).detach()
 
-    def components(self) -> torch.Tensor:
+    def _half_rows(self, half_set: int) -> slice:
+        if half_set not in range(1, self.shape.n_half_sets + 1):
+            raise ValueError(f"half-set {half_set} of a model with {self.shape.n_half_sets} basis(es)")
+        n_voxels = self.half_ball.n_voxels
+        return slice((half_set - 1) * n_voxels, half_set * n_voxels)
+
+    def components(self, half_set: int | None = None) -> torch.Tensor:
         """The K+1 volumes as half-ball coefficients, V x (K+1) complex: column 0 the mean, k the k-th basis
-        volume. (The parameter `basis` holds them as V x 2(K+1) reals: the real parts, then the imaginary.)"""
-        parts = self.basis.view(-1, 2, self.shape.n_basis + 1)
+        volume. (The parameter `basis` holds them as V x 2(K+1) reals: the real parts, then the imaginary.)
+        half_set (1 or 2): that half's basis; None: the mean of the halves' (the only one without half-sets)."""
+        if half_set is None:
+            return sum(self.components(h) for h in range(1, self.shape.n_half_sets + 1)) / self.shape.n_half_sets
+        parts = self.basis[self._half_rows(half_set)].view(-1, 2, self.shape.n_basis + 1)
         return torch.complex(parts[:, 0], parts[:, 1])
 
     @torch.no_grad()
-    def set_components(self, coefficients: torch.Tensor) -> None:
-        """Replace the K+1 volumes by V x (K+1) complex half-ball coefficients (the layout of components())."""
-        self.basis.copy_(torch.cat([coefficients.real, coefficients.imag], dim=1))
+    def set_components(self, coefficients: torch.Tensor, half_set: int = 1) -> None:
+        """Replace half_set's K+1 volumes by V x (K+1) complex half-ball coefficients (components()' layout)."""
+        self.basis[self._half_rows(half_set)] = torch.cat([coefficients.real, coefficients.imag], dim=1)
 
     @torch.no_grad()
     def confine_basis(self, projector: SupportProjector, follow_envelope: bool = False) -> None:
         """Replace every basis volume by its projection `projector` (a support_projector()); follow_envelope:
-        first shrink the projector's mask to the envelope of the model's maps (see SupportProjector)."""
+        first shrink the projector's mask to the envelope of the model's maps (see SupportProjector). Each
+        half-set's basis is confined on its own (the envelope of its own maps), so no half sees the other."""
         directions = self.density_directions() if follow_envelope else None
-        self.set_components(projector(self.components(), directions))
+        for half_set in range(1, self.shape.n_half_sets + 1):
+            self.set_components(projector(self.components(half_set), directions), half_set)
 
-    def volume(self, z: torch.Tensor) -> torch.Tensor:
-        """The map [z, y, x] (D^3, in the images' original units) for one latent z (zdim,)."""
+    def volume(self, z: torch.Tensor, half_set: int | None = None) -> torch.Tensor:
+        """The map [z, y, x] (D^3, in the images' original units) for one latent z (zdim,); half_set (1 or 2):
+        that half's map; None: the mean of the half-maps (the only map without half-sets)."""
         weights = self.basis_weights(z[None].to(self.basis.dtype))[0]
-        components = self.components()
+        components = self.components(half_set)
         coefficients = components @ weights.to(components.dtype)
         return half_ball_to_map(coefficients, self.half_ball, self.shape.box, self.pixel_size_A) * self.image_std
 

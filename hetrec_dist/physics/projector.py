@@ -10,6 +10,9 @@ The interpolation is a sparse matrix T (B*P points x U touched voxels, 8 weights
 slices = (T @ basis[touched]) . w. Backward gives the weights' gradient from the interpolated basis, and
 the basis gradient T^T @ (slice gradient x w) on the touched rows only, returned as a coalesced sparse COO
 tensor: a dense V x 2(K+1) gradient is never formed.
+
+Half-set training stacks two such bases, one per half-set (2V rows, the second half's at V + v): each
+image's `row_offset` (0 or V) selects the rows it reads, so that its gradient reaches its own half's only.
 """
 
 import dataclasses
@@ -28,7 +31,8 @@ class SliceGeometry:
 
     rows, trilinear: basis rows of the 8 neighbours of every point and their weights (B x P x 8);
     flipped: whether the point was Friedel-flipped (B x P); touched_rows: the distinct rows (U, sorted);
-    interpolation: T as CSR (B*P x U); interpolation_t: T^T as CSR (U x B*P).
+    interpolation: T as CSR (B*P x U); interpolation_t: T^T as CSR (U x B*P); n_rows: the basis' rows;
+    row_offsets: each image's first row (B, int32) where the basis stacks several half-balls, else None.
     """
     rows: torch.Tensor
     trilinear: torch.Tensor
@@ -36,6 +40,8 @@ class SliceGeometry:
     touched_rows: torch.Tensor
     interpolation: torch.Tensor
     interpolation_t: torch.Tensor
+    n_rows: int
+    row_offsets: torch.Tensor | None = None
 
 
 def _sparse_csr(crow, col, values, shape):
@@ -70,17 +76,24 @@ def _trilinear_weights(frac):
     return torch.stack([x[i] * y[j] * z[k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], -1)
 
 
-def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: HalfBall) -> SliceGeometry:
-    """Geometry of the central slices at poses `rotations` (B x 3 x 3) of 2-D points (P x 2, (kx, ky))."""
+def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: HalfBall,
+                   row_offsets: torch.Tensor | None = None, n_stacked: int = 1) -> SliceGeometry:
+    """Geometry of the central slices at poses `rotations` (B x 3 x 3) of 2-D points (P x 2, (kx, ky)) in a
+    basis of n_stacked half-balls' rows; row_offsets (B, a multiple of half_ball.n_voxels each): where each
+    image's half-ball starts (None: all at row 0)."""
     k3 = points_2d.to(rotations.dtype) @ rotations[:, :2, :]  # B x P x 3
     flipped = k3[..., 0] < 0
     k3 = torch.where(flipped[..., None], -k3, k3)
     floor = torch.floor(k3)
     frac = k3 - floor
     rows = half_ball.corner_rows(floor.int())  # int32: a batch's 8 x B x P corner indices are tens of MB
+    if row_offsets is not None:
+        row_offsets = row_offsets.to(rows.device, torch.int32)
+        rows += row_offsets[:, None, None]
     trilinear = _trilinear_weights(frac)
-    touched_rows, matrix, matrix_t = _interpolation_matrices(rows, trilinear, half_ball.n_voxels)
-    return SliceGeometry(rows, trilinear, flipped, touched_rows, matrix, matrix_t)
+    n_rows = half_ball.n_voxels * n_stacked
+    touched_rows, matrix, matrix_t = _interpolation_matrices(rows, trilinear, n_rows)
+    return SliceGeometry(rows, trilinear, flipped, touched_rows, matrix, matrix_t, n_rows, row_offsets)
 
 
 def _conjugate_where(values, flipped):
@@ -97,7 +110,7 @@ class _SparseSlice(torch.autograd.Function):
         interpolated = (geometry.interpolation @ basis[geometry.touched_rows]).view(n_images, -1, n_components)
         slices = torch.bmm(interpolated, weights[:, :, None]).view(n_images, n_points, 2)
         ctx.save_for_backward(interpolated, weights)
-        ctx.geometry, ctx.n_voxels = geometry, basis.shape[0]
+        ctx.geometry = geometry
         return _conjugate_where(slices, geometry.flipped)
 
     @staticmethod
@@ -107,13 +120,12 @@ class _SparseSlice(torch.autograd.Function):
         n_images = weights.shape[0]
         conjugated = _conjugate_where(grad_slices, geometry.flipped)
         grad_weights = torch.bmm(conjugated.reshape(n_images, 1, -1), interpolated).squeeze(1)
-        grad_basis = basis_gradient(geometry, grad_slices, weights, ctx.n_voxels) if ctx.needs_input_grad[0] else None
+        grad_basis = basis_gradient(geometry, grad_slices, weights) if ctx.needs_input_grad[0] else None
         return grad_basis, grad_weights, None
 
 
-def basis_gradient(geometry: SliceGeometry, grad_slices: torch.Tensor, weights: torch.Tensor,
-                   n_voxels: int) -> torch.Tensor:
-    """The sparse basis gradient (coalesced COO, n_voxels x 2(K+1)) from its per-image factors: the
+def basis_gradient(geometry: SliceGeometry, grad_slices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The sparse basis gradient (coalesced COO, geometry.n_rows x 2(K+1)) from its per-image factors: the
     gradient of the loss with respect to each image's slice (B x P x 2) and the image's weights (B x K+1).
     It is sum_i T_i^T (conj_i(grad_slice_i) x w_i), nonzero only on geometry.touched_rows."""
     n_components = weights.shape[1]
@@ -125,7 +137,7 @@ def basis_gradient(geometry: SliceGeometry, grad_slices: torch.Tensor, weights: 
         width = per_point.shape[-1]
         grad_rows[:, :, part] = (geometry.interpolation_t @ per_point.reshape(-1, 2 * width)).view(-1, 2, width)
     grad_rows = grad_rows.view(-1, 2 * n_components)
-    return torch.sparse_coo_tensor(geometry.touched_rows[None], grad_rows, (n_voxels, 2 * n_components),
+    return torch.sparse_coo_tensor(geometry.touched_rows[None], grad_rows, (geometry.n_rows, 2 * n_components),
                                    is_coalesced=True, check_invariants=False)
 
 
@@ -146,8 +158,8 @@ class SliceFactors:
     def _capture(self, grad):
         self.grad_slices = grad
 
-    def basis_gradient(self, n_voxels: int) -> torch.Tensor:
-        return basis_gradient(self.geometry, self.grad_slices, self.weights, n_voxels)
+    def basis_gradient(self) -> torch.Tensor:
+        return basis_gradient(self.geometry, self.grad_slices, self.weights)
 
 
 def project_with_factors(basis: torch.Tensor, weights: torch.Tensor, geometry: SliceGeometry,

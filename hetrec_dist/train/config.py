@@ -49,6 +49,7 @@ class TrainConfig:
     noise_model: str = "white"  # white; residuals or background: weight the likelihood by 1/σ² per shell and
     #                             optics group, estimated from the residuals each epoch or from the particle-free
     #                             corners of the images once
+    half_sets: bool = False    # a basis per half-set of the particles (gold-standard half-maps; data.half_sets)
 
     def __post_init__(self):
         """Every setting checked, whether it came from the command line, a YAML file or a run's config.yaml."""
@@ -72,7 +73,7 @@ class TrainConfig:
         return ModelShape(box=box, zdim=self.zdim, n_basis=self.n_basis, encoder_hidden=self.encoder_hidden,
                           encoder_blocks=self.encoder_blocks,
                           encoder_radius=pixel_size_A / max(self.encoder_resolution_A, max_resolution_A),
-                          max_radius=pixel_size_A / max_resolution_A)
+                          max_radius=pixel_size_A / max_resolution_A, n_half_sets=2 if self.half_sets else 1)
 
 
 # The fewest Fourier shells the likelihood and the encoder may reach: below them a map or an image is a blob.

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
+from hetrec_dist.data.half_sets import HALF_SETS_FILE, choose_half_sets, read_run_half_sets
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.data_parallel import DataParallel
@@ -95,6 +96,7 @@ class Trainer:
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
         groups = torch.from_numpy(np.unique(store.group["optics_group"][:]))
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
+        self.half_sets, self.half_sets_source = self._half_sets(store, resume) if shape.n_half_sets == 2 else (None, "")
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
@@ -108,6 +110,17 @@ class Trainer:
             self._noise_from_background()  # a new run, or one resumed from another noise model
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
+
+    def _half_sets(self, store, resume):
+        """(each particle's half-set, N int8 tensor, and where they came from in words): a resumed run's own
+        RUN/half_sets.npy, else chosen here (data.half_sets; the same on every rank) and written by rank 0."""
+        if resume:
+            values = self.world.run_everywhere(lambda: read_run_half_sets(self.run_dir, store.n_particles))
+            return torch.from_numpy(values), "as the run recorded them"
+        values, source = self.world.run_everywhere(lambda: choose_half_sets(store.group, self.config.seed))
+        self.world.run_on_root(lambda: write_atomically(os.path.join(self.run_dir, HALF_SETS_FILE),
+                                                        lambda temporary: _save_npy(temporary, values)))
+        return torch.from_numpy(values), source
 
     def _open_run_files(self, store_path, command):
         """On rank 0: config.yaml, TensorBoard and train.log; what killed writes left behind goes first."""
@@ -133,7 +146,7 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config)}
 
     def load_state_dict(self, state):
-        if state.get("model_shape") != dataclasses.asdict(self.model.shape):
+        if ModelShape(**state.get("model_shape", {})) != self.model.shape:
             raise UserError(f"the checkpoint's model shape {state.get('model_shape')} differs from this run's "
                             f"{dataclasses.asdict(self.model.shape)}")
         self.model.load_state_dict(state["model"])
@@ -194,6 +207,8 @@ class Trainer:
             share = self.ranks.share(0 if batch is None else len(batch["index"]))
             if share is None:
                 break
+            if self.half_sets is not None:
+                batch["half_set"] = self.half_sets[batch["index"]]
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             data_s = time.perf_counter() - data_started
             noise = share.own(torch.randn(share.n_global, self.config.zdim, generator=generator, device=self.device))
@@ -266,7 +281,7 @@ class Trainer:
                   **{f"time/{k}": v for k, v in timings.items()}}
         if reduction is not None:
             values.update({"reduce/bytes_sent": reduction.bytes_sent, "reduce/dense_bytes": reduction.dense_bytes,
-                           "reduce/union_density": reduction.union_rows / self.model.half_ball.n_voxels,
+                           "reduce/union_density": reduction.union_rows / self.model.basis.shape[0],
                            "reduce/strategy": STRATEGIES.index(reduction.strategy)})
         self.metrics.scalars(values, self.step)
 
@@ -304,6 +319,10 @@ class Trainer:
         self._tell(f"the model compares images to {pixel_size_A / shape.max_radius:.3g} Å "
                    f"({round(shape.max_radius * shape.box)} Fourier shells), its encoder reads them to "
                    f"{pixel_size_A / shape.encoder_radius:.3g} Å; noise_model {self.config.noise_model}")
+        if self.half_sets is not None:
+            counts = torch.bincount(self.half_sets.long(), minlength=3)[1:].tolist()
+            self._tell(f"half-sets: {counts[0]} and {counts[1]} particles, {self.half_sets_source}, in "
+                       f"RUN/{HALF_SETS_FILE}; each trains its own basis")
         for hint in self.ranks.hints():
             self._hint(hint)
         while self.epoch < self.config.epochs:
@@ -362,10 +381,18 @@ def _resumed_shape(checkpoint, config):
     shape = ModelShape(**checkpoint["model_shape"])
     differ = [name for name in ("zdim", "n_basis", "encoder_hidden", "encoder_blocks")
               if getattr(shape, name) != getattr(config, name)]
+    if (shape.n_half_sets == 2) != config.half_sets:
+        raise UserError(f"the checkpoint's model was trained {'with' if shape.n_half_sets == 2 else 'without'} "
+                        f"half-sets; resume it {'with' if shape.n_half_sets == 2 else 'without'} --half-sets")
     if differ:
         raise UserError(f"the checkpoint's model has {', '.join(f'{n} {getattr(shape, n)}' for n in differ)}, "
                         f"but the settings ask for {', '.join(f'{n} {getattr(config, n)}' for n in differ)}")
     return shape
+
+
+def _save_npy(path, values):
+    with open(path, "wb") as f:
+        np.save(f, values)
 
 
 def _write_json(path, record):

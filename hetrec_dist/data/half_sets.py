@@ -1,0 +1,56 @@
+"""Half-sets: the two independent halves of the particles that gold-standard validation compares.
+
+A particle's half-set is 1 or 2, as RELION's rlnRandomSubset. A run trained with half-sets records them in
+RUN/half_sets.npy (N, int8, store order): the store's own (from the input's rlnRandomSubset or cryoSPARC's
+alignments3D/split) where it assigns one to every particle, else a random split in two equal halves.
+"""
+
+import os
+
+import numpy as np
+
+from hetrec_dist.errors import UserError
+
+HALF_SETS_FILE = "half_sets.npy"
+
+
+def store_half_sets(group) -> np.ndarray | None:
+    """The store's half-sets (N, int8), or None where it has none (made before they were kept, or from an
+    input without them) or leaves some particle unassigned (0)."""
+    if "half_set" not in group:
+        return None
+    values = np.asarray(group["half_set"][:], dtype=np.int8)
+    return values if np.isin(values, (1, 2)).all() else None
+
+
+def random_half_sets(n_particles: int, seed: int) -> np.ndarray:
+    """Particles split at random into halves of equal size (the first one larger by one if N is odd)."""
+    values = np.full(n_particles, 2, dtype=np.int8)
+    values[np.random.default_rng(seed).permutation(n_particles)[:(n_particles + 1) // 2]] = 1
+    return values
+
+
+def choose_half_sets(group, seed: int) -> tuple[np.ndarray, str]:
+    """(half-sets for a new run, where they came from, in words). Raises UserError where the store's put
+    every particle in one half."""
+    values = store_half_sets(group)
+    if values is None:
+        return random_half_sets(group["images"].shape[0], seed), f"split at random (seed {seed})"
+    counts = np.bincount(values, minlength=3)[1:]
+    if counts.min() == 0:
+        raise UserError(f"the store puts all {len(values)} particles in half-set {int(counts.argmax()) + 1}; "
+                        "half-set training needs particles in both (reconvert from a file without "
+                        "rlnRandomSubset or alignments3D/split to split them at random)")
+    return values, "from the store (the input's rlnRandomSubset or alignments3D/split)"
+
+
+def read_run_half_sets(run_dir: str, n_particles: int) -> np.ndarray:
+    """RUN/half_sets.npy, checked to hold a half-set for each of n_particles; UserError otherwise."""
+    path = os.path.join(run_dir, HALF_SETS_FILE)
+    try:
+        values = np.load(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: the run's half-sets are not readable ({err})") from None
+    if values.shape != (n_particles,) or not np.isin(values, (1, 2)).all():
+        raise UserError(f"{path}: not a half-set (1 or 2) for each of the store's {n_particles} particles")
+    return values.astype(np.int8)

@@ -1,0 +1,202 @@
+"""Half-set training (`hetrec train --half-sets`): a basis per half of the particles, half-maps and their FSC."""
+
+import json
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from conftest import assert_one_line_error, run_cli
+
+from hetrec_dist.analysis.half_maps import latent_resolution
+from hetrec_dist.cli.run_files import run_model
+from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
+from hetrec_dist.physics.projector import project, slice_geometry
+from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
+from hetrec_dist.simulate.atom_models import hinge_model
+from hetrec_dist.simulate.dataset import simulate_dataset
+from hetrec_dist.train.config import build_config
+from hetrec_dist.train.trainer import Trainer
+
+TINY = ["--batch-size", 64, "--zdim", 3, "--n-basis", 3, "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def half_set_run(sim_store, sim_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("half_sets") / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 3, "--half-sets", *TINY)
+    run_cli("analyze", run, "--k", 4, "--no-umap", "--device", "cpu")
+    return run
+
+
+def test_an_images_slice_and_gradient_are_those_of_its_own_half_sets_basis_alone():
+    """Against two separate bases: the stacked basis gives each image the slice of its own half's basis,
+    and each half's rows get the gradient of that half's images only."""
+    box, n_components = 16, 3
+    half_ball, disk = HalfBall.build(box / 2 - 1), HalfDisk.build(box, box / 2 - 1)
+    generator = torch.Generator().manual_seed(0)
+    rotations = torch.from_numpy(matrices_from_relion_euler(*random_relion_euler(6, np.random.default_rng(0))))
+    halves = torch.tensor([1, 2, 1, 2, 2, 1])
+    weights = torch.randn(6, n_components, generator=generator, dtype=torch.float64)
+    grads = torch.randn(6, disk.coords.shape[0], 2, generator=generator, dtype=torch.float64)
+    bases = [torch.randn(half_ball.n_voxels, 2 * n_components, generator=generator, dtype=torch.float64,
+                         requires_grad=True) for _ in (1, 2)]
+    stacked = torch.cat([b.detach() for b in bases]).requires_grad_()
+    geometry = slice_geometry(rotations, disk.coords, half_ball, (halves - 1) * half_ball.n_voxels, n_stacked=2)
+    slices = project(stacked, weights, geometry)
+    (slices * grads).sum().backward()
+    for half_set, basis in zip((1, 2), bases):
+        own = halves == half_set
+        alone = project(basis, weights[own], slice_geometry(rotations[own], disk.coords, half_ball))
+        torch.testing.assert_close(slices[own], alone)
+        (alone * grads[own]).sum().backward()
+        rows = slice((half_set - 1) * half_ball.n_voxels, half_set * half_ball.n_voxels)
+        torch.testing.assert_close(stacked.grad.to_dense()[rows], basis.grad.to_dense())
+
+
+def test_each_particle_trains_only_its_own_half_sets_basis_once_an_epoch(sim_store, tmp_path):
+    config = build_config(None, {"batch_size": 64, "zdim": 2, "n_basis": 3, "device": "cpu", "half_sets": True})
+    trainer = Trainer(sim_store, tmp_path / "run", config, show_progress=False)
+    n_voxels, seen = trainer.model.half_ball.n_voxels, []
+    train_step = trainer.train_step
+
+    def recording_step(batch, noise, share):
+        out, timings, reduction = train_step(batch, noise, share)
+        row_half_sets = out["factors"].geometry.rows // n_voxels + 1  # images x points x 8 corners
+        for index, half_set, rows in zip(batch["index"], batch["half_set"], row_half_sets):
+            assert (rows == half_set).all(), f"particle {index} of half-set {half_set} read the other's rows"
+            seen.append((int(index), int(half_set)))
+        return out, timings, reduction
+
+    trainer.train_step = recording_step
+    for _ in range(2):
+        trainer.train_epoch()
+    recorded = np.load(tmp_path / "run" / "half_sets.npy")
+    assert np.bincount(recorded).tolist() == [0, 150, 150]
+    indices, half_sets = np.array(seen).T
+    assert np.bincount(indices, minlength=300).tolist() == [2] * 300  # every particle, once an epoch
+    np.testing.assert_array_equal(half_sets, recorded[indices])
+
+
+@pytest.fixture(scope="module")
+def noise_run(tmp_path_factory):
+    """A half-set run on images with no particle in them (SNR 1e-8)."""
+    root = tmp_path_factory.mktemp("noise")
+    simulate_dataset(str(root / "sim"), hinge_model(), n=400, box=32, snr=1e-8, seed=5, show_progress=False)
+    run_cli("convert", root / "sim" / "particles.star", "-o", root / "noise.zarr", "-q")
+    run_cli("train", root / "noise.zarr", "-o", root / "run", "--epochs", 3, "--half-sets", *TINY)
+    return root / "run"
+
+
+def test_half_maps_of_pure_noise_do_not_correlate_and_identical_halves_do(noise_run):
+    model = run_model(noise_run, None, "cpu")
+    radius = int(model.shape.max_radius * model.shape.box)
+    for latent in np.random.default_rng(0).normal(size=(3, 3)):
+        curve = np.array(latent_resolution(model, latent)["curve"])
+        assert np.abs(curve[3:radius]).mean() < 0.1 and np.abs(curve[3:radius]).max() < 0.35, curve
+    with torch.no_grad():
+        model.set_components(model.components(1), half_set=2)
+    same = latent_resolution(model, np.zeros(3))
+    np.testing.assert_allclose(same["curve"][1:radius], 1, atol=1e-6)
+    assert same["at_limit"]
+
+
+def test_volume_writes_half_maps_whose_mean_is_the_map_and_fsc_gives_a_resolution_per_latent(half_set_run, tmp_path):
+    np.savetxt(tmp_path / "z.txt", [[0.0, 0.0, 0.0], [1.0, -1.0, 0.5]])
+    run_cli("volume", half_set_run, "--z", tmp_path / "z.txt", "-o", tmp_path / "maps", "--half-maps")
+    names = [f"vol_00{i}{suffix}.mrc" for i in (0, 1) for suffix in ("", "_half1", "_half2")]
+    assert sorted(os.listdir(tmp_path / "maps")) == names
+    full, one, two = (mrcfile.read(tmp_path / "maps" / f"vol_001{s}.mrc") for s in ("", "_half1", "_half2"))
+    np.testing.assert_allclose(full, (one + two) / 2, atol=1e-5 * np.abs(full).max())
+    assert np.abs(one - two).max() > 0.05 * np.abs(full).max()  # two bases, not one
+    result = run_cli("fsc", half_set_run, "--z", tmp_path / "z.txt", "--json")
+    fsc = json.loads(result.output)
+    model = run_model(half_set_run, None, "cpu")
+    expected = latent_resolution(model, np.array([1.0, -1.0, 0.5], dtype=np.float32))
+    assert len(fsc) == 2 and fsc[1]["resolution_0.143_A"] == pytest.approx(expected["resolution_0.143_A"])
+    lines = run_cli("fsc", half_set_run, "--z", tmp_path / "z.txt", "--plot", tmp_path / "fsc.png").output
+    assert lines.count("half-map FSC=0.143 at") == 2 and (tmp_path / "fsc.png").stat().st_size > 1000
+
+
+def test_half_map_commands_refuse_a_run_without_half_sets_and_bad_arguments(half_set_run, sim_store, tmp_path):
+    plain = tmp_path / "plain"
+    run_cli("train", sim_store, "-o", plain, "--epochs", 1, *TINY)
+    np.savetxt(tmp_path / "z.txt", [[0.0, 0.0, 0.0]])
+    for args in (("fsc", plain, "--z", tmp_path / "z.txt"),
+                 ("volume", plain, "--z", tmp_path / "z.txt", "-o", tmp_path / "m", "--half-maps")):
+        assert_one_line_error(run_cli(*args, expect_ok=False), "without half-sets", "--half-sets")
+    assert_one_line_error(run_cli("fsc", half_set_run, expect_ok=False), "is a run", "--z")
+    assert_one_line_error(run_cli("train", sim_store, "-o", plain, "--resume", "--epochs", 2, "--half-sets",
+                                  *TINY, expect_ok=False), "without half-sets", "resume it without --half-sets")
+    assert_one_line_error(run_cli("train", sim_store, "-o", half_set_run, "--resume", "--epochs", 4,
+                                  "--no-half-sets", *TINY, expect_ok=False), "with half-sets")
+
+
+def test_the_analysis_page_gives_the_resolution_at_each_centre_and_along_pc1(half_set_run):
+    out = half_set_run / "analyze.4"
+    summary = json.loads((out / "summary.json").read_text())
+    resolutions = summary["half_map_resolution_0.143_A"]
+    assert len(resolutions["kmeans"]) == 4 and len(resolutions["pc1"]) == 10
+    assert all(resolutions["limit_A"] <= r <= 32 * 4.0 for r in resolutions["kmeans"] + resolutions["pc1"])
+    model = run_model(half_set_run, None, "cpu")
+    centre = np.loadtxt(out / "kmeans_centres.txt")[2]
+    assert resolutions["kmeans"][2] == pytest.approx(latent_resolution(model, centre)["resolution_0.143_A"])
+    page = (out / "index.html").read_text()
+    assert "plots/pc1_resolution.png" in page and (out / "plots" / "pc1_resolution.png").stat().st_size > 1000
+    assert f"{resolutions['kmeans'][2]:.2f} Å" in page
+
+
+def test_eval_compares_the_half_map_resolution_with_the_truth(half_set_run, sim_dir):
+    run_cli("eval", half_set_run, "--gt", os.path.join(sim_dir, "ground_truth"), "--device", "cpu")
+    scores = json.loads((half_set_run / "eval.json").read_text())
+    for state in scores["maps"]:
+        assert state["half_map_resolution_0.143_A"] >= 8.0 - 1e-6  # the model's limit: 4 Å pixels
+        assert isinstance(state["half_map_at_limit"], bool)
+
+
+def test_half_sets_come_from_the_input_and_go_back_to_it_with_select(sim_dir, half_set_run, tmp_path):
+    blocks = starfile.read(os.path.join(sim_dir, "particles.star"), always_dict=True)
+    given = np.where(np.arange(300) % 3 == 0, 1, 2)
+    blocks["particles"]["rlnRandomSubset"] = given
+    starfile.write(blocks, tmp_path / "subsets.star")
+    run_cli("convert", tmp_path / "subsets.star", "-o", tmp_path / "s.zarr", "--datadir", sim_dir, "-q")
+    result = run_cli("train", tmp_path / "s.zarr", "-o", tmp_path / "run", "--epochs", 1, "--half-sets",
+                     *TINY[:-1])
+    assert "half-sets: 100 and 200 particles, from the store" in result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "run" / "half_sets.npy"), given)
+
+    blocks["particles"]["rlnRandomSubset"] = np.where(np.arange(300) == 7, 3, given)
+    starfile.write(blocks, tmp_path / "odd.star")
+    result = run_cli("convert", tmp_path / "odd.star", "-o", tmp_path / "odd.zarr", "--datadir", sim_dir)
+    assert "Warning: " in result.output and "rlnRandomSubset is 3 at row 8" in result.output
+    assert not np.any(np.asarray(open_group(tmp_path / "odd.zarr")["half_set"][:]))
+
+    labels = np.load(half_set_run / "analyze.4" / "kmeans_labels.npy")
+    run_cli("select", half_set_run, "--k", 4, "--clusters", "0,1", "-o", tmp_path / "subset.star")
+    subset = starfile.read(tmp_path / "subset.star", always_dict=True)["particles"]
+    chosen = np.flatnonzero(np.isin(labels, [0, 1]))
+    run_half_sets = np.load(half_set_run / "half_sets.npy")
+    np.testing.assert_array_equal(subset["rlnRandomSubset"].to_numpy(), run_half_sets[chosen])
+
+
+def test_cryosparc_splits_are_half_sets(sim_dir, tmp_path):
+    from numpy.lib import recfunctions
+
+    from test_convert import write_cryosparc
+
+    records = write_cryosparc(sim_dir, tmp_path / "plain.cs")
+    split = (np.arange(300) % 2).astype(np.uint32)
+    records = recfunctions.append_fields(records, "alignments3D/split", split, usemask=False)
+    with open(tmp_path / "split.cs", "wb") as f:
+        np.save(f, records)
+    run_cli("convert", tmp_path / "split.cs", "-o", tmp_path / "cs.zarr", "--datadir", sim_dir, "-q")
+    np.testing.assert_array_equal(open_group(tmp_path / "cs.zarr")["half_set"][:], split + 1)
+
+
+def open_group(path):
+    from hetrec_dist.data.store import open_store
+
+    return open_store(str(path))
