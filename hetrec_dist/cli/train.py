@@ -44,7 +44,7 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
                    "each step), factors, union, gather or dense.")
 @click.option("--half-sets/--no-half-sets", default=None,
               help="Train a basis per half-set of the particles, for half-maps and a gold-standard resolution "
-                   "at each latent (`hetrec fsc RUN --z`); about 1.3x the time.")
+                   "at each latent (`hetrec fsc RUN --z`); about 1.2x the time.")
 @click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (with its saved settings).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing RUN.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -1,7 +1,7 @@
 """The optimizer of the dense parameters (encoder, decoder): plain Adam in one process, the same Adam inside
 a DeepSpeed engine on several ranks (which broadcasts rank 0's parameters at the start and averages the
 gradients over ranks in backward). The structural basis is not in the engine: its sparse gradient goes
-through distributed.sparse_reducer and torch's SparseAdam.
+through distributed.sparse_reducer and train.row_adam (SparseAdam on the touched rows).
 """
 
 import torch

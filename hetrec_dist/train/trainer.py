@@ -39,6 +39,7 @@ from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.inference import embed, resolve_device, save_latents
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
+from hetrec_dist.train.row_adam import RowSparseAdam
 
 MIN_BOX, MAX_BOX = 16, 1024
 BACKGROUND_IMAGES = 2000  # images a rank takes the noise power from (noise_model background)
@@ -92,7 +93,7 @@ class Trainer:
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
                                   config.basis_reduction, config.collective_timeout_s, self.model.half_ball,
                                   self.model.disk.coords)
-        self.basis_optimizer = torch.optim.SparseAdam([self.model.basis], lr=config.lr_basis)
+        self.basis_optimizer = RowSparseAdam([self.model.basis], lr=config.lr_basis)
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
         groups = torch.from_numpy(np.unique(store.group["optics_group"][:]))
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
