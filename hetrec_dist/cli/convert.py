@@ -47,6 +47,7 @@ def command(input_path, out, quiet, **options):
     (docs/inputs.md). A killed conversion resumes when the same command is run again. Under `mpiexec -n N`
     the ranks write disjoint chunks of one store.
     """
+    import logging
     import warnings
 
     from hetrec_dist.data.convert import ConvertOptions, convert
@@ -61,6 +62,9 @@ def command(input_path, out, quiet, **options):
         result = convert(input_path, out, ConvertOptions(**options), mpi_world(), command=reproducible_command(),
                          show_progress=not quiet)
     except KeyboardInterrupt:
+        # zarr's I/O loop still holds the interrupted writes: at exit asyncio would log each as "Task was
+        # destroyed but it is pending!", burying the one line that says how to resume
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         raise UserError(f"stopped; {out} is unfinished: run the same command again to resume") from None
     if not quiet and result is not None:
         rate = (result["n_particles"] - result["resumed_from"]) / max(result["seconds"], 1e-9)
