@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import warnings
 
 import mrcfile
 import numpy as np
@@ -168,6 +170,10 @@ def test_half_sets_come_from_the_input_and_go_back_to_it_with_select(sim_dir, ha
     assert "half-sets: 100 and 200 particles, from the store" in result.output
     np.testing.assert_array_equal(np.load(tmp_path / "run" / "half_sets.npy"), given)
 
+    blocks["particles"]["rlnRandomSubset"] = np.where(np.arange(300) == 5, "half1", given.astype(str))
+    starfile.write(blocks, tmp_path / "text.star")
+    result = run_cli("convert", tmp_path / "text.star", "-o", tmp_path / "text.zarr", "--datadir", sim_dir)
+    assert "rlnRandomSubset is half1 at row 6" in result.output
     blocks["particles"]["rlnRandomSubset"] = np.where(np.arange(300) == 7, 3, given)
     starfile.write(blocks, tmp_path / "odd.star")
     result = run_cli("convert", tmp_path / "odd.star", "-o", tmp_path / "odd.zarr", "--datadir", sim_dir)
@@ -200,3 +206,42 @@ def open_group(path):
     from hetrec_dist.data.store import open_store
 
     return open_store(str(path))
+
+
+def test_the_checkpoint_holds_the_split_so_another_half_sets_file_is_refused_and_a_lost_one_comes_back(
+        half_set_run, sim_store, sim_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(half_set_run, run)
+    trained = np.load(run / "half_sets.npy")
+    np.save(run / "half_sets.npy", 3 - trained)  # a valid split, but not this run's
+    result = run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 4, *TINY, expect_ok=False)
+    assert_one_line_error(result, "half_sets.npy is not the split this run trained on")
+    (run / "half_sets.npy").unlink()
+    labels = np.load(run / "analyze.4" / "kmeans_labels.npy")
+    run_cli("select", run, "--k", 4, "--clusters", "2", "-o", tmp_path / "subset.star")  # from the checkpoint
+    subset = starfile.read(tmp_path / "subset.star", always_dict=True)["particles"]
+    np.testing.assert_array_equal(subset["rlnRandomSubset"].to_numpy(), trained[labels == 2])
+    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 4, *TINY)
+    np.testing.assert_array_equal(np.load(run / "half_sets.npy"), trained)
+
+
+def test_fsc_and_select_refuse_what_would_give_a_wrong_value_or_a_traceback(half_set_run, tmp_path):
+    maps = tmp_path / "maps"
+    np.savetxt(tmp_path / "z.txt", [[0.0, 0.0, 0.0]])
+    run_cli("volume", half_set_run, "--z", tmp_path / "z.txt", "-o", maps, "--half-maps")
+    half = mrcfile.read(maps / "vol_000_half1.mrc")
+    for name, values in (("nan.mrc", np.where(np.arange(half.size).reshape(half.shape) == 7, np.nan, half)),
+                         ("zero.mrc", np.zeros_like(half))):
+        with warnings.catch_warnings():  # mrcfile warns of the NaN we mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mrcfile.write(tmp_path / name, values.astype(np.float32), voxel_size=4.0)
+    pair = (maps / "vol_000_half1.mrc", maps / "vol_000_half2.mrc")
+    for args, fragment in (((maps / "vol_000_half1.mrc", tmp_path / "nan.mrc"), "not numbers"),
+                           ((*pair, "--mask", tmp_path / "nan.mrc"), "not numbers"),
+                           ((maps / "vol_000_half1.mrc", tmp_path / "zero.mrc"), "an empty map"),
+                           ((*pair, "--plot", tmp_path / "no" / "fsc.png"), "its folder does not exist"),
+                           ((half_set_run, "--z", tmp_path / "z.txt", "--plot", tmp_path / "fsc.txt"), ".png")):
+        assert_one_line_error(run_cli("fsc", *args, expect_ok=False), fragment)
+    for args, fragment in ((("--clusters", "", "-o", tmp_path / "s.star"), "at least one cluster"),
+                           (("--clusters", "1", "-o", tmp_path / "no" / "s.star"), "its folder does not exist")):
+        assert_one_line_error(run_cli("select", half_set_run, "--k", 4, *args, expect_ok=False), fragment)

@@ -150,8 +150,8 @@ def path_end(text, n_particles, k):
                         f"particle nearest k-means centre N")
     value, limit = int(match.group(2)), k if match.group(1) else n_particles
     if value >= limit:
-        what = "k-means centres are c0" if match.group(1) else "particles are 0"
-        raise UserError(f"--path {text}: there is none ({what} to {limit - 1})")
+        what = f"k-means centres are c0 to c{limit - 1}" if match.group(1) else f"particles are 0 to {limit - 1}"
+        raise UserError(f"--path {text}: there is none ({what})")
     return ("centre" if match.group(1) else "particle", value)
 
 
@@ -201,6 +201,8 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
             names.append(name)
     if ends:
         start, end = (on_data[value] if kind == "centre" else value for kind, value in ends)
+        if start == end:
+            raise UserError(f"--path {' '.join(path_ends)}: both ends are particle {start}; give two particles")
         path = graph_path(z, start, end, seed=seed)
         on_path = evenly_along(z, path, n_traversal)
         np.savetxt(os.path.join(out_dir, "path_particles.txt"), path, fmt="%d")

@@ -114,8 +114,9 @@ def graph_path(z, start, end, n_neighbors=10, seed=0):
 
 
 def evenly_along(z, path, n_points=10):
-    """n_points particles of `path` (indices) at evenly spaced distances along it, both ends included."""
+    """Up to n_points particles of `path` (indices) at evenly spaced distances along it, both ends included,
+    each once (a path of fewer particles gives them all)."""
     steps = np.linalg.norm(np.diff(z[path], axis=0), axis=1)
     travelled = np.concatenate([[0.0], np.cumsum(steps)])
     chosen = np.searchsorted(travelled, np.linspace(0, travelled[-1], n_points), side="left")
-    return path[np.clip(chosen, 0, len(path) - 1)]
+    return path[np.unique(np.clip(chosen, 0, len(path) - 1))]

@@ -1,6 +1,7 @@
 """The command line that reproduces the current command, from its parsed parameters."""
 
 import math
+import os
 import shlex
 
 import click
@@ -11,6 +12,22 @@ def refuse_empty(ctx, param, value):
     replaces its output must never take for it."""
     if value is not None and not str(value).strip():
         raise click.BadParameter("an empty path; name the output")
+    return value
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def plot_file(ctx, param, value):
+    """A click callback for a plot's path: an image format matplotlib writes, in a folder that exists."""
+    from hetrec_dist.errors import UserError
+
+    if value is None:
+        return value
+    if os.path.splitext(value)[1].lower() not in PLOT_FORMATS:
+        raise UserError(f"--plot {value}: write a {', '.join(PLOT_FORMATS)} file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(value))):
+        raise UserError(f"--plot {value}: its folder does not exist")
     return value
 
 

@@ -5,9 +5,12 @@ import os
 
 import click
 
+from hetrec_dist.cli.command_line import plot_file
+
 
 def _read_map(path):
     import mrcfile
+    import numpy as np
 
     from hetrec_dist.errors import UserError
 
@@ -18,7 +21,13 @@ def _read_map(path):
         raise UserError(f"{path}: not a readable MRC map ({err})") from None
     if data is None or data.ndim != 3 or len(set(data.shape)) != 1:
         raise UserError(f"{path}: not a cubic 3-D map (shape {None if data is None else data.shape})")
-    return data.astype("float64"), pixel
+    data = data.astype("float64")
+    if not np.isfinite(data).all():
+        raise UserError(f"{path}: holds {int((~np.isfinite(data)).sum())} values that are not numbers (NaN or "
+                        "infinite); an FSC of it means nothing")
+    if not data.any():
+        raise UserError(f"{path}: an empty map (every value 0)")
+    return data, pixel
 
 
 @click.command("fsc")
@@ -29,7 +38,8 @@ def _read_map(path):
 @click.option("--checkpoint", type=click.Path(exists=True), help="With RUN: a checkpoint (default: its last.pt).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--mask", help="Two maps: 'sphere' (soft, radius 0.45 box) or an MRC mask of the same box.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the curve(s) as a PNG.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), callback=plot_file,
+              help="Write the curve(s) as a PNG (or .pdf, .svg).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (with the curves) as JSON.")
 def command(inputs, z_path, checkpoint, device, mask, plot_path, as_json):
     """FSC of MAP_A against MAP_B: the curve, resolution at 0.5 and 0.143, and the mean FSC.
@@ -66,6 +76,8 @@ def _two_maps(map_a, map_b, mask, plot_path, as_json):
         weights = soft_sphere(a.shape[0]) if mask == "sphere" else _read_map(mask)[0]
         if weights.shape != a.shape:
             raise UserError(f"{mask}: mask box {weights.shape[0]} differs from the maps' {a.shape[0]}")
+        if not (weights > 0).any():
+            raise UserError(f"{mask}: the mask keeps nothing (no value above 0)")
         a, b = a * weights, b * weights
     result = fsc_summary(a, b, pixel_a)
     if plot_path:

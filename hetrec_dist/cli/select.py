@@ -22,8 +22,8 @@ def command(run, clusters, k, out, overwrite):
     import numpy as np
 
     from hetrec_dist.analysis.select import cluster_members, write_subset
-    from hetrec_dist.cli.run_files import run_store_path
-    from hetrec_dist.data.half_sets import HALF_SETS_FILE, read_run_half_sets
+    from hetrec_dist.cli.run_files import run_checkpoint, run_store_path
+    from hetrec_dist.data.half_sets import checkpoint_half_sets
     from hetrec_dist.data.store import open_store
     from hetrec_dist.errors import UserError
 
@@ -38,11 +38,16 @@ def command(run, clusters, k, out, overwrite):
         chosen = [int(c) for c in clusters.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
+    if not chosen:
+        raise UserError(f"--clusters {clusters!r}: give at least one cluster number")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise UserError(f"{out}: its folder does not exist")
     store = open_store(run_store_path(run))
     indices = cluster_members(np.load(labels_path), chosen, k)
     # stores made before source_row existed hold every row of their input, in order
     source_rows = store["source_row"][:] if "source_row" in store else np.arange(store["images"].shape[0])
-    with_halves = os.path.isfile(os.path.join(run, HALF_SETS_FILE))
-    half_sets = read_run_half_sets(run, len(source_rows)) if with_halves else None
+    state = run_checkpoint(run)
+    with_halves = state["model_shape"].get("n_half_sets", 1) == 2
+    half_sets = checkpoint_half_sets(state, run, len(source_rows)) if with_halves else None
     write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets)
     click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)

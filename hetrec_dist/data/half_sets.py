@@ -1,8 +1,9 @@
 """Half-sets: the two independent halves of the particles that gold-standard validation compares.
 
-A particle's half-set is 1 or 2, as RELION's rlnRandomSubset. A run trained with half-sets records them in
-RUN/half_sets.npy (N, int8, store order): the store's own (from the input's rlnRandomSubset or cryoSPARC's
-alignments3D/split) where it assigns one to every particle, else a random split in two equal halves.
+A particle's half-set is 1 or 2, as RELION's rlnRandomSubset. A run trained with half-sets takes the store's
+own (from the input's rlnRandomSubset or cryoSPARC's alignments3D/split) where it assigns one to every
+particle, else a random split in two equal halves. Its checkpoints hold them (N, int8, store order: the record
+that counts), and RUN/half_sets.npy a copy for the user.
 """
 
 import os
@@ -54,3 +55,27 @@ def read_run_half_sets(run_dir: str, n_particles: int) -> np.ndarray:
     if values.shape != (n_particles,) or not np.isin(values, (1, 2)).all():
         raise UserError(f"{path}: not a half-set (1 or 2) for each of the store's {n_particles} particles")
     return values.astype(np.int8)
+
+
+def checkpoint_half_sets(checkpoint: dict, run: str, n_particles: int) -> np.ndarray:
+    """The half-sets a half-set run's checkpoint trained on (N, int8); UserError where it holds none (a
+    checkpoint written before they were kept: RUN/half_sets.npy is then the record) or another number."""
+    if "half_sets" not in checkpoint:
+        return read_run_half_sets(run, n_particles)
+    values = np.asarray(checkpoint["half_sets"], dtype=np.int8)
+    if values.shape != (n_particles,):
+        raise UserError(f"{run}: its checkpoint's half-sets cover {len(values)} particles, the store "
+                        f"{n_particles}: not the store the run trained on")
+    return values
+
+
+def check_run_half_sets(run: str, values: np.ndarray) -> None:
+    """RUN/half_sets.npy holds `values` (the checkpoint's); a missing copy is written again, another split is
+    a UserError: training or selecting with it would mix the halves."""
+    path = os.path.join(run, HALF_SETS_FILE)
+    if not os.path.exists(path):
+        np.save(path, values)
+        return
+    if not np.array_equal(read_run_half_sets(run, len(values)), values):
+        raise UserError(f"{path} is not the split this run trained on (its checkpoint holds that one); "
+                        f"delete {HALF_SETS_FILE} to write it again from the checkpoint")

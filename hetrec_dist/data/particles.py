@@ -8,6 +8,7 @@ import warnings
 import mrcfile
 import mrcfile.utils
 import numpy as np
+import pandas as pd
 
 from hetrec_dist.errors import UserError, warn_input
 
@@ -94,12 +95,13 @@ def half_sets_or_none(values, field, source_rows, path):
     """A metadata field's half-sets (N, int8, 1 or 2), or None, with a warning, where some value is neither
     (the particles are then split at random by `hetrec train --half-sets`)."""
     values = np.asarray(values)
-    bad = first_bad(np.isin(values, (1, 2)), source_rows)
+    numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()  # text in a STAR column: NaN
+    bad = first_bad(np.isin(numbers, (1, 2)), source_rows)
     if bad is not None:
         warn_input(f"{path}: {field} is {values[bad[0]]} at {bad[1]}, not a half-set of 1 or 2; the half-sets are "
                    "left unassigned (`hetrec train --half-sets` splits the particles at random)")
         return None
-    return values.astype(np.int8)
+    return numbers.astype(np.int8)
 
 
 # What each CTF column must be (after the box and pixel size): (name, test of a physical value, what it must be)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
-from hetrec_dist.data.half_sets import HALF_SETS_FILE, choose_half_sets, read_run_half_sets
+from hetrec_dist.data.half_sets import HALF_SETS_FILE, check_run_half_sets, checkpoint_half_sets, choose_half_sets
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.data_parallel import DataParallel
@@ -97,7 +97,7 @@ class Trainer:
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
         groups = torch.from_numpy(np.unique(store.group["optics_group"][:]))
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
-        self.half_sets, self.half_sets_source = self._half_sets(store, resume) if shape.n_half_sets == 2 else (None, "")
+        self.half_sets, self.half_sets_source = self._half_sets(store, saved) if shape.n_half_sets == 2 else (None, "")
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
@@ -112,11 +112,13 @@ class Trainer:
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
 
-    def _half_sets(self, store, resume):
-        """(each particle's half-set, N int8 tensor, and where they came from in words): a resumed run's own
-        RUN/half_sets.npy, else chosen here (data.half_sets; the same on every rank) and written by rank 0."""
-        if resume:
-            values = self.world.run_everywhere(lambda: read_run_half_sets(self.run_dir, store.n_particles))
+    def _half_sets(self, store, saved):
+        """(each particle's half-set, N int8 tensor, and where they came from in words): a resumed run's, from
+        its checkpoint (RUN/half_sets.npy must hold the same), else chosen here (data.half_sets; the same on
+        every rank); rank 0 writes RUN/half_sets.npy."""
+        if saved is not None:
+            values = self.world.run_everywhere(lambda: checkpoint_half_sets(saved, self.run_dir, store.n_particles))
+            self.world.run_on_root(lambda: check_run_half_sets(self.run_dir, values))
             return torch.from_numpy(values), "as the run recorded them"
         values, source = self.world.run_everywhere(lambda: choose_half_sets(store.group, self.config.seed))
         self.world.run_on_root(lambda: write_atomically(os.path.join(self.run_dir, HALF_SETS_FILE),
@@ -144,6 +146,7 @@ class Trainer:
                 "dense_optimizer": self.ranks.state_dict(),
                 "basis_optimizer": self.basis_optimizer.state_dict(),
                 "noise_spectrum": self.noise.state_dict(),
+                **({} if self.half_sets is None else {"half_sets": self.half_sets.clone()}),
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config)}
 
     def load_state_dict(self, state):
@@ -324,6 +327,9 @@ class Trainer:
             counts = torch.bincount(self.half_sets.long(), minlength=3)[1:].tolist()
             self._tell(f"half-sets: {counts[0]} and {counts[1]} particles, {self.half_sets_source}, in "
                        f"RUN/{HALF_SETS_FILE}; each trains its own basis")
+            if min(counts) < 0.5 * max(counts):
+                self._hint(f"the half-sets are unequal ({counts[0]} and {counts[1]} particles): the smaller one's "
+                           "maps are noisier, and the half-map resolution reads worse than the full map's")
         for hint in self.ranks.hints():
             self._hint(hint)
         while self.epoch < self.config.epochs:
