@@ -80,9 +80,15 @@ def test_values_from_a_yaml_config_are_checked_like_options(sim_store, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def _default_ctrl_c():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def hetrec_process(*args):
+    """`hetrec ARGS` as a child process that Ctrl-C (SIGINT) stops, as in a terminal: a test suite started in
+    the background (`make test &`, nohup) ignores SIGINT, and a child would inherit that."""
     return subprocess.Popen([sys.executable, "-m", "hetrec_dist.cli", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_default_ctrl_c)
 
 
 def wait_for(path, process, timeout_s=120):
