@@ -131,3 +131,16 @@ def test_projection_of_a_loaded_map_matches_its_real_space_projection(flip):
         assert error > 0.1
     else:
         assert error < 0.02, error
+
+
+@pytest.mark.parametrize("n_stacked", [1, 2])
+def test_the_interpolations_transpose_is_its_dense_transpose(n_stacked):
+    """T^T (built by sorting T's entries by column) against the dense transpose of T, with the half-sets'
+    stacked rows too."""
+    half_ball, disk = HalfBall.build(16 / 2 - 1), HalfDisk.build(16, 16 / 2 - 1)
+    rotations = torch.from_numpy(matrices_from_relion_euler(*random_relion_euler(12, np.random.default_rng(4))))
+    offsets = (torch.arange(12) % n_stacked) * half_ball.n_voxels
+    geometry = slice_geometry(rotations.float(), disk.coords, half_ball, offsets, n_stacked)
+    transpose = geometry.interpolation_t
+    assert transpose.crow_indices()[-1] == 8 * 12 * disk.coords.shape[0]  # every entry once
+    torch.testing.assert_close(transpose.to_dense(), geometry.interpolation.to_dense().T, rtol=0, atol=0)
