@@ -12,6 +12,8 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 from hetrec_dist.errors import UserError
 
 TEMPORARY_MARK = ".tmp-"
@@ -56,6 +58,15 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)
             raise
+
+
+def save_array(path: str, array) -> None:
+    """np.save of `array` to `path` (.npy), written whole or not at all (write_atomically)."""
+    def write(temporary):
+        with open(temporary, "wb") as f:  # a file object: np.save would add .npy to the temporary's name
+            np.save(f, array)
+
+    write_atomically(path, write)
 
 
 def remove_temporaries(folder: str) -> list:

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from hetrec_dist.data.atomic_files import save_array
 from hetrec_dist.errors import UserError
 
 HALF_SETS_FILE = "half_sets.npy"
@@ -74,8 +75,13 @@ def check_run_half_sets(run: str, values: np.ndarray) -> None:
     a UserError: training or selecting with it would mix the halves."""
     path = os.path.join(run, HALF_SETS_FILE)
     if not os.path.exists(path):
-        np.save(path, values)
+        write_run_half_sets(run, values)
         return
     if not np.array_equal(read_run_half_sets(run, len(values)), values):
         raise UserError(f"{path} is not the split this run trained on (its checkpoint holds that one); "
                         f"delete {HALF_SETS_FILE} to write it again from the checkpoint")
+
+
+def write_run_half_sets(run: str, values: np.ndarray) -> None:
+    """RUN/half_sets.npy, the user's copy of the split (the checkpoints hold the record)."""
+    save_array(os.path.join(run, HALF_SETS_FILE), values)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from hetrec_dist.data.atomic_files import write_atomically
+from hetrec_dist.data.atomic_files import save_array, write_atomically
 from hetrec_dist.data.reader import ChunkShuffledParticles
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
@@ -45,17 +45,12 @@ def save_latents(path, z, checkpoint):
     never sees half of either, and later commands can tell latents of another checkpoint (read_run_latents)."""
     record = {"epoch": int(checkpoint["epoch"]), "step": int(checkpoint["step"]), "n_particles": len(z)}
     write_atomically(latents_record_path(path), lambda temporary: _write_text(temporary, json.dumps(record)))
-    write_atomically(path, lambda temporary: _write_array(temporary, z))
+    save_array(path, z)
 
 
 def _write_text(path, text):
     with open(path, "w") as f:
         f.write(text)
-
-
-def _write_array(path, array):
-    with open(path, "wb") as f:  # a file object: np.save would add .npy to the temporary's name
-        np.save(f, array)
 
 
 def read_run_latents(path, checkpoint):

@@ -25,7 +25,13 @@ from tqdm import tqdm
 
 from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
-from hetrec_dist.data.half_sets import HALF_SETS_FILE, check_run_half_sets, checkpoint_half_sets, choose_half_sets
+from hetrec_dist.data.half_sets import (
+    HALF_SETS_FILE,
+    check_run_half_sets,
+    checkpoint_half_sets,
+    choose_half_sets,
+    write_run_half_sets,
+)
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.distributed.data_parallel import DataParallel
@@ -121,8 +127,7 @@ class Trainer:
             self.world.run_on_root(lambda: check_run_half_sets(self.run_dir, values))
             return torch.from_numpy(values), "as the run recorded them"
         values, source = self.world.run_everywhere(lambda: choose_half_sets(store.group, self.config.seed))
-        self.world.run_on_root(lambda: write_atomically(os.path.join(self.run_dir, HALF_SETS_FILE),
-                                                        lambda temporary: _save_npy(temporary, values)))
+        self.world.run_on_root(lambda: write_run_half_sets(self.run_dir, values))
         return torch.from_numpy(values), source
 
     def _open_run_files(self, store_path, command):
@@ -395,11 +400,6 @@ def _resumed_shape(checkpoint, config):
         raise UserError(f"the checkpoint's model has {', '.join(f'{n} {getattr(shape, n)}' for n in differ)}, "
                         f"but the settings ask for {', '.join(f'{n} {getattr(config, n)}' for n in differ)}")
     return shape
-
-
-def _save_npy(path, values):
-    with open(path, "wb") as f:
-        np.save(f, values)
 
 
 def _write_json(path, record):
