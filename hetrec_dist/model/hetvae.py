@@ -18,6 +18,7 @@ from hetrec_dist.model.encoder import ResidualMLPEncoder
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map, soft_sphere_mask
+from hetrec_dist.physics.pose_derivatives import rotation_jacobian, slice_spatial_gradient
 from hetrec_dist.physics.projector import SliceFactors, project, project_with_factors, slice_geometry
 
 
@@ -100,7 +101,7 @@ class HetVAE(nn.Module):
                 basis_factors: bool = False, noise_weights: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor | float | SliceFactors]:
         """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, the residual power
-        |data - model|² of every half-disk point (B x P, detached) and predictions.
+        |data - model|² of every half-disk point (B x P, detached), predictions, and the slices' geometry.
         noise (B x zdim): the reparametrisation's standard normal draws (training mode; drawn here if None).
         basis_factors: leave the basis out of autograd and return out["factors"] (see project_with_factors).
         noise_weights (B x P): the likelihood weight of each point (model.noise.NoiseSpectrum); None: white noise."""
@@ -126,7 +127,51 @@ class HetVAE(nn.Module):
         norm = weights.sum()
         return {**out, "loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
                 "touched_fraction": len(geometry.touched_rows) / geometry.n_rows,
-                "residual_power": residual_power.detach(), "mu": mu, "observed": observed, "predicted": predicted}
+                "residual_power": residual_power.detach(), "mu": mu, "observed": observed, "predicted": predicted,
+                "geometry": geometry}
+
+    @torch.no_grad()
+    def pose_normal_equations(self, batch: dict[str, torch.Tensor], out: dict,
+                              noise_weights: torch.Tensor | None = None, beta: float = 1.0,
+                              rotations: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gradient g, B x n; Gauss-Newton matrix H, B x n x n), n = 5 + zdim, of each image's data term
+        0.5 sum_p c_p n_p |data_p - CTF_p S_p|² plus the latent prior beta |z|² / 2, with respect to a correction
+        (d_x, d_y, d_z, s_x, s_y) of its pose, the rotation R @ Exp(d) (d axis-angle, radians) and the shift
+        plus s (pixels), and to its latent z, at d = s = 0 and z = its latent mean. The latent columns let a
+        pose step leave to the latent what a change of conformation explains better (pose_refinement).
+        out: this batch's forward(); noise_weights: n_p as forward took them (None: 1); rotations False: the
+        rotation's columns are zero (shifts only: its costly spatial derivative is not computed). Derivatives:
+        physics.pose_derivatives."""
+        geometry, observed, mu = out["geometry"], out["observed"], out["mu"]
+        n_images, n_points = geometry.flipped.shape
+        weights = self.basis_weights(mu)
+        touched = self.basis[geometry.touched_rows]
+        components = (geometry.interpolation @ touched).view(n_images, n_points, 2, -1)
+        along_weights = torch.complex(components[:, :, 0], components[:, :, 1])  # dS/dw: B x P x K+1
+        along_weights = torch.where(geometry.flipped[..., None], along_weights.conj(), along_weights)
+        slices = (along_weights @ weights.to(along_weights.dtype)[..., None])[..., 0]
+        ctf = self.ctf(batch)
+        if rotations:
+            poses = batch["rotations"].to(self.basis.dtype)
+            positions = self.disk.coords.to(poses.dtype) @ poses[:, :2, :]
+            spatial = slice_spatial_gradient(touched, weights, geometry)
+            along_rotation = -ctf[..., None] * torch.view_as_complex(rotation_jacobian(spatial, positions))
+        else:
+            along_rotation = slices.new_zeros(n_images, n_points, 3)
+        # |data e^(-i phi(s)) - CTF S| = |data - CTF S e^(i phi(s))|: the model's phase moves instead of the
+        # data's, for the same gradient and a Gauss-Newton matrix free of the data's noise
+        frequencies = -2j * torch.pi * self.disk.coords / self.shape.box  # P x 2: d(-phi)/ds
+        along_shift = (ctf * slices)[..., None] * frequencies
+        along_latent = -ctf[..., None] * (along_weights[..., 1:] @ self.decoder.weight.to(along_weights.dtype))
+        jacobian = torch.cat([along_rotation, along_shift, along_latent], -1)  # d(data - CTF S)/d(d, s, z)
+        weight = self.disk.weights if noise_weights is None else self.disk.weights * noise_weights
+        weighted = weight[..., None] * jacobian
+        residual = observed - ctf * slices
+        gradient = (residual.conj()[..., None] * weighted).real.sum(1)
+        hessian = torch.einsum("bpi,bpj->bij", weighted.conj(), jacobian).real
+        gradient[:, 5:] += beta * mu
+        hessian[:, 5:, 5:] += beta * torch.eye(self.shape.zdim, dtype=hessian.dtype, device=hessian.device)
+        return gradient, hessian
 
     def _row_offsets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Where each image's half-set basis starts (B,), from batch["half_set"] (1 or 2, RELION's
