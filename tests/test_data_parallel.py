@@ -50,14 +50,17 @@ def batches_of(store_path, rank=None):
     return parts
 
 
-def tiny_config(batch_size, strategy="auto", half_sets=False):
+def tiny_config(batch_size, strategy="auto", half_sets=False, refine_poses=False):
     return build_config(None, {"batch_size": batch_size, "zdim": 2, "n_basis": 3, "device": "cpu",
-                               "basis_reduction": strategy, "collective_timeout_s": 120, "half_sets": half_sets})
+                               "basis_reduction": strategy, "collective_timeout_s": 120, "half_sets": half_sets,
+                               "refine_poses": refine_poses, "pose_warmup_epochs": 0})
 
 
-# (strategy, half-sets): every strategy with one basis; with a basis per half-set, the strategy that rebuilds
-# the other ranks' geometry (and so their images' half-sets) and one that sums gradients
-RANK_RUNS = [(strategy, False) for strategy in STRATEGIES + ("auto",)] + [("factors", True), ("union", True)]
+# (strategy, half-sets, pose refinement): every strategy with one basis; with a basis per half-set, the strategy
+# that rebuilds the other ranks' geometry (and so their images' half-sets) and one that sums gradients; and
+# pose refinement, whose corrections each rank keeps for its own particles
+RANK_RUNS = ([(strategy, False, False) for strategy in STRATEGIES + ("auto",)]
+             + [("factors", True, False), ("union", True, False), ("factors", False, True)])
 
 
 def shared_memory_buffers(port, rank="*"):
@@ -79,19 +82,27 @@ def _rank_worker(rank, port, store_path, run_root):
     assert world.shared_memory  # dense and union sum through DeepSpeed's shared memory here
     assert not shared_memory_buffers(port, rank)  # its name is gone from /dev/shm, once both ranks mapped it
     parameters = {}
-    for strategy, half_sets in RANK_RUNS:
-        trainer = Trainer(store_path, os.path.join(run_root, f"{strategy}_{half_sets}"),
-                          tiny_config(RANK_BATCH, strategy, half_sets), world, show_progress=False,
+    for strategy, half_sets, refine in RANK_RUNS:
+        trainer = Trainer(store_path, os.path.join(run_root, f"{strategy}_{half_sets}_{refine}"),
+                          tiny_config(RANK_BATCH, strategy, half_sets, refine), world, show_progress=False,
                           data=FixedBatches(batches_of(store_path, rank)))
         trainer.train_epoch()
-        parameters[strategy, half_sets] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        parameters[strategy, half_sets, refine] = _trained(trainer)
     world.close()
     return parameters
 
 
+def _trained(trainer):
+    """The model's parameters, and the pose corrections where it refines poses."""
+    trained = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    if trainer.poses is not None:
+        trained["pose_corrections"] = trainer.poses.table.clone()
+    return trained
+
+
 @pytest.fixture(scope="module")
 def two_rank_parameters(sim_store, tmp_path_factory):
-    """{(rank, strategy, half_sets): the model's parameters after the steps}"""
+    """{(rank, strategy, half_sets, refine_poses): the model's parameters (and pose corrections) after the steps}"""
     run_root = tmp_path_factory.mktemp("two_ranks")
     ranks = run_ranks(_rank_worker, free_port(), sim_store, str(run_root), out_dir=run_root)
     return {(rank, *key): parameters for rank, by_run in enumerate(ranks) for key, parameters in by_run.items()}
@@ -100,21 +111,23 @@ def two_rank_parameters(sim_store, tmp_path_factory):
 @pytest.mark.multirank
 def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(sim_store, two_rank_parameters, tmp_path):
     """Per-rank batch 16 on 2 ranks = batch 32 on 1 rank, over the same particles (3 steps, the last one
-    partial: 16 + 4 images), for every way of reducing the basis gradient, with a basis per half-set too."""
+    partial: 16 + 4 images), for every way of reducing the basis gradient, with a basis per half-set too, and
+    with pose refinement (each rank's corrections, added up at the epoch's end, are one rank's)."""
     from hetrec_dist.train.trainer import Trainer
 
     one_rank = {}
-    for half_sets in (False, True):
-        trainer = Trainer(sim_store, tmp_path / f"one_rank_{half_sets}", tiny_config(2 * RANK_BATCH, "auto", half_sets),
+    for half_sets, refine in {(half_sets, refine) for _, half_sets, refine in RANK_RUNS}:
+        trainer = Trainer(sim_store, tmp_path / f"one_rank_{half_sets}_{refine}",
+                          tiny_config(2 * RANK_BATCH, "auto", half_sets, refine),
                           show_progress=False, data=FixedBatches(batches_of(sim_store)))
-        initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        initial = _trained(trainer)
         trainer.train_epoch()
-        one_rank[half_sets] = initial, trainer.model.state_dict()
-    for (rank, strategy, half_sets), parameters in two_rank_parameters.items():
-        initial, expected = one_rank[half_sets]
+        one_rank[half_sets, refine] = initial, _trained(trainer)
+    for (rank, strategy, half_sets, refine), parameters in two_rank_parameters.items():
+        initial, expected = one_rank[half_sets, refine]
         for name, value in expected.items():
             assert not torch.equal(value, initial[name]), name  # the steps did change every parameter
-            where = f"{strategy}, half-sets {half_sets}, rank {rank}, {name}"
+            where = f"{strategy}, half-sets {half_sets}, pose refinement {refine}, rank {rank}, {name}"
             torch.testing.assert_close(parameters[name], value, rtol=1e-4, atol=1e-5,
                                        msg=lambda m, where=where: f"{where}: {m}")
 

@@ -45,6 +45,13 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
 @click.option("--half-sets/--no-half-sets", default=None,
               help="Train a basis per half-set of the particles, for half-maps and a gold-standard resolution "
                    "at each latent (`hetrec fsc RUN --z`); about 1.2x the time.")
+@click.option("--refine-poses/--no-refine-poses", default=None,
+              help="Refine each particle's rotation and shift as it trains, after --pose-warmup epochs; the refined "
+                   "poses go to RUN/poses.npz (`hetrec export` writes them as STAR, .cs or poses.pkl).")
+@click.option("--shifts-only/--rotations-too", "shifts_only", default=None,
+              help="Refine the shifts only (implies --refine-poses).")
+@click.option("--pose-warmup", "pose_warmup_epochs", type=click.IntRange(min=0),
+              help="With --refine-poses: epochs on the given poses before refining them (default 3).")
 @click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (with its saved settings).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing RUN.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -69,6 +76,13 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    shifts_only = overrides.pop("shifts_only")
+    if shifts_only is not None:
+        overrides["refine_rotations"] = not shifts_only
+    if shifts_only and overrides["refine_poses"] is False:
+        raise UserError("--shifts-only refines shifts; it needs --refine-poses, not --no-refine-poses")
+    if shifts_only:
+        overrides["refine_poses"] = True
     if overrides.get("gt"):
         overrides["gt"] = os.path.abspath(overrides["gt"])
     saved = os.path.join(out, "config.yaml")

@@ -65,7 +65,11 @@ def embed_command(run, store, checkpoint, out, device):
     from hetrec_dist.train.inference import embed, load_model, resolve_device, save_latents
 
     state = run_checkpoint(run, checkpoint)
-    z = embed(load_model(state, resolve_device(device)), store or run_store_path(run))
+    own_store = store is None or os.path.abspath(store) == os.path.abspath(run_store_path(run))
+    corrections = state.get("pose_corrections") if own_store else None  # another store's particles are others
+    shift_corrections = None if corrections is None else corrections["table"][:, 3:]
+    z = embed(load_model(state, resolve_device(device)), store or run_store_path(run),
+              shift_corrections=shift_corrections)
     out = out or os.path.join(run, "z.npy")
     save_latents(out, z, state)
     click.echo(f"wrote latents of {len(z)} particles to {out}", err=True)

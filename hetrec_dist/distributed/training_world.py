@@ -84,6 +84,11 @@ class TrainingWorld(ProcessWorld):
         dist.all_reduce(total, group=self.group)
         return total.tolist()
 
+    def all_sum_(self, tensor: torch.Tensor) -> None:
+        """Sum a CPU tensor over the ranks, in place."""
+        if self.group is not None:
+            dist.all_reduce(tensor, group=self.group)
+
     def broadcast_(self, tensor: torch.Tensor) -> None:
         if self.group is not None:
             dist.broadcast(tensor, src=0)

@@ -12,6 +12,7 @@ from hetrec_dist.distributed.sparse_reducer import STRATEGIES as REDUCTION_STRAT
 from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.model.hetvae import ModelShape
 from hetrec_dist.physics.maps import EnvelopeMask
+from hetrec_dist.train.pose_refinement import RefinementSettings
 
 REDUCTIONS = ("auto",) + REDUCTION_STRATEGIES
 MASKS = ("sphere", "envelope")
@@ -50,6 +51,20 @@ class TrainConfig:
     #                             optics group, estimated from the residuals each epoch or from the particle-free
     #                             corners of the images once
     half_sets: bool = False    # a basis per half-set of the particles (gold-standard half-maps; data.half_sets)
+    refine_poses: bool = False  # refine each particle's pose as it trains (train.pose_refinement)
+    refine_rotations: bool = True  # refine_poses: the rotations and the shifts (False: the shifts only)
+    pose_warmup_epochs: int = 3    # refine_poses: epochs on the given poses first
+    pose_max_step_deg: float = 2.0  # refine_poses: the most a rotation moves in one step (degrees)
+    pose_max_step_A: float = 1.0    # refine_poses: the most a shift moves in one step (Å)
+    pose_prior_deg: float = 3.0     # refine_poses: the given rotations' RMS error thought likely (degrees)
+    pose_prior_A: float = 1.0       # refine_poses: the given shifts' RMS error thought likely (Å)
+
+    def pose_refinement(self, pixel_size_A):
+        """The refine_* and pose_* settings as train.pose_refinement takes them, shifts in pixels of
+        `pixel_size_A`."""
+        return RefinementSettings(self.refine_poses, self.refine_rotations, self.pose_warmup_epochs,
+                                  self.pose_max_step_deg, self.pose_max_step_A / pixel_size_A, self.pose_prior_deg,
+                                  self.pose_prior_A / pixel_size_A)
 
     def __post_init__(self):
         """Every setting checked, whether it came from the command line, a YAML file or a run's config.yaml."""
@@ -109,6 +124,11 @@ _VALID = {  # setting: (test of a valid value, what a valid value is); None pass
     "basis_reduction": (lambda v: v in REDUCTIONS, f"one of {', '.join(REDUCTIONS)}"),
     "collective_timeout_s": (lambda v: v >= 1, "a timeout of at least 1 s"),
     "noise_model": (lambda v: v in NOISE_MODELS, f"one of {', '.join(NOISE_MODELS)}"),
+    "pose_warmup_epochs": (lambda v: v >= 0, "a number of epochs"),
+    "pose_max_step_deg": (lambda v: _positive(v) and v <= 30, "an angle above 0 and at most 30 degrees"),
+    "pose_max_step_A": (_positive, "a positive length in Å"),
+    "pose_prior_deg": (_positive, "a positive angle in degrees"),
+    "pose_prior_A": (_positive, "a positive length in Å"),
 }
 
 

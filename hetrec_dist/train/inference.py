@@ -70,14 +70,17 @@ def read_run_latents(path, checkpoint):
 
 
 @torch.no_grad()
-def embed(model, store_path, batch_size=512, rank=0, world_size=1):
+def embed(model, store_path, batch_size=512, rank=0, world_size=1, shift_corrections=None):
     """Latent means (n x zdim), in store order, of this rank's contiguous share of the store (all of it
-    for one rank)."""
+    for one rank). shift_corrections (N x 2 pixels, store order; a run that refined its poses): added to the
+    store's shifts, as training adds them."""
     dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
                                      shuffle=False)
     device = model.basis.device
     means = []
     for batch in dataset:
+        if shift_corrections is not None:
+            batch["shifts"] = (batch["shifts"] + shift_corrections[batch["index"].long()]).float()
         batch = {k: v.to(device) for k, v in batch.items()}
         means.append(model.encode(model.observed_spectra(batch))[0].cpu())
     return torch.cat(means).numpy()

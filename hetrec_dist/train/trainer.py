@@ -45,6 +45,7 @@ from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.inference import embed, resolve_device, save_latents
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
+from hetrec_dist.train.pose_refinement import POSES_FILE, PoseCorrections, write_poses
 from hetrec_dist.train.row_adam import RowSparseAdam
 
 MIN_BOX, MAX_BOX = 16, 1024
@@ -104,6 +105,9 @@ class Trainer:
         groups = torch.from_numpy(np.unique(store.group["optics_group"][:]))
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
         self.half_sets, self.half_sets_source = self._half_sets(store, saved) if shape.n_half_sets == 2 else (None, "")
+        has_corrections = saved is not None and "pose_corrections" in saved
+        self.poses = (PoseCorrections(store.n_particles, config.pose_refinement(store.pixel_size_A))
+                      if config.refine_poses or has_corrections else None)
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed)
         self.epoch, self.step = 0, 0
@@ -152,6 +156,7 @@ class Trainer:
                 "basis_optimizer": self.basis_optimizer.state_dict(),
                 "noise_spectrum": self.noise.state_dict(),
                 **({} if self.half_sets is None else {"half_sets": self.half_sets.clone()}),
+                **({} if self.poses is None else {"pose_corrections": self.poses.state_dict()}),
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config)}
 
     def load_state_dict(self, state):
@@ -163,6 +168,8 @@ class Trainer:
         self.basis_optimizer.load_state_dict(state["basis_optimizer"])
         if "noise_spectrum" in state:  # checkpoints of hetrec 0.1 have none: white noise so far
             self.noise.load_state_dict(state["noise_spectrum"])
+        if "pose_corrections" in state:
+            self.poses.load_state_dict(state["pose_corrections"])
         self.epoch, self.step = state["epoch"], state["step"]
 
     def _synchronize(self):
@@ -174,12 +181,17 @@ class Trainer:
         step-time split (seconds) and the reducer's stats (None in one process)."""
         started = time.perf_counter()
         weighted = self.config.noise_model != "white"
-        out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True,
-                         noise_weights=self.noise.weights(batch["optics_group"]) if weighted else None)
+        noise_weights = self.noise.weights(batch["optics_group"]) if weighted else None
+        out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True, noise_weights=noise_weights)
         if self.config.noise_model != "background":
             self.noise.accumulate(out["residual_power"], out["observed"].abs() ** 2, batch["optics_group"])
         self._synchronize()
         forward_done = time.perf_counter()
+        if self.poses is not None and self.poses.refines(self.epoch):  # at the model that made this forward
+            self.poses.step(batch["index"], *self.model.pose_normal_equations(
+                batch, out, noise_weights, self.config.beta, rotations=self.config.refine_rotations))
+            self._synchronize()
+        poses_done = time.perf_counter()
         self.ranks.backward(out["loss"], share)
         self._synchronize()
         backward_done = time.perf_counter()
@@ -189,7 +201,8 @@ class Trainer:
         self.basis_optimizer.step()
         self.basis_optimizer.zero_grad(set_to_none=True)
         self._synchronize()
-        timings = {"forward_s": forward_done - started, "backward_s": backward_done - forward_done,
+        timings = {"forward_s": forward_done - started, "poses_s": poses_done - forward_done,
+                   "backward_s": backward_done - poses_done,
                    "reduce_s": reduce_done - backward_done, "optimizer_s": time.perf_counter() - reduce_done}
         return out, timings, reduction
 
@@ -218,6 +231,8 @@ class Trainer:
                 break
             if self.half_sets is not None:
                 batch["half_set"] = self.half_sets[batch["index"]]
+            if self.poses is not None:
+                batch = self.poses.corrected(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             data_s = time.perf_counter() - data_started
             noise = share.own(torch.randn(share.n_global, self.config.zdim, generator=generator, device=self.device))
@@ -237,6 +252,14 @@ class Trainer:
         self.epoch += 1
         self._show_examples(out)
         self._estimate_noise()
+        if self.poses is not None:
+            precision = self.poses.synchronize(self.world)
+            self.metrics.scalars({f"poses/{k}": v for k, v in {**self.poses.sizes(), **precision}.items()},
+                                 self.epoch)
+            if precision:
+                rotation, shift = precision["rotation_precision_deg"], precision["shift_precision_px"]
+                self.log.info(f"pose refinement: the images' posterior RMS error, rotation {rotation:.3g}°, shift "
+                              f"{shift:.3g} px (against the model: the model's own errors are not counted)")
         *sums, n_images = self.world.all_sum(list(totals.values()) + [n_images])
         summary = {k: v / max(n_images, 1) for k, v in zip(totals, sums)}
         summary["images_per_s"] = n_images / (time.perf_counter() - epoch_started)
@@ -351,12 +374,26 @@ class Trainer:
             if self.world.is_root:
                 write_map(os.path.join(self.run_dir, "mask.mrc"), self.mask.mask_map(self.model.shape.box),
                           self.model.pixel_size_A)
+                self._write_poses()
             every = self.config.eval_every
             if self.evaluate_callback and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
                 self.evaluate(self.gather_latents())
         z = self.write_latents()
         if self.evaluate_callback:
             self.evaluate(z)
+
+    def _write_poses(self):
+        """On rank 0: RUN/poses.npz, the refined poses (train.pose_refinement.write_poses), and the corrections'
+        sizes in train.log."""
+        if self.poses is None:
+            return
+        store = ParticleStore(self.store_path).group
+        write_poses(os.path.join(self.run_dir, POSES_FILE), store["rotations"][:], store["shifts"][:],
+                    self.poses.table)
+        sizes = self.poses.sizes()
+        self.log.info(f"pose corrections: rotation median {sizes['rotation_deg_p50']:.3g}°, 90% "
+                      f"{sizes['rotation_deg_p90']:.3g}°; shift median {sizes['shift_px_p50']:.3g} px, 90% "
+                      f"{sizes['shift_px_p90']:.3g} px (RUN/{POSES_FILE})")
 
     def _hint(self, line):
         self._tell(f"hint: {line}")
@@ -370,8 +407,9 @@ class Trainer:
     def gather_latents(self):
         """Latent means of every particle, in store order, on rank 0 (None on the others)."""
         self.model.eval()
+        shift_corrections = None if self.poses is None else self.poses.table[:, 3:]
         parts = self.world.gather_object(embed(self.model, self.store_path, rank=self.world.rank,
-                                               world_size=self.world.size))
+                                               world_size=self.world.size, shift_corrections=shift_corrections))
         return np.concatenate(parts) if self.world.is_root else None
 
     def write_latents(self):

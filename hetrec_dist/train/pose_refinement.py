@@ -1,0 +1,183 @@
+"""Per-particle pose refinement during training (`hetrec train --refine-poses`).
+
+Each particle has a correction: an axis-angle rotation d (radians) composed on the right of its given pose,
+R @ Exp(d), and a shift s added to its given shift (pixels). All start at zero. After the warm-up epochs,
+each time a particle is in a batch its correction takes one damped Gauss-Newton (Levenberg-Marquardt) step
+on its own data term plus a Gaussian prior on the correction, at the model of that step
+(HetVAE.pose_normal_equations gives the data term's gradient g and Gauss-Newton matrix H, over the pose
+and the particle's latent):
+    step = -(A + damping diag(A))^-1 (g + P c),   A = H + P,
+with c = (d, s, 0) the correction so far and P = diag(3/prior_deg², x3, 2/prior_px², x2, 0...) (radians,
+pixels): prior_deg and prior_px are the RMS errors the given poses are thought to have (the rotation's
+angle, the shift's length), spread evenly over the axes. Where one image says little about its pose (low
+SNR, few shells) the prior keeps the correction near zero, so that poses do not wander with the noise. The
+latent's part of the step is dropped (the encoder places the particle); solving for it with the pose leaves
+to the latent what a change of conformation explains. The step is bounded to max_step_deg and max_step_px,
+and composed with the correction so far. A particle's correction is read and written only when the particle
+is in a batch, as the basis' rows are.
+
+Several ranks: every rank holds the whole table (N x 5) and writes only its own batches' rows; at the end
+of each epoch the ranks add up what each changed (each particle is in one rank's batch an epoch), so every
+rank, and the checkpoint, holds the same table whatever the number of ranks.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from hetrec_dist.data.atomic_files import write_atomically
+from hetrec_dist.errors import UserError
+from hetrec_dist.physics.pose_derivatives import compose_axis_angle, matrices_from_axis_angle
+
+POSES_FILE = "poses.npz"
+DAMPING = 0.1  # Levenberg-Marquardt: the share of H's diagonal added to it
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinementSettings:
+    """What train.config.TrainConfig's refine_* and pose_* settings ask for (their defaults live there, the
+    shifts' in Å)."""
+    refine: bool          # False: apply a checkpoint's corrections, but change them no more
+    rotations: bool       # False: shifts only
+    warmup_epochs: int    # epochs on the given poses before the first step
+    max_step_deg: float   # the most a rotation correction moves in one step
+    max_step_px: float    # the most a shift correction moves in one step (pixels)
+    prior_deg: float      # the given rotations' RMS error thought likely (angle, degrees)
+    prior_px: float       # the given shifts' RMS error thought likely (length, pixels)
+
+
+class PoseCorrections:
+    """The corrections of n_particles (store order): rotation (N x 3, axis-angle, radians) and shift (N x 2,
+    pixels at the store's box), float64 on the CPU."""
+
+    def __init__(self, n_particles: int, settings: RefinementSettings):
+        self.settings = settings
+        self.table = torch.zeros(n_particles, 5, dtype=torch.float64)
+        self._synchronized = self.table.clone()
+        self._precision_sums = torch.zeros(3, dtype=torch.float64)  # this epoch: rotation, shift, particles
+
+    def corrected(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with each image's rotations and shifts corrected (batch["index"]: store indices)."""
+        rows = self.table[batch["index"].cpu().long()]
+        given_rotations, given_shifts = batch["rotations"], batch["shifts"]
+        rotations = given_rotations.double() @ matrices_from_axis_angle(rows[:, :3]).to(given_rotations.device)
+        shifts = given_shifts.double() + rows[:, 3:].to(given_shifts.device)
+        return {**batch, "rotations": rotations.to(given_rotations.dtype), "shifts": shifts.to(given_shifts.dtype)}
+
+    def refines(self, epoch: int) -> bool:
+        return self.settings.refine and epoch >= self.settings.warmup_epochs
+
+    def step(self, index: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor) -> None:
+        """One bounded Levenberg-Marquardt step for the particles at store `index` (B) from their data terms'
+        gradient (B x n) and Gauss-Newton matrix (B x n x n) over the pose correction (5 columns) and the
+        latent (the rest; HetVAE.pose_normal_equations). The step is solved for both, so that the pose takes
+        only what the latent does not explain; the latent's part is dropped."""
+        rows = index.cpu().long()
+        current = self.table[rows]
+        gradient, hessian = gradient.detach().double().cpu(), hessian.detach().double().cpu()
+        per_axis = ([math.radians(self.settings.prior_deg) / math.sqrt(3)] * 3
+                    + [self.settings.prior_px / math.sqrt(2)] * 2)
+        prior = torch.tensor(per_axis, dtype=torch.float64) ** -2
+        gradient[:, :5] += prior * current
+        hessian[:, range(5), range(5)] += prior
+        free = list(range(0 if self.settings.rotations else 3, gradient.shape[1]))
+        gradient, hessian = gradient[:, free], hessian[:, free][:, :, free]
+        diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
+        # a latent the decoder ignores (beta 0, zdim > K) leaves H singular: a ridge far below the rest
+        hessian = hessian + torch.diag_embed(1e-9 * diagonal.amax(1, keepdim=True).expand_as(diagonal))
+        self._add_precision(hessian, n_rotation_columns=5 - free[0] - 2)
+        damped = hessian + torch.diag_embed(DAMPING * diagonal)
+        solved, failed = torch.linalg.solve_ex(damped, -gradient[..., None])
+        change = torch.zeros(len(index), 5, dtype=torch.float64)
+        change[:, free[0]:5] = solved[:, :5 - free[0], 0]  # the latent's part is the encoder's to take
+        change[failed != 0] = 0.0
+        change = torch.nan_to_num(change, nan=0.0, posinf=0.0, neginf=0.0)
+        change[:, :3] = _bounded(change[:, :3], math.radians(self.settings.max_step_deg))
+        change[:, 3:] = _bounded(change[:, 3:], self.settings.max_step_px)
+        self.table[rows, :3] = compose_axis_angle(current[:, :3], change[:, :3])
+        self.table[rows, 3:] = current[:, 3:] + change[:, 3:]
+
+    def _add_precision(self, hessian, n_rotation_columns):
+        """Add each image's posterior RMS error of its rotation (degrees) and shift (pixels), from the inverse
+        of its Gauss-Newton matrix with the prior (the Laplace approximation), to this epoch's sums."""
+        inverse, failed = torch.linalg.inv_ex(hessian)
+        covariance = torch.diagonal(inverse[failed == 0], dim1=1, dim2=2)
+        rotation = torch.rad2deg(covariance[:, :n_rotation_columns].sum(1).sqrt())
+        shift = covariance[:, n_rotation_columns:n_rotation_columns + 2].sum(1).sqrt()
+        finite = torch.isfinite(rotation) & torch.isfinite(shift)
+        self._precision_sums += torch.stack([rotation[finite].sum(), shift[finite].sum(),
+                                             finite.sum().double()])
+
+    def synchronize(self, world) -> dict[str, float]:
+        """Every rank's changes since the last call, added up on every rank (world: a TrainingWorld); returns
+        the mean posterior RMS error of the rotations (degrees) and shifts (pixels) the epoch's steps left,
+        empty where no step was taken: how well each image determines its pose."""
+        changed = self.table - self._synchronized
+        world.all_sum_(changed)
+        self.table = self._synchronized + changed
+        self._synchronized = self.table.clone()
+        sums = self._precision_sums.clone()
+        world.all_sum_(sums)
+        self._precision_sums.zero_()
+        if sums[2] == 0:
+            return {}
+        return {"rotation_precision_deg": float(sums[0] / sums[2]), "shift_precision_px": float(sums[1] / sums[2])}
+
+    def sizes(self) -> dict[str, float]:
+        """The corrections' sizes: mean and percentiles of the rotation angle (degrees) and shift (pixels)."""
+        angles = np.degrees(self.table[:, :3].norm(dim=1).numpy())
+        shifts = self.table[:, 3:].norm(dim=1).numpy()
+        sizes = {}
+        for name, values in (("rotation_deg", angles), ("shift_px", shifts)):
+            sizes[f"{name}_mean"] = float(values.mean())
+            sizes.update({f"{name}_p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)})
+        return sizes
+
+    def state_dict(self) -> dict:
+        return {"table": self.table.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table = state["table"].double().clone()
+        self._synchronized = self.table.clone()
+
+
+def _bounded(vectors, largest):
+    """vectors (B x n) scaled down to a length of at most `largest`."""
+    length = vectors.norm(dim=1, keepdim=True)
+    return vectors * torch.clamp(largest / length.clamp_min(1e-300), max=1.0)
+
+
+def corrected_poses(rotations: np.ndarray, shifts_px: np.ndarray, table: torch.Tensor
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The refined poses (N x 3 x 3, N x 2 pixels) of the given ones and a PoseCorrections table (N x 5)."""
+    corrections = matrices_from_axis_angle(table[:, :3].double()).numpy()
+    return np.asarray(rotations, np.float64) @ corrections, np.asarray(shifts_px, np.float64) + table[:, 3:].numpy()
+
+
+def write_poses(path: str, rotations: np.ndarray, shifts_px: np.ndarray, table: torch.Tensor) -> None:
+    """RUN/poses.npz: `rotations` (N x 3 x 3) and `shifts` (N x 2, pixels at the store's box), the refined
+    poses in store order and the store's convention, and the corrections' sizes `rotation_correction_deg`
+    and `shift_correction_px` (N); written through a temporary file."""
+    refined_rotations, refined_shifts = corrected_poses(rotations, shifts_px, table)
+
+    def write(temporary):
+        with open(temporary, "wb") as f:
+            np.savez(f, rotations=refined_rotations.astype(np.float32), shifts=refined_shifts.astype(np.float32),
+                     rotation_correction_deg=np.degrees(table[:, :3].norm(dim=1).numpy()).astype(np.float32),
+                     shift_correction_px=table[:, 3:].norm(dim=1).numpy().astype(np.float32))
+
+    write_atomically(path, write)
+
+
+def checkpoint_poses(checkpoint: dict, store_group) -> tuple[np.ndarray, np.ndarray] | None:
+    """The refined poses (corrected_poses) of a run's checkpoint and its store (a zarr group), or None where
+    the run did not refine its poses. Raises UserError where the store holds another number of particles."""
+    if "pose_corrections" not in checkpoint:
+        return None
+    table = checkpoint["pose_corrections"]["table"]
+    n_particles = store_group["rotations"].shape[0]
+    if len(table) != n_particles:
+        raise UserError(f"the run refined the poses of {len(table)} particles, but its store holds {n_particles}")
+    return corrected_poses(store_group["rotations"][:], store_group["shifts"][:], table)
