@@ -39,9 +39,21 @@ def main(local_rank):
 
 
 def _register():
-    from hetrec_dist.cli import analyze, convert, evaluate, fsc, inspect, launch, select, simulate, train, volume
+    from hetrec_dist.cli import (
+        analyze,
+        convert,
+        evaluate,
+        export,
+        fsc,
+        inspect,
+        launch,
+        select,
+        simulate,
+        train,
+        volume,
+    )
 
-    for module in (analyze, convert, evaluate, fsc, inspect, launch, select, simulate, train):
+    for module in (analyze, convert, evaluate, export, fsc, inspect, launch, select, simulate, train):
         main.add_command(module.command)
     main.add_command(volume.volume_command)
     main.add_command(volume.embed_command)

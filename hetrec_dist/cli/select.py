@@ -18,7 +18,8 @@ from hetrec_dist.cli.command_line import refuse_empty
 def command(run, clusters, k, out, overwrite):
     """Write the particles of the chosen clusters of RUN/analyze.K as a STAR or .cs file like the input
     (all columns and optics kept), or as a cryoDRGN-style index .pkl. A run trained with --half-sets writes
-    its half-sets into rlnRandomSubset or alignments3D/split."""
+    its half-sets into rlnRandomSubset or alignments3D/split; a run trained with --refine-poses writes its
+    refined poses (`hetrec export` writes every particle's)."""
     import numpy as np
 
     from hetrec_dist.analysis.select import cluster_members, write_subset
@@ -26,6 +27,7 @@ def command(run, clusters, k, out, overwrite):
     from hetrec_dist.data.half_sets import checkpoint_half_sets
     from hetrec_dist.data.store import open_store
     from hetrec_dist.errors import UserError
+    from hetrec_dist.train.pose_refinement import checkpoint_poses
 
     labels_path = os.path.join(run, f"analyze.{k}", "kmeans_labels.npy")
     if not os.path.isfile(labels_path):
@@ -49,5 +51,6 @@ def command(run, clusters, k, out, overwrite):
     state = run_checkpoint(run)
     with_halves = state["model_shape"].get("n_half_sets", 1) == 2
     half_sets = checkpoint_half_sets(state, run, len(source_rows)) if with_halves else None
-    write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets)
+    poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
+    write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)
     click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)

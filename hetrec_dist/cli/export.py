@@ -1,0 +1,50 @@
+"""hetrec export: a run's refined poses, for every particle, in the input's format or as cryoDRGN's poses.pkl."""
+
+import os
+
+import click
+
+from hetrec_dist.cli.command_line import refuse_empty
+
+
+@click.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
+              help="particles.star (RELION input), particles.cs (cryoSPARC input) or poses.pkl (any input).")
+@click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file (default: the run's last.pt).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+def command(run, out, checkpoint, overwrite):
+    """Write the poses RUN refined (`hetrec train --refine-poses`) for every particle of its store.
+
+    A .star or .cs is the input file with every field kept and the pose fields replaced: rlnAngleRot/Tilt/Psi
+    and rlnOriginXAngst/YAngst (and rlnOriginX/Y where the input has them), or alignments3D/pose and
+    alignments3D/shift. A .pkl is cryoDRGN's poses.pkl (rotations, translations as fractions of the box), in
+    store order. A run trained with --half-sets also writes its half-sets, as `hetrec select` does.
+    """
+    import numpy as np
+
+    from hetrec_dist.analysis.select import write_cryodrgn_poses, write_subset
+    from hetrec_dist.cli.run_files import run_checkpoint, run_store_path
+    from hetrec_dist.data.half_sets import checkpoint_half_sets
+    from hetrec_dist.data.store import open_store
+    from hetrec_dist.errors import UserError
+    from hetrec_dist.train.pose_refinement import checkpoint_poses
+
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; use --overwrite to replace it")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise UserError(f"{out}: its folder does not exist")
+    state = run_checkpoint(run, checkpoint)
+    store = open_store(run_store_path(run))
+    poses = checkpoint_poses(state, store)
+    if poses is None:
+        raise UserError(f"{run} did not refine its poses: train it with --refine-poses (its poses are the input's)")
+    n_particles = len(poses[0])
+    if out.lower().endswith(".pkl"):
+        write_cryodrgn_poses(out, *poses, store.attrs["box"])
+    else:
+        source_rows = store["source_row"][:] if "source_row" in store else np.arange(n_particles)
+        with_halves = state["model_shape"].get("n_half_sets", 1) == 2
+        half_sets = checkpoint_half_sets(state, run, n_particles) if with_halves else None
+        write_subset(np.arange(n_particles), store.attrs.asdict(), source_rows, out, half_sets, poses)
+    click.echo(f"wrote the refined poses of {n_particles} particles to {out}", err=True)
