@@ -3,12 +3,15 @@ refinement against the simulator's true poses, resume, and the refined poses wri
 `hetrec select`). 1 rank against 2 ranks: tests/test_data_parallel.py."""
 
 import dataclasses
+import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import starfile
 import torch
+import yaml
 from scipy.spatial.transform import Rotation
 
 from conftest import assert_one_line_error, run_cli
@@ -208,6 +211,35 @@ def test_export_refuses_a_run_without_refined_poses_and_bad_outputs(sim_store, r
     (tmp_path / "p.pkl").write_text("")
     assert_one_line_error(run_cli("export", refined_run, "-o", tmp_path / "p.pkl", expect_ok=False),
                           "already exists")
+    assert_one_line_error(run_cli("export", refined_run, "-o", tmp_path / "p.mrc", expect_ok=False),
+                          "write a .star or .cs file like the input, or a cryoDRGN poses.pkl")
+    source = open_store(sim_store).attrs["sources"]["metadata"][0]["path"]
+    assert_one_line_error(run_cli("export", refined_run, "-o", source, "--overwrite", expect_ok=False),
+                          "is the file the store was converted from")
+
+    result = run_cli("train", sim_store, "-o", tmp_path / "warm", "--epochs", 1, "--refine-poses", *TINY[:-1])
+    assert "no pose will be refined" in result.output
+    assert_one_line_error(run_cli("export", tmp_path / "warm", "-o", tmp_path / "w.star", expect_ok=False),
+                          "has refined no pose yet")
+
+
+def test_the_refined_poses_belong_to_the_store_they_were_refined_on(sim_dir, refined_run, tmp_path):
+    """A run whose store was replaced (here: the same particles at another box, so other shifts in pixels)
+    refuses to export, embed or resume with it; the same store by another path is the run's own."""
+    run = tmp_path / "run"
+    shutil.copytree(refined_run, run)
+    config = (run / "config.yaml").read_text()
+    store = yaml.safe_load(config)["store"]
+    os.symlink(store, tmp_path / "link.zarr")
+    run_cli("embed", run, "--store", tmp_path / "link.zarr", "-o", tmp_path / "z.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), np.load(run / "z.npy"), atol=1e-5)
+
+    run_cli("convert", f"{sim_dir}/particles.star", "-o", tmp_path / "box24.zarr", "--box", 24, "-q")
+    (run / "config.yaml").write_text(config.replace(store, str(tmp_path / "box24.zarr")))
+    for command in (["export", run, "-o", tmp_path / "p.star"], ["embed", run],
+                    ["train", tmp_path / "box24.zarr", "-o", run, "--resume", "--epochs", 4, "-q"]):
+        result = run_cli(*command, expect_ok=False)
+        assert_one_line_error(result, "box 24" if command[0] == "train" else "refined the poses of another store")
 
 
 def test_shifts_only_moves_the_shifts_and_leaves_the_rotations(sim_store, tmp_path):

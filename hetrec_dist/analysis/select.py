@@ -51,6 +51,8 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
             pickle.dump(np.asarray(indices, dtype=np.int64), f)
         return
     sources = _source_metadata(store_attrs)
+    if any(os.path.realpath(out) == os.path.realpath(source) for source in sources):
+        raise UserError(f"{out} is the file the store was converted from; write to another file")
     source_extension = os.path.splitext(sources[0])[1].lower()
     if extension != source_extension:
         raise UserError(f"{out}: the particles came from {sources[0]}; write a {source_extension} subset "

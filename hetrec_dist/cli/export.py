@@ -30,6 +30,9 @@ def command(run, out, checkpoint, overwrite):
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
+    extension = os.path.splitext(out)[1].lower()
+    if extension not in (".star", ".cs", ".pkl"):
+        raise UserError(f"{out}: write a .star or .cs file like the input, or a cryoDRGN poses.pkl")
     if os.path.exists(out) and not overwrite:
         raise UserError(f"{out} already exists; use --overwrite to replace it")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
@@ -39,8 +42,15 @@ def command(run, out, checkpoint, overwrite):
     poses = checkpoint_poses(state, store)
     if poses is None:
         raise UserError(f"{run} did not refine its poses: train it with --refine-poses (its poses are the input's)")
+    if not state["pose_corrections"]["table"].any():
+        raise UserError(f"{run} has refined no pose yet (epoch {state['epoch']}, --pose-warmup "
+                        f"{state['config'].get('pose_warmup_epochs')}): its poses are the input's")
     n_particles = len(poses[0])
-    if out.lower().endswith(".pkl"):
+    source = store.attrs["sources"]["metadata"][0]["path"]
+    if extension != ".pkl" and os.path.splitext(source)[1].lower() != extension:
+        raise UserError(f"{out}: the particles came from {source}; write a {os.path.splitext(source)[1]} file "
+                        "(or poses.pkl)")
+    if extension == ".pkl":
         write_cryodrgn_poses(out, *poses, store.attrs["box"])
     else:
         source_rows = store["source_row"][:] if "source_row" in store else np.arange(n_particles)

@@ -54,3 +54,6 @@ def command(run, clusters, k, out, overwrite):
     poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
     write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)
     click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)
+    if "pose_corrections" in state and out.lower().endswith(".pkl"):
+        click.echo(f"the run refined its poses: `hetrec export {run} -o poses.pkl` writes them for cryoDRGN",
+                   err=True)

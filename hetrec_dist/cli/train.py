@@ -70,7 +70,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     from hetrec_dist.distributed.data_parallel import RankLost
     from hetrec_dist.distributed.mpi_world import RankFailed
     from hetrec_dist.distributed.training_world import init_training_world
-    from hetrec_dist.errors import UserError
+    from hetrec_dist.errors import UserError, warn_input
     from hetrec_dist.train.config import build_config
     from hetrec_dist.train.trainer import Trainer
 
@@ -83,6 +83,10 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
         raise UserError("--shifts-only refines shifts; it needs --refine-poses, not --no-refine-poses")
     if shifts_only:
         overrides["refine_poses"] = True
+    if not (overrides["refine_poses"] or resume):
+        for option, name in (("--pose-warmup", "pose_warmup_epochs"), ("--rotations-too", "refine_rotations")):
+            if overrides.get(name) is not None:
+                warn_input(f"{option} has no effect without --refine-poses")
     if overrides.get("gt"):
         overrides["gt"] = os.path.abspath(overrides["gt"])
     saved = os.path.join(out, "config.yaml")

@@ -65,11 +65,27 @@ def embed_command(run, store, checkpoint, out, device):
     from hetrec_dist.train.inference import embed, load_model, resolve_device, save_latents
 
     state = run_checkpoint(run, checkpoint)
-    own_store = store is None or os.path.abspath(store) == os.path.abspath(run_store_path(run))
-    corrections = state.get("pose_corrections") if own_store else None  # another store's particles are others
-    shift_corrections = None if corrections is None else corrections["table"][:, 3:]
-    z = embed(load_model(state, resolve_device(device)), store or run_store_path(run),
-              shift_corrections=shift_corrections)
+    store = store or run_store_path(run)
+    z = embed(load_model(state, resolve_device(device)), store,
+              shift_corrections=_refined_shift_corrections(state, store, run_store_path(run)))
     out = out or os.path.join(run, "z.npy")
     save_latents(out, z, state)
     click.echo(f"wrote latents of {len(z)} particles to {out}", err=True)
+
+
+def _refined_shift_corrections(state, store, run_store):
+    """The shift corrections of a run that refined its poses (N x 2 pixels), where `store` gives the poses the
+    run refined (by content, whatever its path); None for a run without them or another store's particles.
+    Raises UserError where the run's own store no longer gives them."""
+    from hetrec_dist.data.store import open_store
+    from hetrec_dist.train.pose_refinement import check_given_poses, given_poses_sha256
+
+    corrections = state.get("pose_corrections")
+    if corrections is None:
+        return None
+    fingerprint = given_poses_sha256(open_store(store))
+    if os.path.realpath(store) == os.path.realpath(run_store):
+        check_given_poses(corrections, fingerprint)
+    elif corrections.get("given_poses_sha256") != fingerprint:
+        return None
+    return corrections["table"][:, 3:]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from hetrec_dist.data.atomic_files import save_array, write_atomically
-from hetrec_dist.data.reader import ChunkShuffledParticles
+from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
 
@@ -74,6 +74,9 @@ def embed(model, store_path, batch_size=512, rank=0, world_size=1, shift_correct
     """Latent means (n x zdim), in store order, of this rank's contiguous share of the store (all of it
     for one rank). shift_corrections (N x 2 pixels, store order; a run that refined its poses): added to the
     store's shifts, as training adds them."""
+    box = ParticleStore(store_path).box
+    if box != model.shape.box:
+        raise UserError(f"{store_path} holds images of box {box}; the model was trained on box {model.shape.box}")
     dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
                                      shuffle=False)
     device = model.basis.device

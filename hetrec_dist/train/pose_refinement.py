@@ -22,6 +22,7 @@ rank, and the checkpoint, holds the same table whatever the number of ranks.
 """
 
 import dataclasses
+import hashlib
 import math
 
 import numpy as np
@@ -52,8 +53,8 @@ class PoseCorrections:
     """The corrections of n_particles (store order): rotation (N x 3, axis-angle, radians) and shift (N x 2,
     pixels at the store's box), float64 on the CPU."""
 
-    def __init__(self, n_particles: int, settings: RefinementSettings):
-        self.settings = settings
+    def __init__(self, n_particles: int, settings: RefinementSettings, given_poses_sha256: str):
+        self.settings, self.given_poses_sha256 = settings, given_poses_sha256
         self.table = torch.zeros(n_particles, 5, dtype=torch.float64)
         self._synchronized = self.table.clone()
         self._precision_sums = torch.zeros(3, dtype=torch.float64)  # this epoch: rotation, shift, particles
@@ -85,8 +86,8 @@ class PoseCorrections:
         free = list(range(0 if self.settings.rotations else 3, gradient.shape[1]))
         gradient, hessian = gradient[:, free], hessian[:, free][:, :, free]
         diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
-        # a latent the decoder ignores (beta 0, zdim > K) leaves H singular: a ridge far below the rest
-        hessian = hessian + torch.diag_embed(1e-9 * diagonal.amax(1, keepdim=True).expand_as(diagonal))
+        # a latent the decoder ignores (beta 0, zdim > K) leaves H singular: a ridge far below each column's
+        hessian = hessian + torch.diag_embed(1e-9 * diagonal + torch.finfo(torch.float64).tiny)
         self._add_precision(hessian, n_rotation_columns=5 - free[0] - 2)
         damped = hessian + torch.diag_embed(DAMPING * diagonal)
         solved, failed = torch.linalg.solve_ex(damped, -gradient[..., None])
@@ -123,7 +124,10 @@ class PoseCorrections:
         self._precision_sums.zero_()
         if sums[2] == 0:
             return {}
-        return {"rotation_precision_deg": float(sums[0] / sums[2]), "shift_precision_px": float(sums[1] / sums[2])}
+        precision = {"shift_precision_px": float(sums[1] / sums[2])}
+        if self.settings.rotations:
+            precision["rotation_precision_deg"] = float(sums[0] / sums[2])
+        return precision
 
     def sizes(self) -> dict[str, float]:
         """The corrections' sizes: mean and percentiles of the rotation angle (degrees) and shift (pixels)."""
@@ -136,9 +140,11 @@ class PoseCorrections:
         return sizes
 
     def state_dict(self) -> dict:
-        return {"table": self.table.clone()}
+        return {"table": self.table.clone(), "given_poses_sha256": self.given_poses_sha256}
 
     def load_state_dict(self, state: dict) -> None:
+        """Raises UserError where the state corrects the poses of another store (given_poses_sha256)."""
+        check_given_poses(state, self.given_poses_sha256)
         self.table = state["table"].double().clone()
         self._synchronized = self.table.clone()
 
@@ -171,13 +177,29 @@ def write_poses(path: str, rotations: np.ndarray, shifts_px: np.ndarray, table: 
     write_atomically(path, write)
 
 
+def given_poses_sha256(store_group) -> str:
+    """A fingerprint of the poses a store gives (rotations, shifts and the box their pixels are of): corrections
+    belong to these alone."""
+    digest = hashlib.sha256(str(store_group.attrs["box"]).encode())
+    for name in ("rotations", "shifts"):
+        digest.update(np.ascontiguousarray(store_group[name][:], dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def check_given_poses(corrections: dict, sha256: str) -> None:
+    """Raises UserError where `corrections` (a checkpoint's pose_corrections) were made for other poses than
+    those fingerprinted as `sha256` (given_poses_sha256)."""
+    if corrections.get("given_poses_sha256", sha256) != sha256:
+        raise UserError("the run refined the poses of another store (its poses, particles or box differ from "
+                        "those the run trained on); give the store the run was trained on")
+
+
 def checkpoint_poses(checkpoint: dict, store_group) -> tuple[np.ndarray, np.ndarray] | None:
     """The refined poses (corrected_poses) of a run's checkpoint and its store (a zarr group), or None where
-    the run did not refine its poses. Raises UserError where the store holds another number of particles."""
+    the run did not refine its poses. Raises UserError where the store is not the one whose poses the run
+    refined."""
     if "pose_corrections" not in checkpoint:
         return None
-    table = checkpoint["pose_corrections"]["table"]
-    n_particles = store_group["rotations"].shape[0]
-    if len(table) != n_particles:
-        raise UserError(f"the run refined the poses of {len(table)} particles, but its store holds {n_particles}")
-    return corrected_poses(store_group["rotations"][:], store_group["shifts"][:], table)
+    check_given_poses(checkpoint["pose_corrections"], given_poses_sha256(store_group))
+    return corrected_poses(store_group["rotations"][:], store_group["shifts"][:],
+                           checkpoint["pose_corrections"]["table"])

@@ -45,7 +45,7 @@ from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.inference import embed, resolve_device, save_latents
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
-from hetrec_dist.train.pose_refinement import POSES_FILE, PoseCorrections, write_poses
+from hetrec_dist.train.pose_refinement import POSES_FILE, PoseCorrections, given_poses_sha256, write_poses
 from hetrec_dist.train.row_adam import RowSparseAdam
 
 MIN_BOX, MAX_BOX = 16, 1024
@@ -95,6 +95,8 @@ class Trainer:
         saved = self.world.run_everywhere(
             lambda: load_checkpoint(last_checkpoint(run_dir), self.device)) if resume else None
         shape = config.model_shape(store.box, store.pixel_size_A) if saved is None else _resumed_shape(saved, config)
+        if shape.box != store.box:
+            raise UserError(f"{run_dir} was trained on images of box {shape.box}; {store_path} holds box {store.box}")
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
@@ -106,7 +108,8 @@ class Trainer:
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
         self.half_sets, self.half_sets_source = self._half_sets(store, saved) if shape.n_half_sets == 2 else (None, "")
         has_corrections = saved is not None and "pose_corrections" in saved
-        self.poses = (PoseCorrections(store.n_particles, config.pose_refinement(store.pixel_size_A))
+        self.poses = (PoseCorrections(store.n_particles, config.pose_refinement(store.pixel_size_A),
+                                      given_poses_sha256(store.group))
                       if config.refine_poses or has_corrections else None)
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed)
@@ -257,9 +260,11 @@ class Trainer:
             self.metrics.scalars({f"poses/{k}": v for k, v in {**self.poses.sizes(), **precision}.items()},
                                  self.epoch)
             if precision:
-                rotation, shift = precision["rotation_precision_deg"], precision["shift_precision_px"]
-                self.log.info(f"pose refinement: the images' posterior RMS error, rotation {rotation:.3g}°, shift "
-                              f"{shift:.3g} px (against the model: the model's own errors are not counted)")
+                rotation = precision.get("rotation_precision_deg")
+                self.log.info("pose refinement: the images' posterior RMS error, "
+                              + ("" if rotation is None else f"rotation {rotation:.3g}°, ")
+                              + f"shift {precision['shift_precision_px']:.3g} px (against the model: the model's "
+                              "own errors are not counted)")
         *sums, n_images = self.world.all_sum(list(totals.values()) + [n_images])
         summary = {k: v / max(n_images, 1) for k, v in zip(totals, sums)}
         summary["images_per_s"] = n_images / (time.perf_counter() - epoch_started)
@@ -360,6 +365,9 @@ class Trainer:
                            "maps are noisier, and the half-map resolution reads worse than the full map's")
         for hint in self.ranks.hints():
             self._hint(hint)
+        if self.config.refine_poses and self.config.pose_warmup_epochs >= self.config.epochs:
+            self._hint(f"no pose will be refined: the warm-up ({self.config.pose_warmup_epochs} epochs, "
+                       f"--pose-warmup) lasts to the last epoch ({self.config.epochs})")
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
             if not math.isfinite(summary["loss"]):  # summed over ranks: every rank stops here together
