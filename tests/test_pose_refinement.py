@@ -52,8 +52,9 @@ def _float64_model(half_sets):
 @pytest.mark.parametrize("half_sets", [False, True])
 def test_pose_and_shift_gradients_equal_finite_differences(half_sets):
     """The gradient pose_normal_equations gives, of each image's data term with respect to a rotation
-    R @ Exp(d) and a shift s + ds, against central differences of that data term computed through the
-    projector (latent held fixed), in float64, with noise weights, and each image in its half-set."""
+    R @ Exp(d), a shift s + ds and its latent z (plus the latent prior beta |z|² / 2), against central
+    differences of that term computed through the projector, in float64, with noise weights, and each image in
+    its half-set."""
     model = _float64_model(half_sets)
     n_images = 4
     rotations = torch.from_numpy(Rotation.random(n_images, random_state=1).as_matrix())
@@ -63,23 +64,23 @@ def test_pose_and_shift_gradients_equal_finite_differences(half_sets):
              "half_set": torch.tensor([1, 2, 2, 1])}
     noise_weights = torch.rand(n_images, len(model.disk.weights), dtype=torch.float64) + 0.5
     out = model(batch)
-    gradient, hessian = model.pose_normal_equations(batch, out, noise_weights)
-    gradient, hessian = gradient[:, :5], hessian[:, :5, :5]
-    weights = model.basis_weights(out["mu"])
+    beta = 0.7
+    gradient, hessian = model.pose_normal_equations(batch, out, noise_weights, beta)
 
     def data_terms(correction):
         moved = {**batch, "rotations": rotations @ matrices_from_axis_angle(correction[:, :3]),
-                 "shifts": batch["shifts"] + correction[:, 3:]}
+                 "shifts": batch["shifts"] + correction[:, 3:5]}
         geometry = slice_geometry(moved["rotations"], model.disk.coords, model.half_ball, model._row_offsets(moved),
                                   model.shape.n_half_sets)
-        slices = torch.view_as_complex(project(model.basis, weights, geometry))
+        z = out["mu"] + correction[:, 5:]
+        slices = torch.view_as_complex(project(model.basis, model.basis_weights(z), geometry))
         residual = model.observed_spectra(moved) - model.ctf(moved) * slices
-        return 0.5 * (model.disk.weights * noise_weights * residual.abs() ** 2).sum(1)
+        return 0.5 * (model.disk.weights * noise_weights * residual.abs() ** 2).sum(1) + 0.5 * beta * (z ** 2).sum(1)
 
-    step = 1e-6
-    differences = torch.zeros(n_images, 5, dtype=torch.float64)
-    for j in range(5):
-        delta = torch.zeros(n_images, 5, dtype=torch.float64)
+    step, n_columns = 1e-6, 5 + model.shape.zdim
+    differences = torch.zeros(n_images, n_columns, dtype=torch.float64)
+    for j in range(n_columns):
+        delta = torch.zeros(n_images, n_columns, dtype=torch.float64)
         delta[:, j] = step
         differences[:, j] = (data_terms(delta) - data_terms(-delta)) / (2 * step)
     torch.testing.assert_close(gradient, differences.detach(), rtol=1e-6, atol=1e-6 * differences.abs().max().item())

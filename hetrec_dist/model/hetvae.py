@@ -146,10 +146,14 @@ class HetVAE(nn.Module):
         n_images, n_points = geometry.flipped.shape
         weights = self.basis_weights(mu)
         touched = self.basis[geometry.touched_rows]
-        components = (geometry.interpolation @ touched).view(n_images, n_points, 2, -1)
-        along_weights = torch.complex(components[:, :, 0], components[:, :, 1])  # dS/dw: B x P x K+1
-        along_weights = torch.where(geometry.flipped[..., None], along_weights.conj(), along_weights)
-        slices = (along_weights @ weights.to(along_weights.dtype)[..., None])[..., 0]
+        components = (geometry.interpolation @ touched).view(n_images, n_points, 2, -1)  # dS/dw, (re, im)
+
+        def complex_slices(values):  # (re, im) on dim 2 -> complex, conjugated where the point was flipped
+            values = torch.complex(values[:, :, 0], values[:, :, 1])
+            return torch.where(geometry.flipped.view(n_images, n_points, *[1] * (values.dim() - 2)),
+                               values.conj(), values)
+
+        slices = complex_slices(torch.einsum("bpck,bk->bpc", components, weights))
         ctf = self.ctf(batch)
         if rotations:
             poses = batch["rotations"].to(self.basis.dtype)
@@ -162,7 +166,7 @@ class HetVAE(nn.Module):
         # data's, for the same gradient and a Gauss-Newton matrix free of the data's noise
         frequencies = -2j * torch.pi * self.disk.coords / self.shape.box  # P x 2: d(-phi)/ds
         along_shift = (ctf * slices)[..., None] * frequencies
-        along_latent = -ctf[..., None] * (along_weights[..., 1:] @ self.decoder.weight.to(along_weights.dtype))
+        along_latent = -ctf[..., None] * complex_slices(components[..., 1:] @ self.decoder.weight)
         jacobian = torch.cat([along_rotation, along_shift, along_latent], -1)  # d(data - CTF S)/d(d, s, z)
         weight = self.disk.weights if noise_weights is None else self.disk.weights * noise_weights
         weighted = weight[..., None] * jacobian
