@@ -18,7 +18,7 @@ from hetrec_dist.data.reader import ParticleStore, _to_torch
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig
 from hetrec_dist.train.inference import load_model
-from hetrec_dist.train.pose_refinement import PoseCorrections
+from hetrec_dist.train.pose_refinement import PoseCorrections, given_poses_sha256
 
 
 def main():
@@ -37,7 +37,7 @@ def main():
         batch["half_set"] = torch.from_numpy(np.load(f"{args.run}/half_sets.npy"))[batch["index"]]
     truth = np.load(f"{args.ground_truth}/poses.npz")
     settings = TrainConfig(refine_poses=True, pose_warmup_epochs=0).pose_refinement(model.pixel_size_A)
-    corrections = PoseCorrections(store.n_particles, settings)
+    corrections = PoseCorrections(store.n_particles, settings, given_poses_sha256(store.group))
     index = batch["index"].numpy()
     for iteration in range(args.iterations + 1):
         corrected = corrections.corrected(batch)
