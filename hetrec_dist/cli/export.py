@@ -24,8 +24,7 @@ def command(run, out, checkpoint, overwrite):
     import numpy as np
 
     from hetrec_dist.analysis.select import write_cryodrgn_poses, write_subset
-    from hetrec_dist.cli.run_files import run_checkpoint, run_store_path
-    from hetrec_dist.data.half_sets import checkpoint_half_sets
+    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store_path
     from hetrec_dist.data.store import open_store
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
@@ -33,10 +32,7 @@ def command(run, out, checkpoint, overwrite):
     extension = os.path.splitext(out)[1].lower()
     if extension not in (".star", ".cs", ".pkl"):
         raise UserError(f"{out}: write a .star or .cs file like the input, or a cryoDRGN poses.pkl")
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"{out} already exists; use --overwrite to replace it")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise UserError(f"{out}: its folder does not exist")
+    check_new_file(out, overwrite)
     state = run_checkpoint(run, checkpoint)
     store = open_store(run_store_path(run))
     poses = checkpoint_poses(state, store)
@@ -47,14 +43,12 @@ def command(run, out, checkpoint, overwrite):
                         f"{state['config'].get('pose_warmup_epochs')}): its poses are the input's")
     n_particles = len(poses[0])
     source = store.attrs["sources"]["metadata"][0]["path"]
-    if extension != ".pkl" and os.path.splitext(source)[1].lower() != extension:
+    if extension != ".pkl" and os.path.splitext(source)[1].lower() != extension:  # before write_subset's message,
         raise UserError(f"{out}: the particles came from {source}; write a {os.path.splitext(source)[1]} file "
-                        "(or poses.pkl)")
+                        "(or poses.pkl)")  # which offers a .pkl of indices
     if extension == ".pkl":
         write_cryodrgn_poses(out, *poses, store.attrs["box"])
     else:
-        source_rows = store["source_row"][:] if "source_row" in store else np.arange(n_particles)
-        with_halves = state["model_shape"].get("n_half_sets", 1) == 2
-        half_sets = checkpoint_half_sets(state, run, n_particles) if with_halves else None
+        source_rows, half_sets = run_particle_records(run, state, store)
         write_subset(np.arange(n_particles), store.attrs.asdict(), source_rows, out, half_sets, poses)
     click.echo(f"wrote the refined poses of {n_particles} particles to {out}", err=True)

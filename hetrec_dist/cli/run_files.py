@@ -69,3 +69,27 @@ def particle_metadata(store):
     defocus_A = store["ctf"][:, 2:4].mean(1)
     return {"defocus (Å)": defocus_A, "optics group": store["optics_group"][:].astype(float),
             "tilt (°)": tilt, "in-plane angle psi (°)": psi, "particle index": np.arange(len(tilt), dtype=float)}
+
+
+def check_new_file(out, overwrite):
+    """One-line errors for an output file that exists (without --overwrite) or whose folder does not."""
+    from hetrec_dist.errors import UserError
+
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; use --overwrite to replace it")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise UserError(f"{out}: its folder does not exist")
+
+
+def run_particle_records(run, state, store):
+    """What is written back beside a run's particles (analysis.select.write_subset): each stored particle's row
+    in the input's metadata (N) and, for a half-set run, its half-set (N, else None), from the checkpoint
+    `state` and the run's store (a zarr group)."""
+    import numpy as np
+
+    from hetrec_dist.data.half_sets import checkpoint_half_sets
+
+    # stores made before source_row existed hold every row of their input, in order
+    source_rows = store["source_row"][:] if "source_row" in store else np.arange(store["images"].shape[0])
+    with_halves = state["model_shape"].get("n_half_sets", 1) == 2
+    return source_rows, checkpoint_half_sets(state, run, len(source_rows)) if with_halves else None

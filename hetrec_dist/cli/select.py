@@ -23,8 +23,7 @@ def command(run, clusters, k, out, overwrite):
     import numpy as np
 
     from hetrec_dist.analysis.select import cluster_members, write_subset
-    from hetrec_dist.cli.run_files import run_checkpoint, run_store_path
-    from hetrec_dist.data.half_sets import checkpoint_half_sets
+    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store_path
     from hetrec_dist.data.store import open_store
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
@@ -34,23 +33,17 @@ def command(run, clusters, k, out, overwrite):
         done = sorted(name for name in os.listdir(run) if name.startswith("analyze."))
         also = f" (the run has {', '.join(done)}: give its --k)" if done else ""
         raise UserError(f"{run}: no analyze.{k}/kmeans_labels.npy; run `hetrec analyze {run} --k {k}` first{also}")
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"{out} already exists; use --overwrite to replace it")
+    check_new_file(out, overwrite)
     try:
         chosen = [int(c) for c in clusters.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
     if not chosen:
         raise UserError(f"--clusters {clusters!r}: give at least one cluster number")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise UserError(f"{out}: its folder does not exist")
     store = open_store(run_store_path(run))
     indices = cluster_members(np.load(labels_path), chosen, k)
-    # stores made before source_row existed hold every row of their input, in order
-    source_rows = store["source_row"][:] if "source_row" in store else np.arange(store["images"].shape[0])
     state = run_checkpoint(run)
-    with_halves = state["model_shape"].get("n_half_sets", 1) == 2
-    half_sets = checkpoint_half_sets(state, run, len(source_rows)) if with_halves else None
+    source_rows, half_sets = run_particle_records(run, state, store)
     poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
     write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)
     click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)

@@ -8,7 +8,9 @@ point at fraction f of its cell differ in f as (-1, 1); where a point was Friede
 G = -conj(dV/dq) at q = -k3.
 
 A shift correction s (pixels) moves the image's phase: the shift-corrected data exp(-2 pi i (s . k) / D) x
-data change as -2 pi i k_j / D x data along s_j (the convention of HetVAE.observed_spectra).
+data change as -2 pi i k_j / D x data along s_j (the convention of HetVAE.observed_spectra). Their distance
+to a slice is the distance of the data to the slice times exp(+2 pi i (s . k) / D), which is how
+HetVAE.pose_normal_equations takes the derivative: on the model's side, where it holds no noise.
 
 Rotations as axis-angle vectors are composed through unit quaternions (w, x, y, z), which stay exact at
 any angle below 180 degrees, on any device.

@@ -61,10 +61,8 @@ class PoseCorrections:
 
     def corrected(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch with each image's rotations and shifts corrected (batch["index"]: store indices)."""
-        rows = self.table[batch["index"].cpu().long()]
         given_rotations, given_shifts = batch["rotations"], batch["shifts"]
-        rotations = given_rotations.double() @ matrices_from_axis_angle(rows[:, :3]).to(given_rotations.device)
-        shifts = given_shifts.double() + rows[:, 3:].to(given_shifts.device)
+        rotations, shifts = corrected_poses(given_rotations, given_shifts, self.table[batch["index"].cpu().long()])
         return {**batch, "rotations": rotations.to(given_rotations.dtype), "shifts": shifts.to(given_shifts.dtype)}
 
     def refines(self, epoch: int) -> bool:
@@ -155,18 +153,19 @@ def _bounded(vectors, largest):
     return vectors * torch.clamp(largest / length.clamp_min(1e-300), max=1.0)
 
 
-def corrected_poses(rotations: np.ndarray, shifts_px: np.ndarray, table: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The refined poses (N x 3 x 3, N x 2 pixels) of the given ones and a PoseCorrections table (N x 5)."""
-    corrections = matrices_from_axis_angle(table[:, :3].double()).numpy()
-    return np.asarray(rotations, np.float64) @ corrections, np.asarray(shifts_px, np.float64) + table[:, 3:].numpy()
+def corrected_poses(rotations, shifts_px, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refined poses (float64 tensors N x 3 x 3 and N x 2 pixels, on the given poses' device) of the given
+    ones (arrays or tensors) and their rows of a PoseCorrections table (N x 5, CPU)."""
+    rotations, shifts_px = torch.as_tensor(rotations).double(), torch.as_tensor(shifts_px).double()
+    corrections = matrices_from_axis_angle(table[:, :3].double()).to(rotations.device)
+    return rotations @ corrections, shifts_px + table[:, 3:].double().to(shifts_px.device)
 
 
 def write_poses(path: str, rotations: np.ndarray, shifts_px: np.ndarray, table: torch.Tensor) -> None:
     """RUN/poses.npz: `rotations` (N x 3 x 3) and `shifts` (N x 2, pixels at the store's box), the refined
     poses in store order and the store's convention, and the corrections' sizes `rotation_correction_deg`
     and `shift_correction_px` (N); written through a temporary file."""
-    refined_rotations, refined_shifts = corrected_poses(rotations, shifts_px, table)
+    refined_rotations, refined_shifts = (pose.numpy() for pose in corrected_poses(rotations, shifts_px, table))
 
     def write(temporary):
         with open(temporary, "wb") as f:
@@ -201,5 +200,6 @@ def checkpoint_poses(checkpoint: dict, store_group) -> tuple[np.ndarray, np.ndar
     if "pose_corrections" not in checkpoint:
         return None
     check_given_poses(checkpoint["pose_corrections"], given_poses_sha256(store_group))
-    return corrected_poses(store_group["rotations"][:], store_group["shifts"][:],
-                           checkpoint["pose_corrections"]["table"])
+    rotations, shifts_px = corrected_poses(store_group["rotations"][:], store_group["shifts"][:],
+                                           checkpoint["pose_corrections"]["table"])
+    return rotations.numpy(), shifts_px.numpy()

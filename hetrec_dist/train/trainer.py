@@ -94,9 +94,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         saved = self.world.run_everywhere(
             lambda: load_checkpoint(last_checkpoint(run_dir), self.device)) if resume else None
-        shape = config.model_shape(store.box, store.pixel_size_A) if saved is None else _resumed_shape(saved, config)
-        if shape.box != store.box:
-            raise UserError(f"{run_dir} was trained on images of box {shape.box}; {store_path} holds box {store.box}")
+        shape = (config.model_shape(store.box, store.pixel_size_A) if saved is None
+                 else _resumed_shape(saved, config, store))
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
@@ -192,7 +191,7 @@ class Trainer:
         forward_done = time.perf_counter()
         if self.poses is not None and self.poses.refines(self.epoch):  # at the model that made this forward
             self.poses.step(batch["index"], *self.model.pose_normal_equations(
-                batch, out, noise_weights, self.config.beta, rotations=self.config.refine_rotations))
+                batch, out, noise_weights, self.config.beta, rotations=self.poses.settings.rotations))
             self._synchronize()
         poses_done = time.perf_counter()
         self.ranks.backward(out["loss"], share)
@@ -433,10 +432,12 @@ class Trainer:
             self.log.info(f"epoch {self.epoch} eval: {self.evaluate_callback(self.model, z, self.epoch, self.metrics)}")
 
 
-def _resumed_shape(checkpoint, config):
+def _resumed_shape(checkpoint, config, store):
     """A resumed run keeps its checkpoint's model shape (its Fourier radii too, whatever today's defaults in
-    Å give); the settings that size the layers must still agree with it."""
+    Å give); the settings that size the layers, and the store's box, must still agree with it."""
     shape = ModelShape(**checkpoint["model_shape"])
+    if shape.box != store.box:
+        raise UserError(f"the run was trained on images of box {shape.box}; {store.path} holds box {store.box}")
     differ = [name for name in ("zdim", "n_basis", "encoder_hidden", "encoder_blocks")
               if getattr(shape, name) != getattr(config, name)]
     if (shape.n_half_sets == 2) != config.half_sets:
