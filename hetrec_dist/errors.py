@@ -1,5 +1,5 @@
-"""The one exception type for mistakes a user can fix, and the one warning type for inputs that convert
-but deserve a look; the CLI prints either as a single line."""
+"""The one exception type for mistakes a user can fix, the one warning type for inputs that convert but
+deserve a look, and the one for a slower fallback; the CLI prints each as a single line."""
 
 import warnings
 
@@ -11,6 +11,11 @@ class UserError(Exception):
 class InputWarning(UserWarning):
     """An input that converts, by a documented rule, but where two sources disagree or an option replaced a
     value the file gives (docs/inputs.md). Shown once per distinct message, not under --quiet."""
+
+
+class PerformanceWarning(UserWarning):
+    """A faster path is unavailable and a slower one gives the same values (e.g. no C compiler for
+    physics.compiled). Shown once, as one line."""
 
 
 def warn_input(message):

@@ -2,11 +2,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import run_cli
 
-from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
+from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore, ReadAhead
 
 
 def epoch_batches(store, epoch, rank=0, world_size=1, workers=0, **kwargs):
@@ -81,3 +82,32 @@ def test_inspect_reports_the_store(sim_store):
     assert 0 <= summary["viewing_tilt_deg"][0] < summary["viewing_tilt_deg"][1] <= 180
     text = run_cli("inspect", sim_store).output
     assert "pixel_size_A" in text and os.path.basename(sim_store) in text
+
+
+def test_reading_ahead_gives_the_same_batches_and_the_readers_errors_in_place(sim_store):
+    data = ChunkShuffledParticles(sim_store, batch_size=48, seed=3)
+    data.set_epoch(1)
+    direct = list(data)
+    ahead = list(ReadAhead(data))
+    assert len(ahead) == len(direct) > 2
+    for ours, theirs in zip(ahead, direct):
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("chunk 7 is damaged")
+
+    def endless():
+        while True:
+            yield np.zeros(4)
+
+    batches = ReadAhead(failing())
+    assert next(batches) == 1 and next(batches) == 2
+    with pytest.raises(OSError, match="chunk 7"):
+        next(batches)
+    endless = ReadAhead(endless(), depth=1)  # its thread waits on a full queue
+    next(endless)
+    endless.close()  # returns: the thread stops
+    assert not endless._thread.is_alive()
+

@@ -24,10 +24,11 @@ def tree_rss(process):
     return total
 
 
-def run_measured(command):
-    """Run a command; return (seconds, peak RSS of its process tree in bytes)."""
+def run_measured(command, **popen_options):
+    """Run a command (popen_options: e.g. its env or cwd); return (seconds, peak RSS of its process tree in
+    bytes)."""
     started = time.perf_counter()
-    process = psutil.Popen(command)
+    process = psutil.Popen(command, **popen_options)
     peak = 0
     while process.poll() is None:
         peak = max(peak, tree_rss(process))

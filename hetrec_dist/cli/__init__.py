@@ -5,20 +5,21 @@ import warnings
 import click
 
 from hetrec_dist import __version__
-from hetrec_dist.errors import InputWarning, UserError
+from hetrec_dist.errors import InputWarning, PerformanceWarning, UserError
 
 _python_show_warning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    if issubclass(category, InputWarning):
+    if issubclass(category, (InputWarning, PerformanceWarning)):
         click.echo(f"Warning: {message}", err=True)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
 
 class _UserErrorsAsMessages(click.Group):
-    """UserError becomes 'Error: ...' and InputWarning 'Warning: ...', one line each (a warning once)."""
+    """UserError becomes 'Error: ...', InputWarning and PerformanceWarning 'Warning: ...', one line each (a
+    warning once)."""
 
     def invoke(self, ctx):
         with warnings.catch_warnings():

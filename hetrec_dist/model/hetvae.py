@@ -45,6 +45,11 @@ class HetVAE(nn.Module):
         self.disk = HalfDisk.build(shape.box, radius)
         self.register_buffer("encoder_points", self.disk.coords.norm(dim=1) <= shape.encoder_radius * shape.box,
                              persistent=False)
+        # rfft2(ifftshift(image)) = rfft2(image) x exp(2 pi i (kx + ky) (D // 2) / D): the half-disk's share of
+        # that phase instead of an ifftshift of every image, which cost as much as the FFT
+        shift = 2 * torch.pi * (shape.box // 2) / shape.box * self.disk.coords.double().sum(1)
+        self.register_buffer("centring", torch.polar(torch.ones_like(shift), shift).to(torch.complex64),
+                             persistent=False)
         self.encoder = ResidualMLPEncoder(2 * int(self.encoder_points.sum()), shape.zdim, shape.encoder_hidden,
                                           shape.encoder_blocks)
         self.decoder = nn.Linear(shape.zdim, shape.n_basis)
@@ -67,8 +72,8 @@ class HetVAE(nn.Module):
     def _spectra(self, images: torch.Tensor) -> torch.Tensor:
         """Half-disk Fourier coefficients (B x P, complex) of images (B x D x D, centre at D // 2), normalised
         by the store's pixel standard deviation."""
-        centred = torch.fft.ifftshift(images / self.image_std, dim=(-2, -1))
-        return self.disk.take(torch.fft.rfft2(centred, norm="ortho"))
+        spectra = self.disk.take(torch.fft.rfft2(images, norm="ortho"))
+        return spectra * (self.centring.to(spectra.dtype) / self.image_std)
 
     def observed_spectra(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Half-disk Fourier coefficients of the normalised images, shift-corrected (B x P, complex)."""
@@ -145,8 +150,7 @@ class HetVAE(nn.Module):
         geometry, observed, mu = out["geometry"], out["observed"], out["mu"]
         n_images, n_points = geometry.flipped.shape
         weights = self.basis_weights(mu)
-        touched = self.basis[geometry.touched_rows]
-        components = (geometry.interpolation @ touched).view(n_images, n_points, 2, -1)  # dS/dw, (re, im)
+        components = geometry.interpolate(self.basis).view(n_images, n_points, 2, -1)  # dS/dw, (re, im)
 
         def complex_slices(values):  # (re, im) on dim 2 -> complex, conjugated where the point was flipped
             values = torch.complex(values[:, :, 0], values[:, :, 1])
@@ -158,7 +162,7 @@ class HetVAE(nn.Module):
         if rotations:
             poses = batch["rotations"].to(self.basis.dtype)
             positions = self.disk.coords.to(poses.dtype) @ poses[:, :2, :]
-            spatial = slice_spatial_gradient(touched, weights, geometry)
+            spatial = slice_spatial_gradient(self.basis, weights, geometry)
             along_rotation = -ctf[..., None] * torch.view_as_complex(rotation_jacobian(spatial, positions))
         else:
             along_rotation = slices.new_zeros(n_images, n_points, 3)

@@ -18,7 +18,7 @@ any angle below 180 degrees, on any device.
 
 import torch
 
-from hetrec_dist.physics.projector import SliceGeometry, _conjugate_where, _sparse_csr, _trilinear_weights
+from hetrec_dist.physics.projector import SliceGeometry, _conjugate_where, _trilinear_weights
 
 
 def quaternions_from_axis_angle(axis_angle: torch.Tensor) -> torch.Tensor:
@@ -60,18 +60,16 @@ def matrices_from_axis_angle(axis_angle: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(row, -1) for row in rows], -2)
 
 
-def slice_spatial_gradient(touched: torch.Tensor, weights: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
+def slice_spatial_gradient(basis: torch.Tensor, weights: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
     """G = dS/dk3, the derivative of each slice point (physics.projector.project's slices, B x P) with respect
-    to its unflipped 3-D position k3, in voxels: B x P x 3 (x, y, z) x 2 (re, im). touched: the basis' rows at
-    geometry.touched_rows (U x 2(K+1), project's layout); weights: B x K+1."""
+    to its unflipped 3-D position k3, in voxels: B x P x 3 (x, y, z) x 2 (re, im). basis: n_rows x 2(K+1),
+    project's layout; weights: B x K+1."""
     n_images, n_points = geometry.flipped.shape
     n_components = weights.shape[1]
-    crow, col = geometry.interpolation.crow_indices(), geometry.interpolation.col_indices()
     along_axes = []
     for axis in range(3):
-        derivative = _trilinear_weights(geometry.fractions, derivative_axis=axis).reshape(-1)
-        matrix = _sparse_csr(crow, col, derivative, geometry.interpolation.shape)
-        interpolated = (matrix @ touched).view(n_images, -1, n_components)
+        derivative = _trilinear_weights(geometry.fractions, derivative_axis=axis)
+        interpolated = geometry.interpolate(basis, derivative).view(n_images, -1, n_components)
         along_axes.append(torch.bmm(interpolated, weights[:, :, None]).view(n_images, n_points, 2))
     gradient = torch.stack(along_axes, 2)  # at the flipped point q
     flipped = geometry.flipped[..., None]

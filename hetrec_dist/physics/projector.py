@@ -9,17 +9,22 @@ point k2 goes to k3 = (k2, 0) @ R; where k3.x < 0 the point is flipped to -k3 an
 The interpolation is a sparse matrix T (B*P points x U touched voxels, 8 weights a row), so
 slices = (T @ basis[touched]) . w. Backward gives the weights' gradient from the interpolated basis, and
 the basis gradient T^T @ (slice gradient x w) on the touched rows only, returned as a coalesced sparse COO
-tensor: a dense V x 2(K+1) gradient is never formed.
+tensor: a dense V x 2(K+1) gradient is never formed. Two paths compute them: on float32 CPU tensors, loops
+compiled on the fly (physics.compiled: no T^T, whose construction sorts all 8BP entries, and each image's
+distinct rows read once); otherwise, and on GPUs, PyTorch's sparse CSR products with T and T^T. The tests
+hold them equal.
 
 Half-set training stacks two such bases, one per half-set (2V rows, the second half's at V + v): each
 image's `row_offset` (0 or V) selects the rows it reads, so that its gradient reaches its own half's only.
 """
 
 import dataclasses
+import functools
 import warnings
 
 import torch
 
+from hetrec_dist.physics.compiled import ImageRows, kernels_for
 from hetrec_dist.physics.fourier_grid import HalfBall
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -31,45 +36,54 @@ class SliceGeometry:
 
     rows, trilinear: basis rows of the 8 neighbours of every point and their weights (B x P x 8);
     flipped: whether the point was Friedel-flipped (B x P); touched_rows: the distinct rows (U, sorted);
-    interpolation: T as CSR (B*P x U); interpolation_t: T^T as CSR (U x B*P); n_rows: the basis' rows;
-    row_offsets: each image's first row (B, int32) where the basis stacks several half-balls, else None;
-    fractions: where each (flipped) point lies in its voxel cell (B x P x 3, x y z in [0, 1)), from which
-    the interpolation's spatial derivative follows (physics.pose_derivatives).
+    column_of_row: each basis row's place among touched_rows (n_rows, int32; -1 where untouched); n_rows: the
+    basis' rows; row_offsets: each image's first row (B, int32) where the basis stacks several half-balls,
+    else None; fractions: where each (flipped) point lies in its voxel cell (B x P x 3, x y z in [0, 1)), from
+    which the interpolation's spatial derivative follows (physics.pose_derivatives).
     """
     rows: torch.Tensor
     trilinear: torch.Tensor
     flipped: torch.Tensor
     touched_rows: torch.Tensor
-    interpolation: torch.Tensor
-    interpolation_t: torch.Tensor
+    column_of_row: torch.Tensor
     n_rows: int
     row_offsets: torch.Tensor | None = None
     fractions: torch.Tensor | None = None
+    image_rows: ImageRows | None = None
+
+    @functools.cached_property
+    def interpolation(self) -> torch.Tensor:
+        """T as CSR (B*P x U, the touched rows' columns); built on first use (PyTorch's path only)."""
+        columns = self.column_of_row.index_select(0, self.rows.reshape(-1))
+        crow = torch.arange(0, columns.numel() + 1, 8, dtype=torch.int32, device=columns.device)
+        return _sparse_csr(crow, columns, self.trilinear.reshape(-1), (columns.numel() // 8, len(self.touched_rows)))
+
+    @functools.cached_property
+    def interpolation_t(self) -> torch.Tensor:
+        """T^T as CSR (U x B*P), by a stable sort of T's entries by column; built on first use."""
+        columns = self.interpolation.col_indices()
+        order = torch.sort(columns, stable=True).indices
+        crow_t = torch.zeros(len(self.touched_rows) + 1, dtype=torch.int32, device=columns.device)
+        crow_t[1:] = torch.cumsum(torch.bincount(columns, minlength=len(self.touched_rows)), 0)
+        values_t = self.interpolation.values().index_select(0, order)
+        point_t = order.bitwise_right_shift_(3).int()  # entry -> its point (8 entries a point)
+        return _sparse_csr(crow_t, point_t, values_t, (len(self.touched_rows), columns.numel() // 8))
+
+    def interpolate(self, basis: torch.Tensor, corner_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(B*P) x C: each point's 8 corner rows of basis (n_rows x C) weighted by corner_weights (B x P x 8;
+        None: the trilinear weights), by the compiled loop (physics.compiled) or T @ basis[touched_rows]."""
+        weights = self.trilinear if corner_weights is None else corner_weights
+        kernels = _kernels(basis, weights)
+        if kernels is not None:
+            return kernels.interpolate(basis.detach().contiguous(), self.rows, weights.contiguous())
+        matrix = self.interpolation
+        if corner_weights is not None:
+            matrix = _sparse_csr(matrix.crow_indices(), matrix.col_indices(), weights.reshape(-1), matrix.shape)
+        return matrix @ basis[self.touched_rows]
 
 
 def _sparse_csr(crow, col, values, shape):
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
-
-
-def _interpolation_matrices(rows, trilinear, n_voxels):
-    """T and T^T over the touched rows (int32 indices); T^T by sorting the entries by column."""
-    n_entries = rows.numel()
-    flat_rows = rows.reshape(-1)
-    touched = torch.zeros(n_voxels, dtype=torch.bool, device=rows.device)
-    touched[flat_rows] = True
-    touched_rows = touched.nonzero().squeeze(1)
-    column = (torch.cumsum(touched, 0, dtype=torch.int32) - 1).index_select(0, flat_rows)
-    weights = trilinear.reshape(-1)
-    n_points = n_entries // 8
-    crow = torch.arange(0, n_entries + 1, 8, dtype=torch.int32, device=rows.device)
-    matrix = _sparse_csr(crow, column, weights, (n_points, len(touched_rows)))
-    order = torch.sort(column, stable=True).indices
-    crow_t = torch.zeros(len(touched_rows) + 1, dtype=torch.int32, device=rows.device)
-    crow_t[1:] = torch.cumsum(torch.bincount(column, minlength=len(touched_rows)), 0)
-    values_t = weights.index_select(0, order)
-    point_t = order.bitwise_right_shift_(3).int()  # entry -> its point (8 entries a point)
-    matrix_t = _sparse_csr(crow_t, point_t, values_t, (len(touched_rows), n_points))
-    return touched_rows, matrix, matrix_t
 
 
 def _trilinear_weights(frac, derivative_axis=None):
@@ -82,24 +96,40 @@ def _trilinear_weights(frac, derivative_axis=None):
     return torch.stack([x[i] * y[j] * z[k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], -1)
 
 
-def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: HalfBall,
-                   row_offsets: torch.Tensor | None = None, n_stacked: int = 1) -> SliceGeometry:
-    """Geometry of the central slices at poses `rotations` (B x 3 x 3) of 2-D points (P x 2, (kx, ky)) in a
-    basis of n_stacked half-balls' rows; row_offsets (B, a multiple of half_ball.n_voxels each): where each
-    image's half-ball starts (None: all at row 0)."""
-    k3 = points_2d.to(rotations.dtype) @ rotations[:, :2, :]  # B x P x 3
+def _corners(k3, half_ball, row_offsets, n_rows):
+    """(flipped, rows, trilinear weights, fractions, touched rows as an n_rows mask) of points k3 (B x P x 3),
+    in PyTorch's operations (compiled.Kernels.corners computes the same)."""
     flipped = k3[..., 0] < 0
     k3 = torch.where(flipped[..., None], -k3, k3)
     floor = torch.floor(k3)
     frac = k3 - floor
     rows = half_ball.corner_rows(floor.int())  # int32: a batch's 8 x B x P corner indices are tens of MB
     if row_offsets is not None:
-        row_offsets = row_offsets.to(rows.device, torch.int32)
         rows += row_offsets[:, None, None]
-    trilinear = _trilinear_weights(frac)
+    touched = torch.zeros(n_rows, dtype=torch.bool, device=rows.device)
+    touched[rows.reshape(-1)] = True
+    return flipped, rows, _trilinear_weights(frac), frac, touched
+
+
+def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: HalfBall,
+                   row_offsets: torch.Tensor | None = None, n_stacked: int = 1) -> SliceGeometry:
+    """Geometry of the central slices at poses `rotations` (B x 3 x 3) of 2-D points (P x 2, (kx, ky)) in a
+    basis of n_stacked half-balls' rows; row_offsets (B, a multiple of half_ball.n_voxels each): where each
+    image's half-ball starts (None: all at row 0)."""
+    k3 = (points_2d.to(rotations.dtype) @ rotations[:, :2, :]).contiguous()  # B x P x 3
     n_rows = half_ball.n_voxels * n_stacked
-    touched_rows, matrix, matrix_t = _interpolation_matrices(rows, trilinear, n_rows)
-    return SliceGeometry(rows, trilinear, flipped, touched_rows, matrix, matrix_t, n_rows, row_offsets, frac)
+    if row_offsets is not None:
+        row_offsets = row_offsets.to(k3.device, torch.int32).contiguous()
+    kernels = kernels_for(k3)
+    if kernels is not None:
+        *corners, image_rows = kernels.corners(k3, half_ball.lookup, half_ball.extent, row_offsets, n_rows)
+    else:
+        corners, image_rows = _corners(k3, half_ball, row_offsets, n_rows), None
+    flipped, rows, trilinear, frac, touched = corners
+    touched_rows = touched.nonzero().squeeze(1)
+    column_of_row = torch.cumsum(touched, 0, dtype=torch.int32) - 1
+    return SliceGeometry(rows, trilinear, flipped, touched_rows, column_of_row, n_rows, row_offsets, frac,
+                         image_rows)
 
 
 def _conjugate_where(values, flipped):
@@ -112,28 +142,57 @@ class _SparseSlice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, basis, weights, geometry):
         n_images, n_points = geometry.flipped.shape
-        n_components = weights.shape[1]
-        interpolated = (geometry.interpolation @ basis[geometry.touched_rows]).view(n_images, -1, n_components)
+        ctx.geometry = geometry
+        kernels = _kernels(basis, weights, geometry.trilinear)
+        ctx.compiled = kernels is not None and geometry.image_rows is not None
+        if ctx.compiled:  # nothing of size B x P x 2(K+1) kept: backward reads the rows again
+            ctx.save_for_backward(basis, weights)
+            return kernels.project(basis.contiguous(), weights.contiguous(), geometry.flipped, geometry.trilinear,
+                                   geometry.image_rows)
+        interpolated = geometry.interpolate(basis).view(n_images, -1, weights.shape[1])
         slices = torch.bmm(interpolated, weights[:, :, None]).view(n_images, n_points, 2)
         ctx.save_for_backward(interpolated, weights)
-        ctx.geometry = geometry
         return _conjugate_where(slices, geometry.flipped)
 
     @staticmethod
     def backward(ctx, grad_slices):
-        interpolated, weights = ctx.saved_tensors
+        saved, weights = ctx.saved_tensors
         geometry = ctx.geometry
-        n_images = weights.shape[0]
-        conjugated = _conjugate_where(grad_slices, geometry.flipped)
-        grad_weights = torch.bmm(conjugated.reshape(n_images, 1, -1), interpolated).squeeze(1)
+        n_images, n_components = weights.shape
+        if ctx.compiled:  # saved: the basis
+            grad_weights = kernels_for(saved).weights_gradient(
+                saved.contiguous(), grad_slices.to(saved.dtype).contiguous(), geometry.flipped, geometry.trilinear,
+                geometry.image_rows, n_components)
+        else:  # saved: the interpolated rows, B x 2P x (K+1)
+            conjugated = _conjugate_where(grad_slices, geometry.flipped)
+            grad_weights = torch.bmm(conjugated.reshape(n_images, 1, -1), saved).squeeze(1)
         grad_basis = basis_gradient(geometry, grad_slices, weights) if ctx.needs_input_grad[0] else None
         return grad_basis, grad_weights, None
+
+
+def _kernels(*tensors):
+    """physics.compiled's loops where all tensors are CPU tensors of one dtype they take; else None."""
+    return kernels_for(tensors[0]) if len({t.dtype for t in tensors}) == 1 else None
 
 
 def basis_gradient(geometry: SliceGeometry, grad_slices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The sparse basis gradient (coalesced COO, geometry.n_rows x 2(K+1)) from its per-image factors: the
     gradient of the loss with respect to each image's slice (B x P x 2) and the image's weights (B x K+1).
     It is sum_i T_i^T (conj_i(grad_slice_i) x w_i), nonzero only on geometry.touched_rows."""
+    n_components = weights.shape[1]
+    kernels = _kernels(weights, grad_slices, geometry.trilinear)
+    if kernels is not None and geometry.image_rows is not None:
+        grad_rows = kernels.scatter(grad_slices.contiguous(), geometry.flipped, weights.contiguous(),
+                                    geometry.trilinear, geometry.image_rows, geometry.column_of_row,
+                                    len(geometry.touched_rows))
+    else:
+        grad_rows = _transposed_product(geometry, grad_slices, weights)
+    return torch.sparse_coo_tensor(geometry.touched_rows[None], grad_rows, (geometry.n_rows, 2 * n_components),
+                                   is_coalesced=True, check_invariants=False)
+
+
+def _transposed_product(geometry, grad_slices, weights):
+    """basis_gradient's rows (U x 2(K+1)) in PyTorch's operations: T^T @ (conj(grad_slice) x w)."""
     n_components = weights.shape[1]
     conjugated = _conjugate_where(grad_slices, geometry.flipped)
     grad_rows = weights.new_empty(len(geometry.touched_rows), 2, n_components)
@@ -142,9 +201,7 @@ def basis_gradient(geometry: SliceGeometry, grad_slices: torch.Tensor, weights: 
         per_point = conjugated[..., None] * weights[:, None, None, part]  # B x P x (re, im) x components
         width = per_point.shape[-1]
         grad_rows[:, :, part] = (geometry.interpolation_t @ per_point.reshape(-1, 2 * width)).view(-1, 2, width)
-    grad_rows = grad_rows.view(-1, 2 * n_components)
-    return torch.sparse_coo_tensor(geometry.touched_rows[None], grad_rows, (geometry.n_rows, 2 * n_components),
-                                   is_coalesced=True, check_invariants=False)
+    return grad_rows.view(-1, 2 * n_components)
 
 
 def project(basis: torch.Tensor, weights: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:

@@ -4,14 +4,19 @@ import math
 
 import torch
 
+from hetrec_dist.physics.compiled import kernels_for
+
 
 class RowSparseAdam(torch.optim.SparseAdam):
-    """torch.optim.SparseAdam, bit for bit, for gradients sparse in their rows only (a coalesced COO tensor with
-    one sparse dimension, as the basis gradient is): the touched rows of the parameter and both moments are
-    gathered, updated with SparseAdam's operations in its order, and written back, instead of SparseAdam's
-    sparse_mask and sparse additions (tools/bench_row_adam.py times both). Its state (step, exp_avg,
-    exp_avg_sq) and state_dict are SparseAdam's, so either loads the other's. Any other gradient layout, or
-    maximize, goes to SparseAdam itself."""
+    """torch.optim.SparseAdam for gradients sparse in their rows only (a coalesced COO tensor with one sparse
+    dimension, as the basis gradient is): the touched rows of the parameter and both moments are gathered,
+    updated with SparseAdam's operations in its order, and written back, instead of SparseAdam's sparse_mask
+    and sparse additions (tools/bench_row_adam.py times both); bit for bit SparseAdam's steps. On the CPU it
+    runs as one compiled loop (physics.compiled) of the same float operations: the moments are still
+    SparseAdam's bit for bit, the parameters within a few units in the last place (C's square root is
+    correctly rounded, PyTorch's float32 one not always). Its state (step, exp_avg, exp_avg_sq) and state_dict
+    are SparseAdam's, so either loads the other's. Any other gradient layout, or maximize, goes to SparseAdam
+    itself."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -41,6 +46,13 @@ class RowSparseAdam(torch.optim.SparseAdam):
             return
         beta1, beta2 = group["betas"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        step = state["step"]
+        step_size = float(group["lr"]) * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+        kernels = kernels_for(param)
+        if kernels is not None and all(t.is_contiguous() for t in (param, exp_avg, exp_avg_sq, values)):
+            kernels.adam_rows(param, exp_avg, exp_avg_sq, rows.contiguous(), values, (beta1, beta2), group["eps"],
+                              step_size)
+            return
         old_exp_avg = exp_avg.index_select(0, rows)
         numer = values.sub(old_exp_avg).mul_(1 - beta1).add_(old_exp_avg)
         exp_avg.index_copy_(0, rows, numer)
@@ -48,6 +60,4 @@ class RowSparseAdam(torch.optim.SparseAdam):
         new_exp_avg_sq = values.pow(2).sub_(old_exp_avg_sq).mul_(1 - beta2).add_(old_exp_avg_sq)
         exp_avg_sq.index_copy_(0, rows, new_exp_avg_sq)
         denom = new_exp_avg_sq.sqrt_().add_(group["eps"])
-        step = state["step"]
-        step_size = float(group["lr"]) * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
         param.index_copy_(0, rows, param.index_select(0, rows).add_(numer.div_(denom).mul_(-step_size)))

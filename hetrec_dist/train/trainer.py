@@ -33,7 +33,7 @@ from hetrec_dist.data.half_sets import (
     write_run_half_sets,
 )
 from hetrec_dist.data.map_files import write_map
-from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
+from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore, ReadAhead
 from hetrec_dist.distributed.data_parallel import DataParallel
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.distributed.training_world import TrainingWorld
@@ -209,28 +209,24 @@ class Trainer:
         return out, timings, reduction
 
     def _loader(self):
-        """The epoch's batches: read in this process, or by spawned DataLoader workers (see data.reader)."""
+        """The epoch's batches: read in this process (a thread reading ahead), or by spawned DataLoader workers
+        (see data.reader)."""
         workers = self.config.num_workers
         if workers == 0:
-            return self.data
+            return ReadAhead(self.data)
         return torch.utils.data.DataLoader(self.data, batch_size=None, num_workers=workers,
                                            multiprocessing_context="spawn", pin_memory=self.device.type == "cuda")
 
-    def train_epoch(self):
-        self.model.train()
-        self.data.set_epoch(self.epoch)
-        generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + self.epoch)
-        totals, n_images, epoch_started = {"loss": 0.0, "data": 0.0, "kl": 0.0}, 0, time.perf_counter()
-        progress = tqdm(total=self.data.rank_particles() * self.world.size, unit="img",
-                        disable=not self.show_progress, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                        dynamic_ncols=True, leave=False)
-        batches = iter(self._loader())
+    def _train_steps(self, batches, generator, totals, progress):
+        """The epoch's steps, until some rank has no batch; adds each step's loss terms into totals. Returns
+        (this rank's images, the last step's forward output)."""
+        n_images, out = 0, None
         while True:
             data_started = time.perf_counter()
             batch = next(batches, None)
             share = self.ranks.share(0 if batch is None else len(batch["index"]))
             if share is None:
-                break
+                return n_images, out
             if self.half_sets is not None:
                 batch["half_set"] = self.half_sets[batch["index"]]
             if self.poses is not None:
@@ -250,6 +246,21 @@ class Trainer:
             progress.set_postfix(loss=f"{out['loss'].item():.4f}", refresh=False)
             if self.step % self.config.log_every == 0:
                 self._log_step(out, data_s + sum(timings.values()), share, data_s, timings, reduction)
+
+    def train_epoch(self):
+        self.model.train()
+        self.data.set_epoch(self.epoch)
+        generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + self.epoch)
+        totals, epoch_started = {"loss": 0.0, "data": 0.0, "kl": 0.0}, time.perf_counter()
+        progress = tqdm(total=self.data.rank_particles() * self.world.size, unit="img",
+                        disable=not self.show_progress, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                        dynamic_ncols=True, leave=False)
+        batches = iter(self._loader())
+        try:
+            n_images, out = self._train_steps(batches, generator, totals, progress)
+        finally:
+            if isinstance(batches, ReadAhead):
+                batches.close()
         progress.close()
         self.epoch += 1
         self._show_examples(out)
