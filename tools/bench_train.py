@@ -50,24 +50,26 @@ def bench_hetrec(store, workdir, epochs, batch_size):
     return rate, peak, split
 
 
-def write_cryodrgn_inputs(store_path, directory):
+def write_cryodrgn_inputs(store_path, directory, n=None):
+    """The store's first n particles (None: all) as cryoDRGN's inputs: particles.mrcs, poses.pkl, ctf.pkl."""
     import zarr
 
     group = zarr.open_group(store_path, mode="r")
-    box = group.attrs["box"]
+    box, rows = group.attrs["box"], slice(0, n)
     os.makedirs(directory, exist_ok=True)
-    mrcfile.write(os.path.join(directory, "particles.mrcs"), group["images"][:].astype(np.float32), overwrite=True,
-                  voxel_size=group.attrs["pixel_size_A"])
+    mrcfile.write(os.path.join(directory, "particles.mrcs"), group["images"][rows].astype(np.float32),
+                  overwrite=True, voxel_size=group.attrs["pixel_size_A"])
     with open(os.path.join(directory, "poses.pkl"), "wb") as f:
-        pickle.dump((group["rotations"][:], group["shifts"][:] / box), f)
+        pickle.dump((group["rotations"][rows], group["shifts"][rows] / box), f)
     with open(os.path.join(directory, "ctf.pkl"), "wb") as f:
-        pickle.dump(group["ctf"][:].astype(np.float32), f)
+        pickle.dump(group["ctf"][rows].astype(np.float32), f)
     return directory
 
 
-def bench_cryodrgn(venv, store, workdir, epochs=2):
-    """images/s of cryoDRGN's last epoch, as its own log times it; peak RSS of the whole run."""
-    inputs = write_cryodrgn_inputs(store, os.path.join(workdir, "cryodrgn_inputs"))
+def bench_cryodrgn(venv, store, workdir, epochs=2, n=None):
+    """images/s of cryoDRGN's last epoch, as its own log times it; peak RSS of the whole run (on the store's
+    first n particles; None: all)."""
+    inputs = write_cryodrgn_inputs(store, os.path.join(workdir, "cryodrgn_inputs"), n)
     n = int(mrcfile.open(os.path.join(inputs, "particles.mrcs"), header_only=True).header.nz)
     out = os.path.join(workdir, "cryodrgn_run")
     shutil.rmtree(out, ignore_errors=True)
@@ -88,18 +90,25 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--cryodrgn-venv")
+    parser.add_argument("--cryodrgn-particles", type=int, help="cryoDRGN on the first N particles only")
+    parser.add_argument("--cryodrgn-epochs", type=int, default=2)
+    parser.add_argument("--cryodrgn-only", action="store_true", help="skip hetrec's run")
     parser.add_argument("--workdir", default="/tmp/hetrec_bench")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     store = prepare(args.workdir, args.n, args.box)
-    rate, peak, split = bench_hetrec(store, args.workdir, args.epochs, args.batch_size)
-    print(f"hetrec   box {args.box}, K 16, batch {args.batch_size}: {rate:.0f} images/s, "
-          f"peak RSS {peak / 2**20:.0f} MiB")
-    print("         step split (s/step): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(split.items())))
+    if not args.cryodrgn_only:
+        rate, peak, split = bench_hetrec(store, args.workdir, args.epochs, args.batch_size)
+        print(f"hetrec   box {args.box}, K 16, batch {args.batch_size}: {rate:.0f} images/s, "
+              f"peak RSS {peak / 2**20:.0f} MiB")
+        print("         step split (s/step): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(split.items())))
     if args.cryodrgn_venv:
-        other_rate, other_peak = bench_cryodrgn(args.cryodrgn_venv, store, args.workdir)
-        print(f"cryoDRGN train_vae small, -b 8: {other_rate:.1f} images/s, peak RSS {other_peak / 2**20:.0f} MiB")
-        print(f"ratio: {rate / other_rate:.1f}x images/s, {peak / other_peak:.2f}x peak memory")
+        other_rate, other_peak = bench_cryodrgn(args.cryodrgn_venv, store, args.workdir, args.cryodrgn_epochs,
+                                                args.cryodrgn_particles)
+        print(f"cryoDRGN train_vae small, -b 8, box {args.box}: {other_rate:.1f} images/s, "
+              f"peak RSS {other_peak / 2**20:.0f} MiB")
+        if not args.cryodrgn_only:
+            print(f"ratio: {rate / other_rate:.1f}x images/s, {peak / other_peak:.2f}x peak memory")
 
 
 if __name__ == "__main__":

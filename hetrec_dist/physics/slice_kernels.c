@@ -76,10 +76,11 @@ int corners(const float *k3, int64_t n_images, int64_t points_per_image, const i
     int failed = 0;
     #pragma omp parallel reduction(| : failed)
     {
-        /* per thread: the last image that reached each row, and the row's slot in that image's list */
-        int32_t *seen_by = malloc(n_rows * sizeof *seen_by), *slot_of = malloc(n_rows * sizeof *slot_of);
-        if (seen_by && slot_of) {
-            for (int64_t r = 0; r < n_rows; r++) seen_by[r] = -1;
+        /* per thread, for each row: the last image that reached it (high 32 bits) and its slot in that image's
+         * list (low 32 bits), one word so that a corner costs one random access */
+        int64_t *seen = malloc(n_rows * sizeof *seen);
+        if (seen) {
+            for (int64_t r = 0; r < n_rows; r++) seen[r] = -1;
         } else {
             failed = 1;
         }
@@ -106,19 +107,17 @@ int corners(const float *k3, int64_t n_images, int64_t points_per_image, const i
                     rows[8 * n + c] = row;
                     corner_weights[8 * n + c] =
                         lower_upper[0][c >> 2] * lower_upper[1][(c >> 1) & 1] * lower_upper[2][c & 1];
-                    if (seen_by[row] != image) {
-                        seen_by[row] = image;
-                        slot_of[row] = count;
+                    if (seen[row] >> 32 != image) {
+                        seen[row] = (int64_t)image << 32 | count;
                         listed[count++] = row;
                         touched[row] = 1; /* threads may write the same 1: no race on the value */
                     }
-                    slots[8 * n + c] = slot_of[row];
+                    slots[8 * n + c] = (int32_t)(seen[row] & 0xffffffff);
                 }
             }
             image_row_counts[image] = count;
         }
-        free(seen_by);
-        free(slot_of);
+        free(seen);
     }
     return failed ? -1 : 0;
 }
