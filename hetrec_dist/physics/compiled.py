@@ -37,7 +37,7 @@ SOURCE = Path(__file__).with_name("slice_kernels.c")
 FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-std=c99"]
 OPENMP = ["-fopenmp"]
 _SIGNATURES = {  # each kernel's arguments: int64 (i), float32 (f) or pointer (p)
-    "corners": "piipipipppppppp",
+    "corners": "piipipipppppp",
     "project": "ppiiipppppp",
     "weights_gradient": "ppiiipppppp",
     "scatter": "pppiiippppppipp",
@@ -130,20 +130,18 @@ class Kernels:
 
     def corners(self, k3: torch.Tensor, lookup: torch.Tensor, extent: int, row_offsets: torch.Tensor | None,
                 n_rows: int) -> tuple:
-        """(flipped B x P bool, rows B x P x 8 int32, corner weights B x P x 8, fractions B x P x 3, touched
-        n_rows bool, ImageRows) of points k3 (B x P x 3, voxels) in a half-ball's lookup; row_offsets: B int32,
-        or None."""
+        """(flipped B x P bool, corner weights B x P x 8, touched n_rows bool, ImageRows) of points k3 (B x P x 3,
+        voxels) in a half-ball's lookup; row_offsets: B int32, or None."""
         n_images, n_points = k3.shape[:2]
-        outputs = (torch.empty(n_images, n_points, dtype=torch.bool),
-                   torch.empty(n_images, n_points, 8, dtype=torch.int32), k3.new_empty(n_images, n_points, 8),
-                   torch.empty_like(k3), torch.zeros(n_rows, dtype=torch.bool))
+        flipped, weights = torch.empty(n_images, n_points, dtype=torch.bool), k3.new_empty(n_images, n_points, 8)
+        touched = torch.zeros(n_rows, dtype=torch.bool)
         slots = torch.empty(n_images, n_points, 8, dtype=torch.int32)
         image_rows = torch.empty(n_images, 8 * n_points, dtype=torch.int32)
         counts = torch.empty(n_images, dtype=torch.int32)
-        self._call("corners", k3, n_images, n_points, lookup, extent, row_offsets, n_rows, *outputs, slots,
-                   image_rows, counts)
+        self._call("corners", k3, n_images, n_points, lookup, extent, row_offsets, n_rows, flipped, weights,
+                   touched, slots, image_rows, counts)
         starts = torch.cumsum(counts, 0, dtype=torch.int64) - counts
-        return *outputs, ImageRows(image_rows, counts, starts, slots)
+        return flipped, weights, touched, ImageRows(image_rows, counts, starts, slots)
 
     def project(self, basis: torch.Tensor, weights: torch.Tensor, flipped: torch.Tensor, corner_weights: torch.Tensor,
                 image_rows: ImageRows) -> torch.Tensor:

@@ -34,22 +34,37 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 class SliceGeometry:
     """Where a batch's slices (B images x P points) fall in the basis.
 
-    rows, trilinear: basis rows of the 8 neighbours of every point and their weights (B x P x 8);
-    flipped: whether the point was Friedel-flipped (B x P); touched_rows: the distinct rows (U, sorted);
-    column_of_row: each basis row's place among touched_rows (n_rows, int32; -1 where untouched); n_rows: the
-    basis' rows; row_offsets: each image's first row (B, int32) where the basis stacks several half-balls,
-    else None; fractions: where each (flipped) point lies in its voxel cell (B x P x 3, x y z in [0, 1)), from
-    which the interpolation's spatial derivative follows (physics.pose_derivatives).
+    trilinear: the weights of the 8 neighbours of every point (B x P x 8); flipped: whether the point was
+    Friedel-flipped (B x P); touched_rows: the distinct rows (U, sorted); column_of_row: each basis row's place
+    among touched_rows (n_rows, int32; -1 where untouched); n_rows: the basis' rows; positions: the points
+    (B x P x 3, voxels, unflipped); row_offsets: each image's first row (B, int32) where the basis stacks
+    several half-balls, else None; corner_rows: the neighbours' rows (B x P x 8, int32) as PyTorch's path
+    finds them (None on the compiled path, which lists image_rows instead: each image's distinct rows).
+    rows and fractions (where each flipped point lies in its voxel cell, B x P x 3, x y z in [0, 1), from which
+    the interpolation's spatial derivative follows: physics.pose_derivatives) are derived on first use.
     """
-    rows: torch.Tensor
     trilinear: torch.Tensor
     flipped: torch.Tensor
     touched_rows: torch.Tensor
     column_of_row: torch.Tensor
     n_rows: int
+    positions: torch.Tensor
     row_offsets: torch.Tensor | None = None
-    fractions: torch.Tensor | None = None
+    corner_rows: torch.Tensor | None = None
     image_rows: ImageRows | None = None
+
+    @functools.cached_property
+    def rows(self) -> torch.Tensor:
+        """The basis rows of the 8 neighbours of every point (B x P x 8, int32)."""
+        if self.corner_rows is not None:
+            return self.corner_rows
+        slots = self.image_rows.slots
+        return torch.gather(self.image_rows.rows, 1, slots.view(slots.shape[0], -1).long()).view_as(slots)
+
+    @functools.cached_property
+    def fractions(self) -> torch.Tensor:
+        flipped = torch.where(self.flipped[..., None], -self.positions, self.positions)
+        return flipped - torch.floor(flipped)
 
     @functools.cached_property
     def interpolation(self) -> torch.Tensor:
@@ -97,8 +112,8 @@ def _trilinear_weights(frac, derivative_axis=None):
 
 
 def _corners(k3, half_ball, row_offsets, n_rows):
-    """(flipped, rows, trilinear weights, fractions, touched rows as an n_rows mask) of points k3 (B x P x 3),
-    in PyTorch's operations (compiled.Kernels.corners computes the same)."""
+    """(flipped, rows, trilinear weights, touched rows as an n_rows mask) of points k3 (B x P x 3), in
+    PyTorch's operations (compiled.Kernels.corners computes the same, its rows as each image's list)."""
     flipped = k3[..., 0] < 0
     k3 = torch.where(flipped[..., None], -k3, k3)
     floor = torch.floor(k3)
@@ -108,7 +123,7 @@ def _corners(k3, half_ball, row_offsets, n_rows):
         rows += row_offsets[:, None, None]
     touched = torch.zeros(n_rows, dtype=torch.bool, device=rows.device)
     touched[rows.reshape(-1)] = True
-    return flipped, rows, _trilinear_weights(frac), frac, touched
+    return flipped, rows, _trilinear_weights(frac), touched
 
 
 def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: HalfBall,
@@ -122,14 +137,14 @@ def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: 
         row_offsets = row_offsets.to(k3.device, torch.int32).contiguous()
     kernels = kernels_for(k3)
     if kernels is not None:
-        *corners, image_rows = kernels.corners(k3, half_ball.lookup, half_ball.extent, row_offsets, n_rows)
+        flipped, trilinear, touched, image_rows = kernels.corners(k3, half_ball.lookup, half_ball.extent,
+                                                                  row_offsets, n_rows)
+        rows = None
     else:
-        corners, image_rows = _corners(k3, half_ball, row_offsets, n_rows), None
-    flipped, rows, trilinear, frac, touched = corners
+        (flipped, rows, trilinear, touched), image_rows = _corners(k3, half_ball, row_offsets, n_rows), None
     touched_rows = touched.nonzero().squeeze(1)
     column_of_row = torch.cumsum(touched, 0, dtype=torch.int32) - 1
-    return SliceGeometry(rows, trilinear, flipped, touched_rows, column_of_row, n_rows, row_offsets, frac,
-                         image_rows)
+    return SliceGeometry(trilinear, flipped, touched_rows, column_of_row, n_rows, k3, row_offsets, rows, image_rows)
 
 
 def _conjugate_where(values, flipped):

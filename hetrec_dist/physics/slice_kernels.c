@@ -63,13 +63,15 @@ static inline void thread_share(int64_t n, int64_t *first, int64_t *last) {
 }
 
 /* Where points k3 (3 per point, voxels) fall in a half-ball (physics.fourier_grid.HalfBall's lookup and
- * extent): flipped (x < 0: the point is negated, Friedel), its corners' rows (plus its image's row offset,
- * where row_offsets is not NULL), the trilinear weights and the flipped point's fractions in its cell; marks
- * each row read in `touched` (n_rows); lists each image's distinct rows (image_rows, 8P an image;
- * image_row_counts) and each corner's place among them (slots). Returns 0, or -1 where memory ran out. */
+ * extent): flipped (x < 0: the point is negated, Friedel) and the trilinear weights of its corners; marks
+ * each row a corner reads (plus its image's row offset, where row_offsets is not NULL) in `touched`
+ * (n_rows); lists each image's distinct rows (image_rows, 8P an image; image_row_counts) and gives each
+ * corner its place among them (slots). The corners' rows themselves are not written: at large boxes these
+ * arrays are hundreds of MB a batch (physics.projector derives them where needed). Returns 0, or -1 where
+ * memory ran out. */
 int corners(const float *k3, int64_t n_images, int64_t points_per_image, const int32_t *lookup, int64_t extent,
-            const int32_t *row_offsets, int64_t n_rows, uint8_t *flipped, int32_t *rows, float *corner_weights,
-            float *fractions, uint8_t *touched, int32_t *slots, int32_t *image_rows, int32_t *image_row_counts) {
+            const int32_t *row_offsets, int64_t n_rows, uint8_t *flipped, float *corner_weights, uint8_t *touched,
+            int32_t *slots, int32_t *image_rows, int32_t *image_row_counts) {
     const int64_t side = 2 * extent + 1, capacity = 8 * points_per_image;
     int64_t offsets[8];
     for (int c = 0; c < 8; c++) offsets[c] = (c >> 2) * side * side + ((c >> 1) & 1) * side + (c & 1);
@@ -97,14 +99,12 @@ int corners(const float *k3, int64_t n_images, int64_t points_per_image, const i
                     if (flipped[n]) q[a] = -q[a];
                     const float floor_a = floor_of(q[a]), f = q[a] - floor_a;
                     cell[a] = (int64_t)floor_a;
-                    fractions[3 * n + a] = f;
                     lower_upper[a][0] = 1 - f;
                     lower_upper[a][1] = f;
                 }
                 const int64_t base = (cell[0] * side + cell[1] + extent) * side + cell[2] + extent;
                 for (int c = 0; c < 8; c++) {
                     const int32_t row = lookup[base + offsets[c]] + offset;
-                    rows[8 * n + c] = row;
                     corner_weights[8 * n + c] =
                         lower_upper[0][c >> 2] * lower_upper[1][(c >> 1) & 1] * lower_upper[2][c & 1];
                     if (seen[row] >> 32 != image) {
@@ -250,6 +250,10 @@ void scatter(const float *grad_slices, const uint8_t *flipped, const float *imag
             const float *w = image_weights + image * n_components, *image_sums = sums + 2 * starts[image];
             const int32_t *listed = image_rows + image * capacity;
             for (int32_t j = 0; j < image_row_counts[image]; j++) {
+                if (j + AHEAD < image_row_counts[image]) {
+                    const int64_t ahead = column_of_row[listed[j + AHEAD]];
+                    if (ahead >= first && ahead < last) prefetch_row(grad + ahead * n_columns, n_columns);
+                }
                 const int64_t column = column_of_row[listed[j]];
                 if (column < first || column >= last) continue;
                 float *g = grad + column * n_columns;
