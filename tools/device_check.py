@@ -4,8 +4,9 @@
 
 Steps, each timed, each recorded even when an earlier one failed:
 1. environment: torch, CUDA, the device;
-2. projector: slices, sparse basis gradient and weights gradient on the device against the CPU's, on random
-   float32 inputs at box 64 and 128 (relative to each quantity's largest value; float32 tolerance 1e-4);
+2. projector: slices, sparse basis gradient and weights gradient on the device (PyTorch's path) against the
+   CPU's (the compiled loops), on random float32 inputs at box 64 and 128 (relative to each quantity's
+   largest value; float32 tolerance 1e-4);
 3. train two epochs on a simulated box-128 store (4,096 particles x scale), then on a box-256 one (2,048 x
    scale): the second epoch's images/s, the step split (TensorBoard's time/*, its first step left out) and
    the peak device memory (perf/peak_memory_MiB; on the CPU, the peak RSS);
@@ -54,13 +55,16 @@ def projector(device, boxes=(64, 128), n_images=64, n_components=17):
         weights = torch.randn(n_images, n_components, generator=generator)
         upstream = torch.randn(n_images, disk.coords.shape[0], 2, generator=generator)
         outputs = []
-        for where in (torch.device("cpu"), device):
+        # the CPU's compiled loops against the device's PyTorch path (on a CPU dry run: the CPU's PyTorch path)
+        for where, compiled in ((torch.device("cpu"), "1"), (device, "0")):
+            os.environ["HETREC_COMPILED_KERNELS"] = compiled
             b, w = basis.clone().to(where).requires_grad_(), weights.clone().to(where).requires_grad_()
             geometry = slice_geometry(rotations.float().to(where), disk.coords.to(where), half_ball.to(where))
             slices = project(b, w, geometry)
             (slices * upstream.to(where)).sum().backward()
             outputs.append({"slices": slices.detach().cpu(), "basis_gradient": b.grad.to_dense().cpu(),
                             "weights_gradient": w.grad.cpu()})
+        os.environ.pop("HETREC_COMPILED_KERNELS")
         errors = {name: float((outputs[1][name] - value).abs().max() / value.abs().max())
                   for name, value in outputs[0].items()}
         results[f"box_{box}"] = {"relative_error": errors, "ok": max(errors.values()) < TOLERANCE}
