@@ -21,10 +21,13 @@ from hetrec_dist.simulate.dataset import simulate_dataset
 
 # DeepSpeed's shared-memory kernel is built once for this virtual environment, in a folder of the tests' own
 # (inherited by every rank they start): a build lock there was left by an interrupted test run, and goes now
-# rather than after the BUILD_LOCK_STALE_S that a training run waits.
+# rather than after the BUILD_LOCK_STALE_S that a training run waits. Only in pytest's own process: the ranks a
+# test spawns import this module too, and one of them removing the lock of the other, which was building the
+# kernel on a fresh environment, broke that build (seen on a fresh clone).
 os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
-for stale_lock in glob.glob(os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], "*", "lock")):
-    os.remove(stale_lock)
+if mp.current_process().name == "MainProcess":
+    for stale_lock in glob.glob(os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], "*", "lock")):
+        os.remove(stale_lock)
 
 
 def run_cli(*args, expect_ok=True):
