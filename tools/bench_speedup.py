@@ -14,10 +14,8 @@ the machine meanwhile.
 import argparse
 import os
 import subprocess
-import sys
 
-from bench_convert import run_measured
-from bench_train import prepare
+from bench_train import prepare, train_measured
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,12 +32,9 @@ def old_checkout(revision, workdir):
 
 def train_rate(code, store, run, epochs, extra):
     """(images/s of the last epoch, peak RSS in MiB) of `hetrec train` with the hetrec_dist in folder `code`."""
-    command = [sys.executable, "-m", "hetrec_dist.cli", "train", store, "-o", run, "--overwrite", "-q",
-               "--epochs", str(epochs), "--batch-size", "256", "--device", "cpu", *extra]
     # run in `code`: python -m puts the working folder first on the path, before PYTHONPATH
-    _, peak = run_measured(command, env={**os.environ, "PYTHONPATH": code}, cwd=code)
-    lines = [line for line in open(os.path.join(run, "train.log")) if "images_per_s" in line]
-    return float(lines[-1].rsplit("images_per_s", 1)[1]), peak / 2 ** 20
+    rate, peak = train_measured(store, run, epochs, 256, extra, env={**os.environ, "PYTHONPATH": code}, cwd=code)
+    return rate, peak / 2 ** 20
 
 
 def main():

@@ -35,13 +35,19 @@ def prepare(workdir, n, box):
     return store
 
 
+def train_measured(store, run, epochs, batch_size, options=(), **popen_options):
+    """`hetrec train` on the CPU (options: more of its options; popen_options: e.g. env, cwd): (images/s of its
+    last epoch from train.log, peak RSS of its process tree in bytes)."""
+    command = [sys.executable, "-m", "hetrec_dist.cli", "train", store, "-o", run, "--overwrite", "-q",
+               "--epochs", str(epochs), "--batch-size", str(batch_size), "--device", "cpu", *options]
+    _, peak = run_measured(command, **popen_options)
+    lines = [line for line in open(os.path.join(run, "train.log")) if "images_per_s" in line]
+    return float(lines[-1].rsplit("images_per_s", 1)[1]), peak
+
+
 def bench_hetrec(store, workdir, epochs, batch_size):
     run = os.path.join(workdir, "bench_run")
-    command = [sys.executable, "-m", "hetrec_dist.cli", "train", store, "-o", run, "--overwrite", "-q",
-               "--epochs", str(epochs), "--batch-size", str(batch_size), "--device", "cpu"]
-    _, peak = run_measured(command)
-    lines = [line for line in open(os.path.join(run, "train.log")) if "images_per_s" in line]
-    rate = float(lines[-1].rsplit("images_per_s", 1)[1])
+    rate, peak = train_measured(store, run, epochs, batch_size)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(os.path.join(run, "tb")).Reload()
