@@ -44,6 +44,7 @@ _SIGNATURES = {  # each kernel's arguments: int64 (i), float32 (f) or pointer (p
     "interpolate": "piippp",
     "adam_rows": "pppppiiffff",
 }
+_REPORTING = ("corners", "project", "weights_gradient")  # return -1 where their scratch memory ran out, else 0
 
 
 def _enabled() -> bool:
@@ -99,6 +100,7 @@ def _kernels() -> "Kernels | None":
     for kernel, arguments in _SIGNATURES.items():
         getattr(library, kernel).argtypes = [{"i": ctypes.c_int64, "f": ctypes.c_float, "p": ctypes.c_void_p}[a]
                                              for a in arguments]
+        getattr(library, kernel).restype = ctypes.c_int if kernel in _REPORTING else None
     return Kernels(library)
 
 
@@ -125,7 +127,7 @@ class Kernels:
         """Kernel `name` on arguments, tensors passed as their data pointers (None as NULL)."""
         status = getattr(self._library, name)(*(a.data_ptr() if isinstance(a, torch.Tensor) else a
                                                 for a in arguments))
-        if name in ("corners", "project", "weights_gradient") and status != 0:
+        if status not in (None, 0):
             raise MemoryError(f"the projector's {name} ran out of memory")
 
     def corners(self, k3: torch.Tensor, lookup: torch.Tensor, extent: int, row_offsets: torch.Tensor | None,
