@@ -33,6 +33,25 @@ def test_the_estimate_is_the_mean_residual_power_of_each_shell_and_group():
     torch.testing.assert_close(weights[1].double(), 1 / spectrum.power[0][shells], rtol=1e-6, atol=0)
 
 
+def test_the_estimate_equals_the_mean_power_of_each_shell_and_group_over_the_batches():
+    """Against numpy's sums of every point's power by (optics group, shell), over batches of float32 powers."""
+    disk = HalfDisk.build(32, 15)
+    spectrum = NoiseSpectrum.for_disk(torch.tensor([3, 5, 9]), disk.coords)
+    shells = np.round(np.linalg.norm(disk.coords.numpy(), axis=1)).astype(int)
+    rng = np.random.default_rng(1)
+    sums, counts = np.zeros((3, shells.max() + 1)), np.zeros((3, shells.max() + 1))
+    for _ in range(3):
+        groups = rng.choice([3, 5], size=7)  # group 9 gets no image
+        power = rng.exponential(size=(7, len(shells))).astype(np.float32) * (1 + groups[:, None])
+        spectrum.accumulate(torch.from_numpy(power), torch.from_numpy(2 * power), torch.from_numpy(groups))
+        for image, group in enumerate(groups):
+            np.add.at(sums[[3, 5, 9].index(group)], shells, power[image].astype(np.float64))
+            np.add.at(counts[[3, 5, 9].index(group)], shells, 1)
+    spectrum.update()
+    np.testing.assert_allclose(spectrum.power[:2].numpy(), sums[:2] / counts[:2], rtol=1e-6)
+    np.testing.assert_array_equal(spectrum.power[2].numpy(), 1.0)  # unseen: white, as before
+
+
 def test_white_until_estimated_floored_and_kept_in_a_state_dict():
     disk = HalfDisk.build(16, 7)
     spectrum = NoiseSpectrum.for_disk(torch.tensor([1]), disk.coords)
