@@ -16,7 +16,7 @@ from torch import nn
 
 from hetrec_dist.model.encoder import ResidualMLPEncoder
 from hetrec_dist.physics.ctf import ctf_2d
-from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
+from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk, squared_magnitude
 from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map, soft_sphere_mask
 from hetrec_dist.physics.pose_derivatives import rotation_jacobian, slice_spatial_gradient
 from hetrec_dist.physics.projector import SliceFactors, project, project_with_factors, slice_geometry
@@ -125,7 +125,7 @@ class HetVAE(nn.Module):
             slices = project(self.basis, self.basis_weights(z), geometry)
         predicted = self.ctf(batch) * torch.view_as_complex(slices)
         weights = self.disk.weights
-        residual_power = (observed - predicted).abs() ** 2
+        residual_power = squared_magnitude(observed - predicted)
         weighted = residual_power if noise_weights is None else residual_power * noise_weights
         data = 0.5 * (weighted * weights).sum(1)
         kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 
 import torch
 
+from hetrec_dist.physics.fourier_grid import squared_magnitude
+
 # Below this power a shell's estimate is taken as this (a shell without noise would get an infinite weight).
 MIN_POWER = 1e-3
 # Data with less signal than this fraction of its power are taken as noise only: weights 1 / σ², unscaled.
@@ -98,7 +100,7 @@ class NoiseSpectrum:
         """Add the half-disk coefficients (B x P) of images whose particle was masked away: their power,
         divided by the mean squared mask (kept_fraction), is the noise power (Scheres 2012's initial estimate
         from the particle-free corners). data_spectra: the same images' coefficients unmasked."""
-        self.accumulate(spectra.abs() ** 2 / kept_fraction, data_spectra.abs() ** 2, groups)
+        self.accumulate(squared_magnitude(spectra) / kept_fraction, squared_magnitude(data_spectra), groups)
 
     def state_dict(self) -> dict:
         return {"group_values": self.group_values.clone(), "power": self.power.clone(), "scale": self.scale}

@@ -13,6 +13,12 @@ import math
 import torch
 
 
+def squared_magnitude(coefficients: torch.Tensor) -> torch.Tensor:
+    """|c|² of complex coefficients (any shape; real, of their precision), as Re(c c*): about half the time of
+    abs() ** 2, which takes a square root and, backward, its sign, on the CPU."""
+    return (coefficients * coefficients.conj()).real
+
+
 class _Grid:
     def to(self, device):
         """The same grid with its tensors on `device`."""

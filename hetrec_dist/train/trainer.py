@@ -40,6 +40,7 @@ from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
 from hetrec_dist.model.noise import NoiseSpectrum
+from hetrec_dist.physics.fourier_grid import squared_magnitude
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.inference import embed, resolve_device, save_latents
@@ -186,7 +187,7 @@ class Trainer:
         noise_weights = self.noise.weights(batch["optics_group"]) if weighted else None
         out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True, noise_weights=noise_weights)
         if self.config.noise_model != "background":
-            self.noise.accumulate(out["residual_power"], out["observed"].abs() ** 2, batch["optics_group"])
+            self.noise.accumulate(out["residual_power"], squared_magnitude(out["observed"]), batch["optics_group"])
         self._synchronize()
         forward_done = time.perf_counter()
         if self.poses is not None and self.poses.refines(self.epoch):  # at the model that made this forward
