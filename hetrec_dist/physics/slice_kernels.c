@@ -29,6 +29,11 @@
  * than on arithmetic. */
 #define AHEAD 8
 
+/* The loops over images hand them to threads a few at a time as each thread gets free, not in fixed halves:
+ * the read-ahead thread (data.reader) takes a core now and then, and a fixed share left the other thread
+ * waiting for it. Each image's outputs are its own, so the results do not depend on who computes them. */
+#define IMAGES_A_TASK 4
+
 /* 4 floats as one SIMD register (GCC's and Clang's vector extension: SSE on x86-64, NEON on ARM); loaded and
  * stored through memcpy, as the rows are not aligned. The compiler did not vectorise these loops itself. */
 typedef float float4 __attribute__((vector_size(16)));
@@ -86,7 +91,7 @@ int corners(const float *k3, int64_t n_images, int64_t points_per_image, const i
         } else {
             failed = 1;
         }
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, IMAGES_A_TASK)
         for (int64_t image = 0; image < n_images; image++) {
             if (failed) continue;
             int32_t count = 0, *listed = image_rows + image * capacity;
@@ -152,7 +157,7 @@ int project(const float *basis, const float *image_weights, int64_t n_components
     {
         float *values = malloc(2 * capacity * sizeof *values); /* the image's volume at each of its rows */
         failed = values == NULL;
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, IMAGES_A_TASK)
         for (int64_t image = 0; image < n_images; image++) {
             if (failed) continue;
             const float *w = image_weights + image * n_components;
@@ -205,7 +210,7 @@ int weights_gradient(const float *basis, const float *grad_slices, int64_t n_com
     {
         float *sums = malloc(2 * capacity * sizeof *sums);
         failed = sums == NULL;
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, IMAGES_A_TASK)
         for (int64_t image = 0; image < n_images; image++) {
             if (failed) continue;
             const int32_t *listed = image_rows + image * capacity;
@@ -238,7 +243,7 @@ void scatter(const float *grad_slices, const uint8_t *flipped, const float *imag
              const int32_t *image_rows, const int32_t *image_row_counts, const int64_t *starts,
              const int32_t *column_of_row, int64_t n_touched, float *sums, float *grad) {
     const int64_t n_columns = 2 * n_components, capacity = 8 * points_per_image;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(dynamic, IMAGES_A_TASK)
     for (int64_t image = 0; image < n_images; image++)
         gradient_on_rows(grad_slices, flipped, image, points_per_image, slots, corner_weights,
                          image_row_counts[image], sums + 2 * starts[image]);
