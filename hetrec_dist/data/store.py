@@ -55,8 +55,8 @@ def create_store(path, n_images, box, dtype, chunk_images, attrs):
     """An empty, incomplete store with every array allocated; attrs["complete"] is False. `path` holds
     nothing but, perhaps, the writer's lock file (data.folder_lock)."""
     group = zarr.open_group(path, mode="a")
-    # lz4, not zstd: noise-dominated images compress little either way (about 1.06 against 1.15), and lz4
-    # decodes about 4x as fast, which training pays for every epoch (docs/benchmarks.md, "Reading")
+    # lz4, not zstd: noise-dominated images compress little either way (1.06 against 1.15), and a store in lz4
+    # reads about 1.5x as fast, which training pays every epoch (docs/benchmarks.md, "Second round")
     compressor = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     group.create_array("images", shape=(n_images, box, box), chunks=(chunk_images, box, box), dtype=dtype,
                        compressors=compressor, fill_value=0)
