@@ -55,8 +55,33 @@ def test_a_damaged_or_missing_chunk_is_never_read_as_data(small_chunks_store, tm
     assert_one_line_error(result, "p.zarr", "images chunk 3 (particles 96 to 127)", "--overwrite")
     result = run_cli("inspect", small_chunks_store, "--verify", expect_ok=False)
     assert result.exit_code == 1
+    assert "1 of 10 chunks are damaged or missing: chunk 3 (particles 96 to 127): " in result.output
+    reason = result.output.split("chunk 3 (particles 96 to 127): ")[1]
+    assert reason.startswith(("cannot be read (", "does not hold what was written (")), reason
+    assert result.output.count("--overwrite") == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("lost,what", [
+    ("rotations/c/0/0/0", "the pose of particle 0 (300 in all) is not a rotation"),
+    ("ctf/c/0/0", "the voltage (kV) of particle 0 (300 in all) is 0, not positive"),
+])
+def test_a_lost_chunk_of_poses_or_ctf_is_never_read_as_zeros(small_chunks_store, tmp_path, lost, what):
+    """zarr reads a missing chunk as its fill value, 0: poses and CTFs of zeros would train without a word."""
+    (small_chunks_store / lost).unlink()
+    result = run_cli("train", small_chunks_store, "-o", tmp_path / "run", "--epochs", 1, *TINY, expect_ok=False)
+    assert_one_line_error(result, "p.zarr", what, "--overwrite")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    result = run_cli("inspect", small_chunks_store, "--verify", expect_ok=False)
+    assert result.exit_code == 1 and what in result.output and "Traceback" not in result.output
+
+
+def test_verify_checks_every_chunk_of_a_complete_store_even_one_whose_record_is_lost(small_chunks_store):
+    """A complete store whose chunk 3 lost its recorded statistics: training refuses that chunk, so must
+    --verify."""
+    (small_chunks_store / "chunk_stats" / "c" / "3" / "0").unlink()
+    result = run_cli("inspect", small_chunks_store, "--verify", expect_ok=False)
+    assert result.exit_code == 1
     assert "1 of 10 chunks are damaged or missing: chunk 3 (particles 96 to 127)" in result.output
-    assert "Traceback" not in result.output
 
 
 def test_verify_passes_a_whole_store_and_a_store_copied_elsewhere(small_chunks_store, tmp_path):

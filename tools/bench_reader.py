@@ -28,6 +28,9 @@ def make_store(path, n, box, dtype):
         images = rng.normal(size=(min(chunk, n - start), box, box)).astype(dtype)
         group["images"][start:start + len(images)] = images
         group["chunk_stats"][start // chunk] = chunk_statistics(images)
+    # poses and CTFs the reader accepts (it checks them): identity rotations, 300 kV
+    group["rotations"][:] = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+    group["ctf"][:] = np.tile(np.array([box, 1.0, 15000, 15000, 0, 300, 2.7, 0.1, 0], dtype=np.float32), (n, 1))
     group.attrs.update({"normalization": normalization(group["chunk_stats"][:]), "complete": True})
 
 

@@ -120,21 +120,32 @@ def check_values(table, pose_path, ctf_path):
     row that is not (NaN and infinity included)."""
     if not (np.isfinite(table.pixel_size_A) and table.pixel_size_A > 0):
         raise UserError(f"{table.pixel_size_source}: the pixel size is {table.pixel_size_A:g} Å; it must be positive")
-    with np.errstate(invalid="ignore"):
-        gram_error = np.abs(np.einsum("nji,njk->nik", table.rotations, table.rotations) - np.eye(3)).max(axis=(1, 2))
-        rotation = (gram_error <= ROTATION_TOLERANCE) & (np.linalg.det(table.rotations) > 0)
-    bad = first_bad(rotation, table.source_rows)
+    bad = first_bad(is_rotation(table.rotations), table.source_rows)
     if bad:
         raise UserError(f"{pose_path}: {bad[1]}: the pose is not a rotation ({_matrix_text(table.rotations[bad[0]])})")
     bad = first_bad(np.isfinite(table.shifts_px).all(axis=1), table.source_rows)
     if bad:
         raise UserError(f"{pose_path}: {bad[1]}: the shift is {table.shifts_px[bad[0]].tolist()}; it must be finite")
-    for column, (name, rule, must) in enumerate(_CTF_VALUE_RULES, start=2):
-        values = table.ctf[:, column]
-        with np.errstate(invalid="ignore"):
-            bad = first_bad(np.isfinite(values) & rule(values), table.source_rows)
+    for column, name, ok, must in ctf_checks(table.ctf):
+        bad = first_bad(ok, table.source_rows)
         if bad:
-            raise UserError(f"{ctf_path}: {bad[1]}: the {name} is {values[bad[0]]:g}; it must be {must}")
+            raise UserError(f"{ctf_path}: {bad[1]}: the {name} is {table.ctf[bad[0], column]:g}; it must be {must}")
+
+
+def is_rotation(matrices):
+    """Whether each of N 3 x 3 matrices is a rotation: orthonormal within ROTATION_TOLERANCE, determinant +1
+    (N bools; NaN gives False)."""
+    with np.errstate(invalid="ignore"):
+        gram_error = np.abs(np.einsum("nji,njk->nik", matrices, matrices) - np.eye(3)).max(axis=(1, 2))
+        return (gram_error <= ROTATION_TOLERANCE) & (np.linalg.det(matrices) > 0)
+
+
+def ctf_checks(ctf):
+    """(column, name, whether each particle's value is in its range (N bools), what it must be) for each CTF
+    column after the box and pixel size (ctf: N x 9, physics.ctf.CTF_COLUMNS)."""
+    with np.errstate(invalid="ignore"):
+        return [(column, name, np.isfinite(ctf[:, column]) & rule(ctf[:, column]), must)
+                for column, (name, rule, must) in enumerate(_CTF_VALUE_RULES, start=2)]
 
 
 ROTATION_TOLERANCE = 1e-3

@@ -15,10 +15,22 @@ import threading
 import numpy as np
 import torch
 
+from hetrec_dist.data.particles import ctf_checks, is_rotation
 from hetrec_dist.data.store import n_chunks, open_store, verify_chunk
 from hetrec_dist.errors import UserError
 
 BATCH_FIELDS = ("rotations", "shifts", "ctf", "optics_group")
+
+
+class DamagedChunk(UserError):
+    """An images-chunk that cannot be read or does not hold what its conversion recorded; `reason` says which."""
+
+    def __init__(self, store, chunk, reason):
+        start, stop = store.chunk_range(chunk)
+        self.reason = reason
+        super().__init__(f"{store.path}: images chunk {chunk} (particles {start} to {stop - 1}) {reason}; the store "
+                         "is damaged: convert it again with --overwrite (`hetrec inspect --verify` lists every "
+                         "damaged chunk)")
 
 
 class ParticleStore:
@@ -43,8 +55,24 @@ class ParticleStore:
         """The BATCH_FIELDS of every particle, read whole on first use (about 84 bytes a particle): a read of a
         few rows costs zarr about a millisecond, which made up half of a batch's reading."""
         if self._fields is None:
-            self._fields = {name: self.group[name][:] for name in BATCH_FIELDS}
+            fields = {name: self.group[name][:] for name in BATCH_FIELDS}
+            self.check_fields(fields)
+            self._fields = fields
         return self._fields
+
+    def check_fields(self, fields):
+        """A UserError unless every particle's pose is a rotation and its CTF values are in their ranges, as
+        conversion left them (data.particles.check_values): a lost chunk of these arrays reads as zeros."""
+        remedy = "the store is damaged: convert it again with --overwrite"
+        bad = np.flatnonzero(~is_rotation(fields["rotations"]))
+        if bad.size:
+            raise UserError(f"{self.path}: the pose of particle {bad[0]} ({bad.size} in all) is not a rotation; "
+                            f"{remedy}")
+        for column, name, ok, must in ctf_checks(fields["ctf"]):
+            bad = np.flatnonzero(~ok)
+            if bad.size:
+                raise UserError(f"{self.path}: the {name} of particle {bad[0]} ({bad.size} in all) is "
+                                f"{fields['ctf'][bad[0], column]:g}, not {must}; {remedy}")
 
     def chunk_range(self, chunk):
         """(first particle, last particle + 1) of an images-chunk."""
@@ -52,17 +80,14 @@ class ParticleStore:
         return start, min(start + self.chunk_images, self.n_particles)
 
     def verified_chunk(self, chunk):
-        """The stored values of an images-chunk (its dtype), checked; a UserError if it is damaged or missing."""
-        start, stop = self.chunk_range(chunk)
-        where = f"{self.path}: images chunk {chunk} (particles {start} to {stop - 1})"
-        remedy = ("the store is damaged: convert it again with --overwrite (`hetrec inspect --verify` lists every "
-                  "damaged chunk)")
+        """The stored values of an images-chunk (its dtype), checked; a DamagedChunk error if it is damaged or
+        missing."""
         try:
-            stored = self.images[start:stop]
+            stored = self.images[slice(*self.chunk_range(chunk))]
         except Exception as err:  # zarr and the codecs raise many types for a damaged chunk
-            raise UserError(f"{where} cannot be read ({type(err).__name__}); {remedy}") from None
+            raise DamagedChunk(self, chunk, f"cannot be read ({type(err).__name__})") from None
         if not verify_chunk(stored, self.chunk_stats[chunk]):
-            raise UserError(f"{where} does not hold what was written (its file is damaged or missing); {remedy}")
+            raise DamagedChunk(self, chunk, "does not hold what was written (its file is damaged or missing)")
         return stored
 
     def read(self, start, stop):

@@ -6,7 +6,6 @@ import numpy as np
 from tqdm import tqdm
 
 from hetrec_dist.data.store import open_store, written_chunks
-from hetrec_dist.errors import UserError
 
 
 def _stored_bytes(path):
@@ -66,16 +65,20 @@ def store_summary(path):
 
 
 def damaged_chunks(path, show_progress=True):
-    """Every written images-chunk of a store read back and checked (reader.ParticleStore.verified_chunk):
-    (number of chunks checked, [(chunk, first particle, last particle + 1, what is wrong)])."""
-    from hetrec_dist.data.reader import ParticleStore  # torch, which a plain inspect does not need
+    """Every images-chunk of a store read back and checked (reader.ParticleStore.verified_chunk), and the
+    per-particle fields training reads (ParticleStore.check_fields, which raises its UserError): (number of
+    chunks checked, [(chunk, first particle, last particle + 1, what is wrong)]). An unfinished store's
+    chunks not yet written are left out; a complete store's are all checked."""
+    from hetrec_dist.data.reader import DamagedChunk, ParticleStore  # torch, which a plain inspect does not need
 
     store = ParticleStore(path, require_complete=False)
-    written = np.flatnonzero(written_chunks(store.group))
+    _ = store.fields  # read, and checked
+    complete = bool(store.attrs.get("complete"))
+    chunks = np.arange(store.n_chunks) if complete else np.flatnonzero(written_chunks(store.group))
     damaged = []
-    for chunk in tqdm(written, unit="chunk", desc="verify", disable=not show_progress, dynamic_ncols=True):
+    for chunk in tqdm(chunks, unit="chunk", desc="verify", disable=not show_progress, dynamic_ncols=True):
         try:
             store.verified_chunk(chunk)
-        except UserError as err:
-            damaged.append((int(chunk), *store.chunk_range(chunk), str(err).split(": ", 2)[-1].split(";")[0]))
-    return len(written), damaged
+        except DamagedChunk as err:
+            damaged.append((int(chunk), *store.chunk_range(chunk), err.reason))
+    return len(chunks), damaged
