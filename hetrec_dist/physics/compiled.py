@@ -11,9 +11,9 @@ without PyTorch's headers or ninja. With -fopenmp the library needs libgomp.so.1
 loaded already satisfies, so its loops run on PyTorch's own threads (torch.set_num_threads); a compiler
 without OpenMP gives a one-thread library.
 
-Without a compiler, or where the build fails, or with HETREC_COMPILED_KERNELS=0, kernels_for() is None and
-the projector takes PyTorch's path (a PerformanceWarning says so once): the same values, slower. On GPUs the
-PyTorch path is the one taken.
+Without a compiler, or where the build fails, kernels_for() is None and the projector takes PyTorch's path (a
+PerformanceWarning says so once): the same values, slower. HETREC_COMPILED_KERNELS=0 chooses that path without
+a warning. On GPUs the PyTorch path is the one taken.
 """
 
 import ctypes
