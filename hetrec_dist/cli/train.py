@@ -117,7 +117,8 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     if not quiet and world.is_root:
         if config.gt:
             _echo_evaluation(out)
-        click.echo(f"trained {trainer.epoch} epochs on {world.size} rank(s); outputs in {out}", err=True)
+        click.echo(f"trained {trainer.epoch} epoch{'' if trainer.epoch == 1 else 's'} on {world.size} rank(s); "
+                   f"outputs in {out}", err=True)
 
 
 def _echo_evaluation(run):

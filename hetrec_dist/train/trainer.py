@@ -262,7 +262,7 @@ class Trainer:
         finally:
             if isinstance(batches, ReadAhead):
                 batches.close()
-        progress.close()
+            progress.close()  # cleared, so that an error is not printed on the bar's line
         self.epoch += 1
         self._show_examples(out)
         self._estimate_noise()
