@@ -72,10 +72,10 @@ class NoiseSpectrum:
         """Add a batch's noise power (the residuals' |data - model|², or the background's) and the data's
         |data|² (both B x P) to the current epoch's sums."""
         rows = self.rows(groups).cpu()
+        # each image's shells summed where the power lies, in its dtype, rather than a float64 copy of all B x P
+        # points sent to the CPU and added one by one
+        shells = self.shells.to(noise_power.device)
         for sums, power in ((self._sums, noise_power), (self._data_sums, data_power)):
-            # each image's shells summed where the power lies, in its dtype: a float64 copy of B x P points sent
-            # to the CPU and added point by point took a tenth of a training step
-            shells = self.shells.to(power.device)
             per_image = power.new_zeros(len(power), sums.shape[1]).index_add_(1, shells, power.detach())
             sums.index_add_(0, rows, per_image.double().cpu())
         self._counts.index_add_(0, rows, self._points_per_shell.expand(len(rows), -1))
