@@ -128,3 +128,12 @@ def sim_store(sim_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("store") / "particles.zarr")
     run_cli("convert", os.path.join(sim_dir, "particles.star"), "-o", out, "--chunk-images", "32", "-q")
     return out
+
+
+@pytest.fixture(scope="session")
+def two_epoch_run(sim_store, tmp_path_factory):
+    """A run of 2 epochs on sim_store, tiny settings; tests that change it work on a copy."""
+    run = tmp_path_factory.mktemp("two_epochs") / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 2, "--batch-size", 64, "--zdim", 2, "--n-basis", 3,
+            "--device", "cpu", "-q")
+    return run

@@ -10,6 +10,7 @@ from scipy.stats import rankdata, spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
 from hetrec_dist.analysis.half_maps import latent_resolution
+from hetrec_dist.data.atomic_files import write_text
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.errors import UserError
@@ -150,8 +151,7 @@ def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):
     result = evaluate(model, z, coordinates, maps_at_box(maps, model.shape.box),
                       map_dir=os.path.join(run_dir, "eval_maps"))
     result["epoch"] = epoch
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_text(os.path.join(run_dir, "eval.json"), json.dumps(result, indent=2))
     if metrics is not None:
         metrics.scalars({"eval/mean_fsc": result["mean_fsc"],
                          "eval/mean_resolution_0.5_A": result["mean_resolution_0.5_A"],

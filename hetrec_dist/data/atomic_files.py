@@ -1,8 +1,10 @@
-"""Files written whole or not at all, and a full disk said in one line.
+"""Files written whole or not at all, never through a planted link, and a full disk said in one line.
 
-A file is written to PATH.tmp-PID and renamed to PATH once complete, so that a reader never sees half of
-it and a kill leaves at most a temporary, which remove_temporaries() clears at the next start. A write that
-fails for want of space removes its temporary and becomes a UserError naming the file.
+A file is written inside a new private folder PATH.tmp-PID-XXXX (mkdtemp: mode 0700, a fresh name, so nobody
+else can place a link where the writer opens) and renamed to PATH once complete: a reader never sees half of
+it, a kill leaves at most a temporary, which remove_temporaries() clears at the next start, and a link planted
+at PATH is replaced, not followed (rename acts on the name). A write that fails for want of space removes its
+temporary and becomes a UserError naming the file. Logs are appended with O_NOFOLLOW (open_log).
 """
 
 import contextlib
@@ -10,6 +12,7 @@ import errno
 import glob
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -47,17 +50,39 @@ def full_disk_as_user_error(path: str) -> Iterator[None]:
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """write(temporary) makes the file's content; it becomes `path` once whole. On failure the temporary is
-    removed; a full disk is a UserError naming `path`."""
-    temporary = f"{path}{TEMPORARY_MARK}{os.getpid()}"
+    """write(temporary) makes the file's content at the path it is given; it becomes `path` once whole. On
+    failure the temporary is removed; a full disk, a read-only or missing folder is a UserError naming
+    `path`."""
+    folder, name = os.path.split(os.path.abspath(path))
     with full_disk_as_user_error(path):
         try:
+            private = tempfile.mkdtemp(prefix=f"{name}{TEMPORARY_MARK}{os.getpid()}-", dir=folder)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR):
+                raise
+            raise UserError(f"{path}: cannot write there ({err.strerror})") from None
+        try:
+            temporary = os.path.join(private, name)
             write(temporary)
             os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-            raise
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """A text file (UTF-8), written whole or not at all (write_atomically)."""
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    write_atomically(path, write)
+
+
+def open_log(path: str):
+    """`path` opened to append text lines (created 0666 less the umask), refusing to follow a link planted
+    there: OSError (ELOOP) if `path` is a symbolic link."""
+    return open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), "a",
+                encoding="utf-8")
 
 
 def save_array(path: str, array) -> None:
@@ -74,6 +99,9 @@ def remove_temporaries(folder: str) -> list:
     lock, so that no live writer's temporary goes); returns their paths."""
     left = glob.glob(os.path.join(glob.escape(folder), f"*{TEMPORARY_MARK}*"))
     for path in left:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
     return left

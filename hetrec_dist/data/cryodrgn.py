@@ -13,10 +13,10 @@ Arrays may be numpy arrays or torch tensors. Which value wins where two sources 
 """
 
 import os
-import pickle
 
 import numpy as np
 
+from hetrec_dist.data import safe_pickle
 from hetrec_dist.data.particles import (
     ParticleTable,
     check_values,
@@ -36,14 +36,6 @@ _CTF_CONSTANT_COLUMNS = {"voltage_kv": (5, "voltage"), "cs_mm": (6, "Cs"),
                          "amplitude_contrast": (7, "amplitude contrast"), "phase_shift_deg": (8, "phase shift")}
 
 
-def _load_pickle(path):
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except Exception as err:  # unpickling runs the file's own code, which may raise anything
-        raise UserError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
-
-
 def _array(value, path, what):
     """A numpy float64 array of a pickled numpy array or torch tensor."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch here
@@ -59,13 +51,13 @@ def _pose_parts(poses_paths):
     """(rotations, translations or None, the file each came from) from one poses pickle or two."""
     if len(poses_paths) == 2:
         rotations_path, translations_path = poses_paths
-        rotations = _load_pickle(rotations_path)
+        rotations = safe_pickle.load(rotations_path)
         if isinstance(rotations, (tuple, list)) and len(rotations) == 1:
             rotations = rotations[0]
         return (_array(rotations, rotations_path, "the rotations"),
-                _array(_load_pickle(translations_path), translations_path, "the translations"), poses_paths)
+                _array(safe_pickle.load(translations_path), translations_path, "the translations"), poses_paths)
     path = poses_paths[0]
-    poses = _load_pickle(path)
+    poses = safe_pickle.load(path)
     if not isinstance(poses, (tuple, list)):
         poses = (poses,)
     if not 1 <= len(poses) <= 3:
@@ -101,7 +93,7 @@ def _poses(poses_paths, n, box):
 
 def _ctf_table(ctf_path, n, box, options):
     """(N x 9 CTF at the stack's box, pixel size in Å, its source) from ctf.pkl and the options."""
-    ctf = _array(_load_pickle(ctf_path), ctf_path, "the CTF parameters")
+    ctf = _array(safe_pickle.load(ctf_path), ctf_path, "the CTF parameters")
     if ctf.shape != (n, 9):
         raise UserError(f"{ctf_path}: CTF parameters of shape {ctf.shape}, but the stacks hold {n} images "
                         f"(need {n} x 9)")

@@ -10,11 +10,13 @@ mp_rank_00_model_states.pt, named by the file `latest`); they still load, and th
 last.pt.
 """
 
+import glob
 import os
 
 import torch
 
 from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
+from hetrec_dist.data.safe_pickle import refusal
 from hetrec_dist.errors import UserError
 
 LAST = "last.pt"
@@ -70,13 +72,32 @@ def _from_legacy(saved):
     return {**state, "model": {**saved["module"], **state["model"]}, "dense_optimizer": saved["optimizer"]}
 
 
+def _earlier_checkpoint_hint(path):
+    """For an unreadable last.pt: the newest epoch file beside it, which --checkpoint can name."""
+    if os.path.basename(path) != LAST:
+        return ""
+    directory = os.path.dirname(path)
+    kept = sorted(glob.glob(os.path.join(glob.escape(directory), "epoch_[0-9][0-9][0-9][0-9].pt")))
+    if not kept:
+        return ""
+    return (f"; the newest epoch checkpoint beside it is {kept[-1]}: give it with --checkpoint (to continue: "
+            "`hetrec train … --resume --checkpoint` it)")
+
+
 def load_checkpoint(path, map_location="cpu"):
-    """A checkpoint as a dict (model, optimizers, epoch, ...): a .pt file, or a hetrec 0.1 several-rank
-    tag folder."""
+    """A checkpoint as a dict (model, model_shape, optimizers, epoch, ...): a .pt file, or a hetrec 0.1
+    several-rank tag folder. Read with torch.load(weights_only=True): tensors and plain containers only, never
+    code. UserError (one line) for a file that needs more, a damaged file, or a torch file that is not a hetrec
+    checkpoint (cryoDRGN's weights.pkl, say)."""
     legacy = os.path.isdir(path)
     try:
         saved = torch.load(os.path.join(path, LEGACY_STATES) if legacy else path, map_location=map_location,
-                           weights_only=False)
-        return _from_legacy(saved) if legacy else saved
-    except Exception as err:  # torch raises many types for damaged files
-        raise UserError(f"{path}: not a readable checkpoint ({err})") from None
+                           weights_only=True)
+    except Exception as err:  # torch raises many types for damaged or refused files
+        raise UserError(refusal(path, err, "checkpoint") + _earlier_checkpoint_hint(path)) from None
+    state = saved.get(LEGACY_HETREC_STATE) if legacy and isinstance(saved, dict) else saved
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and "model_shape" in state):
+        held = f"a dict of {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{path}: not a hetrec checkpoint (a torch file holding {held}, without hetrec's model "
+                        "and model_shape); give a RUN/checkpoints/*.pt file that `hetrec train` wrote")
+    return _from_legacy(saved) if legacy else saved

@@ -4,6 +4,8 @@ import logging
 
 import numpy as np
 
+from hetrec_dist.data.atomic_files import open_log
+
 
 class MetricsLogger:
     """Does nothing: what ranks other than the logging rank use."""
@@ -40,10 +42,13 @@ class TensorBoardLogger(MetricsLogger):
 
 class _QuietFileHandler(logging.FileHandler):
     """A line that cannot be written (a full disk) is dropped, not reported with a traceback on stderr: the
-    error that stops the run says what happened."""
+    error that stops the run says what happened. The log is never opened through a planted link."""
 
     def handleError(self, record):
         pass
+
+    def _open(self):
+        return open_log(self.baseFilename)
 
 
 def file_logger(path):

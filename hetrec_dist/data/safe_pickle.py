@@ -1,0 +1,92 @@
+"""Reading a pickle without running its code.
+
+pickle.load calls whatever function the file names, so a poses.pkl from a shared folder could run anything.
+cryoDRGN's pickles (poses.pkl, ctf.pkl, index .pkl) hold numpy arrays, or torch tensors, in tuples, lists and
+dicts; load() rebuilds exactly those and refuses a file that names any other function, in one line, before
+calling it. A tensor inside a pickle carries its storage as a nested torch file, which torch itself reads
+with weights_only=False: here it is read with weights_only=True.
+"""
+
+import io
+import pickle
+import re
+
+from hetrec_dist.errors import UserError
+
+
+def _tensor_storage_from_bytes(data):
+    import torch  # only pickles that hold tensors need it
+
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as err:
+        raise UserError(refusal("a tensor's bytes", err, "pickle")) from None
+
+
+def refusal(path: str, err: Exception, what: str) -> str:
+    """One line for torch.load(weights_only=True)'s refusal of `path`, naming the function the file would call,
+    or for its failure to read it (what: "pickle", "checkpoint")."""
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if unsupported:
+        return (f"{path}: refused, the {what} would call {unsupported.group(1)}; hetrec reads only files of "
+                "arrays, tensors and plain values, so that a data file never runs code")
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{path}: not a readable {what} ({first_line})"
+
+
+def _rebuild_tensor(*args):
+    from torch._utils import _rebuild_tensor_v2
+
+    return _rebuild_tensor_v2(*args)
+
+
+def _allowed():
+    import codecs
+    import collections
+
+    import numpy as np
+
+    allowed = {("collections", "OrderedDict"): collections.OrderedDict,
+               ("_codecs", "encode"): codecs.encode,  # bytes in protocols 0-2
+               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+               ("torch.storage", "_load_from_bytes"): _tensor_storage_from_bytes}
+    # numpy 1 pickles name numpy.core, numpy 2 numpy._core: the functions numpy's own reductions name, taken
+    # from those reductions so that either module name reads with the numpy installed
+    array_reconstruct, scalar = np.zeros(0).__reduce__()[0], np.float64(0).__reduce__()[0]
+    from_buffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5's array reduction
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = array_reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = from_buffer
+    for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, name):
+            allowed[("numpy.dtypes", name)] = getattr(np.dtypes, name)
+    return allowed
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path, self.allowed = path, _allowed()
+
+    def find_class(self, module, name):
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise UserError(f"{self.path}: refused, the pickle would call {module}.{name}; hetrec reads only "
+                            "pickles of numpy arrays and torch tensors in tuples, lists and dicts (as cryoDRGN "
+                            "writes them), so that a data file never runs code")
+        return found
+
+
+def load(path: str):
+    """The object pickled in `path`, if it is built only of numpy arrays and scalars, torch tensors, tuples,
+    lists, dicts and plain values. Raises UserError (one line) for any other content, an unreadable or damaged
+    file, before any function the file names is called."""
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, path).load()
+    except UserError as err:
+        raise UserError(str(err).replace("a tensor's bytes", path, 1)) from None
+    except Exception as err:  # a damaged pickle raises many types
+        raise UserError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
