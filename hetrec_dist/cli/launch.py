@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -10,8 +11,13 @@ import time
 
 import click
 
+from hetrec_dist.data.atomic_files import open_log
 from hetrec_dist.distributed.launch_command import LAUNCHERS, LaunchPlan, build_command
+from hetrec_dist.distributed.process_tree import launcher_environment, stop_tree
 from hetrec_dist.errors import UserError
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_GRACE_S = 20.0  # for the launcher to stop its ranks (and write their resume line) before they are killed
 
 
 @click.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -52,27 +58,58 @@ def command(command, dry_run, **options):
         return
     click.echo(f"hetrec launch: {shlex.join(argv)}", err=True)
     try:
-        result = subprocess.run(argv, env={**os.environ, **env})
-    except OSError as err:
-        raise UserError(f"cannot start {argv[0]} ({err.strerror})") from None
+        status, stopped_by = _run_job(argv, {**os.environ, **env, **launcher_environment()})
     finally:
         if env_file:
             os.unlink(env_file)
-    if result.returncode not in (0, 1):  # 1: a rank already said why; anything else: a rank was killed
-        _say_where_to_continue(list(command[1:]), plan.launcher, result.returncode)
-    sys.exit(result.returncode)
+    if stopped_by is not None:
+        _say_where_to_continue(list(command[1:]), f"hetrec launch received {signal.Signals(stopped_by).name} and "
+                               "stopped the job")
+        sys.exit(128 + stopped_by)
+    if status not in (0, 1):  # 1: a rank already said why; anything else: a rank was killed
+        _say_where_to_continue(list(command[1:]), f"the job stopped ({plan.launcher} exited with status {status}: "
+                               "a rank was killed or crashed)")
+    sys.exit(status)
 
 
-def _say_where_to_continue(train_args, launcher, status):
-    """After ranks that died without a word: the resume line, on the console and in the run's train.log."""
+class _Stop(Exception):
+    pass
+
+
+def _run_job(argv, env):
+    """(exit status, None) of the launcher's command; or, where this process gets SIGTERM, SIGINT or SIGHUP,
+    (status, the signal) after the job's whole process tree was stopped (process_tree.stop_tree)."""
+    def stop(signum, frame):
+        raise _Stop(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        job = subprocess.Popen(argv, env=env, start_new_session=True)  # Ctrl-C reaches launch, which stops it
+    except OSError as err:
+        raise UserError(f"cannot start {argv[0]} ({err.strerror})") from None
+    try:
+        return job.wait(), None
+    except _Stop as received:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C does not cut the stopping short
+        click.echo(f"hetrec launch: {signal.Signals(received.args[0]).name} received; stopping the job "
+                   f"(up to {STOP_GRACE_S:.0f} s)", err=True)
+        stop_tree(job.pid, STOP_GRACE_S)
+        return job.wait(), received.args[0]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _say_where_to_continue(train_args, what):
+    """After a job that stopped before its end: what happened and the resume line, on the console and in the
+    run's train.log."""
     run = next((train_args[i + 1] for i, arg in enumerate(train_args[:-1]) if arg in ("-o", "--out")), None)
-    if run is None:
-        return
-    line = (f"the job stopped ({launcher} exited with status {status}: a rank was killed or crashed); continue "
-            f"from the last checkpoint in {run}/checkpoints with `hetrec launch … -- train … --resume`")
+    where = f"{run}/checkpoints" if run else "the run's checkpoints"
+    line = f"{what}; continue from the last checkpoint in {where} with `hetrec launch … -- train … --resume`"
     click.echo(f"Error: {line}", err=True)
-    if os.path.isdir(run):
-        with contextlib.suppress(OSError), open(os.path.join(run, "train.log"), "a") as log:
+    if run and os.path.isdir(run):
+        with contextlib.suppress(OSError), open_log(os.path.join(run, "train.log")) as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
 
 
