@@ -20,3 +20,17 @@ class PerformanceWarning(UserWarning):
 
 def warn_input(message):
     warnings.warn(InputWarning(message), stacklevel=2)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says memory ran out: MemoryError (Python, numpy), torch's OutOfMemoryError (a GPU), the
+    RuntimeError of torch's CPU allocator ("can't allocate memory"), a thread that could not get its stack, or
+    an OSError ENOMEM (a library that could not be mapped, among others)."""
+    import errno
+
+    message = str(error)
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or (isinstance(error, RuntimeError) and ("can't allocate memory" in message
+                                                     or "can't start new thread" in message))
+            or (isinstance(error, OSError) and error.errno == errno.ENOMEM)
+            or (isinstance(error, ImportError) and "failed to map segment" in message))

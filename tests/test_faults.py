@@ -157,19 +157,14 @@ def test_a_store_being_converted_is_not_overwritten(tmp_path):
     assert open_store(str(store)).attrs["complete"] and not (store / ".hetrec.lock").exists()
 
 
-@pytest.fixture(scope="module")
-def two_epoch_run(sim_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("faults") / "run"
-    run_cli("train", sim_store, "-o", run, "--epochs", 2, *TINY)
-    return run
-
-
 def test_latents_of_another_checkpoint_are_refused(two_epoch_run, sim_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(two_epoch_run, run)
     record = json.loads((run / "z.json").read_text())
-    assert record == {"epoch": 2, "step": load_checkpoint(run / "checkpoints" / "last.pt")["step"],
-                      "n_particles": 300}
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert {name: record[name] for name in ("epoch", "step", "n_particles", "run_id", "store_sha256")} == {
+        "epoch": 2, "step": checkpoint["step"], "n_particles": 300, "run_id": checkpoint["run_id"],
+        "store_sha256": checkpoint["store_sha256"]}
     (run / "z.json").write_text(json.dumps({**record, "epoch": 1, "step": 3}))  # a resume killed after its checkpoint
     gt = os.path.join(sim_dir, "ground_truth")
     for command in (["analyze", run, "--k", 2], ["eval", run, "--gt", gt]):
@@ -230,11 +225,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(sim_dir, sim_store, 
 def test_what_killed_writes_left_is_cleared_at_the_next_start(two_epoch_run, sim_store, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(two_epoch_run, run)
-    for left in (run / "checkpoints" / "last.pt.tmp-4242", run / "z.npy.tmp-4242"):
+    for left in (run / "checkpoints" / "last.pt.tmp-4242", run / "z.npy.tmp-4242"):  # hetrec 0.1's temporaries
         left.write_bytes(b"half a file")
+    (run / "checkpoints" / "last.pt.tmp-4243-k2x9").mkdir()  # today's: a private folder
+    (run / "checkpoints" / "last.pt.tmp-4243-k2x9" / "last.pt").write_bytes(b"half a file")
     run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q")
     assert not list(run.glob("**/*.tmp-*"))
-    assert "removed 2 unfinished file(s) a stopped run left" in (run / "train.log").read_text()
+    assert "removed 3 unfinished file(s) a stopped run left" in (run / "train.log").read_text()
 
 
 def test_a_resumed_run_keeps_its_command_history_and_says_what_a_preset_changes(two_epoch_run, sim_store, tmp_path):
@@ -362,3 +359,119 @@ def test_a_conversion_stopped_with_ctrl_c_says_how_to_resume(tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert live.returncode == 1 and len(lines) == 1, stderr
     assert "unfinished: run the same command again to resume" in lines[0]
+
+
+def in_read_only_folder(folder, *command):
+    """Run `hetrec COMMAND` with a read-only tmpfs mounted at `folder` (a private mount namespace: root writes
+    into a chmod-ed folder anyway); skips where mounting needs rights this machine does not give."""
+    mount = f"mount -t tmpfs -o ro,size=1m tmpfs {folder}"
+    os.makedirs(folder, exist_ok=True)
+    if run_bounded(["unshare", "--mount", "sh", "-c", mount], timeout_s=30).returncode != 0:
+        pytest.skip("mounting a tmpfs needs unshare and root")
+    hetrec = [sys.executable, "-m", "hetrec_dist.cli", *map(str, command)]
+    return run_bounded(["unshare", "--mount", "sh", "-c", f'{mount} && exec "$@"', "sh", *hetrec], timeout_s=240)
+
+
+def test_a_read_only_destination_is_one_line_naming_it(two_epoch_run, sim_dir, tmp_path):
+    ro = tmp_path / "ro"
+    (tmp_path / "z.txt").write_text("0 0\n")
+    for command in (("volume", two_epoch_run, "--z", tmp_path / "z.txt", "-o", ro / "maps"),
+                    ("embed", two_epoch_run, "-o", ro / "z.npy"),
+                    ("simulate", "-o", ro / "sim", "--n", 20, "--box", 32, "-q"),
+                    ("convert", os.path.join(sim_dir, "particles.star"), "-o", ro / "p.zarr", "-q")):
+        line = one_error_line(in_read_only_folder(ro, *command))
+        assert str(ro) in line and "Read-only file system" in line, (command, line)
+    run = tmp_path / "run"  # eval writes into the run itself
+    shutil.copytree(two_epoch_run, run)
+    line = one_error_line(in_read_only_folder(run / "eval_maps", "eval", run, "--gt",
+                                              os.path.join(sim_dir, "ground_truth"), "--device", "cpu"))
+    assert "eval_maps" in line and "Read-only file system" in line, line
+
+
+# Runs `hetrec ARGS` with the address space limited (RLIMIT_AS) to what the process holds once training starts,
+# plus 16 MiB: start-up passes, and what training needs on top (300 images x 17 volumes a step, the latents of
+# every particle at the end) does not fit.
+_LIMITED_TRAINING = """
+import re, resource, runpy, sys
+from hetrec_dist.train import trainer
+steps = trainer.Trainer._train_steps
+def limited(self, *args):
+    held = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (held + 16 * 2 ** 20, resource.RLIM_INFINITY))
+    return steps(self, *args)
+trainer.Trainer._train_steps = limited
+sys.argv[0] = "hetrec"
+runpy.run_module("hetrec_dist.cli", run_name="__main__")
+"""
+
+
+def test_training_out_of_memory_is_one_line_with_what_to_lower_and_the_resume_hint(sim_store, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 1, "--batch-size", 300, "--n-basis", 16, "--device", "cpu",
+            "-q")
+    result = run_bounded([sys.executable, "-c", _LIMITED_TRAINING, "train", sim_store, "-o", run, "--resume",
+                          "--epochs", 2, "-q"], timeout_s=300)
+    line = one_error_line(result)
+    assert "out of host memory while training" in line and "--batch-size (now 300)" in line, line
+    assert f"continue from the last checkpoint in {run}/checkpoints with --resume" in line, line
+    assert "stopped: out of host memory" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_store_too_small_to_learn_from_is_refused_at_the_start(tmp_path, n):
+    run_cli("simulate", "-o", tmp_path / "sim", "--n", n, "--box", 32, "-q")
+    run_cli("convert", tmp_path / "sim" / "particles.star", "-o", tmp_path / "p.zarr", "-q")
+    result = run_cli("train", tmp_path / "p.zarr", "-o", tmp_path / "run", *TINY, expect_ok=False)
+    assert_one_line_error(result, f"holds {n} particle(s)", "at least 10")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_last_checkpoint_names_the_epoch_file_to_resume_from(sim_store, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 2, "--config", _every_epoch(tmp_path), *TINY)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # a truncated write
+    result = run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q", expect_ok=False)
+    assert_one_line_error(result, "last.pt: not a readable checkpoint", "epoch_0002.pt", "--checkpoint")
+    run_cli("train", sim_store, "-o", run, "--resume", "--checkpoint", run / "checkpoints" / "epoch_0001.pt",
+            "--epochs", 3, "-q")
+    assert load_checkpoint(last)["epoch"] == 3
+    other = tmp_path / "elsewhere.pt"
+    shutil.copyfile(run / "checkpoints" / "epoch_0001.pt", other)
+    result = run_cli("train", sim_store, "-o", run, "--resume", "--checkpoint", other, "--epochs", 4, "-q",
+                     expect_ok=False)
+    assert_one_line_error(result, "not one of", "a run continues from its own checkpoints")
+
+
+def _every_epoch(tmp_path):
+    (tmp_path / "every.yaml").write_text("checkpoint_every: 1\n")
+    return tmp_path / "every.yaml"
+
+
+def test_volume_never_mixes_the_maps_of_two_runs_in_one_folder(two_epoch_run, tmp_path):
+    (tmp_path / "three.txt").write_text("0 0\n1 1\n2 2\n")
+    (tmp_path / "one.txt").write_text("0 0\n")
+    run_cli("volume", two_epoch_run, "--z", tmp_path / "three.txt", "-o", tmp_path / "maps", "--device", "cpu")
+    result = run_cli("volume", two_epoch_run, "--z", tmp_path / "one.txt", "-o", tmp_path / "maps", expect_ok=False)
+    assert_one_line_error(result, "holds 3 maps of an earlier run", "--overwrite")
+    run_cli("volume", two_epoch_run, "--z", tmp_path / "one.txt", "-o", tmp_path / "maps", "--overwrite",
+            "--device", "cpu")
+    assert sorted(os.listdir(tmp_path / "maps")) == ["vol_000.mrc"]
+
+
+def test_a_run_being_read_is_not_overwritten(two_epoch_run, sim_store, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    reader = subprocess.Popen([sys.executable, "-c", "import sys, time; from hetrec_dist.data.folder_lock import "
+                               "hold_for_reading; hold_for_reading(sys.argv[1]); print('held', flush=True); "
+                               "time.sleep(600)", str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "held"
+        result = run_cli("train", sim_store, "-o", run, "--overwrite", *TINY, expect_ok=False)
+        assert_one_line_error(result, "is being read by another hetrec command", "wait for it")
+        assert (run / "z.npy").exists()
+        run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q")  # resuming replaces nothing
+    finally:
+        reader.kill()
+        reader.wait()
+    run_cli("train", sim_store, "-o", run, "--overwrite", "--epochs", 1, *TINY)

@@ -240,7 +240,7 @@ def test_the_refined_poses_belong_to_the_store_they_were_refined_on(sim_dir, ref
     for command in (["export", run, "-o", tmp_path / "p.star"], ["embed", run],
                     ["train", tmp_path / "box24.zarr", "-o", run, "--resume", "--epochs", 4, "-q"]):
         result = run_cli(*command, expect_ok=False)
-        assert_one_line_error(result, "box 24" if command[0] == "train" else "refined the poses of another store")
+        assert_one_line_error(result, "box 24" if command[0] == "train" else "holds other particles than the run")
 
 
 def test_shifts_only_moves_the_shifts_and_leaves_the_rotations(sim_store, tmp_path):

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from hetrec_dist.analysis.latent import (
     traversal,
 )
 from hetrec_dist.analysis.maps import chimerax_level, write_latent_maps
+from hetrec_dist.data.atomic_files import TEMPORARY_MARK, write_atomically
 from hetrec_dist.data.map_files import read_map
 from hetrec_dist.errors import UserError
 
@@ -41,7 +43,8 @@ def _umap(z, seed, included):
 
     sample = np.random.default_rng(seed).choice(len(z), min(len(z), UMAP_SAMPLE), replace=False)
     rows = np.union1d(sample, included)
-    return rows, umap.UMAP(random_state=seed, n_jobs=1).fit_transform(z[rows])  # seeded: one thread anyway
+    neighbours = min(15, len(rows) - 1)  # UMAP's default, or what a small run has
+    return rows, umap.UMAP(n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(z[rows])  # seeded
 
 
 def _page(summary, out_dir):
@@ -156,23 +159,39 @@ def path_end(text, n_particles, k):
 
 
 def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10, particles=None,
-                with_umap=True, path_ends=None):
+                with_umap=True, path_ends=None, latents_record=None):
     """PCA, k-means, maps and their pictures, plots and the page (module doc). particles: {label: (N,) array}
     to colour the latents by (cli.run_files.particle_metadata), or None. with_umap: also a UMAP of a
     sample (latents of 3 dimensions or more). path_ends: two --path ends (path_end), for maps along the
-    data between them (latent.graph_path)."""
+    data between them (latent.graph_path). latents_record: what made z (RUN/z.json), kept in summary.json
+    so that `select` can tell clusters of older latents."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
     ends = [path_end(end, len(z), k) for end in path_ends or ()]
     if gt_coordinates is not None and len(gt_coordinates) != len(z):
         raise UserError(f"ground truth has {len(gt_coordinates)} coordinates but the run {len(z)} particles")
     final_dir = os.path.join(run_dir, f"analyze.{k}")
-    out_dir = final_dir + ".partial"  # built aside and moved into place whole: never a page of mixed runs
-    shutil.rmtree(out_dir, ignore_errors=True)
+    # built aside, in a new private folder, and moved into place whole: never a page of mixed runs
+    out_dir = tempfile.mkdtemp(prefix=f"analyze.{k}{TEMPORARY_MARK}", dir=run_dir)
     for sub in ("plots", "maps"):
         os.makedirs(os.path.join(out_dir, sub))
-    with open(os.path.join(run_dir, "z.pkl"), "wb") as f:
-        pickle.dump(z, f)
+    write_atomically(os.path.join(run_dir, "z.pkl"), lambda temporary: _pickle(z, temporary))
+    try:
+        summary = _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, particles, with_umap,
+                           ends, path_ends, latents_record)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    os.chmod(out_dir, os.stat(run_dir).st_mode & 0o777)  # readable as the run is, not mkdtemp's 0700
+    if os.path.lexists(final_dir):
+        shutil.rmtree(final_dir) if os.path.isdir(final_dir) and not os.path.islink(final_dir) else os.remove(final_dir)
+    os.rename(out_dir, final_dir)
+    return final_dir, summary
+
+
+def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, particles, with_umap, ends, path_ends,
+             latents_record):
+    """analyze_run's work, written into out_dir; returns the summary."""
     fitted = pca(z)
     _, dominant, spread_line = latent_spread(z)
     projected = fitted.project(z)
@@ -233,7 +252,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     if epochs is not None:
         plots.training_curves(epochs, os.path.join(plot_dir, "training_curves.png"))
         names.append("training_curves.png")
-    if with_umap and z.shape[1] > 2:
+    if with_umap and z.shape[1] > 2 and len(z) >= 10:  # fewer: UMAP's spectral start fails; PCA shows them
         rows, umap_xy = _umap(z, seed, on_data)
         centres_xy = umap_xy[np.searchsorted(rows, on_data)]
         plots.landscape(umap_xy, labels[rows], centres_xy, os.path.join(plot_dir, "umap_clusters.png"),
@@ -249,7 +268,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
                "pca_explained_fraction": (fitted.explained_variance / fitted.explained_variance.sum()).tolist(),
                "one_direction_dominates": bool(dominant), "latent_spread": spread_line,
                "cluster_sizes": np.bincount(labels, minlength=k).tolist(), "centre_particles": on_data.tolist(),
-               "maps": maps, "plots": names, "chimerax_level": level}
+               "maps": maps, "plots": names, "chimerax_level": level, "latents": latents_record}
     if resolutions:
         summary["half_map_resolution_0.143_A"] = resolutions
     if ends:
@@ -257,7 +276,10 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     _page(summary, out_dir)
-    if os.path.exists(final_dir):
-        shutil.rmtree(final_dir)
-    os.rename(out_dir, final_dir)
-    return final_dir, summary
+    return summary
+
+
+def _pickle(value, path):
+    with open(path, "wb") as f:
+        pickle.dump(value, f)
+

@@ -1,13 +1,18 @@
 """The `hetrec` command: one module per subcommand; user mistakes become one-line errors."""
 
+import errno
 import warnings
 
 import click
 
 from hetrec_dist import __version__
-from hetrec_dist.errors import InputWarning, PerformanceWarning, UserError
+from hetrec_dist.data.folder_lock import release_reading
+from hetrec_dist.errors import InputWarning, PerformanceWarning, UserError, is_out_of_memory
 
 _python_show_warning = warnings.showwarning
+# Errors of the place a file is read or written (a read-only folder or file system, permissions), whatever the
+# command: each is a line naming the path, not a traceback
+_PLACE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -19,7 +24,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 class _UserErrorsAsMessages(click.Group):
     """UserError becomes 'Error: ...', InputWarning and PerformanceWarning 'Warning: ...', one line each (a
-    warning once)."""
+    warning once); so do errors of the place a file is written (_PLACE_ERRORS) and memory that ran out."""
 
     def invoke(self, ctx):
         with warnings.catch_warnings():
@@ -29,6 +34,17 @@ class _UserErrorsAsMessages(click.Group):
                 return super().invoke(ctx)
             except UserError as err:  # one line, whatever a library's message it quotes holds
                 raise click.ClickException(" ".join(str(err).split())) from None
+            except Exception as err:
+                if isinstance(err, OSError) and err.errno in _PLACE_ERRORS and err.filename:
+                    raise click.ClickException(f"{err.filename}: {err.strerror}; give a place this user can "
+                                               "write and read") from None
+                if not is_out_of_memory(err):
+                    raise
+                raise click.ClickException(f"out of memory in `hetrec {ctx.invoked_subcommand}`: this machine's "
+                                           "memory (or the process's limit) is too small for this input; see "
+                                           "--help for options that lower it") from None
+            finally:
+                release_reading()
 
 
 @click.group(cls=_UserErrorsAsMessages, context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,12 +27,12 @@ def command(run, k, gt_dir, checkpoint, device, seed, with_umap, path_ends):
 
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
-    z = run_latents(run, state)
+    z, record = run_latents(run, state)
     try:  # the store may have stayed on the cluster: the analysis needs little of it
-        store = run_store(run)
+        store = run_store(run, state)
         store_attrs, particles = store.attrs.asdict(), particle_metadata(store)
     except UserError as error:
-        click.echo(f"Warning: the run's store is not readable ({error}; config.yaml's `store:` names it): no "
+        click.echo(f"Warning: the run's store cannot be used ({error}; config.yaml's `store:` names it): no "
                    "plots coloured by defocus, pose or optics group, and --gt is not checked against it", err=True)
         store_attrs, particles = None, None
     coordinates = read_ground_truth(gt_dir, store_attrs)[0] if gt_dir else None
@@ -40,7 +40,7 @@ def command(run, k, gt_dir, checkpoint, device, seed, with_umap, path_ends):
         click.echo(f"UMAP left out: the latents have {z.shape[1]} dimension(s), which PCA shows whole", err=True)
     try:
         out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles,
-                                       with_umap=with_umap, path_ends=path_ends)
+                                       with_umap=with_umap, path_ends=path_ends, latents_record=record)
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "
                         f"({error.filename or 'a file'})") from None

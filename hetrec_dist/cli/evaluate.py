@@ -11,8 +11,11 @@ import click
               help="The ground_truth/ folder of a `hetrec simulate` output.")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="A checkpoint file (default: the run's last.pt).")
+@click.option("--store", type=click.Path(exists=True, file_okay=False),
+              help="The run's particle store where it was moved or copied (default: the one config.yaml names); "
+                   "it must hold the same particles, which is checked.")
 @click.option("--device", default="auto", show_default=True)
-def command(run, gt_dir, checkpoint, device):
+def command(run, gt_dir, checkpoint, store, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and
     the true map (resolution at 0.5 and 0.143, mean FSC); |Spearman| of latent PC1 against the true
     coordinate, and the held-out R^2 of the coordinate predicted linearly from z; for a run trained with
@@ -20,13 +23,13 @@ def command(run, gt_dir, checkpoint, device):
     the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch.
     `hetrec train --gt DIR --eval-every N` does the same during training."""
     from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs, evaluate_run
-    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_store_attrs
+    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_store
     from hetrec_dist.train.metrics import TensorBoardLogger
 
-    check_ground_truth_belongs(gt_dir, run_store_attrs(run))
     state = run_checkpoint(run, checkpoint)
+    check_ground_truth_belongs(gt_dir, run_store(run, state, store).attrs.asdict())
     model = run_model(run, checkpoint, device, state)
-    z = run_latents(run, state)
+    z = run_latents(run, state)[0]
     metrics = TensorBoardLogger(os.path.join(run, "tb"))
     result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"])
     metrics.close()

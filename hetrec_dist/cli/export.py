@@ -12,8 +12,11 @@ from hetrec_dist.cli.command_line import refuse_empty
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
               help="particles.star (RELION input), particles.cs (cryoSPARC input) or poses.pkl (any input).")
 @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file (default: the run's last.pt).")
+@click.option("--store", type=click.Path(exists=True, file_okay=False),
+              help="The run's particle store where it was moved or copied (default: the one config.yaml names); "
+                   "it must hold the same particles, which is checked.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
-def command(run, out, checkpoint, overwrite):
+def command(run, out, checkpoint, store, overwrite):
     """Write the poses RUN refined (`hetrec train --refine-poses`) for every particle of its store.
 
     A .star or .cs is the input file with every field kept and the pose fields replaced: rlnAngleRot/Tilt/Psi
@@ -24,8 +27,7 @@ def command(run, out, checkpoint, overwrite):
     import numpy as np
 
     from hetrec_dist.analysis.select import write_cryodrgn_poses, write_subset
-    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store_path
-    from hetrec_dist.data.store import open_store
+    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
@@ -34,7 +36,7 @@ def command(run, out, checkpoint, overwrite):
         raise UserError(f"{out}: write a .star or .cs file like the input, or a cryoDRGN poses.pkl")
     check_new_file(out, overwrite)
     state = run_checkpoint(run, checkpoint)
-    store = open_store(run_store_path(run))
+    store = run_store(run, state, store)
     poses = checkpoint_poses(state, store)
     if poses is None:
         raise UserError(f"{run} did not refine its poses: train it with --refine-poses (its poses are the input's)")

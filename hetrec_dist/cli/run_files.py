@@ -5,9 +5,11 @@ import os
 
 def run_checkpoint(run, checkpoint=None):
     """The loaded checkpoint of a run: --checkpoint, or the run's newest."""
+    from hetrec_dist.data.folder_lock import hold_for_reading
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 
+    hold_for_reading(run)  # until this command ends: no --overwrite of the run meanwhile
     path = checkpoint or last_checkpoint(run)
     if path is None:
         raise UserError(f"{run}: no checkpoint in {run}/checkpoints; train first or give --checkpoint")
@@ -22,14 +24,15 @@ def run_model(run, checkpoint, device, state=None):
 
 
 def run_latents(run, state):
-    """RUN/z.npy, refused where it holds the latents of another checkpoint than `state`."""
+    """(RUN/z.npy, its record RUN/z.json as a dict or None), refused where z.npy holds the latents of another
+    checkpoint than `state` (train.inference.read_run_latents)."""
     from hetrec_dist.errors import UserError
-    from hetrec_dist.train.inference import read_run_latents
+    from hetrec_dist.train.inference import latents_record, read_run_latents
 
     path = os.path.join(run, "z.npy")
     if not os.path.isfile(path):
         raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
-    return read_run_latents(path, state)
+    return read_run_latents(path, state), latents_record(path)
 
 
 def run_store_path(run):
@@ -45,16 +48,17 @@ def run_store_path(run):
         raise UserError(f"{run}: no readable config.yaml naming its store; is it a `hetrec train` run?") from None
 
 
-def run_store(run):
-    """The store a run was trained on, opened to read (a UserError where it is not readable)."""
-    from hetrec_dist.data.store import open_store
+def run_store(run, state=None, store=None):
+    """The store a run was trained on (config.yaml's), or `store` (--store: the same particles moved or copied),
+    opened to read. UserError where it is not readable or, given the run's checkpoint `state`, holds other
+    particles than the run was trained on (data.store.check_same_particles: by content, whatever the path)."""
+    from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
 
-    return open_store(run_store_path(run))
-
-
-def run_store_attrs(run):
-    """The attributes of the store a run was trained on (its sources and their checksums among them)."""
-    return run_store(run).attrs.asdict()
+    path = store or run_store_path(run)
+    group = open_store(path)
+    if state is not None:
+        check_same_particles(state, content_sha256(group), path, run, "--store")
+    return group
 
 
 def particle_metadata(store):

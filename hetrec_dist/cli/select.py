@@ -14,8 +14,11 @@ from hetrec_dist.cli.command_line import refuse_empty
               help="Which `hetrec analyze --k` to use.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
               help="subset.star (RELION input), subset.cs (cryoSPARC input) or indices.pkl (any input).")
+@click.option("--store", type=click.Path(exists=True, file_okay=False),
+              help="The run's particle store where it was moved or copied (default: the one config.yaml names); "
+                   "it must hold the same particles, which is checked.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
-def command(run, clusters, k, out, overwrite):
+def command(run, clusters, k, out, store, overwrite):
     """Write the particles of the chosen clusters of RUN/analyze.K as a STAR or .cs file like the input
     (all columns and optics kept), or as a cryoDRGN-style index .pkl. A run trained with --half-sets writes
     its half-sets into rlnRandomSubset or alignments3D/split; a run trained with --refine-poses writes its
@@ -23,8 +26,7 @@ def command(run, clusters, k, out, overwrite):
     import numpy as np
 
     from hetrec_dist.analysis.select import cluster_members, write_subset
-    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store_path
-    from hetrec_dist.data.store import open_store
+    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_latents, run_particle_records, run_store
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
@@ -40,9 +42,10 @@ def command(run, clusters, k, out, overwrite):
         raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
     if not chosen:
         raise UserError(f"--clusters {clusters!r}: give at least one cluster number")
-    store = open_store(run_store_path(run))
-    indices = cluster_members(np.load(labels_path), chosen, k)
     state = run_checkpoint(run)
+    _check_clusters_are_current(run, k, run_latents(run, state)[1])
+    store = run_store(run, state, store)
+    indices = cluster_members(np.load(labels_path), chosen, k)
     source_rows, half_sets = run_particle_records(run, state, store)
     poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
     write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)
@@ -50,3 +53,22 @@ def command(run, clusters, k, out, overwrite):
     if "pose_corrections" in state and out.lower().endswith(".pkl"):
         click.echo(f"the run refined its poses: `hetrec export {run} -o poses.pkl` writes them for cryoDRGN",
                    err=True)
+
+
+def _check_clusters_are_current(run, k, latents_record):
+    """A UserError where RUN/analyze.K was computed from other latents than the run's current z.npy (whose
+    record, RUN/z.json, matches the run's checkpoint: cli.run_files.run_latents), as after a resume and an
+    embed. Analyses made before summaries recorded their latents are taken as they are."""
+    import json
+
+    from hetrec_dist.errors import UserError
+
+    try:
+        with open(os.path.join(run, f"analyze.{k}", "summary.json")) as f:
+            analysed = json.load(f).get("latents") or {}
+    except (OSError, ValueError):
+        analysed = {}
+    current = (latents_record or {}).get("z_sha256")
+    if None not in (analysed.get("z_sha256"), current) and analysed["z_sha256"] != current:
+        raise UserError(f"{run}/analyze.{k} clusters the latents of epoch {analysed.get('epoch')}, but the run's "
+                        f"z.npy is of epoch {latents_record.get('epoch')}; run `hetrec analyze {run} --k {k}` again")

@@ -53,9 +53,12 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
 @click.option("--pose-warmup", "pose_warmup_epochs", type=click.IntRange(min=0),
               help="With --refine-poses: epochs on the given poses before refining them (default 3).")
 @click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (with its saved settings).")
+@click.option("--checkpoint", "resume_checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="With --resume: continue from this checkpoint of RUN (e.g. RUN/checkpoints/epoch_0010.pt where "
+                   "last.pt is damaged) instead of its last.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing RUN.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(store, out, preset, resume, overwrite, quiet, **overrides):
+def command(store, out, preset, resume, resume_checkpoint, overwrite, quiet, **overrides):
     """Train the sparse Fourier structural-basis VAE on STORE (from `hetrec convert`), writing OUT/:
     config.yaml, train.log, tb/ (TensorBoard), checkpoints/ and z.npy (latent means, store order).
 
@@ -69,6 +72,7 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
     from hetrec_dist.analysis.ground_truth import run_evaluator
     from hetrec_dist.distributed.data_parallel import RankLost
     from hetrec_dist.distributed.mpi_world import RankFailed
+    from hetrec_dist.distributed.process_tree import LAUNCH_PID
     from hetrec_dist.distributed.training_world import init_training_world
     from hetrec_dist.errors import UserError, warn_input
     from hetrec_dist.train.config import build_config
@@ -76,6 +80,12 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if resume_checkpoint and not resume:
+        raise UserError("--checkpoint names where a resumed run continues from: give --resume too")
+    if resume_checkpoint and os.path.dirname(os.path.realpath(resume_checkpoint)) != os.path.realpath(
+            os.path.join(out, "checkpoints")):
+        raise UserError(f"--checkpoint {resume_checkpoint}: not one of {out}/checkpoints; a run continues from its "
+                        "own checkpoints")
     shifts_only = overrides.pop("shifts_only")
     if shifts_only is not None:
         overrides["refine_rotations"] = not shifts_only
@@ -99,10 +109,11 @@ def command(store, out, preset, resume, overwrite, quiet, **overrides):
         check_ground_truth_belongs(config.gt, attrs)
         check_ground_truth_extent(config.gt, attrs["box"], attrs["pixel_size_A"])
     world = init_training_world(config.collective_timeout_s, config.shared_memory_sums)
-    if world.size > 1:
-        _say_so_when_the_launcher_stops_this_rank(world, out)
+    if world.size > 1 or LAUNCH_PID in os.environ:
+        _stop_with_the_launcher(world, out)
     try:
-        trainer = Trainer(store, out, config, world, resume=resume, overwrite=overwrite, show_progress=not quiet,
+        trainer = Trainer(store, out, config, world, resume=resume, resume_checkpoint=resume_checkpoint,
+                          overwrite=overwrite, show_progress=not quiet,
                           command=reproducible_command(), evaluate=run_evaluator(out, config.gt) if config.gt else None)
         trainer.train()
     except RankLost:
@@ -156,20 +167,27 @@ def _report_unequal_noise(trainer):
         click.echo(f"Warning: {line}", err=True)
 
 
-def _say_so_when_the_launcher_stops_this_rank(world, run_dir):
-    """Launchers stop the other ranks when one dies (the deepspeed launcher with SIGTERM): rank 0 then says
-    where to continue from, on the console and in train.log, before it goes."""
+def _stop_with_the_launcher(world, run_dir):
+    """Launchers stop the other ranks when one dies (the deepspeed launcher with SIGTERM), and `hetrec launch`
+    stops them all when it is stopped; a rank whose launcher was killed outright (kill -9) sees it gone
+    (distributed.process_tree.watch_launcher). Either way rank 0 says where to continue from, on the console
+    and in train.log, before it goes; the last complete checkpoint stays."""
     import signal
     import time
 
-    def stopped(signum, frame):
+    from hetrec_dist.data.atomic_files import open_log
+    from hetrec_dist.distributed.process_tree import watch_launcher
+
+    def stop(why):
         if world.is_root:
-            line = (f"rank {world.rank} of {world.size} was stopped by its launcher (another rank failed or was "
-                    f"killed); continue from the last checkpoint in {run_dir}/checkpoints with --resume")
+            line = (f"rank {world.rank} of {world.size} {why}; continue from the last checkpoint in "
+                    f"{run_dir}/checkpoints with --resume")
             os.write(2, f"\nError: {line}\n".encode())
             with contextlib.suppress(OSError):
-                with open(os.path.join(run_dir, "train.log"), "a") as log:
+                with open_log(os.path.join(run_dir, "train.log")) as log:
                     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
         os._exit(1)
 
-    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop(
+        "was stopped by its launcher (another rank failed or was killed, or the job was stopped)"))
+    watch_launcher(lambda what: stop(f"stopped because the {what} is gone"))

@@ -39,7 +39,8 @@ def read_latents(path, zdim):
 @click.option("--half-maps", is_flag=True,
               help="A run trained with --half-sets: also each half-map, PREFIX000_half1.mrc and _half2.mrc (the "
                    "map is their mean).")
-def volume_command(run, z_path, out, checkpoint, device, prefix, half_maps):
+@click.option("--overwrite", is_flag=True, help="Replace the PREFIX*.mrc maps an earlier run left in OUT.")
+def volume_command(run, z_path, out, checkpoint, device, prefix, half_maps, overwrite):
     """Write one MRC map per latent row of --z (pixel size in the header, the input data's frame)."""
     from hetrec_dist.analysis.half_maps import require_half_sets
     from hetrec_dist.analysis.maps import write_latent_maps
@@ -48,8 +49,24 @@ def volume_command(run, z_path, out, checkpoint, device, prefix, half_maps):
     if half_maps:
         require_half_sets(model, run)
     z = read_latents(z_path, model.shape.zdim)
+    _clear_earlier_maps(out, prefix, overwrite)
     write_latent_maps(model, z, out, prefix + "{:03d}.mrc", half_maps=half_maps)
     click.echo(f"wrote {len(z)} maps{' and their half-maps' if half_maps else ''} to {out}", err=True)
+
+
+def _clear_earlier_maps(out, prefix, overwrite):
+    """Maps of an earlier `volume` into OUT would mix with this one's (more latents then, fewer now): refused
+    without --overwrite, removed with it."""
+    import glob
+
+    from hetrec_dist.errors import UserError
+
+    earlier = sorted(glob.glob(os.path.join(glob.escape(out), glob.escape(prefix) + "*.mrc")))
+    if earlier and not overwrite:
+        raise UserError(f"{out} holds {len(earlier)} maps of an earlier run ({os.path.basename(earlier[0])}, …); "
+                        "give another -o, another --prefix, or --overwrite to replace them")
+    for path in earlier:
+        os.remove(path)
 
 
 @click.command("embed")
@@ -62,14 +79,23 @@ def volume_command(run, z_path, out, checkpoint, device, prefix, half_maps):
 def embed_command(run, store, checkpoint, out, device):
     """Recompute the latent mean of every particle (store order) from a checkpoint."""
     from hetrec_dist.cli.run_files import run_checkpoint
+    from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
+    from hetrec_dist.errors import UserError
     from hetrec_dist.train.inference import embed, load_model, resolve_device, save_latents
 
     state = run_checkpoint(run, checkpoint)
     store = store or run_store_path(run)
+    store_sha256 = content_sha256(open_store(store))
+    out = out or os.path.join(run, "z.npy")
+    if os.path.realpath(out) == os.path.realpath(os.path.join(run, "z.npy")):  # what analyze and select pair
+        try:  # with the run: the latents of its own particles
+            check_same_particles(state, store_sha256, store, run)
+        except UserError as error:
+            raise UserError(f"{error}; for the latents of other particles give -o FILE (RUN/z.npy holds the run's "
+                            "own)") from None
     z = embed(load_model(state, resolve_device(device)), store,
               shift_corrections=_refined_shift_corrections(state, store, run_store_path(run)))
-    out = out or os.path.join(run, "z.npy")
-    save_latents(out, z, state)
+    save_latents(out, z, state, store_sha256)
     click.echo(f"wrote latents of {len(z)} particles to {out}", err=True)
 
 

@@ -266,7 +266,8 @@ def _finalize(store_path):
     group = zarr.open_group(store_path, mode="r+")
     if not particle_store.written_chunks(group).all():
         raise UserError(f"{store_path}: some image chunks were not written; rerun the same command")
-    group.attrs.update({"normalization": particle_store.normalization(group["chunk_stats"][:]), "complete": True})
+    group.attrs.update({"normalization": particle_store.normalization(group["chunk_stats"][:])})
+    group.attrs.update({particle_store.IDENTITY_ATTR: particle_store.compute_content_sha256(group), "complete": True})
 
 
 def _read_warning_once(world, input_path, options):

@@ -5,10 +5,13 @@ any way, so the lock of a process that died is simply taken over, and it holds a
 system that supports POSIX locks (local disks; NFS with its lock manager). The file says which host and
 process hold it, for the message another command gets.
 
+The lock file is opened without following links (O_NOFOLLOW): a link planted at its name is refused.
+
 POSIX locks belong to the process: closing any descriptor of the lock file releases them, so nothing but
 this class may open the file in a process that holds it.
 """
 
+import errno
 import fcntl
 import os
 import shutil
@@ -17,6 +20,10 @@ import socket
 from hetrec_dist.errors import UserError
 
 LOCK_NAME = ".hetrec.lock"
+# Byte 0 of the lock file: the one writer. Byte 1: shared by the commands that read the folder, so that a
+# writer that would replace its content (--overwrite) can tell they are there.
+_WRITER_BYTE, _READERS_BYTE = 0, 1
+_held_for_reading = []  # descriptors held until the command ends (release_reading)
 
 
 class FolderLock:
@@ -32,11 +39,16 @@ class FolderLock:
         has it."""
         try:
             os.makedirs(self.folder, exist_ok=True)
-            lock_file = open(self.path, "a+")
+            # never through a link planted at the lock's name: opening it would truncate the link's target
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            lock_file = open(descriptor, "r+")
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UserError(f"{self.path} is a symbolic link, not a lock file hetrec made; refusing to use "
+                                "it (remove it if you trust this folder)") from None
             raise UserError(f"{self.folder}: cannot write there ({err.strerror or err})") from None
         try:
-            fcntl.lockf(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _WRITER_BYTE)
         except OSError:
             lock_file.seek(0)
             holder = lock_file.read().strip() or "another process"
@@ -50,6 +62,16 @@ class FolderLock:
         self.file = lock_file
         return self
 
+    def check_no_readers(self) -> None:
+        """With the lock held: a UserError where a command holds the folder for reading (hold_for_reading), as
+        before replacing the folder's content."""
+        try:
+            fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _READERS_BYTE)
+        except OSError:
+            raise UserError(f"{self.folder} is being read by another hetrec command (analyze, eval, select, …); "
+                            f"wait for it to finish before replacing this {self.what}") from None
+        fcntl.lockf(self.file, fcntl.LOCK_UN, 1, _READERS_BYTE)
+
     def release(self, remove: bool = False) -> None:
         """Let go of the lock; remove: delete the lock file first (when the folder is finished and any later
         command finds it complete anyway)."""
@@ -58,6 +80,30 @@ class FolderLock:
                 os.remove(self.path)
             self.file.close()
             self.file = None
+
+
+def hold_for_reading(folder: str) -> None:
+    """Mark `folder` as read by this process, until release_reading() or the process's end, so that an
+    --overwrite of it is refused meanwhile (FolderLock.check_no_readers). Reading a folder that is being
+    written is allowed (the writer's files are whole); where the lock file cannot be opened (a read-only
+    folder, which nobody can replace) nothing is held."""
+    path = os.path.join(folder, LOCK_NAME)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _READERS_BYTE)
+    except OSError:
+        pass  # a writer checking for readers this instant: it will see none; the descriptor stays open anyway
+    _held_for_reading.append(descriptor)
+
+
+def release_reading() -> None:
+    """Let go of every folder hold_for_reading marked (when a command ends). Closing a descriptor drops all of
+    this process's POSIX locks on that file, so call it only where this process writes none of those folders."""
+    while _held_for_reading:
+        os.close(_held_for_reading.pop())
 
 
 def empty_folder_but_its_lock(folder: str) -> None:

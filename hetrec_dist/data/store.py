@@ -14,6 +14,7 @@ Arrays (N particles, box D):
     chunk_stats     C x 3       float64   per images-chunk (count, sum, sum of squares); NaN = not written
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -138,3 +139,43 @@ def normalization(chunk_stats):
     count, total, total_sq = chunk_stats.sum(axis=0)
     mean = total / count
     return {"mean": float(mean), "std": float(np.sqrt(max(total_sq / count - mean ** 2, 0.0)))}
+
+
+# The arrays whose values, particle by particle and in store order, make a store's identity
+IDENTITY_ARRAYS = ("rotations", "shifts", "ctf", "optics_group")
+IDENTITY_ATTR = "content_sha256"
+
+
+def compute_content_sha256(group) -> str:
+    """The identity of a store's particles: SHA-256 of every particle's pose, shift, CTF and optics group in
+    store order (IDENTITY_ARRAYS, as stored), the images' box and dtype, and their mean and standard deviation
+    over the whole store (normalization, to 6 significant digits: their sums are summed in chunk order).
+    The same particles in the same order give the same identity wherever the store lies and however it is
+    chunked; the same particles in another order, a subset, or other images do not."""
+    digest = hashlib.sha256()
+    images = group["images"]
+    norm = group.attrs.get("normalization") or normalization(group["chunk_stats"][:])
+    digest.update(f"{images.shape} {images.dtype} {norm['mean']:.6g} {norm['std']:.6g}".encode())
+    for name in IDENTITY_ARRAYS:
+        array = group[name]
+        for start in range(0, array.shape[0], 1 << 20):  # a million particles a read: bounded memory
+            digest.update(np.ascontiguousarray(array[start:start + (1 << 20)]).tobytes())
+    return digest.hexdigest()
+
+
+def content_sha256(group) -> str:
+    """A complete store's identity (compute_content_sha256): recorded in its attrs when its conversion
+    finished, computed here for stores made before that."""
+    return group.attrs.get(IDENTITY_ATTR) or compute_content_sha256(group)
+
+
+def check_same_particles(checkpoint: dict, sha256: str, store_path: str, run: str, option: str = "") -> None:
+    """Raises UserError where the store at `store_path` (identity `sha256`, content_sha256) holds other
+    particles than the run's checkpoint was trained on (its "store_sha256"; checkpoints made before runs
+    recorded it are not checked). option: how the command takes a store (e.g. "--store"), for the advice."""
+    recorded = checkpoint.get("store_sha256")
+    if recorded is not None and recorded != sha256:
+        raise UserError(f"{store_path} holds other particles than the run {run} was trained on (store identity "
+                        f"{sha256[:12]}…, the run's {recorded[:12]}…: another dataset, order or subset, or the "
+                        f"store was converted again); give the run's own store{' with ' + option if option else ''}, "
+                        "wherever it lies now")

@@ -1,12 +1,13 @@
 """A trained model applied: the device to run on, the model of a checkpoint, and the latents of a store."""
 
+import hashlib
 import json
 import os
 
 import numpy as np
 import torch
 
-from hetrec_dist.data.atomic_files import save_array, write_atomically
+from hetrec_dist.data.atomic_files import save_array, write_text
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
@@ -39,33 +40,57 @@ def latents_record_path(path):
     return os.path.splitext(path)[0] + ".json"
 
 
-def save_latents(path, z, checkpoint):
-    """Write z to path (.npy), and beside it (latents_record_path) the epoch and step of the checkpoint
-    (load_checkpoint's dict) whose model embedded them, each through a temporary file, so that a reader
-    never sees half of either, and later commands can tell latents of another checkpoint (read_run_latents)."""
-    record = {"epoch": int(checkpoint["epoch"]), "step": int(checkpoint["step"]), "n_particles": len(z)}
-    write_atomically(latents_record_path(path), lambda temporary: _write_text(temporary, json.dumps(record)))
+def _z_sha256(z):
+    return hashlib.sha256(np.ascontiguousarray(z).tobytes()).hexdigest()
+
+
+def save_latents(path, z, checkpoint, store_sha256=None):
+    """Write z to path (.npy), and beside it (latents_record_path) what made them: the run, epoch and step of
+    the checkpoint (load_checkpoint's dict) whose model embedded them, the identity of the store whose
+    particles they are (data.store.content_sha256) and a SHA-256 of z itself. Each file is written whole
+    (write_atomically); since a kill can come between the two, the record names z's content, and
+    read_run_latents refuses a pair of two different writes."""
+    record = {"epoch": int(checkpoint["epoch"]), "step": int(checkpoint["step"]), "n_particles": len(z),
+              "run_id": checkpoint.get("run_id"), "store_sha256": store_sha256, "z_sha256": _z_sha256(z)}
+    write_text(latents_record_path(path), json.dumps(record))
     save_array(path, z)
 
 
-def _write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
+def latents_record(path):
+    """The record save_latents wrote beside the latents at `path` (a dict), or None where there is none."""
+    record_path = latents_record_path(path)
+    if not os.path.isfile(record_path):
+        return None
+    try:
+        with open(record_path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        raise UserError(f"{record_path}: unreadable; run `hetrec embed` on the run to write it again") from None
 
 
 def read_run_latents(path, checkpoint):
     """The latents saved at `path` by save_latents, refused (UserError) where they came from another
-    checkpoint than `checkpoint`. Latents without a record (written before records existed) are taken as
-    they are."""
-    z = np.load(path)
-    record_path = latents_record_path(path)
-    if os.path.isfile(record_path):
-        with open(record_path) as f:
-            record = json.load(f)
-        if (record["epoch"], record["step"]) != (checkpoint["epoch"], checkpoint["step"]):
-            raise UserError(f"{path} holds the latents of epoch {record['epoch']} (step {record['step']}), but the "
-                            f"model is that of epoch {checkpoint['epoch']} (step {checkpoint['step']}); run "
-                            "`hetrec embed` on the run to compute them again")
+    checkpoint than `checkpoint` (another run, epoch or step), from another store than the checkpoint's
+    particles, or where z.npy and its record come from two different writes. Latents without a record
+    (written before records existed) are taken as they are; so is what older records do not hold."""
+    z = np.load(path, allow_pickle=False)
+    record = latents_record(path)
+    if record is None:
+        return z
+    again = "run `hetrec embed` on the run to compute them again"
+    if record.get("z_sha256") not in (None, _z_sha256(z)):
+        raise UserError(f"{path} and {os.path.basename(latents_record_path(path))} are of two different writes (one "
+                        f"was stopped between them); {again}")
+    if (record["epoch"], record["step"]) != (checkpoint["epoch"], checkpoint["step"]) or (
+            None not in (record.get("run_id"), checkpoint.get("run_id")) and record["run_id"] != checkpoint["run_id"]):
+        other_run = record.get("run_id") not in (None, checkpoint.get("run_id"))
+        raise UserError(f"{path} holds the latents of {'another run, ' if other_run else ''}epoch "
+                        f"{record['epoch']} (step {record['step']}), but the model is that of epoch "
+                        f"{checkpoint['epoch']} (step {checkpoint['step']}); {again}")
+    if None not in (record.get("store_sha256"), checkpoint.get("store_sha256")) and (
+            record["store_sha256"] != checkpoint["store_sha256"]):
+        raise UserError(f"{path} holds the latents of other particles than the run was trained on (an `embed "
+                        f"--store` of another store); {again}")
     return z
 
 

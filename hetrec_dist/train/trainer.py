@@ -13,11 +13,13 @@ uninterrupted one; checkpoints do not depend on the number of ranks.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import time
+import uuid
 
 import numpy as np
 import torch
@@ -34,10 +36,12 @@ from hetrec_dist.data.half_sets import (
 )
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore, ReadAhead
+from hetrec_dist.data.store import check_same_particles, content_sha256
 from hetrec_dist.distributed.data_parallel import DataParallel
+from hetrec_dist.distributed.process_tree import die_with_parent
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.distributed.training_world import TrainingWorld
-from hetrec_dist.errors import UserError
+from hetrec_dist.errors import UserError, is_out_of_memory
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
 from hetrec_dist.model.noise import NoiseSpectrum
 from hetrec_dist.physics.fourier_grid import squared_magnitude
@@ -50,6 +54,7 @@ from hetrec_dist.train.pose_refinement import POSES_FILE, PoseCorrections, given
 from hetrec_dist.train.row_adam import RowSparseAdam
 
 MIN_BOX, MAX_BOX = 16, 1024
+MIN_PARTICLES = 10
 BACKGROUND_IMAGES = 2000  # images a rank takes the noise power from (noise_model background)
 MIN_BACKGROUND_FRACTION = 0.01  # of the box: less outside the mask is no estimate of the noise
 
@@ -73,13 +78,14 @@ def prepare_run_dir(run_dir, resume, overwrite):
             raise UserError(f"{run_dir} is not a training run; refusing to overwrite it")
     lock = FolderLock(run_dir, "training run").acquire()
     if entries and overwrite:
+        lock.check_no_readers()
         empty_folder_but_its_lock(run_dir)
     return lock
 
 
 class Trainer:
     def __init__(self, store_path, run_dir, config: TrainConfig, world=None, resume=False, overwrite=False,
-                 show_progress=True, command=None, evaluate=None, data=None):
+                 show_progress=True, command=None, evaluate=None, data=None, resume_checkpoint=None):
         """evaluate(model, z, epoch, metrics) -> a line for train.log: called on rank 0 with every particle's
         latent after the last epoch (and every config.eval_every epochs), e.g. against a ground truth.
         data: where this rank's batches come from (default: its shard of the store, data.reader); it has
@@ -94,9 +100,13 @@ class Trainer:
         self.world.run_on_root(lambda: setattr(self, "run_lock", prepare_run_dir(run_dir, resume, overwrite)))
         torch.manual_seed(config.seed)
         saved = self.world.run_everywhere(
-            lambda: load_checkpoint(last_checkpoint(run_dir), self.device)) if resume else None
+            lambda: load_checkpoint(resume_checkpoint or last_checkpoint(run_dir), self.device)) if resume else None
         shape = (config.model_shape(store.box, store.pixel_size_A) if saved is None
                  else _resumed_shape(saved, config, store))
+        self.store_sha256 = content_sha256(store.group)
+        if saved is not None:
+            check_same_particles(saved, self.store_sha256, store_path, run_dir)
+        self.run_id = (saved or {}).get("run_id") or uuid.uuid4().hex  # the run's own, kept on resume
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
@@ -150,6 +160,10 @@ class Trainer:
         """The store and the device, or a UserError saying what is wrong with them."""
         store = ParticleStore(store_path)
         check_box(store.box)
+        least = max(MIN_PARTICLES, self.world.size)
+        if store.n_particles < least:
+            raise UserError(f"{store_path} holds {store.n_particles} particle(s); training needs at least {least} "
+                            f"({MIN_PARTICLES}, and one a rank): a latent space of fewer says nothing")
         return store, resolve_device(self.config.device, self.world.local_rank)
 
     def state_dict(self):
@@ -160,7 +174,8 @@ class Trainer:
                 "noise_spectrum": self.noise.state_dict(),
                 **({} if self.half_sets is None else {"half_sets": self.half_sets.clone()}),
                 **({} if self.poses is None else {"pose_corrections": self.poses.state_dict()}),
-                "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config)}
+                "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config),
+                "run_id": self.run_id, "store_sha256": self.store_sha256}
 
     def load_state_dict(self, state):
         if ModelShape(**state.get("model_shape", {})) != self.model.shape:
@@ -216,7 +231,8 @@ class Trainer:
         if workers == 0:
             return ReadAhead(self.data)
         return torch.utils.data.DataLoader(self.data, batch_size=None, num_workers=workers,
-                                           multiprocessing_context="spawn", pin_memory=self.device.type == "cuda")
+                                           multiprocessing_context="spawn", pin_memory=self.device.type == "cuda",
+                                           worker_init_fn=functools.partial(die_with_parent, os.getpid()))
 
     def _train_steps(self, batches, generator, totals, progress):
         """The epoch's steps, until some rank has no batch; adds each step's loss terms into totals. Returns
@@ -354,6 +370,15 @@ class Trainer:
         except UserError as err:
             self.log.error(f"stopped: {err}")
             raise
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            where = "GPU" if self.device.type == "cuda" else "host"
+            error = UserError(f"out of {where} memory while training: lower --batch-size (now "
+                              f"{self.config.batch_size}), the box (`hetrec convert --box`) or max_resolution_A in a "
+                              f"--config file, then {resume_hint}")
+            self.log.error(f"stopped: {error}")
+            raise error from None
         finally:
             with contextlib.suppress(OSError):  # a full disk already stopped the run
                 self.metrics.close()
@@ -434,7 +459,8 @@ class Trainer:
     def write_latents(self):
         z = self.gather_latents()
         if self.world.is_root:
-            save_latents(os.path.join(self.run_dir, "z.npy"), z, {"epoch": self.epoch, "step": self.step})
+            save_latents(os.path.join(self.run_dir, "z.npy"), z, {"epoch": self.epoch, "step": self.step,
+                                                                 "run_id": self.run_id}, self.store_sha256)
             self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
         return z
 
