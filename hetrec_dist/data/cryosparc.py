@@ -157,7 +157,8 @@ def read_cryosparc_cs(path, options):
     _refuse_mixed_contrast(records, path)
     n = len(records)
     box = int(single_value(records["blob/shape"][:, -1], "blob/shape", path,
-                           optics_group_hint(groups, records["blob/shape"][:, -1])))
+                           optics_group_hint(groups, records["blob/shape"][:, -1],
+                                             ("pixel size", records["blob/psize_A"]))))
     file_pixel_size = single_value(records["blob/psize_A"], "blob/psize_A", path,
                                    optics_group_hint(groups, records["blob/psize_A"]))
     pixel_size_A = float(option_replaces(file_pixel_size, options.apix, "apix", "blob/psize_A", path))

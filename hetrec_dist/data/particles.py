@@ -218,13 +218,21 @@ def select_optics_groups(groups, wanted, field, path):
     return np.isin(groups, list(wanted))
 
 
-def optics_group_hint(groups, values):
-    """'; convert one at a time with --optics-group N (groups 1 and 2 differ)' where the differing values
-    follow optics groups, so the user knows the way out."""
+def optics_group_hint(groups, values, also=None):
+    """'; group 1: 1.1, group 2: 0.85: convert one group at a time with --optics-group N' where the differing
+    values follow optics groups, so the user knows the way out. also: (what, values) of a second field, named
+    beside each group's value where it differs too (e.g. ("box", boxes) beside the pixel sizes)."""
     groups, values = np.asarray(groups), np.asarray(values, np.float64)
     per_group = {g: np.unique(values[groups == g]) for g in np.unique(groups)}
     if len(per_group) > 1 and all(len(v) == 1 for v in per_group.values()):
-        listed = ", ".join(f"group {g}: {v[0]:g}" for g, v in per_group.items())
+        other = {}
+        if also is not None:
+            other_values = np.asarray(also[1], np.float64)
+            other = {g: np.unique(other_values[groups == g]) for g in per_group}
+            if len({tuple(v) for v in other.values()}) == 1:
+                other = {}
+        listed = ", ".join(f"group {g}: {v[0]:g}" + (f" ({also[0]} {', '.join(f'{x:g}' for x in other[g])})"
+                                                      if other else "") for g, v in per_group.items())
         return f"; {listed}: convert one group at a time with --optics-group N"
     return "; convert particles with one value at a time (e.g. with --optics-group N)"
 
@@ -282,6 +290,22 @@ class StackHeader:
     warnings: list  # what mrcfile tolerated in the header, one message each
 
 
+def images_shape(shape, path):
+    """(n, ny, nx) of the images an MRC file's data holds, whatever the header's layout (mrcfile's data shape):
+    an image (ny, nx), an image stack or a volume (n, ny, nx: RELION reads either as n images), or a volume
+    stack of one section a volume (n, 1, ny, nx: what mrcfile writes for an N x 1 x D x D array). A volume
+    stack of thicker volumes holds no images: a UserError naming the shape found."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 4 and shape[1] == 1:
+        return (shape[0], *shape[2:])
+    if len(shape) != 3:
+        raise UserError(f"{path}: holds {shape[0]} volumes of {shape[1]} x {shape[2]} x {shape[3]} voxels (an MRC "
+                        "volume stack), not particle images; give a stack of 2-D images")
+    return shape
+
+
 def read_stack_header(path):
     """The header of an MRC stack (a single image reads as a stack of one), checked against the file's
     size: a stack shorter than its header says (an interrupted copy) is a UserError."""
@@ -291,12 +315,12 @@ def read_stack_header(path):
             with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
                 header = mrc.header
                 pixel_size_A = float(mrc.voxel_size.x)
-                n_images, ny, nx, mode = int(header.nz), int(header.ny), int(header.nx), int(header.mode)
-                data_bytes = (int(np.prod(mrcfile.utils.data_shape_from_header(header)))
-                              * mrcfile.utils.data_dtype_from_header(header).itemsize)
+                shape, mode = mrcfile.utils.data_shape_from_header(header), int(header.mode)
+                data_bytes = int(np.prod(shape)) * mrcfile.utils.data_dtype_from_header(header).itemsize
                 expected_bytes = header.nbytes + int(header.nsymbt) + data_bytes
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable MRC stack ({err})") from None
+    n_images, ny, nx = images_shape(shape, path)
     if mode in COMPLEX_MRC_MODES:
         raise UserError(f"{path}: holds complex numbers (MRC mode {mode}); hetrec reads real particle images")
     if min(n_images, ny, nx) <= 0:
@@ -348,7 +372,8 @@ def check_stacks(table):
 
 
 def open_stack(path):
-    """A memory map of an MRC stack's images (n x D x D); a single image file reads as a stack of one.
+    """A memory map of an MRC stack's images (n x D x D), whatever the header's layout (images_shape): a single
+    image file reads as a stack of one, a volume stack of one-section volumes as its sections.
     mrcfile's complaints about the header are not repeated here: check_stacks reported them once."""
     try:
         with warnings.catch_warnings():
@@ -359,4 +384,4 @@ def open_stack(path):
     data = mrc.data
     if data is None:
         raise UserError(f"{path}: not a readable MRC stack (no data)")
-    return data if data.ndim == 3 else data[np.newaxis]
+    return data.reshape(images_shape(data.shape, path))

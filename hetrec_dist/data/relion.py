@@ -48,6 +48,7 @@ def read_star_blocks(path):
         blocks = starfile.read(path, always_dict=True)
     except Exception as err:  # starfile raises several types for malformed files
         raise UserError(f"{path}: not a readable STAR file ({err})") from None
+    _refuse_what_the_model_cannot_read(blocks, path)
     particles = [name for name, df in blocks.items() if isinstance(df, pd.DataFrame) and "rlnImageName" in df]
     if not particles:
         raise UserError(f"{path}: no data block with rlnImageName")
@@ -120,10 +121,25 @@ def _merge_optics(particles, optics, path):
     return merged.drop(columns=[c for c in merged.columns if c.endswith("@optics")])
 
 
+def _refuse_what_the_model_cannot_read(blocks, path):
+    """Before anything else: inputs of another kind than single-particle 2-D images as recorded, in one line
+    that says so, rather than the first column they lack."""
+    tables = [df if isinstance(df, pd.DataFrame) else pd.DataFrame([df]) for df in blocks.values()
+              if isinstance(df, (pd.DataFrame, dict))]
+    tomography = sorted({c for df in tables for c in df.columns if str(c).startswith("rlnTomo")})
+    if tomography:
+        raise UserError(f"{path}: a RELION tomography file ({', '.join(tomography[:3])}, …): hetrec reconstructs "
+                        "single particles from 2-D images with one pose and CTF each; sub-tomograms and tilt "
+                        "series (a pose and CTF per tilt) are not supported")
+    for df in tables:
+        if "rlnCtfDataAreCtfPremultiplied" in df and (pd.to_numeric(
+                df["rlnCtfDataAreCtfPremultiplied"], errors="coerce").fillna(1) != 0).any():
+            raise UserError(f"{path}: the images are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied = 1), and "
+                            "hetrec's likelihood needs them as recorded; extract the particles again without "
+                            "premultiplying")
+
+
 def _refuse_what_the_model_cannot_use(df, path):
-    if "rlnCtfDataAreCtfPremultiplied" in df and (df["rlnCtfDataAreCtfPremultiplied"] != 0).any():
-        raise UserError(f"{path}: the images are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied = 1); "
-                        "extract the particles again without premultiplying")
     if "rlnImageDimensionality" in df and (df["rlnImageDimensionality"] != 2).any():
         raise UserError(f"{path}: rlnImageDimensionality is not 2; hetrec reads 2-D particle images only")
 
@@ -137,7 +153,8 @@ def _pixel_size(df, path, apix):
         values, name = (found[0][1], found[0][0]) if found else (None, "rlnImagePixelSize")
         return float(option_replaces(values, apix, "apix", f"pixel size ({name})", path)), "--apix"
     (first, values), others = found[0], found[1:]
-    value = single_value(values, first, path, optics_group_hint(df["rlnOpticsGroup"], values))
+    boxes = ("box", df["rlnImageSize"]) if "rlnImageSize" in df else None
+    value = single_value(values, first, path, optics_group_hint(df["rlnOpticsGroup"], values, boxes))
     for name, other in others:
         if not np.allclose(other, value, rtol=PIXEL_SIZE_RTOL):
             warn_input(f"{path}: {name} give {describe_values(other)} Å/pixel, but {first} says {value:g}; "
@@ -177,7 +194,20 @@ def _split_image_names(names, path):
     if nameless.size:
         raise UserError(f"{path}: row {names.index[nameless[0]] + 1}: rlnImageName {names.iloc[nameless[0]]!r} "
                         "names no stack")
-    return indices, split[1].to_numpy()
+    return indices, _without_type_suffix(split[1], path)
+
+
+def _without_type_suffix(stack_names, path):
+    """RELION reads `stack.mrc:mrcs` (and `:mrc`) as the MRC stack `stack.mrc` (the suffix names the file's
+    type; Scipion and csparc2star write it): the names without it. Any other type suffix is refused."""
+    parts = stack_names.str.extract(r"^(?P<name>.*\.[^./:]+):(?P<type>[A-Za-z0-9]+)$")
+    typed = parts["type"].notna()
+    other = typed & ~parts["type"].str.lower().isin(("mrcs", "mrc"))
+    if other.any():
+        name = stack_names[other].iloc[0]
+        raise UserError(f"{path}: rlnImageName stack {name!r}: a file type hetrec does not read; it reads MRC "
+                        "stacks, named NAME.mrcs or NAME.mrc, or with RELION's type suffix NAME.mrc:mrcs")
+    return np.where(typed, parts["name"], stack_names).astype(str)
 
 
 def read_relion_star(path, options):
