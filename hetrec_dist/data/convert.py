@@ -24,7 +24,7 @@ from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
-from hetrec_dist.data.particles import InputOptions, check_stacks, open_stack
+from hetrec_dist.data.particles import NO_CTF_ENVELOPE, InputOptions, check_stacks, open_stack
 from hetrec_dist.data.relion import read_relion_star
 from hetrec_dist.errors import InputWarning, UserError, warn_input
 from hetrec_dist.physics.ctf import CTF_COLUMNS
@@ -136,6 +136,8 @@ def _write_metadata(group, table, box, pixel_size_A):
     group["source_index"][:] = table.image_in_stack
     group["source_row"][:] = table.source_rows
     group["half_set"][:] = 0 if table.half_set is None else table.half_set
+    group["ctf_envelope"][:] = (np.broadcast_to(NO_CTF_ENVELOPE, (len(table), 2))
+                                if table.ctf_envelope is None else table.ctf_envelope.astype(np.float32))
 
 
 def _short(value, width=40):

@@ -180,5 +180,27 @@ def read_cryosparc_cs(path, options):
         metadata_files=[os.path.abspath(f) for f in files],
         half_set=(half_sets_or_none(records[HALF_SET_FIELD].astype(np.int64) + 1, f"{HALF_SET_FIELD} + 1",
                                     source_rows, path) if HALF_SET_FIELD in names else None))
+    _warn_about_unread_ctf_fields(records, names, path)
     check_values(table, path, path)
     return table
+
+
+# cryoSPARC's CTF fields hetrec does not read, and their neutral values: its per-particle scale and B-factor
+# (whose definition hetrec has not pinned against cryoSPARC's) and the higher-order aberrations of its CTF
+# refinements, which matter beyond about 3 Å
+_UNREAD_CTF_FIELDS = {"ctf/scale": 1.0, "ctf/bfactor": 0.0, "ctf/shift_A": 0.0, "ctf/tilt_A": 0.0,
+                      "ctf/trefoil_A": 0.0, "ctf/tetra_A": 0.0, "ctf/anisomag": 0.0}  # all zeros in cryoSPARC's files
+
+
+def _warn_about_unread_ctf_fields(records, names, path):
+    """A warning naming each of _UNREAD_CTF_FIELDS the file sets away from its neutral value."""
+    found = []
+    for field, neutral in _UNREAD_CTF_FIELDS.items():
+        if field not in names:
+            continue
+        if not np.allclose(records[field].astype(np.float64), neutral):
+            found.append(field)
+    if found:
+        warn_input(f"{path}: sets {', '.join(found)}, which hetrec's CTF does not use (it models defocus, "
+                   "astigmatism, Cs, amplitude contrast and phase shift): the maps lose what these correct beyond "
+                   "about 3 Å (docs/inputs.md)")

@@ -51,7 +51,8 @@ class ParticleTable:
     a subset, e.g. with --optics-group); pixel_size_source: where pixel_size_A came from, for messages;
     metadata_files: the files the table was read from (recorded with checksums); half_set: N, each
     particle's half-set (1 or 2, as RELION's rlnRandomSubset) where the input assigns one to every particle,
-    else None.
+    else None; ctf_envelope: N x 2, RELION's CTF scale and B-factor (Å²) where the input gives them, else None
+    (scale 1, B 0: physics.ctf).
     """
 
     stack_paths: list
@@ -67,6 +68,7 @@ class ParticleTable:
     pixel_size_source: str
     metadata_files: list
     half_set: np.ndarray | None = None
+    ctf_envelope: np.ndarray | None = None
 
     def __len__(self):
         return len(self.stack_of)
@@ -138,6 +140,24 @@ def is_rotation(matrices):
     with np.errstate(invalid="ignore"):
         gram_error = np.abs(np.einsum("nji,njk->nik", matrices, matrices) - np.eye(3)).max(axis=(1, 2))
         return (gram_error <= ROTATION_TOLERANCE) & (np.linalg.det(matrices) > 0)
+
+
+# (scale, B-factor in Å²) of a CTF without an envelope
+NO_CTF_ENVELOPE = np.array([1.0, 0.0], dtype=np.float32)
+
+
+def check_ctf_envelope(envelope, path, remedy, source_rows=None):
+    """A UserError unless every scale is positive and every B-factor a number (envelope: N x 2); a lost chunk
+    of the store's array reads as zeros, a scale of 0."""
+    with np.errstate(invalid="ignore"):
+        checks = ((0, "CTF scale", np.isfinite(envelope[:, 0]) & (envelope[:, 0] > 0), "positive"),
+                  (1, "CTF B-factor", np.isfinite(envelope[:, 1]), "a number"))
+    for column, name, good, must in checks:
+        bad = np.flatnonzero(~good)
+        if bad.size:
+            where = f"row {source_rows[bad[0]] + 1}" if source_rows is not None else f"particle {bad[0]}"
+            raise UserError(f"{path}: the {name} of {where} ({bad.size} in all) is {envelope[bad[0], column]:g}, "
+                            f"not {must}; {remedy}")
 
 
 def ctf_checks(ctf):

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import torch
 
-from hetrec_dist.data.particles import ctf_checks, is_rotation
+from hetrec_dist.data.particles import NO_CTF_ENVELOPE, check_ctf_envelope, ctf_checks, is_rotation
 from hetrec_dist.data.store import n_chunks, open_store, verify_chunk
 from hetrec_dist.errors import UserError
 
@@ -56,6 +56,11 @@ class ParticleStore:
         few rows costs zarr about a millisecond, which made up half of a batch's reading."""
         if self._fields is None:
             fields = {name: self.group[name][:] for name in BATCH_FIELDS}
+            if "ctf_envelope" in self.group:  # only where it changes the CTF: plain stores pay nothing
+                envelope = self.group["ctf_envelope"][:]
+                check_ctf_envelope(envelope, self.path, "the store is damaged: convert it again with --overwrite")
+                if not (envelope == NO_CTF_ENVELOPE).all():
+                    fields["ctf_envelope"] = envelope
             self.check_fields(fields)
             self._fields = fields
         return self._fields

@@ -12,6 +12,7 @@ import starfile
 from hetrec_dist.data.particles import (
     PIXEL_SIZE_RTOL,
     ParticleTable,
+    check_ctf_envelope,
     check_values,
     ctf_constants,
     describe_values,
@@ -79,7 +80,8 @@ def _read_blocks(path):
 _NUMERIC_COLUMNS = (_POSE_COLUMNS + _CTF_PARTICLE_COLUMNS + tuple(_CTF_CONSTANT_COLUMNS.values())
                     + tuple(c for _, columns, _ in _PIXEL_SIZE_SOURCES for c in columns)
                     + ("rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst", "rlnImageSize",
-                       "rlnOpticsGroup", "rlnCtfDataAreCtfPremultiplied", "rlnImageDimensionality"))
+                       "rlnOpticsGroup", "rlnCtfDataAreCtfPremultiplied", "rlnImageDimensionality",
+                       "rlnCtfScalefactor", "rlnCtfBfactor"))
 _WHOLE_NUMBER_COLUMNS = ("rlnOpticsGroup", "rlnImageSize")
 
 
@@ -244,5 +246,39 @@ def read_relion_star(path, options):
         box=box, pixel_size_A=pixel_size_A, pixel_size_source=pixel_size_source, metadata_files=[os.path.abspath(path)],
         half_set=(half_sets_or_none(df["rlnRandomSubset"], "rlnRandomSubset", df.index.to_numpy(), path)
                   if "rlnRandomSubset" in df else None))
+    if "rlnCtfScalefactor" in df or "rlnCtfBfactor" in df:
+        table.ctf_envelope = np.stack([df.get("rlnCtfScalefactor", pd.Series(1.0, index=df.index)),
+                                       df.get("rlnCtfBfactor", pd.Series(0.0, index=df.index))],
+                                      axis=1).astype(np.float64)
+        check_ctf_envelope(table.ctf_envelope, path, "fix the file", table.source_rows)
+    _warn_about_aberrations(df, path)
     check_values(table, path, path)
     return table
+
+
+# CTF terms RELION's CtfRefine writes that hetrec's CTF does not model: they change phases at high resolution
+# (beyond about 3 Å at 300 kV), which the model's default 4 Å does not reach
+_ABERRATIONS = {"rlnBeamTiltX": "beam tilt", "rlnBeamTiltY": "beam tilt", "rlnOddZernike": "odd Zernike terms",
+                "rlnEvenZernike": "even Zernike terms", "rlnMagMat00": "anisotropic magnification",
+                "rlnMagMat01": "anisotropic magnification", "rlnMagMat10": "anisotropic magnification",
+                "rlnMagMat11": "anisotropic magnification"}
+_NO_ABERRATION = {"rlnMagMat00": 1.0, "rlnMagMat11": 1.0}
+
+
+def _warn_about_aberrations(df, path):
+    """A warning naming each of _ABERRATIONS the file sets away from its neutral value."""
+    found = []
+    for column, what in _ABERRATIONS.items():
+        if column not in df or what in found:
+            continue
+        values = df[column]
+        if column.endswith("Zernike"):  # lists of numbers, as text
+            nonzero = values.astype(str).str.contains(r"[1-9]").any()
+        else:
+            nonzero = (pd.to_numeric(values, errors="coerce") != _NO_ABERRATION.get(column, 0.0)).any()
+        if nonzero:
+            found.append(what)
+    if found:
+        warn_input(f"{path}: sets {', '.join(found)}; hetrec's CTF does not model "
+                   f"{'them' if len(found) > 1 else 'it'} (defocus, astigmatism, Cs, phase shift, scale and "
+                   "B-factor only): they matter beyond about 3 Å, where the model's default (4 Å) does not reach")

@@ -5,6 +5,8 @@ Arrays (N particles, box D):
     rotations       N x 3 x 3   float32   pose matrices, hetrec_dist.physics.rotations convention
     shifts          N x 2       float32   pixels at this box (cryoDRGN translations x D)
     ctf             N x 9       float32   hetrec_dist.physics.ctf.CTF_COLUMNS
+    ctf_envelope    N x 2       float32   RELION's CTF scale and B-factor (A^2): the CTF times scale x exp(-B s^2/4)
+                                          (physics.ctf). Stores made before it existed lack it: (1, 0).
     optics_group    N           int32
     source_stack    N           int32     index into attrs["sources"]["stacks"]
     source_index    N           int64     0-based image index in that stack
@@ -31,6 +33,7 @@ PER_PARTICLE_ARRAYS = {  # name: (trailing shape, dtype)
     "rotations": ((3, 3), "float32"),
     "shifts": ((2,), "float32"),
     "ctf": ((9,), "float32"),
+    "ctf_envelope": ((2,), "float32"),
     "optics_group": ((), "int32"),
     "source_stack": ((), "int32"),
     "source_index": ((), "int64"),
@@ -142,7 +145,7 @@ def normalization(chunk_stats):
 
 
 # The arrays whose values, particle by particle and in store order, make a store's identity
-IDENTITY_ARRAYS = ("rotations", "shifts", "ctf", "optics_group")
+IDENTITY_ARRAYS = ("rotations", "shifts", "ctf", "optics_group", "ctf_envelope")  # those the store has
 IDENTITY_ATTR = "content_sha256"
 
 
@@ -156,7 +159,7 @@ def compute_content_sha256(group) -> str:
     images = group["images"]
     norm = group.attrs.get("normalization") or normalization(group["chunk_stats"][:])
     digest.update(f"{images.shape} {images.dtype} {norm['mean']:.6g} {norm['std']:.6g}".encode())
-    for name in IDENTITY_ARRAYS:
+    for name in (name for name in IDENTITY_ARRAYS if name in group):
         array = group[name]
         for start in range(0, array.shape[0], 1 << 20):  # a million particles a read: bounded memory
             digest.update(np.ascontiguousarray(array[start:start + (1 << 20)]).tobytes())

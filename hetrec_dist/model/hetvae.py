@@ -93,9 +93,15 @@ class HetVAE(nn.Module):
         return spectra, float((outside ** 2).mean())
 
     def ctf(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """B x P: each image's CTF on the half-disk, with its envelope (scale, B-factor) where the batch has one
+        (data.reader gives "ctf_envelope" only for stores where some particle's differs from 1, 0)."""
         params = batch["ctf"].to(self.basis.dtype)
         frequency = self.disk.coords / (self.shape.box * self.pixel_size_A)
         p = [params[:, i, None] for i in range(2, 9)]
+        envelope = batch.get("ctf_envelope")
+        if envelope is not None:
+            envelope = envelope.to(self.basis.dtype)
+            p += [envelope[:, 0, None], envelope[:, 1, None]]
         return ctf_2d(frequency[:, 0], frequency[:, 1], *p)
 
     def encode(self, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,13 @@ voltage in kV, spherical aberration Cs in mm, amplitude contrast w, phase shift 
 
 with df(a) = (U+V)/2 + (U-V)/2 * cos(2(a - angle)), a the direction of the spatial frequency s (1/A).
 The CTF is positive at low frequency, so a particle of positive density stays white after the CTF.
+
+RELION's envelope multiplies it (rlnCtfScalefactor and rlnCtfBfactor, written by CtfRefine and Warp/M):
+
+    CTF(s) * scale * exp(-B s^2 / 4)
+
+(RELION's CTF::initialise sets K4 = -Bfac / 4 and CTF::getCTF multiplies by scale * exp(K4 u^2), u in 1/A).
+The store keeps (scale, B in A^2) per particle in its `ctf_envelope` array (docs/store_format.md).
 """
 
 from typing import TYPE_CHECKING, TypeAlias
@@ -43,9 +50,11 @@ def electron_wavelength_A(voltage_kv: _ArrayOrScalar) -> _ArrayOrScalar:
 def ctf_2d(freq_x: _ArrayOrScalar, freq_y: _ArrayOrScalar, defocus_u_A: _ArrayOrScalar,
            defocus_v_A: _ArrayOrScalar, defocus_angle_deg: _ArrayOrScalar, voltage_kv: _ArrayOrScalar,
            cs_mm: _ArrayOrScalar, amplitude_contrast: _ArrayOrScalar,
-           phase_shift_deg: _ArrayOrScalar = 0.0) -> _ArrayOrScalar:
-    """CTF at spatial frequencies (freq_x, freq_y) in 1/A; parameters broadcast against the grid.
-    Works on numpy arrays and on torch tensors (all arguments of one kind)."""
+           phase_shift_deg: _ArrayOrScalar = 0.0, scale: "_ArrayOrScalar | None" = None,
+           bfactor_A2: "_ArrayOrScalar | None" = None) -> _ArrayOrScalar:
+    """CTF at spatial frequencies (freq_x, freq_y) in 1/A; with scale and bfactor_A2 (B in A^2) given, times
+    RELION's envelope scale * exp(-B s^2 / 4) (module doc). Parameters broadcast against the grid. Works on
+    numpy arrays and on torch tensors (all arguments of one kind)."""
     xp = _array_module(freq_x)
     wavelength = electron_wavelength_A(voltage_kv)
     s2 = freq_x ** 2 + freq_y ** 2
@@ -55,4 +64,8 @@ def ctf_2d(freq_x: _ArrayOrScalar, freq_y: _ArrayOrScalar, defocus_u_A: _ArrayOr
     w = amplitude_contrast
     chi = (-np.pi * wavelength * defocus * s2 + 0.5 * np.pi * cs_mm * 1e7 * wavelength ** 3 * s2 ** 2
            - phase_shift_deg * (np.pi / 180) - xp.arctan(w / (1.0 - w ** 2) ** 0.5))
-    return -xp.sin(chi)
+    if scale is None and bfactor_A2 is None:
+        return -xp.sin(chi)
+    scale = 1.0 if scale is None else scale
+    bfactor_A2 = 0.0 if bfactor_A2 is None else bfactor_A2
+    return -xp.sin(chi) * scale * xp.exp(-0.25 * bfactor_A2 * s2)
