@@ -245,7 +245,7 @@ def test_analyze_without_the_store_warns_and_leaves_out_only_the_confounder_plot
     config = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "store": str(tmp_path / "gone.zarr")}))
     result = run_cli("analyze", run, "--k", 3, "--device", "cpu", "--no-umap")
-    assert "Warning: the run's store cannot be used" in result.output and "no plots coloured by" in result.output
+    assert "Warning: the run's store is not readable" in result.output and "no plots coloured by" in result.output
     summary = json.loads((run / "analyze.3" / "summary.json").read_text())
     assert not any(p.startswith(("pca_by_", "umap")) for p in summary["plots"])
     assert "cluster_maps.png" in summary["plots"]

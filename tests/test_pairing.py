@@ -120,3 +120,46 @@ def test_select_refuses_clusters_of_older_latents(analysed_run, sim_store, tmp_p
     assert_one_line_error(result, "analyze.3 clusters the latents of epoch 1", "epoch 2", "hetrec analyze")
     summary = json.loads((run / "analyze.3" / "summary.json").read_text())
     assert summary["latents"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("damage", ["record removed", "rows cut, record removed", "object array", "NaN row",
+                                    "other zdim"])
+def test_latents_that_cannot_be_this_runs_are_one_line(analysed_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(analysed_run, run)
+    z = np.load(run / "z.npy")
+    if damage == "rows cut, record removed":
+        np.save(run / "z.npy", z[:-1])
+    elif damage == "object array":
+        np.save(run / "z.npy", np.array([object()] * len(z), dtype=object), allow_pickle=True)
+    elif damage == "NaN row":
+        z[3] = np.nan
+        np.save(run / "z.npy", z)
+    elif damage == "other zdim":
+        np.save(run / "z.npy", np.zeros((len(z), 5), np.float32))
+    if "record removed" in damage:
+        (run / "z.json").unlink()
+    for command in (("analyze", run, "--k", 3, "--no-umap"), ("select", run, "--clusters", 0, "--k", 3, "-o",
+                                                               tmp_path / "s.star")):
+        assert_one_line_error(run_cli(*command, expect_ok=False), "z.npy", "hetrec embed")
+    assert not (tmp_path / "s.star").exists()
+
+
+def test_analyze_refuses_another_stores_particles_and_takes_a_moved_one(rebuilt_in_another_order, sim_store):
+    run, store = rebuilt_in_another_order
+    result = run_cli("analyze", run, "--k", 3, "--no-umap", "--device", "cpu", expect_ok=False)
+    assert_one_line_error(result, "holds other particles than the run", "--store")
+    result = run_cli("analyze", run, "--k", 3, "--no-umap", "--device", "cpu", "--store", sim_store)
+    assert "Warning" not in result.output
+
+
+def test_embed_writes_the_runs_own_latents_only_with_its_own_model(analysed_run, sim_store, tmp_path):
+    other = tmp_path / "other"
+    run_cli("train", sim_store, "-o", other, "--epochs", 1, "--seed", 3, *TINY)
+    run = tmp_path / "run"
+    shutil.copytree(analysed_run, run)
+    before = (run / "z.npy").read_bytes()
+    result = run_cli("embed", run, "--checkpoint", other / "checkpoints" / "last.pt", expect_ok=False)
+    assert_one_line_error(result, "a checkpoint of another run", "-o FILE")
+    assert (run / "z.npy").read_bytes() == before
+    run_cli("embed", run, "--checkpoint", other / "checkpoints" / "last.pt", "-o", tmp_path / "z.npy")

@@ -5,6 +5,9 @@ import io
 import os
 import pickle
 import shutil
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -69,6 +72,43 @@ def test_a_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path, where)
     assert not marker.exists()
 
 
+class _ObjectDtype:
+    """numpy.dtype('O8') with a version-3 state whose flags are 0: numpy then no longer treats it as holding
+    objects, and numpy's scalar() reads 8 bytes of the file as a pointer to a Python object (which the pickle
+    can then call): a segfault, or code run where the address is known (ASLR off)."""
+
+    def __reduce__(self):
+        return (np.dtype, ("O8", False, True), (3, "|", None, None, None, -1, -1, 0))
+
+
+class _NumericDtypeMadeObject:
+    """A numeric dtype whose pickled state claims more (fields, another size, flags)."""
+
+    def __reduce__(self):
+        return (np.dtype, ("f8", False, True), (3, "<", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 63))
+
+
+class _PointerScalar:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __reduce__(self):
+        return (np.float64(0).__reduce__()[0], (self.dtype, struct.pack("<Q", 0x4141414141414141)))
+
+
+@pytest.mark.parametrize("dtype", [_ObjectDtype(), _NumericDtypeMadeObject()])
+def test_a_pickled_dtype_can_never_turn_bytes_into_object_pointers(tmp_path, dtype):
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps((_PointerScalar(dtype),), protocol=2))
+    result = subprocess.run([sys.executable, "-c", "import sys; from hetrec_dist.data import safe_pickle; "
+                             "safe_pickle.load(sys.argv[1])", str(tmp_path / "evil.pkl")], capture_output=True,
+                            text=True, timeout=120)  # a crash must not take the test run with it
+    assert result.returncode == 1 and "UserError" in result.stderr and "evil.pkl: refused" in result.stderr, (
+        result.returncode, result.stderr[-2000:])
+    big_endian = np.arange(4, dtype=">f8")  # what the state legitimately carries: the byte order
+    (tmp_path / "be.pkl").write_bytes(pickle.dumps(big_endian, protocol=2))
+    np.testing.assert_array_equal(safe_pickle.load(str(tmp_path / "be.pkl")), big_endian)
+
+
 def test_convert_refuses_a_poses_or_ctf_pickle_that_would_run_code(sim_dir, tmp_path):
     stack = os.path.join(sim_dir, "stacks", "particles_0000.mrcs")  # 128 images
     marker = tmp_path / "ran"
@@ -84,9 +124,17 @@ def test_convert_refuses_a_poses_or_ctf_pickle_that_would_run_code(sim_dir, tmp_
         assert not marker.exists()
 
 
+class SystemPayload:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
 def test_a_checkpoint_carrying_a_payload_is_refused_by_every_reader(two_epoch_run, sim_store, tmp_path):
     marker = tmp_path / "ran"
     state = torch.load(two_epoch_run / "checkpoints" / "last.pt", weights_only=True)
+    torch.save({**state, "extra": SystemPayload()}, tmp_path / "system.pt")  # a module torch blocks outright
+    with pytest.raises(UserError, match=r"system.pt: refused, the checkpoint would call (posix|os)\.system"):
+        load_checkpoint(str(tmp_path / "system.pt"))
     state["extra"] = Payload(marker)
     torch.save(state, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="evil.pt: refused, the checkpoint would call shutil.copyfile"):
@@ -167,3 +215,68 @@ def test_a_run_hetrec_0_1_trained_on_two_ranks_still_loads_and_resumes(sim_dir, 
     run_cli("volume", run, "--z", tmp_path / "z.txt", "-o", tmp_path / "maps", "--device", "cpu")
     run_cli("train", store, "-o", run, "--resume", "--epochs", 2, "--device", "cpu", "-q")
     assert load_checkpoint(str(run / "checkpoints" / "last.pt"))["epoch"] == 2
+
+
+def test_folders_planted_as_links_are_never_written_through(two_epoch_run, sim_dir, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "vol_005.mrc").write_text("the victim's own map\n")
+    (victim / "decoded_00.mrc").write_text("the victim's own map\n")
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    shutil.rmtree(run / "eval_maps", ignore_errors=True)
+    (run / "eval_maps").symlink_to(victim)
+    result = run_cli("eval", run, "--gt", os.path.join(sim_dir, "ground_truth"), "--device", "cpu", expect_ok=False)
+    assert_one_line_error(result, "eval_maps is a symbolic link")
+    (tmp_path / "maps").symlink_to(victim)
+    (tmp_path / "z.txt").write_text("0 0\n")
+    result = run_cli("volume", run, "--z", tmp_path / "z.txt", "-o", tmp_path / "maps", "--overwrite",
+                     expect_ok=False)
+    assert_one_line_error(result, "maps is a symbolic link")
+    (tmp_path / "s.zarr").symlink_to(victim)
+    result = run_cli("convert", os.path.join(sim_dir, "particles.star"), "-o", tmp_path / "s.zarr", "--overwrite",
+                     "-q", expect_ok=False)
+    assert_one_line_error(result, "s.zarr is a symbolic link")
+    assert sorted(os.listdir(victim)) == ["decoded_00.mrc", "vol_005.mrc"]
+    assert all(path.read_text() == "the victim's own map\n" for path in victim.iterdir())
+
+
+def test_a_train_log_planted_as_a_link_is_one_line(two_epoch_run, sim_store, tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's own file\n")
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    (run / "train.log").unlink()
+    (run / "train.log").symlink_to(precious)
+    result = run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q", expect_ok=False)
+    assert_one_line_error(result, "train.log", "symbolic link")
+    assert precious.read_text() == "a user's own file\n"
+
+
+@pytest.mark.parametrize("damage", ["model_shape an int", "model_shape without box", "no epoch", "epoch text",
+                                    "negative box", "basis of another shape"])
+def test_a_checkpoint_whose_contents_are_not_hetrecs_is_one_line_in_every_reader(two_epoch_run, sim_store, tmp_path,
+                                                                               damage):
+    state = torch.load(two_epoch_run / "checkpoints" / "last.pt", weights_only=True)
+    if damage == "model_shape an int":
+        state["model_shape"] = 3
+    elif damage == "model_shape without box":
+        del state["model_shape"]["box"]
+    elif damage == "no epoch":
+        del state["epoch"]
+    elif damage == "epoch text":
+        state["epoch"] = "abc"
+    elif damage == "negative box":
+        state["model_shape"]["box"] = -5
+    else:
+        state["model"]["basis"] = torch.zeros(7, 3)
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    torch.save(state, run / "checkpoints" / "last.pt")
+    (tmp_path / "z.txt").write_text("0 0\n")
+    for command in (("volume", run, "--z", tmp_path / "z.txt", "-o", tmp_path / "maps"), ("embed", run),
+                    ("analyze", run, "--k", 2, "--no-umap"), ("fsc", run, "--z", tmp_path / "z.txt"),
+                    ("train", sim_store, "-o", run, "--resume", "--epochs", 3, "-q")):
+        result = run_cli(*command, "--device", "cpu", expect_ok=False) if command[0] != "train" else run_cli(
+            *command, expect_ok=False)
+        assert_one_line_error(result, "last.pt" if damage != "basis of another shape" else "does not match")

@@ -11,6 +11,8 @@ import time
 import psutil
 import pytest
 
+from hetrec_dist.cli.launch import STOP_GRACE_S
+
 TINY = ["--batch-size", 64, "--zdim", 2, "--n-basis", 3, "--device", "cpu", "-q"]
 
 
@@ -66,8 +68,7 @@ def test_a_signal_to_launch_stops_every_rank_and_says_how_to_resume(sim_store, t
     run = tmp_path / "run"
     with two_rank_job(sim_store, run) as (job, processes):
         job.send_signal(signum)
-        output = job.communicate(timeout=60)[0]
-        psutil.wait_procs(processes, timeout=10)
+        output = job.communicate(timeout=STOP_GRACE_S + 30)[0]
         assert not still_running(processes), [p.cmdline() for p in still_running(processes)]
     assert job.returncode == 128 + signum, output
     assert f"received {signal.Signals(signum).name}" in output and "--resume" in output, output

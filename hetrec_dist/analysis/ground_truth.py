@@ -10,7 +10,7 @@ from scipy.stats import rankdata, spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
 from hetrec_dist.analysis.half_maps import latent_resolution
-from hetrec_dist.data.atomic_files import write_text
+from hetrec_dist.data.atomic_files import refuse_link, write_text
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.errors import UserError
@@ -148,6 +148,7 @@ def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):
     (a train.metrics logger) at `epoch`."""
     check_ground_truth_extent(gt_dir, model.shape.box, model.pixel_size_A)
     coordinates, maps = read_ground_truth(gt_dir)
+    refuse_link(os.path.join(run_dir, "eval_maps"))
     result = evaluate(model, z, coordinates, maps_at_box(maps, model.shape.box),
                       map_dir=os.path.join(run_dir, "eval_maps"))
     result["epoch"] = epoch

@@ -2,6 +2,8 @@
 
 import click
 
+from hetrec_dist.cli.command_line import moved_store_option
+
 
 @click.command("analyze")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
@@ -10,6 +12,7 @@ import click
               help="Ground truth of a simulated dataset: also colour the latents by the true coordinate.")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="A checkpoint file (default: the run's last.pt).")
+@moved_store_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--umap/--no-umap", "with_umap", default=True, show_default=True,
@@ -17,24 +20,28 @@ import click
 @click.option("--path", "path_ends", nargs=2, metavar="A B",
               help="Maps along the data from A to B, each a particle index or cN (the particle nearest k-means "
                    "centre N): the shortest path through the latents' nearest-neighbour graph.")
-def command(run, k, gt_dir, checkpoint, device, seed, with_umap, path_ends):
+def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_ends):
     """PCA and UMAP of RUN/z.npy, k-means with maps at the particles nearest
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.analysis.ground_truth import read_ground_truth
-    from hetrec_dist.cli.run_files import particle_metadata, run_checkpoint, run_latents, run_model, run_store
+    from hetrec_dist.cli.run_files import particle_metadata, run_checkpoint, run_latents, run_model, run_store_path
+    from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
     from hetrec_dist.errors import UserError
 
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
     z, record = run_latents(run, state)
     try:  # the store may have stayed on the cluster: the analysis needs little of it
-        store = run_store(run, state)
-        store_attrs, particles = store.attrs.asdict(), particle_metadata(store)
+        group = open_store(store or run_store_path(run))
     except UserError as error:
-        click.echo(f"Warning: the run's store cannot be used ({error}; config.yaml's `store:` names it): no "
-                   "plots coloured by defocus, pose or optics group, and --gt is not checked against it", err=True)
+        click.echo(f"Warning: the run's store is not readable ({error}; config.yaml's `store:` names it, --store "
+                   "another): no plots coloured by defocus, pose or optics group, and --gt is not checked against "
+                   "it", err=True)
         store_attrs, particles = None, None
+    else:  # but never another store's particles
+        check_same_particles(state, content_sha256(group), store or run_store_path(run), run, "--store")
+        store_attrs, particles = group.attrs.asdict(), particle_metadata(group)
     coordinates = read_ground_truth(gt_dir, store_attrs)[0] if gt_dir else None
     if with_umap and z.shape[1] < 3:
         click.echo(f"UMAP left out: the latents have {z.shape[1]} dimension(s), which PCA shows whole", err=True)

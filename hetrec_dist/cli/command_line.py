@@ -57,3 +57,10 @@ def reproducible_command():
         elif value not in (None, False) and value != param.default:
             words += [param.opts[-1]] if param.is_flag else [param.opts[-1], str(value)]
     return shlex.join(words)
+
+
+# --store on the commands that read a run's particles: the run's store where it was moved or copied
+moved_store_option = click.option(
+    "--store", type=click.Path(exists=True, file_okay=False),
+    help="The run's particle store where it was moved or copied (default: the one config.yaml names); it must "
+         "hold the same particles, which is checked.")

@@ -4,6 +4,8 @@ import os
 
 import click
 
+from hetrec_dist.cli.command_line import moved_store_option
+
 
 @click.command("eval")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
@@ -11,9 +13,7 @@ import click
               help="The ground_truth/ folder of a `hetrec simulate` output.")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="A checkpoint file (default: the run's last.pt).")
-@click.option("--store", type=click.Path(exists=True, file_okay=False),
-              help="The run's particle store where it was moved or copied (default: the one config.yaml names); "
-                   "it must hold the same particles, which is checked.")
+@moved_store_option
 @click.option("--device", default="auto", show_default=True)
 def command(run, gt_dir, checkpoint, store, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from hetrec_dist.cli.command_line import refuse_empty
+from hetrec_dist.cli.command_line import moved_store_option, refuse_empty
 
 
 @click.command("export")
@@ -12,9 +12,7 @@ from hetrec_dist.cli.command_line import refuse_empty
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
               help="particles.star (RELION input), particles.cs (cryoSPARC input) or poses.pkl (any input).")
 @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file (default: the run's last.pt).")
-@click.option("--store", type=click.Path(exists=True, file_okay=False),
-              help="The run's particle store where it was moved or copied (default: the one config.yaml names); "
-                   "it must hold the same particles, which is checked.")
+@moved_store_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 def command(run, out, checkpoint, store, overwrite):
     """Write the poses RUN refined (`hetrec train --refine-poses`) for every particle of its store.

@@ -104,7 +104,8 @@ def _run_job(argv, env):
 def _say_where_to_continue(train_args, what):
     """After a job that stopped before its end: what happened and the resume line, on the console and in the
     run's train.log."""
-    run = next((train_args[i + 1] for i, arg in enumerate(train_args[:-1]) if arg in ("-o", "--out")), None)
+    run = next((train_args[i + 1] for i, arg in enumerate(train_args[:-1]) if arg in ("-o", "--out")),
+               next((arg.split("=", 1)[1] for arg in train_args if arg.startswith("--out=")), None))
     where = f"{run}/checkpoints" if run else "the run's checkpoints"
     line = f"{what}; continue from the last checkpoint in {where} with `hetrec launch … -- train … --resume`"
     click.echo(f"Error: {line}", err=True)

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from hetrec_dist.cli.command_line import refuse_empty
+from hetrec_dist.cli.command_line import moved_store_option, refuse_empty
 
 
 @click.command("select")
@@ -14,9 +14,7 @@ from hetrec_dist.cli.command_line import refuse_empty
               help="Which `hetrec analyze --k` to use.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
               help="subset.star (RELION input), subset.cs (cryoSPARC input) or indices.pkl (any input).")
-@click.option("--store", type=click.Path(exists=True, file_okay=False),
-              help="The run's particle store where it was moved or copied (default: the one config.yaml names); "
-                   "it must hold the same particles, which is checked.")
+@moved_store_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 def command(run, clusters, k, out, store, overwrite):
     """Write the particles of the chosen clusters of RUN/analyze.K as a STAR or .cs file like the input

@@ -44,11 +44,13 @@ def volume_command(run, z_path, out, checkpoint, device, prefix, half_maps, over
     """Write one MRC map per latent row of --z (pixel size in the header, the input data's frame)."""
     from hetrec_dist.analysis.half_maps import require_half_sets
     from hetrec_dist.analysis.maps import write_latent_maps
+    from hetrec_dist.data.atomic_files import refuse_link
 
     model = run_model(run, checkpoint, device)
     if half_maps:
         require_half_sets(model, run)
     z = read_latents(z_path, model.shape.zdim)
+    refuse_link(out)
     _clear_earlier_maps(out, prefix, overwrite)
     write_latent_maps(model, z, out, prefix + "{:03d}.mrc", half_maps=half_maps)
     click.echo(f"wrote {len(z)} maps{' and their half-maps' if half_maps else ''} to {out}", err=True)
@@ -88,11 +90,13 @@ def embed_command(run, store, checkpoint, out, device):
     store_sha256 = content_sha256(open_store(store))
     out = out or os.path.join(run, "z.npy")
     if os.path.realpath(out) == os.path.realpath(os.path.join(run, "z.npy")):  # what analyze and select pair
-        try:  # with the run: the latents of its own particles
+        try:  # with the run: the latents of its own particles, by its own model
             check_same_particles(state, store_sha256, store, run)
+            if checkpoint and state.get("run_id") != run_checkpoint(run).get("run_id"):
+                raise UserError(f"{checkpoint} is a checkpoint of another run than {run}")
         except UserError as error:
-            raise UserError(f"{error}; for the latents of other particles give -o FILE (RUN/z.npy holds the run's "
-                            "own)") from None
+            raise UserError(f"{error}; for the latents of other particles or models give -o FILE (RUN/z.npy holds "
+                            "the run's own)") from None
     z = embed(load_model(state, resolve_device(device)), store,
               shift_corrections=_refined_shift_corrections(state, store, run_store_path(run)))
     save_latents(out, z, state, store_sha256)

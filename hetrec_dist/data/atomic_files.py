@@ -69,6 +69,14 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
             shutil.rmtree(private, ignore_errors=True)
 
 
+def refuse_link(folder: str) -> None:
+    """A UserError where `folder`, which a command is about to write into (or empty), is a symbolic link: one
+    planted in a shared folder would take the writes, or an --overwrite's deletions, to its target."""
+    if os.path.islink(folder):
+        raise UserError(f"{folder} is a symbolic link; hetrec writes into folders themselves, never through a "
+                        "link (give the folder it points to, if it is yours)")
+
+
 def write_text(path: str, text: str) -> None:
     """A text file (UTF-8), written whole or not at all (write_atomically)."""
     def write(temporary):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from hetrec_dist import __version__
 from hetrec_dist.data import store as particle_store
-from hetrec_dist.data.atomic_files import full_disk_as_user_error
+from hetrec_dist.data.atomic_files import full_disk_as_user_error, refuse_link
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
@@ -169,6 +169,7 @@ def prepare_store(out, table, options, command):
     box = _output_box(table, options)
     chunk_images = min(options.chunk_images or particle_store.default_chunk_images(box, options.dtype), len(table))
     attrs = store_attrs(table, options, box, chunk_images, command)
+    refuse_link(out)
     if entries_but_the_lock(out) and not particle_store.is_store(out):
         raise UserError(f"{out} exists and is not a particle store; choose another output"
                         + ("" if options.overwrite else " or use --overwrite"))

@@ -2,8 +2,9 @@
 workers die with their parent.
 
 - stop_tree: what `hetrec launch` does on SIGTERM, SIGINT or SIGHUP (kill, Ctrl-C, systemd, Slurm's time limit,
-  a closed terminal). The launcher it started (deepspeed, mpirun, srun) is asked first, since only it reaches
-  the ranks of other nodes; whatever of the local tree still runs after a grace period is killed.
+  a closed terminal). The launcher it started (deepspeed, mpirun, srun), which alone reaches the ranks of
+  other nodes, and every local process of the job get SIGTERM; whatever still runs after a grace period is
+  killed.
 - watch_launcher: a rank's thread that notices `hetrec launch` (same host) or the rank's own parent (the
   deepspeed, mpirun or srun process of its node) has gone, as after kill -9 of the launcher.
 - die_with_parent: a DataLoader worker asks the kernel to kill it when the training process goes
@@ -31,14 +32,19 @@ def launcher_environment() -> dict[str, str]:
 
 
 def stop_tree(root_pid: int, grace_s: float = 20.0) -> None:
-    """SIGTERM to `root_pid`, then SIGKILL to every process of its tree (as listed before the SIGTERM) that has
-    not ended `grace_s` seconds later."""
+    """SIGTERM to `root_pid` (the launcher, which reaches other nodes' ranks) and to every process of its tree
+    on this host (the ranks here stop at once, writing their resume line: a launcher need not pass the signal
+    on, and DeepSpeed's does not), then SIGKILL to those that have not ended `grace_s` seconds later."""
     try:
         root = psutil.Process(root_pid)
         tree = [root] + root.children(recursive=True)
-        root.send_signal(signal.SIGTERM)
     except psutil.NoSuchProcess:
         return
+    for process in tree:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
     _, alive = psutil.wait_procs(tree, timeout=grace_s)
     for process in alive:
         try:

@@ -10,6 +10,7 @@ mp_rank_00_model_states.pt, named by the file `latest`); they still load, and th
 last.pt.
 """
 
+import dataclasses
 import glob
 import os
 
@@ -18,6 +19,7 @@ import torch
 from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
 from hetrec_dist.data.safe_pickle import refusal
 from hetrec_dist.errors import UserError
+from hetrec_dist.model.hetvae import ModelShape
 
 LAST = "last.pt"
 
@@ -100,4 +102,28 @@ def load_checkpoint(path, map_location="cpu"):
         held = f"a dict of {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else type(state).__name__
         raise UserError(f"{path}: not a hetrec checkpoint (a torch file holding {held}, without hetrec's model "
                         "and model_shape); give a RUN/checkpoints/*.pt file that `hetrec train` wrote")
-    return _from_legacy(saved) if legacy else saved
+    state = _from_legacy(saved) if legacy else saved
+    _check_structure(state, path)
+    return state
+
+
+def _check_structure(state, path):
+    """A UserError (one line) where a checkpoint's model_shape, epoch, step or model are not what hetrec writes:
+    what every reader relies on before it builds a model from them."""
+    def refuse(what):
+        raise UserError(f"{path}: not a hetrec checkpoint that can be used: {what}")
+
+    shape = state["model_shape"]
+    if not isinstance(shape, dict):
+        refuse(f"model_shape is a {type(shape).__name__}, not a dict")
+    for field in dataclasses.fields(ModelShape):
+        value = shape.get(field.name)
+        if value is None and field.default is dataclasses.MISSING:
+            refuse(f"model_shape has no {field.name}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            refuse(f"model_shape's {field.name} is {value!r}, not a positive number")
+    for name in ("epoch", "step"):
+        if isinstance(state.get(name), bool) or not isinstance(state.get(name), int) or state[name] < 0:
+            refuse(f"its {name} is {state.get(name)!r}, not a count")
+    if not all(isinstance(value, torch.Tensor) for value in state["model"].values()):
+        refuse("its model holds values that are not tensors")

@@ -30,9 +30,25 @@ def resolve_device(name, local_rank=0):
 
 def load_model(checkpoint, device="cpu"):
     """The model of a checkpoint (train.checkpoint.load_checkpoint's dict), in eval mode."""
-    model = HetVAE(ModelShape(**checkpoint["model_shape"]), checkpoint["pixel_size_A"], checkpoint["image_std"])
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model = HetVAE(ModelShape(**checkpoint["model_shape"]), checkpoint["pixel_size_A"], checkpoint["image_std"])
+    except (TypeError, ValueError, KeyError) as err:  # a shape hetrec did not write
+        raise _not_this_model(err) from None
+    load_weights(model, checkpoint["model"])
     return model.to(device).eval()
+
+
+def load_weights(model, weights):
+    """model.load_state_dict(weights); UserError (one line) where they do not fit the model's shape."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # weights of another shape than the checkpoint's model_shape says
+        raise _not_this_model(err) from None
+
+
+def _not_this_model(err):
+    return UserError(f"the checkpoint's model does not match its model_shape ({' '.join(str(err).split())[:200]});"
+                     " give a checkpoint `hetrec train` wrote")
 
 
 def latents_record_path(path):
@@ -73,11 +89,25 @@ def read_run_latents(path, checkpoint):
     checkpoint than `checkpoint` (another run, epoch or step), from another store than the checkpoint's
     particles, or where z.npy and its record come from two different writes. Latents without a record
     (written before records existed) are taken as they are; so is what older records do not hold."""
-    z = np.load(path, allow_pickle=False)
+    again = "run `hetrec embed` on the run to compute them again"
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:120]
+        raise UserError(f"{path}: not a latents file hetrec wrote ({reason}); {again}") from None
+    zdim = checkpoint["model_shape"]["zdim"]
+    finite = bool(np.isfinite(z).all())
+    if z.ndim != 2 or z.shape[1] != zdim or not np.issubdtype(z.dtype, np.floating) or not finite:
+        raise UserError(f"{path} holds a {z.dtype} array of shape {z.shape}{'' if finite else ' with NaN'}, not "
+                        f"the finite N x {zdim} latents of this run's model; {again}")
     record = latents_record(path)
     if record is None:
+        if checkpoint.get("run_id") is not None:  # this hetrec writes a record with every z.npy
+            raise UserError(f"{path} has no record ({os.path.basename(latents_record_path(path))}) of the model that "
+                            f"made it; {again}")
         return z
-    again = "run `hetrec embed` on the run to compute them again"
+    if record.get("n_particles", len(z)) != len(z):
+        raise UserError(f"{path} holds {len(z)} latents, its record {record['n_particles']}; {again}")
     if record.get("z_sha256") not in (None, _z_sha256(z)):
         raise UserError(f"{path} and {os.path.basename(latents_record_path(path))} are of two different writes (one "
                         f"was stopped between them); {again}")

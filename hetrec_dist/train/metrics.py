@@ -5,6 +5,7 @@ import logging
 import numpy as np
 
 from hetrec_dist.data.atomic_files import open_log
+from hetrec_dist.errors import UserError
 
 
 class MetricsLogger:
@@ -56,7 +57,11 @@ def file_logger(path):
     logger = logging.getLogger(f"hetrec.{path}")
     logger.setLevel(logging.INFO)
     if not logger.handlers:
-        handler = _QuietFileHandler(path, encoding="utf-8")
+        try:
+            handler = _QuietFileHandler(path, encoding="utf-8")
+        except OSError as err:  # a link planted at RUN/train.log (ELOOP), a folder there
+            raise UserError(f"{path}: cannot append to it ({err.strerror}): a symbolic link or not a file; "
+                            "remove it if you trust this folder") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     return logger

@@ -47,7 +47,7 @@ from hetrec_dist.model.noise import NoiseSpectrum
 from hetrec_dist.physics.fourier_grid import squared_magnitude
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
-from hetrec_dist.train.inference import embed, resolve_device, save_latents
+from hetrec_dist.train.inference import embed, load_weights, resolve_device, save_latents
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
 from hetrec_dist.train.pose_refinement import POSES_FILE, PoseCorrections, given_poses_sha256, write_poses
@@ -181,7 +181,7 @@ class Trainer:
         if ModelShape(**state.get("model_shape", {})) != self.model.shape:
             raise UserError(f"the checkpoint's model shape {state.get('model_shape')} differs from this run's "
                             f"{dataclasses.asdict(self.model.shape)}")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"])
         self.ranks.load_state_dict(state["dense_optimizer"])
         self.basis_optimizer.load_state_dict(state["basis_optimizer"])
         if "noise_spectrum" in state:  # checkpoints of hetrec 0.1 have none: white noise so far
