@@ -188,6 +188,8 @@ def _stop_with_the_launcher(world, run_dir):
                     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
         os._exit(1)
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop(
-        "was stopped by its launcher (another rank failed or was killed, or the job was stopped)"))
+    if world.is_root:  # the others end at once (SIGTERM's default): a Python handler runs only once the main
+        # thread leaves C, which a collective waiting on a rank that has gone may not do for long
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop(
+            "was stopped by its launcher (another rank failed or was killed, or the job was stopped)"))
     watch_launcher(lambda what: stop(f"stopped because the {what} is gone"))
