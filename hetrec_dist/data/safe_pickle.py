@@ -3,8 +3,9 @@
 pickle.load calls whatever function the file names, so a poses.pkl from a shared folder could run anything.
 cryoDRGN's pickles (poses.pkl, ctf.pkl, index .pkl) hold numpy arrays, or torch tensors, in tuples, lists and
 dicts; load() rebuilds exactly those and refuses a file that names any other function, in one line, before
-calling it. A tensor inside a pickle carries its storage as a nested torch file, which torch itself reads
-with weights_only=False: here it is read with weights_only=True.
+calling it. Arrays and scalars have numeric dtypes only, and a dtype's pickled state (numpy's internals: its
+flags can make numbers into object pointers) is never handed to numpy. A tensor inside a pickle carries its
+storage as a nested torch file, which torch itself reads with weights_only=False: here with weights_only=True.
 """
 
 import io
