@@ -106,7 +106,8 @@ class Trainer:
         self.store_sha256 = content_sha256(store.group)
         if saved is not None:
             check_same_particles(saved, self.store_sha256, store_path, run_dir)
-        self.run_id = (saved or {}).get("run_id") or uuid.uuid4().hex  # the run's own, kept on resume
+        # the run's own id, kept on resume; rank 0's for all (saved is the same on every rank: all or none call)
+        self.run_id = (saved or {}).get("run_id") or self.world.broadcast_object(uuid.uuid4().hex)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
