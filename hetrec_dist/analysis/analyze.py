@@ -10,7 +10,6 @@ as cryoDRGN's z.pkl).
 import html
 import json
 import os
-import pickle
 import re
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from hetrec_dist.analysis.latent import (
     traversal,
 )
 from hetrec_dist.analysis.maps import chimerax_level, write_latent_maps
-from hetrec_dist.data.atomic_files import TEMPORARY_MARK, write_atomically
+from hetrec_dist.data.atomic_files import TEMPORARY_MARK, save_pickle
 from hetrec_dist.data.map_files import read_map
 from hetrec_dist.errors import UserError
 
@@ -175,7 +174,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     out_dir = tempfile.mkdtemp(prefix=f"analyze.{k}{TEMPORARY_MARK}", dir=run_dir)
     for sub in ("plots", "maps"):
         os.makedirs(os.path.join(out_dir, sub))
-    write_atomically(os.path.join(run_dir, "z.pkl"), lambda temporary: _pickle(z, temporary))
+    save_pickle(os.path.join(run_dir, "z.pkl"), z)
     try:
         summary = _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, particles, with_umap,
                            ends, path_ends, latents_record)
@@ -278,8 +277,4 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
     _page(summary, out_dir)
     return summary
 
-
-def _pickle(value, path):
-    with open(path, "wb") as f:
-        pickle.dump(value, f)
 

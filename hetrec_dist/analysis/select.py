@@ -2,13 +2,12 @@
 a run's refined poses as cryoDRGN's poses.pkl."""
 
 import os
-import pickle
 
 import numpy as np
 import numpy.lib.recfunctions
 import starfile
 
-from hetrec_dist.data.atomic_files import write_atomically
+from hetrec_dist.data.atomic_files import save_pickle, write_atomically
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.cryosparc import HALF_SET_FIELD, read_cs_records
 from hetrec_dist.data.relion import read_star_blocks
@@ -47,7 +46,7 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
     into the pose fields, in the input's units (_star_poses, _cs_poses)."""
     extension = os.path.splitext(out)[1].lower()
     if extension == ".pkl":
-        write_atomically(out, lambda temporary: _pickle(np.asarray(indices, dtype=np.int64), temporary))
+        save_pickle(out, np.asarray(indices, dtype=np.int64))
         return
     sources = _source_metadata(store_attrs)
     if any(os.path.realpath(out) == os.path.realpath(source) for source in sources):
@@ -81,11 +80,6 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
         write_atomically(out, lambda temporary: _save_records(temporary, records))
     else:
         raise UserError(f"{out}: write .star, .cs or .pkl")
-
-
-def _pickle(value, path):
-    with open(path, "wb") as f:
-        pickle.dump(value, f)
 
 
 def _save_records(path, records):
@@ -122,4 +116,4 @@ def _cs_poses(records, rotations, shifts_px, store_attrs):
 def write_cryodrgn_poses(out, rotations, shifts_px, box):
     """cryoDRGN's poses.pkl: (rotations N x 3 x 3, translations N x 2 as fractions of the box), float32."""
     poses = (np.asarray(rotations, np.float32), (np.asarray(shifts_px, np.float64) / box).astype(np.float32))
-    write_atomically(out, lambda temporary: _pickle(poses, temporary))
+    save_pickle(out, poses)

@@ -32,15 +32,16 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
     z, record = run_latents(run, state)
+    store = store or run_store_path(run)
     try:  # the store may have stayed on the cluster: the analysis needs little of it
-        group = open_store(store or run_store_path(run))
+        group = open_store(store)
     except UserError as error:
         click.echo(f"Warning: the run's store is not readable ({error}; config.yaml's `store:` names it, --store "
                    "another): no plots coloured by defocus, pose or optics group, and --gt is not checked against "
                    "it", err=True)
         store_attrs, particles = None, None
     else:  # but never another store's particles
-        check_same_particles(state, content_sha256(group), store or run_store_path(run), run, "--store")
+        check_same_particles(state, content_sha256(group), store, run, "--store")
         store_attrs, particles = group.attrs.asdict(), particle_metadata(group)
     coordinates = read_ground_truth(gt_dir, store_attrs)[0] if gt_dir else None
     if with_umap and z.shape[1] < 3:

@@ -27,12 +27,12 @@ def run_latents(run, state):
     """(RUN/z.npy, its record RUN/z.json as a dict or None), refused where z.npy holds the latents of another
     checkpoint than `state` (train.inference.read_run_latents)."""
     from hetrec_dist.errors import UserError
-    from hetrec_dist.train.inference import latents_record, read_run_latents
+    from hetrec_dist.train.inference import read_run_latents
 
     path = os.path.join(run, "z.npy")
     if not os.path.isfile(path):
         raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
-    return read_run_latents(path, state), latents_record(path)
+    return read_run_latents(path, state)
 
 
 def run_store_path(run):

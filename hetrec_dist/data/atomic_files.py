@@ -11,6 +11,7 @@ import contextlib
 import errno
 import glob
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -91,6 +92,16 @@ def open_log(path: str):
     there: OSError (ELOOP) if `path` is a symbolic link."""
     return open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), "a",
                 encoding="utf-8")
+
+
+def save_pickle(path: str, value) -> None:
+    """pickle.dump of `value` to `path`, written whole or not at all (write_atomically): the pickles the field
+    expects of us (cryoDRGN's z.pkl, index .pkl and poses.pkl), of numpy arrays only."""
+    def write(temporary):
+        with open(temporary, "wb") as f:
+            pickle.dump(value, f)
+
+    write_atomically(path, write)
 
 
 def save_array(path: str, array) -> None:

@@ -85,10 +85,10 @@ def latents_record(path):
 
 
 def read_run_latents(path, checkpoint):
-    """The latents saved at `path` by save_latents, refused (UserError) where they came from another
-    checkpoint than `checkpoint` (another run, epoch or step), from another store than the checkpoint's
-    particles, or where z.npy and its record come from two different writes. Latents without a record
-    (written before records existed) are taken as they are; so is what older records do not hold."""
+    """(the latents saved at `path` by save_latents, their record or None). UserError where they came from
+    another checkpoint than `checkpoint` (another run, epoch or step), from another store than the
+    checkpoint's particles, or where z.npy and its record come from two different writes. Latents without a
+    record (written before records existed) are taken as they are; so is what older records do not hold."""
     again = "run `hetrec embed` on the run to compute them again"
     try:
         z = np.load(path, allow_pickle=False)
@@ -105,7 +105,7 @@ def read_run_latents(path, checkpoint):
         if checkpoint.get("run_id") is not None:  # this hetrec writes a record with every z.npy
             raise UserError(f"{path} has no record ({os.path.basename(latents_record_path(path))}) of the model that "
                             f"made it; {again}")
-        return z
+        return z, None
     if record.get("n_particles", len(z)) != len(z):
         raise UserError(f"{path} holds {len(z)} latents, its record {record['n_particles']}; {again}")
     if record.get("z_sha256") not in (None, _z_sha256(z)):
@@ -121,7 +121,7 @@ def read_run_latents(path, checkpoint):
             record["store_sha256"] != checkpoint["store_sha256"]):
         raise UserError(f"{path} holds the latents of other particles than the run was trained on (an `embed "
                         f"--store` of another store); {again}")
-    return z
+    return z, record
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
+from hetrec_dist.data.atomic_files import remove_temporaries, write_text
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
 from hetrec_dist.data.half_sets import (
     HALF_SETS_FILE,
@@ -334,8 +334,7 @@ class Trainer:
                   "optics_groups": self.noise.group_values.tolist(), "power": power.tolist(),
                   "weight_scale": self.noise.scale,
                   "noise_model": self.config.noise_model, "epoch": self.epoch}
-        write_atomically(os.path.join(self.run_dir, "noise_spectrum.json"),
-                         lambda temporary: _write_json(temporary, record))
+        write_text(os.path.join(self.run_dir, "noise_spectrum.json"), json.dumps(record, indent=1))
 
     def _log_step(self, out, step_s, share, data_s, timings, reduction):
         values = {"train/loss": out["loss"].item(), "train/data": out["data"].item(), "train/kl": out["kl"].item(),
@@ -487,7 +486,3 @@ def _resumed_shape(checkpoint, config, store):
                         f"but the settings ask for {', '.join(f'{n} {getattr(config, n)}' for n in differ)}")
     return shape
 
-
-def _write_json(path, record):
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
