@@ -34,7 +34,11 @@ from hetrec_dist.data.store import IMAGE_DTYPES
 @click.option("--dtype", type=click.Choice(IMAGE_DTYPES), default="float32", show_default=True,
               help="Stored image precision.")
 @click.option("--chunk-images", type=click.IntRange(min=1), help="Images per chunk (default: about 4 MiB a chunk).")
-@click.option("--invert-contrast", is_flag=True, help="Negate the images (for data with dark particles).")
+@click.option("--contrast", type=click.Choice(("auto", "white", "dark")), default="auto", show_default=True,
+              help="The particles' contrast in INPUT: auto measures it from the images (protein brighter or "
+                   "darker than the solvent once the CTF's sign is undone); dark particles are stored negated, "
+                   "white as RELION's (docs/inputs.md).")
+@click.option("--invert-contrast", is_flag=True, hidden=True, help="The same as --contrast dark (hetrec 0.1).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no warnings.")
@@ -54,6 +58,10 @@ def command(input_path, out, quiet, **options):
     from hetrec_dist.distributed.mpi_world import mpi_world
     from hetrec_dist.errors import InputWarning, UserError
 
+    if options.pop("invert_contrast"):
+        if options["contrast"] == "white":
+            raise UserError("--invert-contrast and --contrast white contradict each other; give one")
+        options["contrast"] = "dark"
     if len(options["poses"]) > 2:
         raise UserError("--poses: give one poses.pkl, or a rotations pickle and a translations pickle")
     if quiet:

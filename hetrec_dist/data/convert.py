@@ -21,6 +21,7 @@ from hetrec_dist import __version__
 from hetrec_dist.data import store as particle_store
 from hetrec_dist.data.atomic_files import full_disk_as_user_error, refuse_link
 from hetrec_dist.data.checksums import sha256_file
+from hetrec_dist.data.contrast import decide_contrast
 from hetrec_dist.data.cryodrgn import read_cryodrgn
 from hetrec_dist.data.cryosparc import read_cryosparc_cs
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
@@ -38,7 +39,7 @@ class ConvertOptions(InputOptions):
     box: int | None = None
     dtype: str = "float32"
     chunk_images: int | None = None
-    invert_contrast: bool = False
+    contrast: str = "auto"
     workers: int = 1
     overwrite: bool = False
 
@@ -94,8 +95,10 @@ def _recorded_options(options):
             "optics_groups": sorted(options.optics_groups)}
 
 
-def store_attrs(table, options, box, chunk_images, command):
-    """Everything the store says about itself; also the fingerprint a resumed conversion must match."""
+def store_attrs(table, options, box, chunk_images, command, contrast):
+    """Everything the store says about itself; also the fingerprint a resumed conversion must match.
+    contrast: data.contrast.decide_contrast's (negate, record)."""
+    invert, contrast_record = contrast
     return {
         "box": box,
         "pixel_size_A": table.pixel_size_A * table.box / box,
@@ -106,14 +109,16 @@ def store_attrs(table, options, box, chunk_images, command):
         "original_pixel_size_A": table.pixel_size_A,
         "pixel_size_source": table.pixel_size_source,
         "input_options": _recorded_options(options),
-        "invert_contrast": options.invert_contrast,
+        "invert_contrast": invert,
+        "contrast": contrast_record,
         "ctf_columns": list(CTF_COLUMNS),
         "conventions": {
             "pose": POSE_CONVENTION.strip(),
             "shift": "shifts are pixels at this box; the particle centre lies at -shift from pixel D//2, "
                      "so translating an image by +shift centres it (RELION rlnOrigin, cryoDRGN trans x D)",
             "image": "images[i] is [row y, column x], origin at pixel D//2, as read from the stack "
-                     "(negated if invert_contrast)",
+                     "(negated if invert_contrast); particles are white (protein brighter than the solvent once "
+                     "the CTF's sign is undone), see hetrec_dist.data.contrast",
             "ctf": "RELION's definition, see hetrec_dist.physics.ctf",
         },
         "sources": {
@@ -162,29 +167,32 @@ def _what_changed(existing, attrs):
     return changes
 
 
-def prepare_store(out, table, options, command):
+def prepare_store(input_path, out, table, options, command):
     """Lock the store for this conversion and create it, empty it for --overwrite, or reopen an unfinished
     one made by the same command. Returns (its attrs, the FolderLock to hold until the store is finished);
     a store another conversion is writing is never touched."""
     box = _output_box(table, options)
     chunk_images = min(options.chunk_images or particle_store.default_chunk_images(box, options.dtype), len(table))
-    attrs = store_attrs(table, options, box, chunk_images, command)
     refuse_link(out)
     if entries_but_the_lock(out) and not particle_store.is_store(out):
         raise UserError(f"{out} exists and is not a particle store; choose another output"
                         + ("" if options.overwrite else " or use --overwrite"))
     lock = FolderLock(out, "particle store").acquire()
-    if options.overwrite:
-        empty_folder_but_its_lock(out)
-    elif particle_store.is_store(out):
+    existing = None
+    if not options.overwrite and particle_store.is_store(out):
         existing = particle_store.open_store(out, mode="r", require_complete=False).attrs.asdict()
         if existing.get("complete"):
             raise UserError(f"{out} already exists and is complete; use --overwrite to replace it")
+    contrast = decide_contrast(table, options.contrast, input_path)
+    attrs = store_attrs(table, options, box, chunk_images, command, contrast)
+    if existing is not None:
         changes = _what_changed(existing, attrs)
         if changes:
             raise UserError(f"{out} holds an unfinished conversion that this command cannot resume: "
                             f"{'; '.join(changes)}; use --overwrite to start again")
         return existing, lock
+    if options.overwrite:
+        empty_folder_but_its_lock(out)
     try:
         group = particle_store.create_store(out, len(table), box, options.dtype, chunk_images, attrs)
     except OSError as err:
@@ -292,7 +300,8 @@ def convert(input_path, out, options, world, command="hetrec convert", show_prog
 def _convert(input_path, out, options, world, command, show_progress):
     table = world.run_everywhere(lambda: _read_warning_once(world, input_path, options))
     held = []  # rank 0's lock on the store, until it is finished
-    attrs = world.run_on_root(lambda: held.append(prepare_store(out, table, options, command)) or held[0][0])
+    attrs = world.run_on_root(
+        lambda: held.append(prepare_store(input_path, out, table, options, command)) or held[0][0])
     done = particle_store.written_chunks(zarr.open_group(out, mode="r"))
     chunk_sizes = np.diff(np.minimum(np.arange(len(done) + 1) * attrs["chunk_images"], len(table)))
     pending = np.flatnonzero(~done)[world.rank::world.size]

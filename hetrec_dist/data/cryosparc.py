@@ -137,10 +137,16 @@ def _ctf_constant(records, field):
     return field, records[field].astype(np.float64)
 
 
-def _refuse_mixed_contrast(records, path):
-    if "blob/sign" in records.dtype.names and len(np.unique(records["blob/sign"])) > 1:
+def _contrast_marking(records, path):
+    """'dark' for a blob/sign of +1, else None: cryoSPARC writes -1 on the particles it extracts and on those
+    it imports alike, so only +1 marks anything (data.contrast). Rows that differ are refused."""
+    if "blob/sign" not in records.dtype.names:
+        return None
+    signs = np.unique(records["blob/sign"])
+    if len(signs) > 1:
         raise UserError(f"{path}: blob/sign differs between particles (images of both contrasts); "
                         "convert each set separately")
+    return "dark" if signs[0] > 0 else None
 
 
 def read_cryosparc_cs(path, options):
@@ -154,7 +160,7 @@ def read_cryosparc_cs(path, options):
               else np.ones(len(records), np.int32))
     source_rows = np.flatnonzero(select_optics_groups(groups, options.optics_groups, "ctf/exp_group_id", path))
     records, groups = records[source_rows], groups[source_rows]
-    _refuse_mixed_contrast(records, path)
+    contrast_marking = _contrast_marking(records, path)
     n = len(records)
     box = int(single_value(records["blob/shape"][:, -1], "blob/shape", path,
                            optics_group_hint(groups, records["blob/shape"][:, -1],
@@ -179,7 +185,8 @@ def read_cryosparc_cs(path, options):
         pixel_size_source="--apix" if options.apix is not None else f"blob/psize_A of {path}",
         metadata_files=[os.path.abspath(f) for f in files],
         half_set=(half_sets_or_none(records[HALF_SET_FIELD].astype(np.int64) + 1, f"{HALF_SET_FIELD} + 1",
-                                    source_rows, path) if HALF_SET_FIELD in names else None))
+                                    source_rows, path) if HALF_SET_FIELD in names else None),
+        contrast_marking=contrast_marking)
     _warn_about_unread_ctf_fields(records, names, path)
     check_values(table, path, path)
     return table

@@ -52,7 +52,8 @@ class ParticleTable:
     metadata_files: the files the table was read from (recorded with checksums); half_set: N, each
     particle's half-set (1 or 2, as RELION's rlnRandomSubset) where the input assigns one to every particle,
     else None; ctf_envelope: N x 2, RELION's CTF scale and B-factor (Å²) where the input gives them, else None
-    (scale 1, B 0: physics.ctf).
+    (scale 1, B 0: physics.ctf); contrast_marking: 'dark' where the input marks its particles dark (a cryoSPARC
+    blob/sign of +1), else None (data.contrast).
     """
 
     stack_paths: list
@@ -69,6 +70,7 @@ class ParticleTable:
     metadata_files: list
     half_set: np.ndarray | None = None
     ctf_envelope: np.ndarray | None = None
+    contrast_marking: str | None = None
 
     def __len__(self):
         return len(self.stack_of)
