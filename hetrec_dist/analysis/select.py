@@ -39,14 +39,15 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
     """Write the particles at store `indices` to `out` (.star, .cs or .pkl). source_rows (N): each stored
     particle's row in the metadata file (store.source_row). A .star or .cs subset keeps every field of the
     input; a .cs made from a particles .cs and its passthrough .cs holds the fields of both. A .pkl holds
-    the store indices (cryoDRGN's --ind). half_sets (N, 1 or 2; a run trained with half-sets): each
+    the particles' 0-based rows in the input (cryoDRGN's --ind for the same STAR, .cs or stack: the input's
+    terms, also where the store holds a part of it). half_sets (N, 1 or 2; a run trained with half-sets): each
     particle's half-set goes into rlnRandomSubset (.star) or alignments3D/split (.cs, 0 or 1), replacing the
     input's, so that a refinement of the subset keeps the run's halves apart. poses (rotations N x 3 x 3 in the
     store's convention, shifts N x 2 in pixels at the store's box; a run that refined its poses): written
     into the pose fields, in the input's units (_star_poses, _cs_poses)."""
     extension = os.path.splitext(out)[1].lower()
     if extension == ".pkl":
-        save_pickle(out, np.asarray(indices, dtype=np.int64))
+        save_pickle(out, np.asarray(source_rows, dtype=np.int64)[indices])
         return
     sources = _source_metadata(store_attrs)
     if any(os.path.realpath(out) == os.path.realpath(source) for source in sources):
@@ -111,6 +112,13 @@ def _cs_poses(records, rotations, shifts_px, store_attrs):
     shift_pixel_A = (records["alignments3D/psize_A"].astype(np.float64)[:, None]
                      if "alignments3D/psize_A" in records.dtype.names else store_attrs["original_pixel_size_A"])
     records["alignments3D/shift"] = _shifts_A(shifts_px, store_attrs) / shift_pixel_A
+
+
+def part_of_input(store_attrs):
+    """The conversion options that left out rows of the input ('--optics-group 2'), or None where the store
+    holds every row of it, in order."""
+    groups = store_attrs.get("input_options", {}).get("optics_groups")
+    return f"--optics-group {','.join(map(str, groups))}" if groups else None
 
 
 def write_cryodrgn_poses(out, rotations, shifts_px, box):

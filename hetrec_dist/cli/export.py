@@ -19,12 +19,13 @@ def command(run, out, checkpoint, store, overwrite):
 
     A .star or .cs is the input file with every field kept and the pose fields replaced: rlnAngleRot/Tilt/Psi
     and rlnOriginXAngst/YAngst (and rlnOriginX/Y where the input has them), or alignments3D/pose and
-    alignments3D/shift. A .pkl is cryoDRGN's poses.pkl (rotations, translations as fractions of the box), in
-    store order. A run trained with --half-sets also writes its half-sets, as `hetrec select` does.
+    alignments3D/shift. A .pkl is cryoDRGN's poses.pkl (rotations, translations as fractions of the box), one
+    row per row of the input (refused where the store holds part of it, e.g. with --optics-group). A run
+    trained with --half-sets also writes its half-sets, as `hetrec select` does.
     """
     import numpy as np
 
-    from hetrec_dist.analysis.select import write_cryodrgn_poses, write_subset
+    from hetrec_dist.analysis.select import part_of_input, write_cryodrgn_poses, write_subset
     from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
@@ -47,6 +48,11 @@ def command(run, out, checkpoint, store, overwrite):
         raise UserError(f"{out}: the particles came from {source}; write a {os.path.splitext(source)[1]} file "
                         "(or poses.pkl)")  # which offers a .pkl of indices
     if extension == ".pkl":
+        part = part_of_input(store.attrs.asdict())
+        if part is not None:  # cryoDRGN pairs poses.pkl row by row with the input's images
+            raise UserError(f"{out}: the store holds only the particles of {part} of {source}, so a poses.pkl "
+                            f"would not line up with its images; write a {os.path.splitext(source)[1]} file (its "
+                            "rows are the input's) and parse it with cryoDRGN")
         write_cryodrgn_poses(out, *poses, store.attrs["box"])
     else:
         source_rows, half_sets = run_particle_records(run, state, store)

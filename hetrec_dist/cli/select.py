@@ -13,7 +13,8 @@ from hetrec_dist.cli.command_line import moved_store_option, refuse_empty
 @click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
               help="Which `hetrec analyze --k` to use.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
-              help="subset.star (RELION input), subset.cs (cryoSPARC input) or indices.pkl (any input).")
+              help="subset.star (RELION input), subset.cs (cryoSPARC input) or indices.pkl (any input: the "
+                   "particles' 0-based rows in the input, cryoDRGN's --ind).")
 @moved_store_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 def command(run, clusters, k, out, store, overwrite):

@@ -2,8 +2,11 @@
 
 A particle's half-set is 1 or 2, as RELION's rlnRandomSubset. A run trained with half-sets takes the store's
 own (from the input's rlnRandomSubset or cryoSPARC's alignments3D/split) where it assigns one to every
-particle, else a random split in two equal halves. Its checkpoints hold them (N, int8, store order: the record
-that counts), and RUN/half_sets.npy a copy for the user.
+particle, else a random split in two equal halves, as RELION's refinement and cryoSPARC's make one. Rows that
+name the same image (a stack and an index in it: symmetry-expanded particles, or one particle in two merged
+files) are one particle: they always share a half-set, since an image in both halves would correlate the
+half-maps by its own noise. Its checkpoints hold them (N, int8, store order: the record that counts), and
+RUN/half_sets.npy a copy for the user.
 """
 
 import os
@@ -25,24 +28,47 @@ def store_half_sets(group) -> np.ndarray | None:
     return values if np.isin(values, (1, 2)).all() else None
 
 
-def random_half_sets(n_particles: int, seed: int) -> np.ndarray:
-    """Particles split at random into halves of equal size (the first one larger by one if N is odd)."""
-    values = np.full(n_particles, 2, dtype=np.int8)
-    values[np.random.default_rng(seed).permutation(n_particles)[:(n_particles + 1) // 2]] = 1
-    return values
+def image_keys(group) -> np.ndarray:
+    """Each stored particle's image (N, int64): equal where two rows name the same image of the same stack."""
+    stack, index = np.asarray(group["source_stack"][:], np.int64), np.asarray(group["source_index"][:], np.int64)
+    return np.unique(np.stack([stack, index], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def random_half_sets(n_particles: int, seed: int, keys: np.ndarray | None = None) -> np.ndarray:
+    """Particles split at random into two halves: the images (keys, N: image_keys; default every particle its
+    own) in a random order, those that start within the first ceil(N/2) particles in half 1. Halves are equal
+    (the first one larger by one if N is odd) where no image repeats, else within the largest repeat."""
+    keys = np.arange(n_particles) if keys is None else np.asarray(keys)
+    sizes = np.bincount(keys)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    starts = np.cumsum(sizes[order]) - sizes[order]
+    first = np.zeros(len(sizes), bool)
+    first[order[starts < (n_particles + 1) // 2]] = True
+    return np.where(first[keys], 1, 2).astype(np.int8)
 
 
 def choose_half_sets(group, seed: int) -> tuple[np.ndarray, str]:
     """(half-sets for a new run, where they came from, in words). Raises UserError where the store's put
-    every particle in one half."""
+    every particle in one half, or one image in both."""
+    keys = image_keys(group)
     values = store_half_sets(group)
     if values is None:
-        return random_half_sets(group["images"].shape[0], seed), f"split at random (seed {seed})"
+        return random_half_sets(len(keys), seed, keys), f"split at random (seed {seed})"
     counts = np.bincount(values, minlength=3)[1:]
     if counts.min() == 0:
         raise UserError(f"the store puts all {len(values)} particles in half-set {int(counts.argmax()) + 1}; "
                         "half-set training needs particles in both (reconvert from a file without "
                         "rlnRandomSubset or alignments3D/split to split them at random)")
+    in_half = np.zeros((keys.max() + 1, 2), bool)
+    in_half[keys, values - 1] = True
+    split_images = np.flatnonzero(in_half.all(axis=1))
+    if split_images.size:
+        rows = group["source_row"][:] if "source_row" in group else np.arange(len(keys))
+        copies = rows[keys == split_images[0]] + 1
+        more = f" (and {split_images.size - 1} more images)" if split_images.size > 1 else ""
+        raise UserError(f"the input puts one image in both half-sets (rows {', '.join(map(str, copies))}{more}): "
+                        "the half-maps would share its noise; give its copies one rlnRandomSubset, or reconvert "
+                        "from a file without half-sets to split them at random")
     return values, "from the store (the input's rlnRandomSubset or alignments3D/split)"
 
 
