@@ -7,6 +7,9 @@ ChunkShuffledParticles (batch 256, shuffled, in the calling process) with torch 
 with and without the check of every chunk against its recorded statistics (store.verify_chunk), epochs
 alternating, best of --repeats each. The check's own cost per image is timed apart, on chunks already in
 memory (the difference of two epochs is too noisy for it).
+
+Then subsets (train --ind): an epoch of a random 90%, 50% and 10% of the float32 store's particles, whose
+chunks are still read whole: images/s delivered, and the cost per delivered image against the whole store's.
 """
 
 import argparse
@@ -49,14 +52,14 @@ def check_seconds_per_image(path, repeats):
     return best / store.n_particles
 
 
-def time_epoch(path, batch_size, verify=True):
+def time_epoch(path, batch_size, verify=True, rows=None):
     from hetrec_dist.data import reader
 
     checked = reader.verify_chunk
     if not verify:
         reader.verify_chunk = lambda stored, recorded: True
     try:
-        dataset = reader.ChunkShuffledParticles(path, batch_size=batch_size, seed=0)
+        dataset = reader.ChunkShuffledParticles(path, batch_size=batch_size, seed=0, rows=rows)
         started = time.perf_counter()
         count = sum(len(batch["index"]) for batch in dataset)
     finally:
@@ -90,6 +93,14 @@ def main():
         check_us = 1e6 * check_seconds_per_image(path, args.repeats)
         print(f"{dtype:>8} {rate:>14.0f} {rate * args.box ** 2 * 4 / 1e6:>15.1f} {unchecked:>19.0f} "
               f"{check_us:>15.1f}")
+        if dtype == "float32":
+            whole, path32 = rate, path
+    print(f"\n{'kept':>6} {'images/s/core':>14} {'time per image vs whole':>24}")
+    rng = np.random.default_rng(1)
+    for fraction in (1.0, 0.9, 0.5, 0.1):
+        rows = np.sort(rng.choice(args.n, round(fraction * args.n), replace=False))
+        subset_rate = max(time_epoch(path32, args.batch_size, rows=rows) for _ in range(args.repeats))
+        print(f"{fraction:>6.0%} {subset_rate:>14.0f} {whole / subset_rate:>24.2f}")
 
 
 if __name__ == "__main__":

@@ -55,13 +55,18 @@ def maps_at_box(maps, box):
     return [(coordinate, fourier_crop(volume.astype(np.float64), box, ndim=3)) for coordinate, volume in maps]
 
 
-def read_ground_truth(directory, store_attrs=None):
-    """(true coordinate of each particle, [(coordinate, map)]) of a `hetrec simulate` output; checked against
-    the store when its attributes are given (check_ground_truth_belongs)."""
+def read_ground_truth(directory, store_attrs=None, rows=None):
+    """(true coordinate of each particle, or of those at store `rows` (a run's subset, data.subset), [(coordinate,
+    map)]) of a `hetrec simulate` output; checked against the store when its attributes are given
+    (check_ground_truth_belongs)."""
     if store_attrs is not None:
         check_ground_truth_belongs(directory, store_attrs)
     truth = _ground_truth_record(directory)
     coordinates = np.load(os.path.join(directory, truth["coordinates_file"]))
+    if rows is not None:
+        if len(rows) and rows.max() >= len(coordinates):
+            raise UserError(f"{directory}: holds {len(coordinates)} particles' truth, fewer than the store")
+        coordinates = coordinates[rows]
     maps = [(m["coordinate"], mrcfile.read(os.path.join(directory, m["file"]))) for m in truth["maps"]]
     return coordinates, maps
 
@@ -136,18 +141,18 @@ def junk_separation_auc(z, junk):
 def run_evaluator(run_dir, gt_dir):
     """The evaluation `hetrec train --gt` does (see train.trainer.Trainer's evaluate): evaluate_run, and a
     line for train.log."""
-    def evaluate_and_summarise(model, z, epoch, metrics):
-        result = evaluate_run(run_dir, model, z, gt_dir, metrics, epoch)
+    def evaluate_and_summarise(model, z, epoch, metrics, rows):
+        result = evaluate_run(run_dir, model, z, gt_dir, metrics, epoch, rows)
         return (f"mean FSC {result['mean_fsc']:.4f}, latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}, "
                 f"linear R^2 {result['latent_linear_r2']:.4f}")
     return evaluate_and_summarise
 
 
-def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None):
+def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None, rows=None):
     """evaluate() for a run: RUN/eval.json, decoded maps in RUN/eval_maps/, and eval/* scalars on `metrics`
-    (a train.metrics logger) at `epoch`."""
+    (a train.metrics logger) at `epoch`. rows: the store rows of z's particles (a run on a subset)."""
     check_ground_truth_extent(gt_dir, model.shape.box, model.pixel_size_A)
-    coordinates, maps = read_ground_truth(gt_dir)
+    coordinates, maps = read_ground_truth(gt_dir, rows=rows)
     refuse_link(os.path.join(run_dir, "eval_maps"))
     result = evaluate(model, z, coordinates, maps_at_box(maps, model.shape.box),
                       map_dir=os.path.join(run_dir, "eval_maps"))

@@ -25,7 +25,14 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
     from hetrec_dist.analysis.ground_truth import read_ground_truth
-    from hetrec_dist.cli.run_files import particle_metadata, run_checkpoint, run_latents, run_model, run_store_path
+    from hetrec_dist.cli.run_files import (
+        particle_metadata,
+        run_checkpoint,
+        run_latents,
+        run_model,
+        run_rows,
+        run_store_path,
+    )
     from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
     from hetrec_dist.errors import UserError
 
@@ -39,11 +46,12 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
         click.echo(f"Warning: the run's store is not readable ({error}; config.yaml's `store:` names it, --store "
                    "another): no plots coloured by defocus, pose or optics group, and --gt is not checked against "
                    "it", err=True)
-        store_attrs, particles = None, None
+        store_attrs, particles, rows = None, None, run_rows(run, state)
     else:  # but never another store's particles
         check_same_particles(state, content_sha256(group), store, run, "--store")
-        store_attrs, particles = group.attrs.asdict(), particle_metadata(group)
-    coordinates = read_ground_truth(gt_dir, store_attrs)[0] if gt_dir else None
+        rows = run_rows(run, state, group)
+        store_attrs, particles = group.attrs.asdict(), particle_metadata(group, rows)
+    coordinates = read_ground_truth(gt_dir, store_attrs, rows)[0] if gt_dir else None
     if with_umap and z.shape[1] < 3:
         click.echo(f"UMAP left out: the latents have {z.shape[1]} dimension(s), which PCA shows whole", err=True)
     try:

@@ -23,15 +23,16 @@ def command(run, gt_dir, checkpoint, store, device):
     the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch.
     `hetrec train --gt DIR --eval-every N` does the same during training."""
     from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs, evaluate_run
-    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_store
+    from hetrec_dist.cli.run_files import run_checkpoint, run_latents, run_model, run_rows, run_store
     from hetrec_dist.train.metrics import TensorBoardLogger
 
     state = run_checkpoint(run, checkpoint)
-    check_ground_truth_belongs(gt_dir, run_store(run, state, store).attrs.asdict())
+    group = run_store(run, state, store)
+    check_ground_truth_belongs(gt_dir, group.attrs.asdict())
     model = run_model(run, checkpoint, device, state)
     z = run_latents(run, state)[0]
     metrics = TensorBoardLogger(os.path.join(run, "tb"))
-    result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"])
+    result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"], run_rows(run, state, group))
     metrics.close()
     for m in result["maps"]:
         click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} A, "

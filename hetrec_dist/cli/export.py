@@ -15,18 +15,19 @@ from hetrec_dist.cli.command_line import moved_store_option, refuse_empty
 @moved_store_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 def command(run, out, checkpoint, store, overwrite):
-    """Write the poses RUN refined (`hetrec train --refine-poses`) for every particle of its store.
+    """Write the poses RUN refined (`hetrec train --refine-poses`) for every particle it trained on.
 
     A .star or .cs is the input file with every field kept and the pose fields replaced: rlnAngleRot/Tilt/Psi
     and rlnOriginXAngst/YAngst (and rlnOriginX/Y where the input has them), or alignments3D/pose and
     alignments3D/shift. A .pkl is cryoDRGN's poses.pkl (rotations, translations as fractions of the box), one
-    row per row of the input (refused where the store holds part of it, e.g. with --optics-group). A run
-    trained with --half-sets also writes its half-sets, as `hetrec select` does.
+    row per row of the input (refused where the store holds part of it, e.g. with --optics-group; a run on a
+    subset, --ind, gives the other rows their poses as given). A run trained with --half-sets also writes its
+    half-sets, as `hetrec select` does.
     """
     import numpy as np
 
     from hetrec_dist.analysis.select import part_of_input, write_cryodrgn_poses, write_subset
-    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store
+    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_rows, run_store
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
@@ -42,7 +43,8 @@ def command(run, out, checkpoint, store, overwrite):
     if not state["pose_corrections"]["table"].any():
         raise UserError(f"{run} has refined no pose yet (epoch {state['epoch']}, --pose-warmup "
                         f"{state['config'].get('pose_warmup_epochs')}): its poses are the input's")
-    n_particles = len(poses[0])
+    rows = run_rows(run, state, store)
+    rows = np.arange(len(poses[0])) if rows is None else rows
     source = store.attrs["sources"]["metadata"][0]["path"]
     if extension != ".pkl" and os.path.splitext(source)[1].lower() != extension:  # before write_subset's message,
         raise UserError(f"{out}: the particles came from {source}; write a {os.path.splitext(source)[1]} file "
@@ -56,5 +58,7 @@ def command(run, out, checkpoint, store, overwrite):
         write_cryodrgn_poses(out, *poses, store.attrs["box"])
     else:
         source_rows, half_sets = run_particle_records(run, state, store)
-        write_subset(np.arange(n_particles), store.attrs.asdict(), source_rows, out, half_sets, poses)
-    click.echo(f"wrote the refined poses of {n_particles} particles to {out}", err=True)
+        write_subset(rows, store.attrs.asdict(), source_rows, out, half_sets, poses)
+    given = len(poses[0]) - len(rows) if extension == ".pkl" else 0
+    click.echo(f"wrote the refined poses of {len(rows)} particles to {out}"
+               + (f" (and the {given} the run did not train on, as given)" if given else ""), err=True)

@@ -61,18 +61,28 @@ def run_store(run, state=None, store=None):
     return group
 
 
-def particle_metadata(store):
-    """What may confound a run's latents, per particle of an opened store (run_store), in store order:
-    {label: (N,) array} of defocus (Å), optics group, the pose's tilt and in-plane angle (RELION's tilt and
-    psi, degrees) and the particle's index (acquisition drift)."""
+def particle_metadata(store, rows=None):
+    """What may confound a run's latents, per particle of an opened store (run_store) in store order, or of
+    those at `rows` (a run's subset, run_rows): {label: (N,) array} of defocus (Å), optics group, the pose's tilt
+    and in-plane angle (RELION's tilt and psi, degrees) and the particle's index in the store (acquisition
+    drift)."""
     import numpy as np
 
     from hetrec_dist.physics.rotations import relion_euler_from_matrices
 
-    _, tilt, psi = relion_euler_from_matrices(store["rotations"][:])
-    defocus_A = store["ctf"][:, 2:4].mean(1)
-    return {"defocus (Å)": defocus_A, "optics group": store["optics_group"][:].astype(float),
-            "tilt (°)": tilt, "in-plane angle psi (°)": psi, "particle index": np.arange(len(tilt), dtype=float)}
+    rows = np.arange(store["images"].shape[0]) if rows is None else rows
+    _, tilt, psi = relion_euler_from_matrices(store["rotations"][:][rows])
+    defocus_A = store["ctf"][:][rows, 2:4].mean(1)
+    return {"defocus (Å)": defocus_A, "optics group": store["optics_group"][:][rows].astype(float),
+            "tilt (°)": tilt, "in-plane angle psi (°)": psi, "particle index": rows.astype(float)}
+
+
+def run_rows(run, state, store=None):
+    """The store rows of the particles a run trained on (data.subset.run_rows; checked against the run's store
+    where it is given), or None for every particle."""
+    from hetrec_dist.data.subset import run_rows as subset_run_rows
+
+    return subset_run_rows(run, state, None if store is None else store["images"].shape[0])
 
 
 def check_new_file(out, overwrite):

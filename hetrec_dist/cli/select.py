@@ -25,7 +25,14 @@ def command(run, clusters, k, out, store, overwrite):
     import numpy as np
 
     from hetrec_dist.analysis.select import cluster_members, write_subset
-    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_latents, run_particle_records, run_store
+    from hetrec_dist.cli.run_files import (
+        check_new_file,
+        run_checkpoint,
+        run_latents,
+        run_particle_records,
+        run_rows,
+        run_store,
+    )
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
@@ -44,7 +51,9 @@ def command(run, clusters, k, out, store, overwrite):
     state = run_checkpoint(run)
     _check_clusters_are_current(run, k, run_latents(run, state)[1])
     store = run_store(run, state, store)
-    indices = cluster_members(np.load(labels_path), chosen, k)
+    indices = cluster_members(np.load(labels_path), chosen, k)  # positions in z.npy: the run's particles
+    rows = run_rows(run, state, store)
+    indices = indices if rows is None else rows[indices]
     source_rows, half_sets = run_particle_records(run, state, store)
     poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
     write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)

@@ -52,15 +52,23 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
               help="Refine the shifts only (implies --refine-poses).")
 @click.option("--pose-warmup", "pose_warmup_epochs", type=click.IntRange(min=0),
               help="With --refine-poses: epochs on the given poses before refining them (default 3).")
+@click.option("--ind", type=click.Path(dir_okay=False),
+              help="Train on these particles only: an index file (cryoDRGN's .pkl, .npy or text) of rows of the "
+                   "store's input, as `hetrec select -o indices.pkl` writes and cryoDRGN's --ind takes. Nothing is "
+                   "copied; RUN/particles.npy records them.")
+@click.option("--exclude", type=click.Path(dir_okay=False),
+              help="Train on every particle but these (an index file, as --ind); with --ind, those of --ind but "
+                   "these.")
 @click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (with its saved settings).")
 @click.option("--checkpoint", "resume_checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="With --resume: continue from this checkpoint of RUN (e.g. RUN/checkpoints/epoch_0010.pt where "
                    "last.pt is damaged) instead of its last.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing RUN.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(store, out, preset, resume, resume_checkpoint, overwrite, quiet, **overrides):
+def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwrite, quiet, **overrides):
     """Train the sparse Fourier structural-basis VAE on STORE (from `hetrec convert`), writing OUT/:
-    config.yaml, train.log, tb/ (TensorBoard), checkpoints/ and z.npy (latent means, store order).
+    config.yaml, train.log, tb/ (TensorBoard), checkpoints/ and z.npy (latent means, store order; of the
+    particles --ind/--exclude choose, if given, which RUN/particles.npy names).
 
     Settings come from the defaults, then --config, then these options. With --resume, the run's saved
     config.yaml comes first, then --config (a warning names each saved setting it changes), then the options
@@ -113,7 +121,7 @@ def command(store, out, preset, resume, resume_checkpoint, overwrite, quiet, **o
         _stop_with_the_launcher(world, out)
     try:
         trainer = Trainer(store, out, config, world, resume=resume, resume_checkpoint=resume_checkpoint,
-                          overwrite=overwrite, show_progress=not quiet,
+                          overwrite=overwrite, show_progress=not quiet, ind=ind, exclude=exclude,
                           command=reproducible_command(), evaluate=run_evaluator(out, config.gt) if config.gt else None)
         trainer.train()
     except RankLost:

@@ -78,18 +78,29 @@ def _clear_earlier_maps(out, prefix, overwrite):
               help="A checkpoint file (default: the run's last.pt).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), callback=refuse_empty, help="Default: RUN/z.npy.")
 @click.option("--device", default="auto", show_default=True)
-def embed_command(run, store, checkpoint, out, device):
-    """Recompute the latent mean of every particle (store order) from a checkpoint."""
-    from hetrec_dist.cli.run_files import run_checkpoint
+@click.option("--ind", type=click.Path(dir_okay=False),
+              help="With -o FILE: the latents of these particles only (an index file: data/subset.py; rows of "
+                   "the store's input, as cryoDRGN's --ind).")
+@click.option("--exclude", type=click.Path(dir_okay=False), help="With -o FILE: all particles but these.")
+def embed_command(run, store, checkpoint, out, device, ind, exclude):
+    """Recompute the latent mean of each particle the run trained on (store order) from a checkpoint; with
+    --ind/--exclude and -o FILE, of the particles they choose (e.g. those a run on a subset left out)."""
+    from hetrec_dist.cli.run_files import run_checkpoint, run_rows
     from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
+    from hetrec_dist.data.subset import subset_rows
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.inference import embed, load_model, resolve_device, save_latents
 
     state = run_checkpoint(run, checkpoint)
     store = store or run_store_path(run)
-    store_sha256 = content_sha256(open_store(store))
+    group = open_store(store)
+    store_sha256 = content_sha256(group)
     out = out or os.path.join(run, "z.npy")
-    if os.path.realpath(out) == os.path.realpath(os.path.join(run, "z.npy")):  # what analyze and select pair
+    own = os.path.realpath(out) == os.path.realpath(os.path.join(run, "z.npy"))
+    if own and (ind or exclude):
+        raise UserError(f"{run}/z.npy holds the latents of the particles the run trained on; give -o FILE for "
+                        "those --ind/--exclude choose")
+    if own:  # what analyze and select pair
         try:  # with the run: the latents of its own particles, by its own model
             check_same_particles(state, store_sha256, store, run)
             if checkpoint and state.get("run_id") != run_checkpoint(run).get("run_id"):
@@ -97,9 +108,13 @@ def embed_command(run, store, checkpoint, out, device):
         except UserError as error:
             raise UserError(f"{error}; for the latents of other particles or models give -o FILE (RUN/z.npy holds "
                             "the run's own)") from None
+    if ind or exclude:
+        rows = subset_rows(group, ind, exclude)
+    else:  # the run's particles, where the store holds them (the same content as the run's store)
+        rows = run_rows(run, state, group) if state.get("store_sha256") in (None, store_sha256) else None
     z = embed(load_model(state, resolve_device(device)), store,
-              shift_corrections=_refined_shift_corrections(state, store, run_store_path(run)))
-    save_latents(out, z, state, store_sha256)
+              shift_corrections=_refined_shift_corrections(state, store, run_store_path(run)), rows=rows)
+    save_latents(out, z, state, store_sha256, rows)
     click.echo(f"wrote latents of {len(z)} particles to {out}", err=True)
 
 

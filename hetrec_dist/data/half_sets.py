@@ -47,24 +47,31 @@ def random_half_sets(n_particles: int, seed: int, keys: np.ndarray | None = None
     return np.where(first[keys], 1, 2).astype(np.int8)
 
 
-def choose_half_sets(group, seed: int) -> tuple[np.ndarray, str]:
-    """(half-sets for a new run, where they came from, in words). Raises UserError where the store's put
-    every particle in one half, or one image in both."""
+def choose_half_sets(group, seed: int, rows=None) -> tuple[np.ndarray, str]:
+    """(half-sets for a new run, N: one for every particle of the store; where they came from, in words). rows:
+    the store rows a run on a subset trains on (data.subset): a random split then halves them (and, apart, the
+    rest), and the store's own must have both halves among them. Raises UserError where the store's put every
+    particle in one half, or one image in both."""
     keys = image_keys(group)
+    chosen = np.arange(len(keys)) if rows is None else np.asarray(rows)
     values = store_half_sets(group)
     if values is None:
-        return random_half_sets(len(keys), seed, keys), f"split at random (seed {seed})"
-    counts = np.bincount(values, minlength=3)[1:]
+        values = random_half_sets(len(keys), seed, keys)
+        if rows is not None:
+            values[chosen] = random_half_sets(len(chosen), seed, np.unique(keys[chosen], return_inverse=True)[1])
+        return values, f"split at random (seed {seed})"
+    keys, values_chosen = keys[chosen], values[chosen]
+    counts = np.bincount(values_chosen, minlength=3)[1:]
     if counts.min() == 0:
-        raise UserError(f"the store puts all {len(values)} particles in half-set {int(counts.argmax()) + 1}; "
+        raise UserError(f"the store puts all {len(values_chosen)} particles in half-set {int(counts.argmax()) + 1}; "
                         "half-set training needs particles in both (reconvert from a file without "
                         "rlnRandomSubset or alignments3D/split to split them at random)")
     in_half = np.zeros((keys.max() + 1, 2), bool)
-    in_half[keys, values - 1] = True
+    in_half[keys, values_chosen - 1] = True
     split_images = np.flatnonzero(in_half.all(axis=1))
     if split_images.size:
-        rows = group["source_row"][:] if "source_row" in group else np.arange(len(keys))
-        copies = rows[keys == split_images[0]] + 1
+        source_rows = group["source_row"][:] if "source_row" in group else np.arange(len(values))
+        copies = source_rows[chosen][keys == split_images[0]] + 1
         more = f" (and {split_images.size - 1} more images)" if split_images.size > 1 else ""
         raise UserError(f"the input puts one image in both half-sets (rows {', '.join(map(str, copies))}{more}): "
                         "the half-maps would share its noise; give its copies one rlnRandomSubset, or reconvert "

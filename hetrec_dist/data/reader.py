@@ -1,12 +1,13 @@
 """Reading a particle store for training: whole chunks at a time, shuffled in memory.
 
-An epoch permutes the chunk order (seeded by seed and epoch); rank r of W takes the particles at positions
-[r N / W, (r+1) N / W) of that chunk sequence (so shards are disjoint, cover the store and differ in size by
-at most one particle; a rank reads at most two chunks partly). Its pieces of chunks are dealt to DataLoader
-workers round-robin; each reader loads a window of pieces, shuffles their particles together and yields
-batches. Use the DataLoader
-with batch_size=None and, with workers, multiprocessing_context="spawn" or "forkserver": every worker
-opens the store itself (zarr's I/O thread does not survive fork).
+The particles are the store's, or a subset of its rows (data.subset): a chunk then gives only its chosen
+particles, though it is read whole. An epoch permutes the chunk order (seeded by seed and epoch); rank r of W
+takes the particles at positions [r N / W, (r+1) N / W) of that chunk sequence (so shards are disjoint, cover
+the store and differ in size by at most one particle; a rank reads at most two chunks partly). Its pieces of
+chunks are dealt to DataLoader workers round-robin; each reader loads a window of pieces, shuffles their
+particles together and yields batches. Use the DataLoader with batch_size=None and, with workers,
+multiprocessing_context="spawn" or "forkserver": every worker opens the store itself (zarr's I/O thread does
+not survive fork).
 """
 
 import queue
@@ -108,6 +109,16 @@ class ParticleStore:
             batch[name] = values[start:stop]
         return batch
 
+    def read_rows(self, rows):
+        """The particles at `rows` (sorted store rows, all in one images-chunk) as read() gives them."""
+        chunk = int(rows[0]) // self.chunk_images
+        stored = self.verified_chunk(chunk)
+        batch = {"index": np.asarray(rows, np.int64),
+                 "images": np.asarray(stored[rows - chunk * self.chunk_images], dtype=np.float32)}
+        for name, values in self.fields.items():
+            batch[name] = values[rows]
+        return batch
+
 
 def _concat(batches):
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
@@ -125,14 +136,23 @@ class ChunkShuffledParticles(torch.utils.data.IterableDataset):
     """Batches (dicts of tensors) of this rank's shard of a particle store; see the module doc."""
 
     def __init__(self, path, batch_size, rank=0, world_size=1, seed=0, shuffle=True, window_chunks=4,
-                 drop_last=False):
+                 drop_last=False, rows=None):
+        """rows: sorted store rows of a subset (data.subset), or None for every particle."""
         self.path, self.batch_size = path, batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle, self.window_chunks, self.drop_last = seed, shuffle, window_chunks, drop_last
         self.epoch = 0
         self._store = None
         probe = ParticleStore(path)  # fail early, in the caller, on a bad store
-        self.n_chunks, self.chunk_images, self.n_particles = probe.n_chunks, probe.chunk_images, probe.n_particles
+        self.n_chunks, self.chunk_images = probe.n_chunks, probe.chunk_images
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        if self.rows is None:
+            self.n_particles = probe.n_particles
+            self._per_chunk = np.diff(np.minimum(np.arange(self.n_chunks + 1) * self.chunk_images, self.n_particles))
+        else:
+            self.n_particles = len(self.rows)
+            self._per_chunk = np.bincount(self.rows // self.chunk_images, minlength=self.n_chunks)
+        self._chunk_start = np.concatenate([[0], np.cumsum(self._per_chunk)[:-1]])
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -142,11 +162,9 @@ class ChunkShuffledParticles(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def _chunk_size(self, chunk):
-        return min(self.chunk_images, self.n_particles - chunk * self.chunk_images)
-
     def rank_pieces(self):
-        """This rank's shard this epoch: (start, stop) store ranges, each inside one chunk, in reading order."""
+        """This rank's shard this epoch: (start, stop) ranges of positions in the particle list (store rows, or
+        positions in `rows` for a subset), each inside one chunk, in reading order."""
         order = np.arange(self.n_chunks)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_chunks)
@@ -154,10 +172,10 @@ class ChunkShuffledParticles(torch.utils.data.IterableDataset):
         end = (self.rank + 1) * self.n_particles // self.world_size
         pieces, position = [], 0
         for chunk in order:
-            size = self._chunk_size(chunk)
+            size = self._per_chunk[chunk]
             first, last = max(begin, position), min(end, position + size)
             if first < last:
-                offset = chunk * self.chunk_images - position
+                offset = self._chunk_start[chunk] - position
                 pieces.append((first + offset, last + offset))
             position += size
         return pieces
@@ -165,6 +183,11 @@ class ChunkShuffledParticles(torch.utils.data.IterableDataset):
     def rank_particles(self):
         """How many particles this rank reads this epoch."""
         return sum(stop - start for start, stop in self.rank_pieces())
+
+    def _read(self, start, stop):
+        if self.rows is None:
+            return self._store.read(int(start), int(stop))
+        return self._store.read_rows(self.rows[start:stop])
 
     def _worker_pieces(self):
         info = torch.utils.data.get_worker_info()
@@ -180,7 +203,7 @@ class ChunkShuffledParticles(torch.utils.data.IterableDataset):
         for first in range(0, len(pieces), self.window_chunks):
             # the window's particles in reading order: last window's remainder, then this window's, shuffled;
             # gathered once a batch (each copy of a window of images cost as much as a read)
-            read = [self._store.read(*piece) for piece in pieces[first:first + self.window_chunks]]
+            read = [self._read(*piece) for piece in pieces[first:first + self.window_chunks]]
             n_pending = 0 if pending is None else len(pending["index"])
             window = _concat(read if pending is None else [pending, *read])
             n_read = len(window["index"]) - n_pending

@@ -9,6 +9,7 @@ import torch
 
 from hetrec_dist.data.atomic_files import save_array, write_text
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
+from hetrec_dist.data.subset import subset_record
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
 
@@ -60,14 +61,16 @@ def _z_sha256(z):
     return hashlib.sha256(np.ascontiguousarray(z).tobytes()).hexdigest()
 
 
-def save_latents(path, z, checkpoint, store_sha256=None):
+def save_latents(path, z, checkpoint, store_sha256=None, rows=None):
     """Write z to path (.npy), and beside it (latents_record_path) what made them: the run, epoch and step of
     the checkpoint (load_checkpoint's dict) whose model embedded them, the identity of the store whose
-    particles they are (data.store.content_sha256) and a SHA-256 of z itself. Each file is written whole
-    (write_atomically); since a kill can come between the two, the record names z's content, and
+    particles they are (data.store.content_sha256), which of its particles (rows: sorted store rows of a
+    subset, data.subset, recorded with their SHA-256; None for all) and a SHA-256 of z itself. Each file is
+    written whole (write_atomically); since a kill can come between the two, the record names z's content, and
     read_run_latents refuses a pair of two different writes."""
     record = {"epoch": int(checkpoint["epoch"]), "step": int(checkpoint["step"]), "n_particles": len(z),
-              "run_id": checkpoint.get("run_id"), "store_sha256": store_sha256, "z_sha256": _z_sha256(z)}
+              "run_id": checkpoint.get("run_id"), "store_sha256": store_sha256, "z_sha256": _z_sha256(z),
+              "particles": subset_record(rows)}
     write_text(latents_record_path(path), json.dumps(record))
     save_array(path, z)
 
@@ -121,19 +124,23 @@ def read_run_latents(path, checkpoint):
             record["store_sha256"] != checkpoint["store_sha256"]):
         raise UserError(f"{path} holds the latents of other particles than the run was trained on (an `embed "
                         f"--store` of another store); {again}")
+    if "particles" in record and record["particles"] != checkpoint.get("particles"):
+        raise UserError(f"{path} holds the latents of other particles of the store than the run trained on; "
+                        f"{again}")
     return z, record
 
 
 @torch.no_grad()
-def embed(model, store_path, batch_size=512, rank=0, world_size=1, shift_corrections=None):
-    """Latent means (n x zdim), in store order, of this rank's contiguous share of the store (all of it
-    for one rank). shift_corrections (N x 2 pixels, store order; a run that refined its poses): added to the
-    store's shifts, as training adds them."""
+def embed(model, store_path, batch_size=512, rank=0, world_size=1, shift_corrections=None, rows=None):
+    """Latent means (n x zdim), in store order, of this rank's contiguous share of the store's particles (all
+    of them for one rank), or of the subset at `rows` (sorted store rows, data.subset). shift_corrections
+    (N x 2 pixels, store order; a run that refined its poses): added to the store's shifts, as training adds
+    them."""
     box = ParticleStore(store_path).box
     if box != model.shape.box:
         raise UserError(f"{store_path} holds images of box {box}; the model was trained on box {model.shape.box}")
     dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
-                                     shuffle=False)
+                                     shuffle=False, rows=rows)
     device = model.basis.device
     means = []
     for batch in dataset:

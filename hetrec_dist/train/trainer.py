@@ -1,10 +1,11 @@
 """The training loop of `hetrec train`: one process, or data-parallel ranks (distributed.data_parallel).
 
 RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint), mask.mrc (the
-basis' current real-space mask) and z.npy (latent means of all particles, store order); rank 0 writes them
-all. Each rank reads its own shard of the store (data.reader) with batch_size images a step; a step's global
-batch is the union of the ranks' batches, and its gradients are those of the mean loss over the global
-batch. An epoch ends at the first step some rank has no batch for.
+basis' current real-space mask) and z.npy (latent means of the run's particles: every particle of the store,
+or the subset RUN/particles.npy names, data.subset; store order); rank 0 writes them all. Each rank reads its
+own shard of the store (data.reader) with batch_size images a step; a step's global batch is the union of the
+ranks' batches, and its gradients are those of the mean loss over the global batch. An epoch ends at the first
+step some rank has no batch for.
 Randomness is a function of (seed, epoch): data order, and the VAE's sampling noise, drawn for the global
 batch and split by rank, so that 2 ranks with batch B take the steps one rank takes with batch 2B over the
 same particles. A run resumed at an epoch boundary, with the same number of ranks, continues exactly as an
@@ -37,6 +38,7 @@ from hetrec_dist.data.half_sets import (
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore, ReadAhead
 from hetrec_dist.data.store import check_same_particles, content_sha256
+from hetrec_dist.data.subset import check_resumed_subset, run_rows, subset_record, subset_rows, write_run_particles
 from hetrec_dist.distributed.data_parallel import DataParallel
 from hetrec_dist.distributed.process_tree import die_with_parent
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
@@ -85,9 +87,12 @@ def prepare_run_dir(run_dir, resume, overwrite):
 
 class Trainer:
     def __init__(self, store_path, run_dir, config: TrainConfig, world=None, resume=False, overwrite=False,
-                 show_progress=True, command=None, evaluate=None, data=None, resume_checkpoint=None):
-        """evaluate(model, z, epoch, metrics) -> a line for train.log: called on rank 0 with every particle's
-        latent after the last epoch (and every config.eval_every epochs), e.g. against a ground truth.
+                 show_progress=True, command=None, evaluate=None, data=None, resume_checkpoint=None, ind=None,
+                 exclude=None):
+        """evaluate(model, z, epoch, metrics, rows) -> a line for train.log: called on rank 0 with the latent of
+        each of the run's particles (rows: their store rows, None for all) after the last epoch (and every
+        config.eval_every epochs), e.g. against a ground truth. ind, exclude: index files choosing the particles
+        to train on (data.subset; a resumed run keeps its own).
         data: where this rank's batches come from (default: its shard of the store, data.reader); it has
         set_epoch(epoch), rank_particles() and iterates over batches."""
         self.store_path, self.run_dir, self.config = store_path, run_dir, config
@@ -106,6 +111,7 @@ class Trainer:
         self.store_sha256 = content_sha256(store.group)
         if saved is not None:
             check_same_particles(saved, self.store_sha256, store_path, run_dir)
+        self.rows = self._particles(store, saved, ind, exclude)
         # the run's own id, kept on resume; rank 0's for all (saved is the same on every rank: all or none call)
         self.run_id = (saved or {}).get("run_id") or self.world.broadcast_object(uuid.uuid4().hex)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
@@ -115,7 +121,8 @@ class Trainer:
                                   self.model.disk.coords)
         self.basis_optimizer = RowSparseAdam([self.model.basis], lr=config.lr_basis)
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
-        groups = torch.from_numpy(np.unique(store.group["optics_group"][:]))
+        groups = store.group["optics_group"][:]
+        groups = torch.from_numpy(np.unique(groups if self.rows is None else groups[self.rows]))
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
         self.half_sets, self.half_sets_source = self._half_sets(store, saved) if shape.n_half_sets == 2 else (None, "")
         has_corrections = saved is not None and "pose_corrections" in saved
@@ -123,7 +130,7 @@ class Trainer:
                                       given_poses_sha256(store.group))
                       if config.refine_poses or has_corrections else None)
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
-                                                   world_size=self.world.size, seed=config.seed)
+                                                   world_size=self.world.size, seed=config.seed, rows=self.rows)
         self.epoch, self.step = 0, 0
         self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
@@ -136,6 +143,21 @@ class Trainer:
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
 
+    def _particles(self, store, saved, ind, exclude):
+        """The store rows this run trains on (data.subset; None for every particle): a resumed run's own, else
+        those --ind/--exclude choose, written to RUN/particles.npy by rank 0."""
+        rows = self.world.run_everywhere(lambda: subset_rows(store.group, ind, exclude))
+        if saved is not None:
+            check_resumed_subset(saved, rows, self.run_dir)
+            return self.world.run_everywhere(lambda: run_rows(self.run_dir, saved, store.n_particles))
+        least = max(MIN_PARTICLES, self.world.size)
+        if rows is not None and len(rows) < least:
+            raise UserError(f"--ind/--exclude leave {len(rows)} particle(s); training needs at least {least} "
+                            f"({MIN_PARTICLES}, and one a rank)")
+        if rows is not None:
+            self.world.run_on_root(lambda: write_run_particles(self.run_dir, rows))
+        return rows
+
     def _half_sets(self, store, saved):
         """(each particle's half-set, N int8 tensor, and where they came from in words): a resumed run's, from
         its checkpoint (RUN/half_sets.npy must hold the same), else chosen here (data.half_sets; the same on
@@ -144,7 +166,8 @@ class Trainer:
             values = self.world.run_everywhere(lambda: checkpoint_half_sets(saved, self.run_dir, store.n_particles))
             self.world.run_on_root(lambda: check_run_half_sets(self.run_dir, values))
             return torch.from_numpy(values), "as the run recorded them"
-        values, source = self.world.run_everywhere(lambda: choose_half_sets(store.group, self.config.seed))
+        values, source = self.world.run_everywhere(lambda: choose_half_sets(store.group, self.config.seed,
+                                                                            self.rows))
         self.world.run_on_root(lambda: write_run_half_sets(self.run_dir, values))
         return torch.from_numpy(values), source
 
@@ -176,7 +199,8 @@ class Trainer:
                 **({} if self.half_sets is None else {"half_sets": self.half_sets.clone()}),
                 **({} if self.poses is None else {"pose_corrections": self.poses.state_dict()}),
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config),
-                "run_id": self.run_id, "store_sha256": self.store_sha256}
+                "run_id": self.run_id, "store_sha256": self.store_sha256,
+                **({} if self.rows is None else {"particles": subset_record(self.rows)})}
 
     def load_state_dict(self, state):
         if ModelShape(**state.get("model_shape", {})) != self.model.shape:
@@ -386,6 +410,9 @@ class Trainer:
     def _train(self):
         self.log.info(f"training {self.store_path} on {self.device} x {self.ranks.describe()}, batch "
                       f"{self.config.batch_size} a rank, from epoch {self.epoch}")
+        if self.rows is not None:
+            self._tell(f"training on {len(self.rows)} of the store's {ParticleStore(self.store_path).n_particles} "
+                       "particles (RUN/particles.npy)")
         self.metrics.scalars({"ranks/size": self.world.size, "ranks/shared_memory": float(self.world.shared_memory)},
                              self.step)
         shape, pixel_size_A = self.model.shape, self.model.pixel_size_A
@@ -393,7 +420,8 @@ class Trainer:
                    f"({round(shape.max_radius * shape.box)} Fourier shells), its encoder reads them to "
                    f"{pixel_size_A / shape.encoder_radius:.3g} Å; noise_model {self.config.noise_model}")
         if self.half_sets is not None:
-            counts = torch.bincount(self.half_sets.long(), minlength=3)[1:].tolist()
+            trained = self.half_sets if self.rows is None else self.half_sets[torch.from_numpy(self.rows)]
+            counts = torch.bincount(trained.long(), minlength=3)[1:].tolist()
             self._tell(f"half-sets: {counts[0]} and {counts[1]} particles, {self.half_sets_source}, in "
                        f"RUN/{HALF_SETS_FILE}; each trains its own basis")
             if min(counts) < 0.5 * max(counts):
@@ -449,25 +477,27 @@ class Trainer:
             tqdm.write(line)
 
     def gather_latents(self):
-        """Latent means of every particle, in store order, on rank 0 (None on the others)."""
+        """Latent means of the run's particles, in store order, on rank 0 (None on the others)."""
         self.model.eval()
         shift_corrections = None if self.poses is None else self.poses.table[:, 3:]
         parts = self.world.gather_object(embed(self.model, self.store_path, rank=self.world.rank,
-                                               world_size=self.world.size, shift_corrections=shift_corrections))
+                                               world_size=self.world.size, shift_corrections=shift_corrections,
+                                               rows=self.rows))
         return np.concatenate(parts) if self.world.is_root else None
 
     def write_latents(self):
         z = self.gather_latents()
         if self.world.is_root:
             save_latents(os.path.join(self.run_dir, "z.npy"), z, {"epoch": self.epoch, "step": self.step,
-                                                                 "run_id": self.run_id}, self.store_sha256)
+                                                                 "run_id": self.run_id}, self.store_sha256, self.rows)
             self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
         return z
 
     def evaluate(self, z):
         """The evaluation callback, on rank 0, with its line in train.log."""
         if self.world.is_root:
-            self.log.info(f"epoch {self.epoch} eval: {self.evaluate_callback(self.model, z, self.epoch, self.metrics)}")
+            line = self.evaluate_callback(self.model, z, self.epoch, self.metrics, self.rows)
+            self.log.info(f"epoch {self.epoch} eval: {line}")
 
 
 def _resumed_shape(checkpoint, config, store):
