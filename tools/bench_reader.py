@@ -34,6 +34,7 @@ def make_store(path, n, box, dtype):
     # poses and CTFs the reader accepts (it checks them): identity rotations, 300 kV
     group["rotations"][:] = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
     group["ctf"][:] = np.tile(np.array([box, 1.0, 15000, 15000, 0, 300, 2.7, 0.1, 0], dtype=np.float32), (n, 1))
+    group["ctf_envelope"][:] = np.tile(np.array([1.0, 0.0], dtype=np.float32), (n, 1))  # scale 1, B-factor 0
     group.attrs.update({"normalization": normalization(group["chunk_stats"][:]), "complete": True})
 
 

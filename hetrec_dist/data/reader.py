@@ -111,6 +111,8 @@ class ParticleStore:
 
     def read_rows(self, rows):
         """The particles at `rows` (sorted store rows, all in one images-chunk) as read() gives them."""
+        if rows[-1] - rows[0] + 1 == len(rows):  # a run of rows: slices, not gathered copies
+            return self.read(int(rows[0]), int(rows[-1]) + 1)
         chunk = int(rows[0]) // self.chunk_images
         stored = self.verified_chunk(chunk)
         batch = {"index": np.asarray(rows, np.int64),

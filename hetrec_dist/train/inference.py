@@ -142,10 +142,14 @@ def embed(model, store_path, batch_size=512, rank=0, world_size=1, shift_correct
     dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
                                      shuffle=False, rows=rows)
     device = model.basis.device
-    means = []
+    # filled in place: a list of each batch's small result, kept while the batch's large temporaries come and
+    # go, let the heap fragment until the process held about 7.5 kB more a particle (docs/benchmarks.md)
+    means, filled = np.empty((dataset.rank_particles(), model.shape.zdim), np.float32), 0
     for batch in dataset:
         if shift_corrections is not None:
             batch["shifts"] = (batch["shifts"] + shift_corrections[batch["index"].long()]).float()
         batch = {k: v.to(device) for k, v in batch.items()}
-        means.append(model.encode(model.observed_spectra(batch))[0].cpu())
-    return torch.cat(means).numpy()
+        mu = model.encode(model.observed_spectra(batch))[0]
+        means[filled:filled + len(mu)] = mu.cpu().numpy()
+        filled += len(mu)
+    return means
