@@ -178,3 +178,42 @@ def test_two_ranks_train_on_the_same_subset_as_one(subset_run, sim_store, tmp_pa
     run_cli("embed", run, "-o", tmp_path / "one_process.npy", "--device", "cpu")
     np.testing.assert_allclose(np.load(tmp_path / "one_process.npy"), z, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(two["model"]["basis"]).all()
+
+
+def _subset_rank_worker(rank, port, store_path, run_root, exclude):
+    from test_data_parallel import RANK_BATCH, FixedBatches, batches_of, rank_environment, tiny_config
+
+    from hetrec_dist.distributed.training_world import init_training_world
+    from hetrec_dist.train.trainer import Trainer
+
+    os.environ.update(rank_environment(rank, 2, port), LOCAL_SIZE="2")
+    world = init_training_world(timeout_s=120)
+    trainer = Trainer(store_path, os.path.join(run_root, "two"), tiny_config(RANK_BATCH, "union", True), world,
+                      show_progress=False, data=FixedBatches(batches_of(store_path, rank)), exclude=exclude)
+    trainer.train_epoch()
+    parameters = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    world.close()
+    return parameters, trainer.half_sets.clone(), trainer.state_dict()["particles"]
+
+
+@pytest.mark.multirank
+def test_two_ranks_on_a_subset_take_the_steps_of_one_rank(sim_store, tmp_path):
+    """The same global batches (inside the subset) on 2 ranks and on 1: the subset's half-sets, chosen on each
+    rank, and so every parameter after the steps are one rank's."""
+    from test_data_parallel import RANK_BATCH, FixedBatches, batches_of, tiny_config
+
+    from conftest import run_ranks
+
+    from hetrec_dist.train.trainer import Trainer
+
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("\n".join(map(str, range(40, 100))))  # none of the fixed batches' particles
+    ranks = run_ranks(_subset_rank_worker, free_port(), sim_store, str(tmp_path), str(exclude), out_dir=tmp_path)
+    one = Trainer(sim_store, tmp_path / "one", tiny_config(2 * RANK_BATCH, "union", True), show_progress=False,
+                  data=FixedBatches(batches_of(sim_store)), exclude=str(exclude))
+    one.train_epoch()
+    for parameters, half_sets, record in ranks:
+        assert record == one.state_dict()["particles"] and record["n_particles"] == 240
+        assert torch.equal(half_sets, one.half_sets)
+        for name, value in one.model.state_dict().items():
+            torch.testing.assert_close(parameters[name], value, rtol=1e-4, atol=1e-5, msg=name)
