@@ -18,8 +18,9 @@ from hetrec_dist.cli.command_line import moved_store_option
 @click.option("--umap/--no-umap", "with_umap", default=True, show_default=True,
               help="A UMAP of the latents (of a 50,000-particle sample) beside the PCA.")
 @click.option("--path", "path_ends", nargs=2, metavar="A B",
-              help="Maps along the data from A to B, each a particle index or cN (the particle nearest k-means "
-                   "centre N): the shortest path through the latents' nearest-neighbour graph.")
+              help="Maps along the data from A to B, each a particle index (its row of z.npy; for a run on a "
+                   "subset, RUN/particles.npy names its store row) or cN (the particle nearest k-means centre N): "
+                   "the shortest path through the latents' nearest-neighbour graph.")
 def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_ends):
     """PCA and UMAP of RUN/z.npy, k-means with maps at the particles nearest
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
