@@ -217,3 +217,22 @@ def test_two_ranks_on_a_subset_take_the_steps_of_one_rank(sim_store, tmp_path):
         assert torch.equal(half_sets, one.half_sets)
         for name, value in one.model.state_dict().items():
             torch.testing.assert_close(parameters[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_store_of_the_inputs_first_rows_refuses_a_later_row_as_not_in_it(sim_dir, tmp_path):
+    """Optics group 1 is the first 150 rows: the store's rows look like a whole input, but row 200 of the input
+    is a particle the store does not hold, not an index past the input."""
+    import pandas as pd
+
+    from hetrec_dist.data.subset import subset_rows
+    from hetrec_dist.errors import UserError
+
+    def first_half(tables):
+        tables["optics"] = pd.concat([tables["optics"], tables["optics"].assign(rlnOpticsGroup=2)],
+                                     ignore_index=True)
+        tables["particles"].loc[150:, "rlnOpticsGroup"] = 2
+
+    store, _ = converts(tmp_path, absolute_star(sim_dir, tmp_path, first_half), "--optics-group", 1)
+    (tmp_path / "late.txt").write_text("3\n200\n")
+    with pytest.raises(UserError, match="particle 200 of the input is not in the store"):
+        subset_rows(store, tmp_path / "late.txt")

@@ -79,8 +79,10 @@ def subset_rows(group, ind=None, exclude=None):
         return None
     input_rows = _input_rows(group)
     n_input = int(input_rows.max()) + 1
-    part = "" if n_input == len(input_rows) and (input_rows == np.arange(n_input)).all() else (
-        f" (the store holds {len(input_rows)} of its input's rows: indices are rows of the input)")
+    whole = (n_input == len(input_rows) and (input_rows == np.arange(n_input)).all()
+             and not group.attrs.get("input_options", {}).get("optics_groups"))
+    part = "" if whole else (f" (the store holds {len(input_rows)} of its input's rows: indices are rows of "
+                             "the input)")
     keep = np.ones(len(input_rows), bool) if ind is None else np.zeros(len(input_rows), bool)
     store_row_of = np.full(n_input, -1, np.int64)
     store_row_of[input_rows] = np.arange(len(input_rows))
@@ -88,15 +90,17 @@ def subset_rows(group, ind=None, exclude=None):
         if path is None:
             continue
         indices = read_index_file(path)
-        bad = np.flatnonzero((indices < 0) | (indices >= n_input))
+        bad = np.flatnonzero((indices < 0) | ((indices >= n_input) & (not part)))
         if bad.size:
             raise UserError(f"{path}: index {indices[bad[0]]} is not a particle of the store's input (0 to "
-                            f"{n_input - 1}){part}")
+                            f"{n_input - 1})")
+        beyond = indices >= n_input  # rows of a partial store's input after its last stored row
+        indices_in = np.where(beyond, 0, indices)
         _, first, counts = np.unique(indices, return_index=True, return_counts=True)
         if (counts > 1).any():
             twice = indices[np.sort(first[counts > 1])[0]]
             raise UserError(f"{path}: lists particle {twice} more than once ({int((counts > 1).sum())} repeated)")
-        rows = store_row_of[indices]
+        rows = np.where(beyond, -1, store_row_of[indices_in])
         if (rows < 0).any():
             raise UserError(f"{path}: particle {indices[rows < 0][0]} of the input is not in the store{part}")
         keep[rows] = chosen
