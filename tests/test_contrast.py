@@ -125,3 +125,20 @@ def test_the_measurement_sees_white_blobs_at_any_defocus_and_follows_the_shift(b
     np.testing.assert_allclose(contrast_scores(-images, shifts, ctf, pixel_size_A), -scores, rtol=1e-9)
     centred = np.stack([_image_of_blob(box, pixel_size_A, d, (0.0, 0.0)) for d in defoci_A])
     np.testing.assert_allclose(contrast_scores(centred, 0 * shifts, ctf, pixel_size_A), scores, rtol=0.02)
+
+
+def test_a_conversion_stopped_by_a_bad_image_resumes_once_the_image_is_fixed(sim_dir, sim_store, tmp_path):
+    """The contrast measured again on resume moves a little (the NaN image was left out of the first
+    measurement): the decision must match, not the measurement."""
+    folder = _copy_with_images(sim_dir, tmp_path / "nan", lambda images: images)
+    stack = sorted((folder / "stacks").iterdir())[-1]
+    good = mrcfile.read(stack).copy()
+    bad = good.copy()
+    bad[-1, 3, 3] = np.nan
+    mrcfile.write(stack, bad, overwrite=True, voxel_size=4.0)
+    command = ("convert", folder / "particles.star", "-o", tmp_path / "p.zarr", "--chunk-images", 50, "-q")
+    assert_one_line_error(run_cli(*command, expect_ok=False), "NaN")
+    mrcfile.write(stack, good, overwrite=True, voxel_size=4.0)
+    run_cli(*command)
+    np.testing.assert_array_equal(open_store(str(tmp_path / "p.zarr"))["images"][:],
+                                  open_store(sim_store)["images"][:])

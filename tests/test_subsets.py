@@ -41,8 +41,9 @@ def test_index_files_of_every_kind_choose_the_same_particles(sim_store, tmp_path
     chosen = np.array([5, 17, 299, 0])
     pickle.dump(chosen, open(tmp_path / "ind.pkl", "wb"))  # cryoDRGN's: a pickled integer array
     np.save(tmp_path / "ind.npy", chosen)
-    (tmp_path / "ind.txt").write_text("# particles\n5, 17\n299 0\n")
-    for name in ("ind.pkl", "ind.npy", "ind.txt"):
+    (tmp_path / "ind.txt").write_text("\ufeff# particles\n5\n17\n299\r\n0\n")  # a BOM, a CRLF
+    (tmp_path / "line.txt").write_text("5, 17 299,0\n")
+    for name in ("ind.pkl", "ind.npy", "ind.txt", "line.txt"):
         np.testing.assert_array_equal(subset_rows(group, tmp_path / name), [0, 5, 17, 299])
     np.testing.assert_array_equal(subset_rows(group, exclude=tmp_path / "ind.txt"),
                                   np.setdiff1d(np.arange(300), chosen))
@@ -57,6 +58,8 @@ def test_index_files_of_every_kind_choose_the_same_particles(sim_store, tmp_path
     ("# nothing\n", ["lists no particles"]),
     ("1\n2.5\n", ["2.5", "not a particle index"]),
     ("one\ntwo\n", ["not an index file"]),
+    ("0,100\n1,101\n2,102\n", ["line 1 holds 2 numbers", "one index a line"]),  # pandas' to_csv, its index first
+    ("1e300\n", ["1e+300", "not a particle index"]),
 ])
 def test_bad_index_files_get_one_line(sim_store, tmp_path, content, fragments):
     (tmp_path / "bad.txt").write_text(content)
@@ -236,3 +239,15 @@ def test_a_store_of_the_inputs_first_rows_refuses_a_later_row_as_not_in_it(sim_d
     (tmp_path / "late.txt").write_text("3\n200\n")
     with pytest.raises(UserError, match="particle 200 of the input is not in the store"):
         subset_rows(store, tmp_path / "late.txt")
+
+
+def test_a_damaged_particles_file_gets_one_line(subset_run, sim_store, tmp_path):
+    run = tmp_path / "run"
+    os.system(f"cp -r {subset_run / 'run'} {run}")
+    np.save(run / "particles.npy", np.load(run / "particles.npy").astype(float))  # the right values, as floats
+    for command in (("train", sim_store, "-o", run, "--resume", "--epochs", 2, "-q"),
+                    ("embed", run, "-o", tmp_path / "z.npy", "--device", "cpu")):
+        assert_one_line_error(run_cli(*command, expect_ok=False), "particles.npy", "not the subset")
+    (run / "particles.npy").write_bytes(b"")
+    assert_one_line_error(run_cli("embed", run, "-o", tmp_path / "z.npy", expect_ok=False), "particles.npy",
+                          "missing or unreadable")

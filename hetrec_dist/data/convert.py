@@ -162,9 +162,18 @@ def _what_changed(existing, attrs):
                     for path, value in now.items() if path in before and before[path] != value]
         changes += [f"{path} is a new input" for path in now.keys() - before.keys()]
         changes += [f"{path} is no longer an input" for path in before.keys() - now.keys()]
-    changes += [f"{key} was {_short(existing.get(key))}, now {_short(value)}" for key, value in attrs.items()
-                if key not in ("command", "sources") and existing.get(key) != value]
+    changes += [f"{key} was {_short(_decision(key, existing.get(key)))}, now {_short(_decision(key, value))}"
+                for key, value in attrs.items()
+                if key not in ("command", "sources") and _decision(key, existing.get(key)) != _decision(key, value)]
     return changes
+
+
+def _decision(key, value):
+    """What must match on resume: of the contrast record, the decision, not the measurement (which an image
+    changed since, or one refused with NaN, moves a little)."""
+    if key == "contrast" and isinstance(value, dict):
+        return {name: value.get(name) for name in ("input", "stored", "decided_by")}
+    return value
 
 
 def prepare_store(input_path, out, table, options, command):

@@ -4,8 +4,10 @@ record of the particles it trains on.
 An index file names particles by their 0-based row in the input file the store was converted from, as
 cryoDRGN's --ind does and as `hetrec select -o indices.pkl` writes them; for a store that holds every row of
 its input (any conversion without --optics-group) these are the store's own rows. It may be cryoDRGN's index
-.pkl (a pickled integer array, read by the restricted unpickler: data.safe_pickle), a .npy, or text (one index
-or more a line, separated by spaces or commas; '#' starts a comment).
+.pkl (a pickled integer array, read by the restricted unpickler: data.safe_pickle), a .npy, or text: one index
+a line, or all of them on one line separated by spaces or commas ('#' starts a comment). Text with several
+numbers on each of several lines is refused: it is a table (pandas writes its own row index as a first
+column), whose columns are not all indices.
 
 A run on a subset keeps its store rows (sorted) in RUN/particles.npy and their SHA-256 in every checkpoint;
 z.npy and every per-particle output of the run hold these particles, in this order.
@@ -36,7 +38,22 @@ def _as_indices(values, path):
         if not whole.all():
             raise UserError(f"{path}: {values[~whole][0]:g} (entry {np.flatnonzero(~whole)[0] + 1}) is not a "
                             "particle index (a whole number)")
+    huge = np.abs(values.astype(np.float64)) >= 2.0 ** 62  # before the cast, which would wrap them
+    if huge.any():
+        raise UserError(f"{path}: {values[huge][0]:g} (entry {np.flatnonzero(huge)[0] + 1}) is not a particle "
+                        "index")
     return values.astype(np.int64)
+
+
+def _read_text(path):
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark, as Windows editors write
+        lines = [line.split("#")[0].replace(",", " ").split() for line in f]
+    lines = [words for words in lines if words]
+    wide = [number for number, words in enumerate(lines, 1) if len(words) > 1]
+    if len(lines) > 1 and wide:
+        raise UserError(f"{path}: line {wide[0]} holds {len(lines[wide[0] - 1])} numbers: give one index a line "
+                        "(a table's columns, e.g. the row index pandas writes first, are not particle indices)")
+    return np.array([float(word) for words in lines for word in words])
 
 
 def read_index_file(path):
@@ -50,9 +67,7 @@ def read_index_file(path):
         elif extension == ".npy":
             values = np.load(path, allow_pickle=False)
         else:
-            with open(path) as f:
-                text = " ".join(line.split("#")[0].replace(",", " ") for line in f)
-            values = np.array([float(word) for word in text.split()])
+            values = _read_text(path)
     except UserError:
         raise
     except (OSError, ValueError, UnicodeDecodeError, EOFError) as err:
@@ -134,15 +149,15 @@ def run_rows(run_dir, checkpoint, n_store=None):
     path = os.path.join(run_dir, PARTICLES_FILE)
     try:
         rows = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         raise UserError(f"{path}: missing or unreadable, but the run trained on {record['n_particles']} particles "
                         "it names; it cannot be rebuilt from the checkpoint, which keeps only its SHA-256") from None
-    if rows.ndim != 1 or rows_sha256(rows) != record["rows_sha256"]:
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or rows_sha256(rows) != record["rows_sha256"]:
         raise UserError(f"{path} is not the subset this run's checkpoint trained on ({record['n_particles']} "
                         "particles); restore the run's own copy")
     if n_store is not None and len(rows) and (rows.max() >= n_store or rows.min() < 0):
         raise UserError(f"{path} names particles beyond the store's {n_store}: not this run's store")
-    return rows
+    return rows.astype(np.int64)
 
 
 def check_resumed_subset(checkpoint, rows, run_dir):
