@@ -114,13 +114,6 @@ def _cs_poses(records, rotations, shifts_px, store_attrs):
     records["alignments3D/shift"] = _shifts_A(shifts_px, store_attrs) / shift_pixel_A
 
 
-def part_of_input(store_attrs):
-    """The conversion options that left out rows of the input ('--optics-group 2'), or None where the store
-    holds every row of it, in order."""
-    groups = store_attrs.get("input_options", {}).get("optics_groups")
-    return f"--optics-group {','.join(map(str, groups))}" if groups else None
-
-
 def write_cryodrgn_poses(out, rotations, shifts_px, box):
     """cryoDRGN's poses.pkl: (rotations N x 3 x 3, translations N x 2 as fractions of the box), float32."""
     poses = (np.asarray(rotations, np.float32), (np.asarray(shifts_px, np.float64) / box).astype(np.float32))

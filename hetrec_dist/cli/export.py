@@ -26,8 +26,9 @@ def command(run, out, checkpoint, store, overwrite):
     """
     import numpy as np
 
-    from hetrec_dist.analysis.select import part_of_input, write_cryodrgn_poses, write_subset
+    from hetrec_dist.analysis.select import write_cryodrgn_poses, write_subset
     from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_rows, run_store
+    from hetrec_dist.data.store import part_of_input
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 

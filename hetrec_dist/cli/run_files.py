@@ -99,11 +99,10 @@ def run_particle_records(run, state, store):
     """What is written back beside a run's particles (analysis.select.write_subset): each stored particle's row
     in the input's metadata (N) and, for a half-set run, its half-set (N, else None), from the checkpoint
     `state` and the run's store (a zarr group)."""
-    import numpy as np
 
     from hetrec_dist.data.half_sets import checkpoint_half_sets
+    from hetrec_dist.data.store import source_rows as stored_source_rows
 
-    # stores made before source_row existed hold every row of their input, in order
-    source_rows = store["source_row"][:] if "source_row" in store else np.arange(store["images"].shape[0])
+    source_rows = stored_source_rows(store)
     with_halves = state["model_shape"].get("n_half_sets", 1) == 2
     return source_rows, checkpoint_half_sets(state, run, len(source_rows)) if with_halves else None

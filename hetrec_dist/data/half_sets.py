@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from hetrec_dist.data.atomic_files import save_array
+from hetrec_dist.data.store import source_rows
 from hetrec_dist.errors import UserError
 
 HALF_SETS_FILE = "half_sets.npy"
@@ -70,8 +71,7 @@ def choose_half_sets(group, seed: int, rows=None) -> tuple[np.ndarray, str]:
     in_half[keys, values_chosen - 1] = True
     split_images = np.flatnonzero(in_half.all(axis=1))
     if split_images.size:
-        source_rows = group["source_row"][:] if "source_row" in group else np.arange(len(values))
-        copies = source_rows[chosen][keys == split_images[0]] + 1
+        copies = source_rows(group)[chosen][keys == split_images[0]] + 1
         more = f" (and {split_images.size - 1} more images)" if split_images.size > 1 else ""
         raise UserError(f"the input puts one image in both half-sets (rows {', '.join(map(str, copies))}{more}): "
                         "the half-maps would share its noise; give its copies one rlnRandomSubset, or reconvert "

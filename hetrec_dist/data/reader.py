@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hetrec_dist.data.particles import NO_CTF_ENVELOPE, check_ctf_envelope, ctf_checks, is_rotation
-from hetrec_dist.data.store import n_chunks, open_store, verify_chunk
+from hetrec_dist.data.store import chunk_sizes, n_chunks, open_store, verify_chunk
 from hetrec_dist.errors import UserError
 
 BATCH_FIELDS = ("rotations", "shifts", "ctf", "optics_group")
@@ -150,7 +150,7 @@ class ChunkShuffledParticles(torch.utils.data.IterableDataset):
         self.rows = None if rows is None else np.asarray(rows, np.int64)
         if self.rows is None:
             self.n_particles = probe.n_particles
-            self._per_chunk = np.diff(np.minimum(np.arange(self.n_chunks + 1) * self.chunk_images, self.n_particles))
+            self._per_chunk = chunk_sizes(self.n_particles, self.chunk_images)
         else:
             self.n_particles = len(self.rows)
             self._per_chunk = np.bincount(self.rows // self.chunk_images, minlength=self.n_chunks)

@@ -51,6 +51,26 @@ def n_chunks(n_images, chunk_images):
     return -(-n_images // chunk_images)
 
 
+def chunk_sizes(n_images, chunk_images):
+    """Images in each images-chunk (the last one may hold fewer)."""
+    return np.diff(np.minimum(np.arange(n_chunks(n_images, chunk_images) + 1) * chunk_images, n_images))
+
+
+def source_rows(group):
+    """Each stored particle's 0-based row in its input file (N, int64); stores made before `source_row` existed
+    hold every row of their input, in order."""
+    if "source_row" in group:
+        return np.asarray(group["source_row"][:], np.int64)
+    return np.arange(group["images"].shape[0], dtype=np.int64)
+
+
+def part_of_input(store_attrs):
+    """The conversion options that left out rows of the input ('--optics-group 2'), or None where the store
+    holds every row of it, in order."""
+    groups = store_attrs.get("input_options", {}).get("optics_groups")
+    return f"--optics-group {','.join(map(str, groups))}" if groups else None
+
+
 def is_store(path):
     return os.path.isfile(os.path.join(path, "zarr.json"))
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from hetrec_dist.data import safe_pickle
 from hetrec_dist.data.atomic_files import save_array
+from hetrec_dist.data.store import part_of_input, source_rows
 from hetrec_dist.errors import UserError
 
 PARTICLES_FILE = "particles.npy"
@@ -79,12 +80,6 @@ def read_index_file(path):
     return indices
 
 
-def _input_rows(group):
-    """Each stored particle's row in its input (stores made before source_row existed hold every row, in order)."""
-    n = group["images"].shape[0]
-    return group["source_row"][:].astype(np.int64) if "source_row" in group else np.arange(n, dtype=np.int64)
-
-
 def subset_rows(group, ind=None, exclude=None):
     """The sorted store rows of the particles that index files `ind` (keep these) and `exclude` (leave these
     out) choose, or None for every particle (neither given). UserError for an index file that cannot mean
@@ -92,10 +87,10 @@ def subset_rows(group, ind=None, exclude=None):
     input) a row the store does not hold; and for a choice that leaves no particle."""
     if ind is None and exclude is None:
         return None
-    input_rows = _input_rows(group)
+    input_rows = source_rows(group)
     n_input = int(input_rows.max()) + 1
     whole = (n_input == len(input_rows) and (input_rows == np.arange(n_input)).all()
-             and not group.attrs.get("input_options", {}).get("optics_groups"))
+             and part_of_input(group.attrs.asdict()) is None)
     part = "" if whole else (f" (the store holds {len(input_rows)} of its input's rows: indices are rows of "
                              "the input)")
     keep = np.ones(len(input_rows), bool) if ind is None else np.zeros(len(input_rows), bool)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from hetrec_dist.data.store import open_store, written_chunks
+from hetrec_dist.data.store import chunk_sizes, open_store, written_chunks
 
 
 def _stored_bytes(path):
@@ -30,8 +30,8 @@ def store_summary(path):
     images = group["images"]
     n = images.shape[0]
     written = written_chunks(group)
-    chunk_sizes = np.diff(np.minimum(np.arange(len(written) + 1) * images.chunks[0], n))
-    raw_bytes = int(chunk_sizes[written].sum()) * images.nbytes // max(n, 1)  # of the chunks written so far
+    sizes = chunk_sizes(n, images.chunks[0])
+    raw_bytes = int(sizes[written].sum()) * images.nbytes // max(n, 1)  # of the chunks written so far
     stored_bytes = _stored_bytes(os.path.join(path, "images"))
     tilt, rot = viewing_directions(group["rotations"][:])
     shifts, ctf = group["shifts"][:], group["ctf"][:]

@@ -112,6 +112,7 @@ class Trainer:
         if saved is not None:
             check_same_particles(saved, self.store_sha256, store_path, run_dir)
         self.rows = self._particles(store, saved, ind, exclude)
+        self.n_store_particles = store.n_particles
         # the run's own id, kept on resume; rank 0's for all (saved is the same on every rank: all or none call)
         self.run_id = (saved or {}).get("run_id") or self.world.broadcast_object(uuid.uuid4().hex)
         self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
@@ -411,8 +412,8 @@ class Trainer:
         self.log.info(f"training {self.store_path} on {self.device} x {self.ranks.describe()}, batch "
                       f"{self.config.batch_size} a rank, from epoch {self.epoch}")
         if self.rows is not None:
-            self._tell(f"training on {len(self.rows)} of the store's {ParticleStore(self.store_path).n_particles} "
-                       "particles (RUN/particles.npy)")
+            self._tell(f"training on {len(self.rows)} of the store's {self.n_store_particles} particles "
+                       "(RUN/particles.npy)")
         self.metrics.scalars({"ranks/size": self.world.size, "ranks/shared_memory": float(self.world.shared_memory)},
                              self.step)
         shape, pixel_size_A = self.model.shape, self.model.pixel_size_A
