@@ -15,6 +15,7 @@ from conftest import assert_one_line_error, run_cli
 from test_convert import write_cryodrgn, write_cryosparc
 
 from hetrec_dist.data.contrast import CONCLUSIVE_Z, contrast_scores
+from hetrec_dist.data.convert import _what_changed
 from hetrec_dist.data.store import IDENTITY_ATTR, open_store
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier import frequency_grid_2d
@@ -128,8 +129,9 @@ def test_the_measurement_sees_white_blobs_at_any_defocus_and_follows_the_shift(b
 
 
 def test_a_conversion_stopped_by_a_bad_image_resumes_once_the_image_is_fixed(sim_dir, sim_store, tmp_path):
-    """The contrast measured again on resume moves a little (the NaN image was left out of the first
-    measurement): the decision must match, not the measurement."""
+    """A NaN image among those the contrast is measured on stops the conversion before the store is made
+    (nothing is left behind); once the image is fixed, the same command converts. And a resumed conversion
+    must match the contrast decision, not its measurement, which a changed image moves a little."""
     folder = _copy_with_images(sim_dir, tmp_path / "nan", lambda images: images)
     stack = sorted((folder / "stacks").iterdir())[-1]
     good = mrcfile.read(stack).copy()
@@ -138,7 +140,13 @@ def test_a_conversion_stopped_by_a_bad_image_resumes_once_the_image_is_fixed(sim
     mrcfile.write(stack, bad, overwrite=True, voxel_size=4.0)
     command = ("convert", folder / "particles.star", "-o", tmp_path / "p.zarr", "--chunk-images", 50, "-q")
     assert_one_line_error(run_cli(*command, expect_ok=False), "NaN")
+    assert not (tmp_path / "p.zarr").exists()
     mrcfile.write(stack, good, overwrite=True, voxel_size=4.0)
     run_cli(*command)
     np.testing.assert_array_equal(open_store(str(tmp_path / "p.zarr"))["images"][:],
                                   open_store(sim_store)["images"][:])
+    attrs = open_store(str(tmp_path / "p.zarr")).attrs.asdict()
+    moved = {**attrs, "contrast": {**attrs["contrast"], "z": attrs["contrast"]["z"] + 0.4}}
+    assert _what_changed(attrs, moved) == []
+    other = {**attrs, "contrast": {**attrs["contrast"], "input": "dark"}}
+    assert len(_what_changed(attrs, other)) == 1

@@ -20,7 +20,6 @@ import dataclasses
 
 import numpy as np
 
-from hetrec_dist.data.particles import open_stack
 from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.physics.ctf import ctf_2d
 from hetrec_dist.physics.fourier import fourier_crop, frequency_grid_2d
@@ -54,16 +53,6 @@ def _sample_rows(n, sample):
     return np.unique(np.linspace(0, n - 1, min(n, sample)).round().astype(np.int64))
 
 
-def _read_images(table, rows):
-    images = np.empty((len(rows), table.box, table.box), np.float64)
-    for stack in np.unique(table.stack_of[rows]):
-        mine = np.flatnonzero(table.stack_of[rows] == stack)
-        data = open_stack(table.stack_paths[stack])
-        images[mine] = np.asarray(data[table.image_in_stack[rows[mine]]], dtype=np.float64)
-        del data
-    return images
-
-
 def contrast_scores(images, shifts_px, ctf, pixel_size_A):
     """v_i of the module doc for images (n, D, D) [row y, column x] with shifts_px (n, 2) as the store keeps
     them (x, y; translating by +shift centres the particle) and ctf (n, 9) in physics.ctf.CTF_COLUMNS.
@@ -89,24 +78,25 @@ def contrast_scores(images, shifts_px, ctf, pixel_size_A):
     return np.divide(contrast, spread, out=np.zeros_like(contrast), where=spread > 0)
 
 
-def measure_contrast(table, sample=SAMPLE_PARTICLES):
-    """ContrastMeasurement of up to `sample` evenly spaced particles of a ParticleTable."""
+def measure_contrast(table, read_images, sample=SAMPLE_PARTICLES):
+    """ContrastMeasurement of up to `sample` evenly spaced particles of a ParticleTable; read_images(rows): the
+    images of those table rows (n, D, D), as the conversion reads them (a UserError for NaN pixels)."""
     rows = _sample_rows(len(table), sample)
     scores = np.concatenate([
-        contrast_scores(_read_images(table, batch), table.shifts_px[batch], table.ctf[batch], table.pixel_size_A)
+        contrast_scores(read_images(batch), table.shifts_px[batch], table.ctf[batch], table.pixel_size_A)
         for batch in np.array_split(rows, -(-len(rows) // BATCH))])
-    scores = scores[np.isfinite(scores)]  # an image with NaN pixels is refused when it is converted
     spread = scores.std(ddof=1) if len(scores) > 2 else 0.0  # fewer than 3 particles cannot decide
     z = float(scores.mean() / (spread / np.sqrt(len(scores)))) if spread > 0 else 0.0
     return ContrastMeasurement(z, len(scores), scores)
 
 
-def decide_contrast(table, choice, input_path, sample=SAMPLE_PARTICLES):
+def decide_contrast(table, choice, input_path, read_images, sample=SAMPLE_PARTICLES):
     """(whether to negate the images, the record of the decision for the store's attrs), with a warning
     line where the images are negated, or where the choice is not what they show. choice: 'auto' (the
     measurement decides; where it cannot, the input's marking: white, or dark for a cryoSPARC blob/sign of
-    +1 with one line refused), 'white' or 'dark' (the user's word). Raises UserError where nothing decides."""
-    measurement = measure_contrast(table, sample)
+    +1 with one line refused), 'white' or 'dark' (the user's word); read_images as measure_contrast takes it.
+    Raises UserError where nothing decides."""
+    measurement = measure_contrast(table, read_images, sample)
     measured, marking = measurement.measured, table.contrast_marking
     if choice != "auto":
         contrast, decided_by = choice, f"--contrast {choice}"

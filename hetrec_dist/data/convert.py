@@ -176,6 +176,25 @@ def _decision(key, value):
     return value
 
 
+def _attrs_to_write(input_path, out, table, options, command, box, chunk_images):
+    """(the unfinished store's attrs to resume, or None; the attrs this command writes), under the store's lock.
+    UserError for a complete store, or one this command cannot resume."""
+    existing = None
+    if not options.overwrite and particle_store.is_store(out):
+        existing = particle_store.open_store(out, mode="r", require_complete=False).attrs.asdict()
+        if existing.get("complete"):
+            raise UserError(f"{out} already exists and is complete; use --overwrite to replace it")
+    contrast = decide_contrast(table, options.contrast, input_path,
+                               lambda rows: read_task_images(_task(table, None, None, rows)))
+    attrs = store_attrs(table, options, box, chunk_images, command, contrast)
+    if existing is not None:
+        changes = _what_changed(existing, attrs)
+        if changes:
+            raise UserError(f"{out} holds an unfinished conversion that this command cannot resume: "
+                            f"{'; '.join(changes)}; use --overwrite to start again")
+    return existing, attrs
+
+
 def prepare_store(input_path, out, table, options, command):
     """Lock the store for this conversion and create it, empty it for --overwrite, or reopen an unfinished
     one made by the same command. Returns (its attrs, the FolderLock to hold until the store is finished);
@@ -186,19 +205,16 @@ def prepare_store(input_path, out, table, options, command):
     if entries_but_the_lock(out) and not particle_store.is_store(out):
         raise UserError(f"{out} exists and is not a particle store; choose another output"
                         + ("" if options.overwrite else " or use --overwrite"))
+    new_folder = not os.path.exists(out)
     lock = FolderLock(out, "particle store").acquire()
-    existing = None
-    if not options.overwrite and particle_store.is_store(out):
-        existing = particle_store.open_store(out, mode="r", require_complete=False).attrs.asdict()
-        if existing.get("complete"):
-            raise UserError(f"{out} already exists and is complete; use --overwrite to replace it")
-    contrast = decide_contrast(table, options.contrast, input_path)
-    attrs = store_attrs(table, options, box, chunk_images, command, contrast)
+    try:
+        existing, attrs = _attrs_to_write(input_path, out, table, options, command, box, chunk_images)
+    except UserError:
+        lock.release(remove=new_folder)
+        if new_folder:
+            os.rmdir(out)  # refused before anything but the lock was written
+        raise
     if existing is not None:
-        changes = _what_changed(existing, attrs)
-        if changes:
-            raise UserError(f"{out} holds an unfinished conversion that this command cannot resume: "
-                            f"{'; '.join(changes)}; use --overwrite to start again")
         return existing, lock
     if options.overwrite:
         empty_folder_but_its_lock(out)
@@ -220,14 +236,19 @@ class ChunkTask:
     image_in_stack: np.ndarray
 
 
+def _task(table, chunk, start, rows):
+    """The ChunkTask that reads table `rows` (a slice or an index array), with only the stacks they use; chunk
+    and start: the images-chunk it fills and its first particle (None for a read that fills none)."""
+    stack_of = table.stack_of[rows]
+    used = np.unique(stack_of)
+    return ChunkTask(chunk, start, [table.stack_paths[s] for s in used],
+                     np.searchsorted(used, stack_of).astype(np.int32), table.image_in_stack[rows])
+
+
 def _chunk_tasks(table, chunk_images, chunks):
     for chunk in chunks:
         start = chunk * chunk_images
-        stop = min(start + chunk_images, len(table))
-        stack_of = table.stack_of[start:stop]
-        used = np.unique(stack_of)
-        yield ChunkTask(chunk, start, [table.stack_paths[s] for s in used],
-                        np.searchsorted(used, stack_of).astype(np.int32), table.image_in_stack[start:stop])
+        yield _task(table, chunk, start, slice(start, min(start + chunk_images, len(table))))
 
 
 def read_task_images(task):
@@ -312,7 +333,7 @@ def _convert(input_path, out, options, world, command, show_progress):
     attrs = world.run_on_root(
         lambda: held.append(prepare_store(input_path, out, table, options, command)) or held[0][0])
     done = particle_store.written_chunks(zarr.open_group(out, mode="r"))
-    chunk_sizes = np.diff(np.minimum(np.arange(len(done) + 1) * attrs["chunk_images"], len(table)))
+    chunk_sizes = particle_store.chunk_sizes(len(table), attrs["chunk_images"])
     pending = np.flatnonzero(~done)[world.rank::world.size]
     already = int(chunk_sizes[done].sum())
     tasks = _chunk_tasks(table, attrs["chunk_images"], pending)
