@@ -1,6 +1,7 @@
 # Two entry points, each installing what it needs into .venv on first use:
 #   make demo   simulate a small dataset, convert it to a Zarr store, train, evaluate, analyse
-#   make test   lint (ruff) and run the test suite (pytest -m "not multirank" skips the slow multi-rank tests)
+#   make test   lint (ruff) and run the test suite (pytest -m "not multirank" skips the slow multi-rank tests);
+#               it installs Debian's chromium for the browser tests where it can (tools/install_browser.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HETREC := $(VENV)/bin/hetrec
@@ -10,11 +11,14 @@ DEMO ?= demo
 
 install: $(VENV)/.installed
 
-# torch==2.13.0 is the CPU build on the project's machines; a machine with a GPU takes the default build.
+# A machine with a GPU takes PyPI's torch (CUDA build, several GB); one without takes the CPU build from PyTorch's
+# CPU index (about 200 MB), or torch==2.13.0 from PyPI where that index cannot be reached.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
-	else $(PY) -m pip install -q torch==2.13.0; fi
+	else $(PY) -m pip install -q --retries 0 --timeout 10 --index-url $(TORCH_CPU_INDEX) torch==2.13.0 2>/dev/null \
+	  || $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -e '.[test,mpi]'
 	touch $@
 
@@ -27,8 +31,10 @@ demo: install
 	$(HETREC) analyze $(DEMO)/run --k 10 --gt $(DEMO)/sim/ground_truth
 	@echo "summary: $(DEMO)/run/analyze.10/index.html   maps: $(DEMO)/run/eval_maps/, $(DEMO)/run/analyze.10/maps/"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO)/run/tb"
+	@echo "explore in the browser: $(HETREC) explore $(DEMO)/run --gt $(DEMO)/sim/ground_truth"
 
 test: install
+	-tools/install_browser.sh
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

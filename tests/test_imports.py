@@ -17,7 +17,8 @@ MAY_IMPORT = {  # sub-package: the other sub-packages its modules may import
     "distributed": {"physics"},
     "train": {"model", "physics", "data", "distributed"},
     "analysis": {"model", "physics", "data"},
-    "cli": {"train", "analysis", "model", "physics", "data", "distributed", "simulate"},
+    "explore": {"analysis", "model", "physics", "data"},
+    "cli": {"train", "analysis", "model", "physics", "data", "distributed", "simulate", "explore"},
 }
 
 

@@ -60,6 +60,7 @@ def _register():
         analyze,
         convert,
         evaluate,
+        explore,
         export,
         fsc,
         inspect,
@@ -70,7 +71,7 @@ def _register():
         volume,
     )
 
-    for module in (analyze, convert, evaluate, export, fsc, inspect, launch, select, simulate, train):
+    for module in (analyze, convert, evaluate, explore, export, fsc, inspect, launch, select, simulate, train):
         main.add_command(module.command)
     main.add_command(volume.volume_command)
     main.add_command(volume.embed_command)

@@ -82,6 +82,22 @@ class FolderLock:
             self.file = None
 
 
+def writer_of(folder: str) -> str | None:
+    """Who holds `folder`'s writer lock ("process P on HOST"), or None where nobody does. Call it before
+    hold_for_reading: it opens and closes the lock file, which drops this process's own locks on it."""
+    try:
+        descriptor = os.open(os.path.join(folder, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(descriptor) as lock_file:
+        try:
+            fcntl.lockf(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _WRITER_BYTE)
+        except OSError:
+            return lock_file.read().strip() or "another process"
+        fcntl.lockf(lock_file, fcntl.LOCK_UN, 1, _WRITER_BYTE)
+        return None
+
+
 def hold_for_reading(folder: str) -> None:
     """Mark `folder` as read by this process, until release_reading() or the process's end, so that an
     --overwrite of it is refused meanwhile (FolderLock.check_no_readers). Reading a folder that is being

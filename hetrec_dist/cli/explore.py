@@ -1,0 +1,221 @@
+"""hetrec explore: a trained run's latent space in the browser (explore.app), served from this process."""
+
+import ipaddress
+import os
+
+import click
+
+from hetrec_dist.cli.command_line import moved_store_option
+
+KMEANS_WITHOUT_ANALYSIS = 10  # clusters to colour by where the run has no `hetrec analyze` of its latents
+
+
+@click.command("explore")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--port", type=click.IntRange(0, 65535), default=8050, show_default=True,
+              help="Port to listen on (0: any free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. This machine only by default; any other address (e.g. 0.0.0.0) is "
+                   "reachable from the network, so the page then needs a token, printed in its address.")
+@click.option("--gt", "gt_dir", type=click.Path(exists=True, file_okay=False),
+              help="Ground truth of a simulated dataset: also colour the particles by the true coordinate.")
+@click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file (default: the run's last).")
+@moved_store_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Where saved selections and paths go (default: RUN/explore).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--umap/--no-umap", "with_umap", default=True, show_default=True,
+              help="A UMAP view beside PCA (read from `hetrec analyze` where it made one, else computed).")
+def command(run, port, host, gt_dir, checkpoint, store, out_dir, device, with_umap):
+    """Serve RUN's latent space as a page: the particles in PCA and UMAP views, coloured by cluster, defocus,
+    pose, half-set or the truth; a click shows the map at a particle's latent (surface and sections, to
+    download as .mrc); lasso a region to save its particles as an index file and a STAR/.cs subset; play the maps
+    along a path between two particles. Stop it with Ctrl-C."""
+    import secrets
+
+    from hetrec_dist.explore.app import build_app
+
+    token = None if _is_loopback(host) else secrets.token_urlsafe(24)
+    explorer = load_explorer(run, checkpoint, store, gt_dir, device, out_dir, with_umap)
+    server = _make_server(build_app(explorer, token), host, port)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    address = f"http://{shown_host}:{server.server_port}/" + (f"?token={token}" if token else "")
+    click.echo(f"hetrec explore: {explorer.n_particles:,} particles of {run}; open {address}", err=True)
+    if token:
+        click.echo(f"listening on {host}, reachable from the network: the page needs the token above", err=True)
+    else:
+        click.echo(f"from another machine: ssh -N -L {server.server_port}:127.0.0.1:{server.server_port} "
+                   f"{os.environ.get('USER', 'you')}@{_hostname()}, then open the address there (Ctrl-C stops)",
+                   err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+
+
+def _hostname():
+    import socket
+
+    return socket.gethostname()
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _make_server(app, host, port):
+    """A threaded WSGI server of the app on host:port; UserError where the port is taken."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    from hetrec_dist.errors import UserError
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    try:
+        return make_server(host, port, app.server, threaded=True)
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); give another --port") from None
+    except SystemExit:  # werkzeug exits where the port is taken
+        raise UserError(f"cannot listen on {host}:{port}: the port is in use; give another --port") from None
+
+
+def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", out_dir=None, with_umap=True):
+    """An explore.session.Explorer of a run: its model, latents (z.npy, or computed in memory from the last
+    checkpoint of a run still training), PCA and UMAP views, colourings and what a subset file needs."""
+    import numpy as np
+
+    from hetrec_dist.analysis.latent import kmeans, pca
+    from hetrec_dist.cli.run_files import run_checkpoint, run_model, run_particle_records, run_rows, run_store
+    from hetrec_dist.data.folder_lock import writer_of
+    from hetrec_dist.explore.session import Colouring, Explorer, RunRecords
+    from hetrec_dist.train.pose_refinement import checkpoint_poses
+
+    training = writer_of(run)  # before run_checkpoint holds the run for reading (folder_lock.writer_of)
+    state = run_checkpoint(run, checkpoint)
+    model = run_model(run, checkpoint, device, state)
+    group = run_store(run, state, store)
+    rows = run_rows(run, state, group)
+    z, record, latents_note = _latents(run, state, model, group, store, rows, training)
+    header = [f"{os.path.abspath(run)}",
+              f"{len(z):,} particles, latent dimension {z.shape[1]}, model of epoch {state['epoch']}"
+              f"{', half-sets' if model.shape.n_half_sets == 2 else ''}; box {model.shape.box}, "
+              f"{model.pixel_size_A:.3g} Å/px. {latents_note}"]
+    if training:
+        header.append(f"The run is still training ({training}): this is its last complete checkpoint, of epoch "
+                      f"{state['epoch']}; start explore again for later epochs.")
+    fitted = pca(z)
+    projected = fitted.project(z)
+    views = {"PCA": np.column_stack([projected[:, 0], projected[:, 1] if z.shape[1] > 1 else np.zeros(len(z))])}
+    analysis = _current_analysis(run, record)
+    if with_umap and z.shape[1] > 2 and len(z) >= 10:
+        views["UMAP"] = _umap_view(z, analysis)
+    colourings = {}
+    if analysis is not None:
+        colourings[f"k-means cluster (analyze.{analysis['k']})"] = Colouring(
+            np.load(os.path.join(analysis["folder"], "kmeans_labels.npy")).astype(float), "categorical")
+    else:
+        k = min(KMEANS_WITHOUT_ANALYSIS, len(z))
+        colourings[f"k-means cluster (k = {k})"] = Colouring(kmeans(z, k)[1].astype(float), "categorical")
+    colourings.update(_particle_colourings(run, state, group, rows, gt_dir))
+    source_rows, half_sets = run_particle_records(run, state, group)
+    records = RunRecords(group.attrs.asdict(), source_rows, half_sets, checkpoint_poses(state, group), rows)
+    return Explorer(model, z, views, colourings, records, out_dir or os.path.join(run, "explore"), header)
+
+
+def _latents(run, state, model, group, store, rows, training):
+    """(z, its record or None, a line saying where they come from): RUN/z.npy; for a run still training whose
+    z.npy is not of its last checkpoint, the latents computed now with that checkpoint's model (not saved)."""
+    from hetrec_dist.cli.run_files import run_latents, run_store_path
+    from hetrec_dist.cli.volume import _refined_shift_corrections
+    from hetrec_dist.errors import UserError
+    from hetrec_dist.train.inference import embed
+
+    try:
+        z, record = run_latents(run, state)
+        return z, record, "Latents: z.npy."
+    except UserError:
+        if not training:
+            raise
+    path = store or run_store_path(run)
+    click.echo(f"the run is still training and z.npy is not of its last checkpoint: computing the latents of "
+               f"epoch {state['epoch']} (not saved)", err=True)
+    z = embed(model, path, shift_corrections=_refined_shift_corrections(state, path, run_store_path(run)), rows=rows)
+    return z, None, f"Latents: computed at start-up with the epoch-{state['epoch']} model."
+
+
+def _current_analysis(run, record):
+    """The newest RUN/analyze.K of the current latents ({'folder', 'k', 'summary'}), or None."""
+    import json
+
+    found = []
+    for name in os.listdir(run):
+        folder = os.path.join(run, name)
+        if not (name.startswith("analyze.") and name[8:].isdigit() and os.path.isdir(folder)):
+            continue
+        try:
+            with open(os.path.join(folder, "summary.json")) as f:
+                summary = json.load(f)
+        except (OSError, ValueError):
+            continue
+        analysed = (summary.get("latents") or {}).get("z_sha256")
+        current = (record or {}).get("z_sha256")
+        if current and analysed == current and os.path.isfile(os.path.join(folder, "kmeans_labels.npy")):
+            found.append((os.path.getmtime(folder), {"folder": folder, "k": summary["k"], "summary": summary}))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def _umap_view(z, analysis):
+    """Every particle's UMAP position: `hetrec analyze`'s (umap.npz) where it has one, else a UMAP of a sample
+    computed now (analysis.analyze._umap). Particles outside the sample take the position of their nearest
+    sampled neighbour in the latent space."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    from hetrec_dist.analysis.analyze import _umap
+
+    saved = analysis and os.path.join(analysis["folder"], "umap.npz")
+    if saved and os.path.isfile(saved):
+        with np.load(saved, allow_pickle=False) as data:
+            rows, xy = data["rows"], data["xy"]
+    else:
+        click.echo(f"computing a UMAP of {min(len(z), 50_000):,} particles (`hetrec analyze` saves one for next "
+                   "time)", err=True)
+        rows, xy = _umap(z, 0, [])
+    if len(rows) == len(z):
+        return xy[np.argsort(rows)]
+    nearest = NearestNeighbors(n_neighbors=1).fit(z[rows]).kneighbors(z, return_distance=False)[:, 0]
+    return xy[nearest]
+
+
+def _particle_colourings(run, state, group, rows, gt_dir):
+    """{label: Colouring} of what is known of each particle: defocus, optics group, pose angles, particle
+    index (cli.run_files.particle_metadata), half-set, the size of the pose correction, the true coordinate."""
+    import numpy as np
+
+    from hetrec_dist.analysis.ground_truth import read_ground_truth
+    from hetrec_dist.cli.run_files import particle_metadata, run_particle_records
+    from hetrec_dist.explore.session import Colouring
+    from hetrec_dist.train.pose_refinement import checkpoint_poses
+
+    kinds = {"optics group": "categorical", "in-plane angle psi (°)": "cyclic"}
+    colourings = {label: Colouring(np.asarray(values, float), kinds.get(label, "continuous"))
+                  for label, values in particle_metadata(group, rows).items()}
+    take = (lambda values: values) if rows is None else (lambda values: values[rows])
+    half_sets = run_particle_records(run, state, group)[1]
+    if half_sets is not None:
+        colourings["half-set"] = Colouring(take(half_sets).astype(float), "categorical")
+    poses = checkpoint_poses(state, group)
+    if poses is not None:
+        given = group["rotations"][:]
+        cosine = (np.einsum("nij,nij->n", given, poses[0]) - 1) / 2  # trace(R_given^T R) = 1 + 2 cos(angle)
+        colourings["pose correction (°)"] = Colouring(take(np.degrees(np.arccos(np.clip(cosine, -1, 1)))))
+        colourings["shift correction (px)"] = Colouring(take(np.linalg.norm(poses[1] - group["shifts"][:], axis=1)))
+    if gt_dir:
+        colourings["true coordinate"] = Colouring(read_ground_truth(gt_dir, group.attrs.asdict(), rows)[0])
+    return colourings

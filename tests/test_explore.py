@@ -1,0 +1,119 @@
+"""hetrec explore without a browser: its maps against the model's own, the mesh against a known sphere, the
+selections against an independent point-in-polygon count, the files written, the page's callbacks through
+Flask's test client, and the token."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from hetrec_dist.cli.explore import _is_loopback, load_explorer
+from hetrec_dist.errors import UserError
+from hetrec_dist.explore.app import build_app
+from hetrec_dist.explore.session import MapMaker, in_box, in_polygon, mesh
+
+
+@pytest.fixture(scope="module")
+def explorer(two_epoch_run, tmp_path_factory):
+    return load_explorer(str(two_epoch_run), out_dir=str(tmp_path_factory.mktemp("explore")), device="cpu")
+
+
+def test_maps_from_the_precomputed_basis_equal_the_models(explorer):
+    maps = MapMaker(explorer.model)
+    for latent in np.random.default_rng(0).normal(size=(3, explorer.z.shape[1])).astype(np.float32) * 2:
+        with torch.no_grad():
+            expected = explorer.model.volume(torch.from_numpy(latent)).numpy()
+        np.testing.assert_allclose(maps.map_at(latent), expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_the_mesh_of_a_sphere_lies_on_the_sphere():
+    box, radius_px, pixel_size_A = 48, 12.0, 1.5
+    grid = np.arange(box) - box / 2
+    distance = np.sqrt(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2)
+    vertices, faces = mesh(radius_px - distance, 0.0, pixel_size_A)
+    centre_A = box / 2 * pixel_size_A
+    radii_A = np.linalg.norm(vertices - centre_A, axis=1)
+    assert len(faces) > 1000
+    np.testing.assert_allclose(radii_A, radius_px * pixel_size_A, atol=0.05 * radius_px * pixel_size_A)
+    assert mesh(radius_px - distance, 1e6, pixel_size_A)[1].shape == (0, 3)  # a level above the map: no faces
+
+
+def test_lasso_and_box_select_what_an_independent_count_finds():
+    xy = np.random.default_rng(1).uniform(-1, 1, size=(5000, 2))
+    # a triangle: inside where all three edge functions agree in sign
+    xs, ys = [-0.8, 0.9, 0.0], [-0.7, -0.6, 0.8]
+    signs = []
+    for i in range(3):
+        (x0, y0), (x1, y1) = (xs[i], ys[i]), (xs[(i + 1) % 3], ys[(i + 1) % 3])
+        signs.append((x1 - x0) * (xy[:, 1] - y0) - (y1 - y0) * (xy[:, 0] - x0))
+    inside = np.flatnonzero(np.all(np.array(signs) > 0, axis=0) | np.all(np.array(signs) < 0, axis=0))
+    np.testing.assert_array_equal(in_polygon(xy, xs, ys), inside)
+    box = in_box(xy, [0.5, -0.2], [-0.1, 0.3])
+    np.testing.assert_array_equal(box, np.flatnonzero((abs(xy[:, 0] - 0.15) <= 0.35) & (abs(xy[:, 1] - 0.1) <= 0.2)))
+
+
+def test_a_saved_selection_is_the_input_rows_and_star_rows_of_its_particles(explorer, sim_dir):
+    chosen = explorer.select("PCA", box={"x": [-10, 0], "y": [-10, 10]})
+    assert 0 < len(chosen) < explorer.n_particles
+    paths, note = explorer.save_selection("left", chosen)
+    assert note is None and [os.path.basename(p) for p in paths] == ["left.pkl", "left.txt", "left.star"]
+    with open(paths[0], "rb") as f:
+        np.testing.assert_array_equal(pickle.load(f), explorer.records.source_rows[chosen])
+    np.testing.assert_array_equal(np.loadtxt(paths[1], dtype=int), explorer.records.source_rows[chosen])
+    written = starfile.read(paths[2], always_dict=True)["particles"]["rlnImageName"]
+    original = starfile.read(os.path.join(sim_dir, "particles.star"), always_dict=True)["particles"]["rlnImageName"]
+    assert list(written) == list(original.iloc[explorer.records.source_rows[chosen]])
+    with pytest.raises(UserError, match="exists"):
+        explorer.save_selection("left", chosen)
+    with pytest.raises(UserError, match="name"):
+        explorer.save_selection("../escape", chosen)
+    with pytest.raises(UserError, match="empty"):
+        explorer.save_selection("nothing", [])
+    np.testing.assert_array_equal(np.sort(np.concatenate([chosen, explorer.invert(chosen)])),
+                                  np.arange(explorer.n_particles))
+
+
+def _call(app, first_output, inputs, state=()):
+    """POST the callback whose outputs begin with `first_output` ("id.property") as the page does; the reply."""
+    key = next(k for k in app.callback_map if k.lstrip(".").startswith(first_output))
+    outputs = [{"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]}
+               for part in key.strip(".").split("...")]
+    body = {"output": key, "outputs": outputs if key.startswith("..") else outputs[0], "inputs": inputs,
+            "state": list(state), "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"]}
+    response = app.server.test_client().post("/_dash-update-component", data=json.dumps(body),
+                                             content_type="application/json")
+    assert response.status_code == 200, response.data[:500]
+    return response.get_json()["response"]
+
+
+def test_a_click_on_a_particle_gives_the_map_at_its_latent(explorer):
+    app = build_app(explorer)
+    assert app.server.test_client().get("/").status_code == 200
+    particle = int(explorer.shown[7])
+    reply = _call(app, "particle.data", [
+        {"id": "landscape", "property": "clickData", "value": {"points": [{"curveNumber": 0, "pointIndex": 7}]}},
+        {"id": "path-step", "property": "value", "value": 0}, {"id": "threshold", "property": "value", "value": 5}],
+        [{"id": "particle", "property": "data", "value": None}, {"id": "path-maps", "property": "data", "value": []},
+         {"id": "view", "property": "value", "value": "PCA"}])
+    assert reply["particle"]["data"] == particle
+    assert reply["surface"]["figure"]["data"][0]["type"] == "mesh3d"
+    assert f"particle {particle}" in reply["map-title"]["children"]
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                            ("0.0.0.0", False), ("10.1.2.3", False), ("node12", False)])
+def test_only_loopback_addresses_go_without_a_token(host, loopback):
+    assert _is_loopback(host) is loopback
+
+
+def test_the_token_is_required_then_remembered(explorer):
+    client = build_app(explorer, token="s3cret").server.test_client()
+    assert client.get("/").status_code == 403
+    assert client.get("/?token=wrong").status_code == 403
+    assert client.get("/_dash-layout").status_code == 403
+    assert client.get("/?token=s3cret").status_code == 200
+    assert client.get("/_dash-layout").status_code == 200  # the cookie the first visit set
