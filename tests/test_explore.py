@@ -96,7 +96,8 @@ def test_a_click_on_a_particle_gives_the_map_at_its_latent(explorer):
     particle = int(explorer.shown[7])
     reply = _call(app, "particle.data", [
         {"id": "landscape", "property": "clickData", "value": {"points": [{"curveNumber": 0, "pointIndex": 7}]}},
-        {"id": "path-step", "property": "value", "value": 0}, {"id": "threshold", "property": "value", "value": 5}],
+        {"id": "path-step", "property": "value", "value": 0}, {"id": "threshold", "property": "value", "value": 5},
+        {"id": "smoothing", "property": "value", "value": 0}],
         [{"id": "particle", "property": "data", "value": None}, {"id": "path-maps", "property": "data", "value": []},
          {"id": "view", "property": "value", "value": "PCA"}])
     assert reply["particle"]["data"] == particle
@@ -117,3 +118,72 @@ def test_the_token_is_required_then_remembered(explorer):
     assert client.get("/_dash-layout").status_code == 403
     assert client.get("/?token=s3cret").status_code == 200
     assert client.get("/_dash-layout").status_code == 200  # the cookie the first visit set
+
+
+def test_smoothing_makes_a_simpler_surface_and_leaves_the_sections(explorer):
+    from hetrec_dist.explore.app import map_figures
+
+    volume = explorer.map_of_particle(2)
+    plain, plain_sections, _ = map_figures(explorer, volume, 5)
+    smooth, smooth_sections, _ = map_figures(explorer, volume, 5, smoothing_A=8)
+    assert 0 < len(smooth.data[0].i) < len(plain.data[0].i)
+    np.testing.assert_array_equal(smooth_sections.data[0].z, plain_sections.data[0].z)
+
+
+def test_the_download_is_the_map_with_its_pixel_size(explorer, tmp_path):
+    import mrcfile
+
+    path = tmp_path / "map.mrc"
+    path.write_bytes(explorer.mrc(3))
+    with mrcfile.open(path) as mrc:
+        np.testing.assert_array_equal(mrc.data, explorer.map_of_particle(3))
+        assert float(mrc.voxel_size.x) == pytest.approx(explorer.model.pixel_size_A)
+
+
+def test_a_path_stays_on_the_data_and_saves_as_a_chimerax_series(explorer):
+    import mrcfile
+
+    along, on_path = explorer.path(0, 1)
+    assert along[0] == 0 and along[-1] == 1 and set(on_path) <= set(along)
+    script = explorer.save_path(on_path)
+    folder = os.path.dirname(script)
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".mrc"))
+    assert len(names) == len(on_path) and f"open {' '.join(names)} vseries true" in open(script).read()
+    np.testing.assert_array_equal(mrcfile.read(os.path.join(folder, names[-1])), explorer.map_of_particle(1))
+    with pytest.raises(UserError, match="two particles"):
+        explorer.path(4, 4)
+
+
+def test_a_taken_port_and_an_unknown_host_are_one_line_errors(two_epoch_run):
+    import socket
+
+    from conftest import assert_one_line_error, run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_error(run_cli("explore", two_epoch_run, "--port", port, expect_ok=False), "in use", "--port")
+    assert_one_line_error(run_cli("explore", two_epoch_run, "--host", "no.such.host.invalid", expect_ok=False),
+                          "--host")
+
+
+def test_umap_places_of_particles_outside_the_sample_are_their_nearest_sampled_neighbours():
+    from hetrec_dist.analysis.latent import places_from_sample
+
+    z = np.random.default_rng(2).normal(size=(500, 4))
+    rows = np.sort(np.random.default_rng(3).choice(500, 120, replace=False))
+    xy = np.random.default_rng(4).normal(size=(120, 2))
+    places = places_from_sample(z, rows, xy)
+    nearest = ((z[:, None] - z[rows][None]) ** 2).sum(-1).argmin(1)  # brute force
+    np.testing.assert_array_equal(places, xy[nearest])
+    np.testing.assert_array_equal(places[rows], xy)
+
+
+def test_sections_of_a_big_box_are_averaged_down_to_what_the_page_draws():
+    from hetrec_dist.explore.session import sections
+
+    volume = np.random.default_rng(5).normal(size=(256, 256, 256)).astype(np.float32)
+    cut_z = sections(volume)[0]
+    assert cut_z.shape == (128, 128)
+    np.testing.assert_allclose(cut_z[3, 5], volume[128, 6:8, 10:12].mean(), rtol=1e-5)

@@ -107,6 +107,29 @@ def test_a_lasso_saves_exactly_the_particles_inside_it(explorer, page, sim_dir):
     assert headless.errors_in_console(page) == []
 
 
+def test_a_path_between_two_clicked_particles_plays_its_maps(explorer, page):
+    page.execute_script("window.scrollTo(0, 0)")
+    pixels = np.array(headless.to_page(page, "landscape", explorer.views["PCA"]))
+    gaps = np.linalg.norm(pixels[:, None] - pixels[None], axis=-1) + np.eye(len(pixels)) * 1e9
+    isolated = np.argsort(gaps.min(1))[::-1]
+    left, right = min(isolated[:20], key=lambda i: pixels[i, 0]), max(isolated[:20], key=lambda i: pixels[i, 0])
+    for particle, button in ((left, "path-from"), (right, "path-to")):
+        page.execute_script("window.scrollTo(0, 0)")
+        headless.click_at(page, *pixels[particle])
+        headless.wait_for(page, lambda d, p=particle: f"particle {p}'s" in _text(d, "map-title"))
+        page.find_element(By.ID, button).click()
+    headless.wait_for(page, lambda d: "through" in _text(d, "path-note") or "join" in _text(d, "path-note"))
+    assert f"path from particle {left} to {right}" in _text(page, "path-note")
+    along, on_path = explorer.path(int(left), int(right))
+    page.find_element(By.ID, "path-play").click()
+    seen = set()
+    headless.wait_for(page, lambda d: seen.add(_text(d, "map-title")) or len(seen) >= 3, timeout_s=60)
+    page.find_element(By.ID, "path-play").click()  # stop
+    shown = {int(title.split("particle ")[1].split("'")[0]) for title in seen}
+    assert shown - {int(right)} <= set(on_path.tolist())
+    assert headless.errors_in_console(page) == []
+
+
 def test_a_server_beyond_localhost_wants_its_token(explorer, browser):
     server = headless.serve_in_thread(build_app(explorer, token="t0ken"))
     try:

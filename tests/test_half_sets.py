@@ -245,3 +245,22 @@ def test_fsc_and_select_refuse_what_would_give_a_wrong_value_or_a_traceback(half
     for args, fragment in ((("--clusters", "", "-o", tmp_path / "s.star"), "at least one cluster"),
                            (("--clusters", "1", "-o", tmp_path / "no" / "s.star"), "its folder does not exist")):
         assert_one_line_error(run_cli("select", half_set_run, "--k", 4, *args, expect_ok=False), fragment)
+
+
+def test_explore_shows_the_half_maps_fsc_and_writes_the_half_sets(half_set_run, tmp_path):
+    import starfile
+
+    from hetrec_dist.analysis.half_maps import latent_resolution
+    from hetrec_dist.cli.explore import load_explorer
+    from hetrec_dist.explore.app import _resolution
+
+    explorer = load_explorer(str(half_set_run), out_dir=str(tmp_path), device="cpu", with_umap=False)
+    figure, line = _resolution(explorer, 5)
+    expected = latent_resolution(explorer.model, explorer.z[5])
+    np.testing.assert_allclose(figure.data[0].y, expected["curve"][1:])
+    assert f"{expected['resolution_0.143_A']:.2f} Å" in line
+    half_sets = explorer.colourings["half-set"].values
+    assert set(np.unique(half_sets)) == {1, 2}
+    paths, _ = explorer.save_selection("first", np.arange(40))
+    written = starfile.read(paths[2], always_dict=True)["particles"]["rlnRandomSubset"]
+    np.testing.assert_array_equal(written, half_sets[:40])

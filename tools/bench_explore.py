@@ -66,7 +66,8 @@ def _post_show_map(port, app, particle):
     body = {"output": key, "outputs": outputs, "changedPropIds": ["threshold.value"],
             "inputs": [{"id": "landscape", "property": "clickData", "value": None},
                        {"id": "path-step", "property": "value", "value": 0},
-                       {"id": "threshold", "property": "value", "value": 5}],
+                       {"id": "threshold", "property": "value", "value": 5},
+                       {"id": "smoothing", "property": "value", "value": 0}],
             "state": [{"id": "particle", "property": "data", "value": int(particle)},
                       {"id": "path-maps", "property": "data", "value": []},
                       {"id": "view", "property": "value", "value": "PCA"}]}
@@ -136,6 +137,26 @@ def bench_box(box, driver):
           f"ms, JSON {ms(parts['figure JSON'])} ms ({size / 1e6:.2f} MB); {faces:,} faces", flush=True)
 
 
+def start_up_costs(z):
+    """Seconds of what `hetrec explore` computes at start-up beside the page (cli.explore.load_explorer): PCA,
+    k-means where the run has no analysis; and what `hetrec analyze` adds to its own time for explore: every
+    particle's UMAP place from its 50,000-particle UMAP (here random, for the cost)."""
+    from hetrec_dist.analysis.latent import kmeans, pca, places_from_sample
+
+    costs = {}
+    start = time.perf_counter()
+    pca(z).project(z)
+    costs["PCA"] = time.perf_counter() - start
+    start = time.perf_counter()
+    kmeans(z, 10)
+    costs["k-means (k = 10)"] = time.perf_counter() - start
+    rows = np.sort(np.random.default_rng(0).choice(len(z), min(len(z), 50_000), replace=False))
+    start = time.perf_counter()
+    places_from_sample(z, rows, np.random.default_rng(1).normal(size=(len(rows), 2)))
+    costs["analyze's UMAP places (saved for explore)"] = time.perf_counter() - start
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in costs.items())
+
+
 def bench_load(n_particles, driver):
     start = time.perf_counter()
     explorer = hinge_model_run(64, n_particles)
@@ -153,7 +174,8 @@ def bench_load(n_particles, driver):
     finally:
         server.shutdown()
     print(f"{n_particles:,} particles ({len(explorer.shown):,} drawn): page loaded in {loaded:.1f} s; the server's "
-          f"explorer and page built in {built:.1f} s (from latents in memory)", flush=True)
+          f"explorer and page built in {built:.1f} s (from latents in memory); start-up's analysis: "
+          f"{start_up_costs(explorer.z)}", flush=True)
 
 
 def main():

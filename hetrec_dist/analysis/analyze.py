@@ -3,9 +3,9 @@
 Writes RUN/analyze.K/: summary.json, index.html, chimerax.cxc, plots/*.png (the latent landscape, pictures
 of the cluster maps and the PC traversals, the latents coloured by the ground truth and by what may confound
 them, the training curves; for a run trained with half-sets, the gold-standard resolution at each cluster
-centre and along PC1), maps/*.mrc, kmeans_labels.npy, kmeans_centres.txt, umap.npz (the UMAP: rows
-of z it embedded and their 2-D coordinates, for `hetrec explore`), and RUN/z.pkl (the latents
-as cryoDRGN's z.pkl).
+centre and along PC1), maps/*.mrc, kmeans_labels.npy, kmeans_centres.txt, umap.npz (the UMAP: rows of z
+it embedded, their 2-D places, and every particle's for `hetrec explore`: latent.places_from_sample), and
+RUN/z.pkl (the latents as cryoDRGN's z.pkl).
 """
 
 import html
@@ -26,6 +26,7 @@ from hetrec_dist.analysis.latent import (
     latent_spread,
     nearest_particles,
     pca,
+    places_from_sample,
     traversal,
 )
 from hetrec_dist.analysis.maps import chimerax_level, write_latent_maps
@@ -254,7 +255,8 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
         names.append("training_curves.png")
     if with_umap and z.shape[1] > 2 and len(z) >= 10:  # fewer: UMAP's spectral start fails; PCA shows them
         rows, umap_xy = _umap(z, seed, on_data)
-        np.savez(os.path.join(out_dir, "umap.npz"), rows=rows, xy=umap_xy)  # for hetrec explore
+        np.savez(os.path.join(out_dir, "umap.npz"), rows=rows, xy=umap_xy,  # for hetrec explore
+                 every_particle=places_from_sample(z, rows, umap_xy))
         centres_xy = umap_xy[np.searchsorted(rows, on_data)]
         plots.landscape(umap_xy, labels[rows], centres_xy, os.path.join(plot_dir, "umap_clusters.png"),
                         ("UMAP1", "UMAP2"))

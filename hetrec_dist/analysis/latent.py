@@ -79,6 +79,19 @@ def nearest_particles(z, points):
     return np.array([int(((z - p) ** 2).sum(1).argmin()) for p in points])
 
 
+def places_from_sample(z, rows, xy):
+    """Every particle's place in a 2-D embedding made of a sample (UMAP's: rows of z, their places xy): its own
+    where sampled, else that of its nearest sampled neighbour in the latent space (N x 2)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if len(rows) == len(z):
+        return xy[np.argsort(rows)]
+    nearest = NearestNeighbors(n_neighbors=1, n_jobs=-1).fit(z[rows]).kneighbors(z, return_distance=False)[:, 0]
+    places = xy[nearest]
+    places[rows] = xy
+    return places
+
+
 def traversal(z, fitted, component, n_points=10):
     """Latents along one principal axis, from its 5th to its 95th percentile, through the mean."""
     coordinate = fitted.project(z)[:, component]

@@ -36,9 +36,10 @@ def command(run, port, host, gt_dir, checkpoint, store, out_dir, device, with_um
     from hetrec_dist.explore.app import build_app
 
     token = None if _is_loopback(host) else secrets.token_urlsafe(24)
+    _check_address(host, port)  # before the minutes a large run takes to load
     explorer = load_explorer(run, checkpoint, store, gt_dir, device, out_dir, with_umap)
     server = _make_server(build_app(explorer, token), host, port)
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown_host = _hostname() if host in ("0.0.0.0", "::") else host
     address = f"http://{shown_host}:{server.server_port}/" + (f"?token={token}" if token else "")
     click.echo(f"hetrec explore: {explorer.n_particles:,} particles of {run}; open {address}", err=True)
     if token:
@@ -70,6 +71,8 @@ def _is_loopback(host):
 
 def _make_server(app, host, port):
     """A threaded WSGI server of the app on host:port; UserError where the port is taken."""
+    import contextlib
+    import io
     import logging
 
     from werkzeug.serving import make_server
@@ -78,11 +81,34 @@ def _make_server(app, host, port):
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     try:
-        return make_server(host, port, app.server, threaded=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # werkzeug's own lines about a taken port
+            return make_server(host, port, app.server, threaded=True)
     except OSError as error:
         raise UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); give another --port") from None
     except SystemExit:  # werkzeug exits where the port is taken
         raise UserError(f"cannot listen on {host}:{port}: the port is in use; give another --port") from None
+
+
+def _check_address(host, port):
+    """One-line errors for a --host that is no address of this machine and a --port that is taken (werkzeug
+    reports both as a taken port)."""
+    import errno
+    import socket
+
+    from hetrec_dist.errors import UserError
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {host}: not an address or a name this machine knows") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use (another explore?); give another --port") from None
+            raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", out_dir=None, with_umap=True):
@@ -171,26 +197,24 @@ def _current_analysis(run, record):
 
 
 def _umap_view(z, analysis):
-    """Every particle's UMAP position: `hetrec analyze`'s (umap.npz) where it has one, else a UMAP of a sample
-    computed now (analysis.analyze._umap). Particles outside the sample take the position of their nearest
-    sampled neighbour in the latent space."""
+    """Every particle's UMAP place: `hetrec analyze`'s (umap.npz) where it has them, else from a UMAP of a
+    sample computed now (analysis.analyze._umap, analysis.latent.places_from_sample)."""
     import numpy as np
-    from sklearn.neighbors import NearestNeighbors
 
     from hetrec_dist.analysis.analyze import _umap
+    from hetrec_dist.analysis.latent import places_from_sample
 
     saved = analysis and os.path.join(analysis["folder"], "umap.npz")
     if saved and os.path.isfile(saved):
         with np.load(saved, allow_pickle=False) as data:
+            if "every_particle" in data.files and len(data["every_particle"]) == len(z):
+                return data["every_particle"]
             rows, xy = data["rows"], data["xy"]
     else:
         click.echo(f"computing a UMAP of {min(len(z), 50_000):,} particles (`hetrec analyze` saves one for next "
                    "time)", err=True)
         rows, xy = _umap(z, 0, [])
-    if len(rows) == len(z):
-        return xy[np.argsort(rows)]
-    nearest = NearestNeighbors(n_neighbors=1).fit(z[rows]).kneighbors(z, return_distance=False)[:, 0]
-    return xy[nearest]
+    return places_from_sample(z, rows, xy)
 
 
 def _particle_colourings(run, state, group, rows, gt_dir):

@@ -21,6 +21,7 @@ from hetrec_dist.explore.session import mesh, mesh_step, sections
 
 COOKIE = "hetrec_explore_token"
 ENCLOSED_PERCENT = 5  # the surface's default level: the top 5% of voxels (analysis.maps.chimerax_level)
+SMOOTHING_A = (2, 4, 8)  # the surface's Gaussian smoothing choices; the sections and downloads stay unsmoothed
 MAX_FACES = 150_000  # faces of the surface sent to the page (about 2 MB)
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
@@ -78,9 +79,16 @@ def particle_mark(xy, particle):
     return {"x": float(xy[particle, 0]), "y": float(xy[particle, 1]), "text": f"particle {particle}"}
 
 
-def map_figures(explorer, volume, enclosed_percent):
-    """(the isosurface as a 3-D mesh, the three central sections, the surface's level) of a map."""
-    level = float(np.quantile(volume, 1 - enclosed_percent / 100))
+def map_figures(explorer, volume, enclosed_percent, smoothing_A=0):
+    """(the isosurface as a 3-D mesh, the three central sections, the surface's level) of a map; the surface of
+    the map smoothed by a Gaussian of smoothing_A (Å, 0: none) where asked."""
+    sections_of = volume
+    if smoothing_A:
+        from scipy.ndimage import gaussian_filter
+
+        volume = gaussian_filter(volume, smoothing_A / explorer.model.pixel_size_A, mode="wrap")
+    every = max(1, volume.shape[0] // 128)  # the quantile of a 256^3 map costs more than its surface
+    level = float(np.quantile(volume[::every, ::every, ::every], 1 - enclosed_percent / 100))
     step = mesh_step(volume.shape[0])
     vertices, faces = mesh(volume, level, explorer.model.pixel_size_A, step)
     while len(faces) > MAX_FACES:  # a noisy map at a low level: coarser, not a page that stalls
@@ -95,8 +103,8 @@ def map_figures(explorer, volume, enclosed_percent):
                           margin={"l": 0, "r": 0, "t": 0, "b": 0}, uirevision="camera")
     titles = ("section normal to z", "section normal to y", "section normal to x")
     cuts = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.04)
-    coordinates = np.arange(volume.shape[0]) * explorer.model.pixel_size_A
-    for i, section in enumerate(sections(volume)):
+    for i, section in enumerate(sections(sections_of)):
+        coordinates = np.arange(len(section)) * (volume.shape[0] / len(section)) * explorer.model.pixel_size_A
         cuts.add_trace(go.Heatmap(z=section, x=coordinates, y=coordinates, colorscale="gray", showscale=False,
                                   hovertemplate="%{z:.3g}<extra></extra>"), row=1, col=i + 1)
         cuts.update_xaxes(title_text="Å", row=1, col=i + 1, constrain="domain")
@@ -124,8 +132,10 @@ def _layout(explorer):
                   f"{n_shown:,} of {n:,} particles drawn (a random sample); selections count every particle")
     button = {"marginRight": "6px"}
     left = html.Div(style={"flex": "1 1 45%", "minWidth": "420px"}, children=[
-        html.Div([html.Label("view "), dcc.RadioItems(views, views[0], id="view", inline=True),
-                  html.Label(" colour by "),
+        html.Div([html.Label("view: ", style={"marginRight": "4px"}),
+                  dcc.RadioItems(views, views[0], id="view", inline=True,
+                                 style={"display": "inline-block", "marginRight": "16px"}),
+                  html.Label("colour by "),
                   dcc.Dropdown(colours, colours[0], id="colour", clearable=False,
                                style={"width": "260px", "display": "inline-block", "verticalAlign": "middle"})]),
         dcc.Graph(id="landscape", figure=landscape_figure(explorer, views[0], colours[0]),
@@ -148,8 +158,12 @@ def _layout(explorer):
         html.Div([html.Label("surface encloses (% of the box) "),
                   dcc.Slider(0.5, 30, value=ENCLOSED_PERCENT, id="threshold", marks={1: "1", 5: "5", 10: "10",
                              20: "20", 30: "30"}, tooltip={"placement": "bottom"}, updatemode="mouseup")]),
+        html.Div([html.Label("smooth the surface (Gaussian, σ in Å; ChimeraX's volume gaussian) "),
+                  dcc.RadioItems([{"label": "none", "value": 0}] +
+                                 [{"label": f"{s:g} Å", "value": s} for s in SMOOTHING_A], 0, id="smoothing",
+                                 inline=True, style={"display": "inline-block"})]),
         html.Div(id="level-note", style={"color": "#555"}),
-        dcc.Graph(id="sections", style={"height": "260px"}, config={"displaylogo": False}),
+        dcc.Graph(id="sections", style={"height": "260px"}, config={"displayModeBar": False}),
         html.Button("Download map (.mrc)", id="download-button", style=button), dcc.Download(id="download"),
         html.Div(id="resolution", children=[
             html.H3("Gold-standard resolution here"), html.Div(id="resolution-note"),
@@ -193,9 +207,9 @@ def build_app(explorer, token=None):
     @app.callback(Output("particle", "data"), Output("surface", "figure"), Output("sections", "figure"),
                   Output("map-title", "children"), Output("level-note", "children"), Output("mark", "data"),
                   Input("landscape", "clickData"), Input("path-step", "value"), Input("threshold", "value"),
-                  State("particle", "data"), State("path-maps", "data"), State("view", "value"),
-                  prevent_initial_call=True)
-    def show_map(click, step, enclosed_percent, particle, path_maps, view):
+                  Input("smoothing", "value"), State("particle", "data"), State("path-maps", "data"),
+                  State("view", "value"), prevent_initial_call=True)
+    def show_map(click, step, enclosed_percent, smoothing_A, particle, path_maps, view):
         """The map of the particle clicked (or of the path's step), in one round trip."""
         if ctx.triggered_id == "path-step":
             particle = path_maps[step] if path_maps and step is not None and step < len(path_maps) else None
@@ -207,10 +221,11 @@ def build_app(explorer, token=None):
         if particle is None:
             return (no_update,) * 6
         volume = explorer.map_of_particle(particle)
-        surface, cuts, level = map_figures(explorer, volume, enclosed_percent)
+        surface, cuts, level = map_figures(explorer, volume, enclosed_percent, smoothing_A)
         mark = particle_mark(explorer.views[view], particle)
         title = f"Map at particle {particle}'s latent"
-        note = f"surface level {level:.4g} (the map's units; ChimeraX: volume level {level:.4g})"
+        smoothed = f" of the map smoothed by a {smoothing_A:g} Å Gaussian" if smoothing_A else ""
+        note = f"surface level {level:.4g}{smoothed} (the map's units; ChimeraX: volume level {level:.4g})"
         return particle, surface, cuts, title, note, mark
 
     # the mark is a label laid over the plot, placed by the page: through the figure (or Plotly.relayout), Plotly

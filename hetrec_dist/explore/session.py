@@ -104,15 +104,19 @@ def mesh(volume, level, pixel_size_A, step=1):
 
 
 def mesh_step(box):
-    """Marching cubes over every voxel up to box 96, every 2nd above (the page's mesh at box 128 and 256 stays
-    a few 10^4 faces; the sections show every voxel)."""
-    return 1 if box <= 96 else 2
+    """Marching cubes over every voxel up to box 96, else over every (box // 64)-th: the page's surface stays
+    a few 10^4 faces at any box (the sections show finer detail)."""
+    return 1 if box <= 96 else box // 64
 
 
-def sections(volume):
-    """The three central sections of a [z, y, x] map: normal to z, y and x (each D x D)."""
+def sections(volume, max_size=128):
+    """The three central sections of a [z, y, x] map: normal to z, y and x (each D x D; averaged over 2 x 2
+    pixels until at most max_size across, as the page draws them)."""
     centre = volume.shape[0] // 2
-    return volume[centre], volume[:, centre], volume[:, :, centre]
+    cuts = [volume[centre], volume[:, centre], volume[:, :, centre]]
+    while cuts[0].shape[0] > max_size and cuts[0].shape[0] % 2 == 0:
+        cuts = [cut.reshape(cut.shape[0] // 2, 2, cut.shape[1] // 2, 2).mean((1, 3)) for cut in cuts]
+    return cuts
 
 
 def mrc_bytes(volume, pixel_size_A):
