@@ -187,3 +187,26 @@ def test_sections_of_a_big_box_are_averaged_down_to_what_the_page_draws():
     cut_z = sections(volume)[0]
     assert cut_z.shape == (128, 128)
     np.testing.assert_allclose(cut_z[3, 5], volume[128, 6:8, 10:12].mean(), rtol=1e-5)
+
+
+def test_a_run_still_training_is_read_from_its_last_checkpoint_and_says_so(two_epoch_run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    os.remove(run / "z.npy")  # training writes it at the end
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from hetrec_dist.data.folder_lock import FolderLock; "
+        f"lock = FolderLock({str(run)!r}, 'training run').acquire(); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        explorer = load_explorer(str(run), out_dir=str(tmp_path / "out"), device="cpu")
+    finally:
+        holder.kill()
+    assert any("still training" in line and f"process {holder.pid}" in line for line in explorer.header)
+    expected = np.load(two_epoch_run / "z.npy")
+    np.testing.assert_allclose(explorer.z, expected, atol=1e-5)
+    assert not os.path.exists(run / "z.npy")  # computed for the page, not written
