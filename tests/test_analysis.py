@@ -1,3 +1,4 @@
+import html
 import json
 import os
 import pickle
@@ -45,10 +46,21 @@ def test_fsc_command_and_its_errors(sim_dir, tmp_path):
     out = json.loads(run_cli("fsc", os.path.join(truth, "map_00.mrc"), os.path.join(truth, "map_00.mrc"),
                              "--json", "--mask", "sphere", "--plot", tmp_path / "fsc.png").output)
     assert out["mean_fsc"] > 0.999 and (tmp_path / "fsc.png").stat().st_size > 1000
-    mrcfile.write(tmp_path / "small.mrc", np.ones((16, 16, 16), np.float32), voxel_size=4.0)
+    with mrcfile.open(os.path.join(truth, "map_00.mrc")) as mrc:
+        full, pixel_size_A = mrc.data.astype(np.float64), float(mrc.voxel_size.x)
+    extent_A = full.shape[0] * pixel_size_A
+    mrcfile.write(tmp_path / "small.mrc", np.ones((16, 16, 16), np.float32), voxel_size=extent_A / 16 * 1.5)
     mrcfile.write(tmp_path / "coarse.mrc", np.ones((32, 32, 32), np.float32), voxel_size=5.0)
     result = run_cli("fsc", os.path.join(truth, "map_00.mrc"), tmp_path / "small.mrc", expect_ok=False)
     assert_one_line_error(result, "different boxes")
+    # a map of the same extent on a smaller box (a run's, against the full-size truth): cropped, as eval does
+    from hetrec_dist.physics.fourier import fourier_crop
+
+    mrcfile.write(tmp_path / "cropped.mrc", fourier_crop(full, 16, ndim=3).astype(np.float32),
+                  voxel_size=extent_A / 16)
+    result = run_cli("fsc", tmp_path / "cropped.mrc", os.path.join(truth, "map_00.mrc"), "--json")
+    assert "Fourier-cropped from box 32 to 16" in result.output
+    assert json.loads(result.output[result.output.index("{"):])["mean_fsc"] > 0.999
     result = run_cli("fsc", os.path.join(truth, "map_00.mrc"), tmp_path / "coarse.mrc", expect_ok=False)
     assert_one_line_error(result, "different pixel sizes")
 
@@ -190,6 +202,32 @@ def test_eval_reports_the_quality_of_the_maps_it_writes(analyzed_run, sim_dir):
         decoded = mrcfile.read(analyzed_run / "eval_maps" / f"decoded_{index:02d}.mrc")
         assert abs(fsc_by_shell_masks(decoded, truth)[1:].mean() - summary["mean_fsc"]) < 1e-3
         assert summary["mean_fsc"] > 0.6 and summary["resolution_0.5_A"] < 10.0, summary
+
+
+def test_the_page_numbers_clusters_along_pc1_says_what_each_plot_shows_and_the_eval_of_its_epoch(analyzed_run,
+                                                                                                 sim_dir, tmp_path):
+    import shutil
+
+    from hetrec_dist.analysis.analyze import caption
+    from hetrec_dist.analysis.latent import pca
+
+    run = tmp_path / "run"
+    shutil.copytree(analyzed_run, run)
+    run_cli("eval", run, "--gt", os.path.join(sim_dir, "ground_truth"), "--device", "cpu")
+    result = run_cli("analyze", run, "--k", 4, "--no-umap", "--device", "cpu")
+    assert "replacing the earlier analysis" in result.output
+    out = run / "analyze.4"
+    z, labels = np.load(run / "z.npy"), np.load(out / "kmeans_labels.npy")
+    centres_pc1 = [pca(z).project(z[labels == c].mean(0, keepdims=True))[0, 0] for c in range(4)]
+    assert np.all(np.diff(centres_pc1) > 0)  # cluster 0 at PC1's low end
+    page = (out / "index.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    for plot in summary["plots"]:
+        assert caption(plot) != plot and html.escape(caption(plot)) in page
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert f"Mean FSC {evaluation['mean_fsc']:.3f}" in page
+    assert "one direction dominates" in page or "no direction dominates" in page
+    assert "hetrec explore" in page
 
 
 def test_analysis_needs_a_checkpoint(tmp_path):

@@ -48,10 +48,62 @@ def _umap(z, seed, included):
     return rows, umap.UMAP(n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(z[rows])  # seeded
 
 
-def _page(summary, out_dir):
+CAPTIONS = {  # what each plot shows, for the page
+    "pca_clusters.png": "Left: where the particles lie on the first two principal axes of the latent space "
+                        "(density, log scale). Right: the k-means clusters, numbered along PC1.",
+    "umap_clusters.png": "The same clusters on a UMAP of the latents (a sample of up to 50,000 particles).",
+    "pc_histograms.png": "How the particles spread along each principal axis, with its share of the latent "
+                         "variance: a motion shows as a wide or two-peaked PC1.",
+    "cluster_maps.png": "The map at each cluster's centre: central sections normal to z and y and the projection "
+                        "along z, each on its own grey scale.",
+    "pc1_traversal.png": "Maps along PC1, from its 5th to its 95th percentile, on a grey scale shared along each "
+                         "row: what changes between steps is what PC1 describes.",
+    "pc2_traversal.png": "Maps along PC2, as for PC1.",
+    "pc1_resolution.png": "The gold-standard resolution (FSC = 0.143 of the half-maps) at each step along PC1.",
+    "path_traversal.png": "Maps at evenly spaced particles along the path, on shared grey scales.",
+    "path_on_pca.png": "The path's course over the PCA landscape; its maps numbered.",
+    "pca_ground_truth.png": "The latents coloured by the simulation's true coordinate: a smooth gradient along "
+                            "PC1 is the motion found.",
+    "umap_ground_truth.png": "The UMAP coloured by the true coordinate.",
+    "training_curves.png": "The loss per epoch: the data term (the images' misfit) and the KL term (the latents' "
+                           "spread against the prior).",
+}
+
+
+def caption(name):
+    """What the plot `name` shows (CAPTIONS; pca_by_X.png: the latents coloured by X)."""
+    if name in CAPTIONS:
+        return CAPTIONS[name]
+    if name.startswith("pca_by_"):
+        what = name[len("pca_by_"):-len(".png")].replace("_", " ")
+        return (f"The latents (PC1, PC2) coloured by {what}: a trend here is an artefact or junk, not a "
+                "conformation.")
+    return name
+
+
+def evaluation_section(run, epoch):
+    """The page's section on the run's eval.json (`hetrec eval --gt`) where it is of `epoch`, else ''."""
+    try:
+        with open(os.path.join(run, "eval.json")) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    if epoch is None or result.get("epoch") != epoch:
+        return ""
+    rows = "".join(f"<tr><td>{m['coordinate']:.2f}</td><td>{m['n_particles']}</td>"
+                   f"<td>{m['resolution_0.5_A']:.1f} Å</td><td>{m['mean_fsc']:.3f}</td></tr>"
+                   for m in result.get("maps", []))
+    return (f"<h2>Against the ground truth (hetrec eval, epoch {epoch})</h2>"
+            f"<p>Mean FSC {result['mean_fsc']:.3f}; latent PC1 |Spearman| with the true coordinate "
+            f"{abs(result['latent_pc1_spearman']):.3f}; held-out linear R² {result['latent_linear_r2']:.3f}.</p>"
+            "<table border='1' cellpadding='3'><tr><th>true coordinate</th><th>particles near it</th>"
+            f"<th>FSC = 0.5 against the true map</th><th>mean FSC</th></tr>{rows}</table>")
+
+
+def _page(summary, out_dir, evaluation=""):
     def figure(name):
-        return (f'<figure><img src="plots/{name}" style="max-width:100%"><figcaption>{html.escape(name)}'
-                f"</figcaption></figure>")
+        return (f'<figure><img src="plots/{name}" style="max-width:100%"><figcaption>'
+                f"{html.escape(caption(name))}</figcaption></figure>")
 
     def links(names):
         return ", ".join(f'<a href="maps/{html.escape(n)}">{html.escape(n)}</a>' for n in names)
@@ -69,7 +121,8 @@ def _page(summary, out_dir):
             if resolutions else "")
     variance = ", ".join(f"{100 * v:.1f}%" for v in summary["pca_explained_fraction"])
     spread = html.escape(summary["latent_spread"])
-    warning = "" if summary["one_direction_dominates"] else f'<p style="color:#a00"><b>{spread}</b></p>'
+    spread_note = (f'<p>{spread}: one direction dominates, so PC1 and its traversal show the main motion.</p>'
+                   if summary["one_direction_dominates"] else f'<p style="color:#a00"><b>{spread}</b></p>')
     landscape = "".join(figure(p) for p in plots_shown if p.startswith(("pca_clusters", "umap", "pc_hist")))
     confounders = "".join(figure(p) for p in plots_shown if p.startswith("pca_by_") or p == "pca_ground_truth.png")
     traversals = "".join(figure(p) for p in plots_shown
@@ -85,7 +138,9 @@ def _page(summary, out_dir):
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetrec analysis</title></head><body>
 <h1>Latent analysis of {html.escape(summary['run'])}</h1>
 <p>{summary['n_particles']:,} particles, latent dimension {summary['zdim']}; PCA explained variance: {variance}.</p>
-{warning}
+{spread_note}
+<p>To look around interactively (a map for any particle in a click, lasso selections saved as subsets):
+<code>hetrec explore {html.escape(summary['run'])}</code> (README, "Explore").</p>
 {landscape}
 <h2>k-means clusters (k = {summary['k']})</h2>
 <p>Maps are decoded at the latent of the particle nearest each centre. Open them all in ChimeraX with
@@ -100,6 +155,7 @@ def _page(summary, out_dir):
 <p>Latents that follow defocus, the pose, the optics group or the particle index (drift during the
 acquisition) show artefacts or junk rather than conformations.</p>
 {confounders}
+{evaluation}
 <h2>Training</h2>
 {curves or '<p>No epoch lines in the run&#39;s train.log.</p>'}
 </body></html>"""
@@ -198,6 +254,8 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
     projected = fitted.project(z)
     xy = projected[:, :2] if z.shape[1] > 1 else np.column_stack([projected[:, 0], np.zeros(len(z))])
     centres, labels = kmeans(z, k, seed)
+    along_pc1 = np.argsort(fitted.project(centres)[:, 0], kind="stable")  # cluster 0 at PC1's low end
+    centres, labels = centres[along_pc1], np.argsort(along_pc1)[labels]
     on_data = nearest_particles(z, centres)
     np.save(os.path.join(out_dir, "kmeans_labels.npy"), labels)
     np.savetxt(os.path.join(out_dir, "kmeans_centres.txt"), z[on_data])
@@ -212,12 +270,14 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
                     os.path.join(plot_dir, "pca_clusters.png"))
     plots.histograms(projected, fitted.explained_variance, os.path.join(plot_dir, "pc_histograms.png"))
     names = ["pca_clusters.png", "pc_histograms.png"]
-    plots.map_grid(pictures["kmeans"], [f"cluster {i}" for i in range(k)], os.path.join(plot_dir, "cluster_maps.png"))
+    plots.map_grid(pictures["kmeans"], [f"cluster {i}" for i in range(k)], os.path.join(plot_dir, "cluster_maps.png"),
+                   model.pixel_size_A)
     names.append("cluster_maps.png")
     for traversal_name in ("pc1", "pc2"):
         if pictures[traversal_name]:
             name = f"{traversal_name}_traversal.png"
-            plots.traversal_strip(pictures[traversal_name], os.path.join(plot_dir, name), traversal_name.upper())
+            plots.traversal_strip(pictures[traversal_name], os.path.join(plot_dir, name), traversal_name.upper(),
+                                  pixel_size_A=model.pixel_size_A)
             names.append(name)
     if ends:
         start, end = (on_data[value] if kind == "centre" else value for kind, value in ends)
@@ -228,7 +288,8 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
         np.savetxt(os.path.join(out_dir, "path_particles.txt"), path, fmt="%d")
         pictures["path"] = []
         maps["path"] = write_latent_maps(model, z[on_path], maps_dir, "path_{:02d}.mrc", pictures["path"])
-        plots.traversal_strip(pictures["path"], os.path.join(plot_dir, "path_traversal.png"), "path")
+        plots.traversal_strip(pictures["path"], os.path.join(plot_dir, "path_traversal.png"), "path",
+                              pixel_size_A=model.pixel_size_A)
         plots.path_on_landscape(xy, xy[path], xy[on_path], os.path.join(plot_dir, "path_on_pca.png"))
         names += ["path_traversal.png", "path_on_pca.png"]
         path_record = {"from": int(start), "to": int(end), "n_particles": len(path),
@@ -247,7 +308,8 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
     for label, values in (particles or {}).items():
         if len(values) == len(z):
             name = "pca_by_" + re.sub(r"[^a-z0-9]+", "_", label.split(" (")[0].lower()).strip("_") + ".png"
-            plots.coloured_by(xy, values, os.path.join(plot_dir, name), label)
+            plots.coloured_by(xy, values, os.path.join(plot_dir, name), label,
+                              kind=plots.COLOUR_KINDS.get(label, "continuous"))
             names.append(name)
     epochs = training_epochs(run_dir)
     if epochs is not None:
@@ -278,7 +340,7 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
         summary["path"] = path_record
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    _page(summary, out_dir)
+    _page(summary, out_dir, evaluation_section(run_dir, (latents_record or {}).get("epoch")))
     return summary
 
 

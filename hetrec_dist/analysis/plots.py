@@ -6,6 +6,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# how cli.run_files.particle_metadata's labels are coloured (else a continuous scale)
+COLOUR_KINDS = {"optics group": "categorical", "in-plane angle psi (°)": "cyclic"}
 SCATTER_POINTS = 20_000  # a random subset is drawn as points; densities use every particle
 
 
@@ -50,11 +52,23 @@ def path_on_landscape(xy, path_xy, maps_xy, path, axis_names=("PC1", "PC2")):
     _save(figure, path)
 
 
-def coloured_by(xy, values, path, label, axis_names=("PC1", "PC2")):
+def coloured_by(xy, values, path, label, axis_names=("PC1", "PC2"), kind="continuous"):
+    """The latents coloured by values: kind "continuous" (viridis and a colour bar), "categorical" (one colour
+    per value, up to 20, with a legend) or "cyclic" (angles in degrees, -180 to 180, on a cyclic map)."""
     figure, axis = plt.subplots(figsize=(6, 5))
     shown = _subset(len(xy))
-    points = axis.scatter(xy[shown, 0], xy[shown, 1], c=values[shown], s=2, cmap="coolwarm")
-    figure.colorbar(points, label=label)
+    categories = np.unique(values[shown]) if kind == "categorical" else ()
+    if kind == "categorical" and len(categories) <= 20:
+        colours = plt.get_cmap("tab10" if len(categories) <= 10 else "tab20")
+        for i, category in enumerate(categories):
+            chosen = shown[values[shown] == category]
+            name = f"{int(category)}" if float(category).is_integer() else f"{category:g}"
+            axis.scatter(xy[chosen, 0], xy[chosen, 1], s=2, color=colours(i), label=name)
+        axis.legend(title=label, markerscale=4, fontsize=8)
+    else:
+        cyclic = {"cmap": "twilight", "vmin": -180, "vmax": 180} if kind == "cyclic" else {"cmap": "viridis"}
+        points = axis.scatter(xy[shown, 0], xy[shown, 1], c=values[shown], s=2, **cyclic)
+        figure.colorbar(points, label=label)
     axis.set_xlabel(axis_names[0])
     axis.set_ylabel(axis_names[1])
     axis.set_title(f"latents coloured by {label}")
@@ -99,9 +113,24 @@ def resolution_along(resolutions_A, limit_A, path, label):
     _save(figure, path)
 
 
-def map_grid(pictures, titles, path):
-    """One row per map (titles), one column per view (map_pictures), each view on its own grey scale."""
-    views = list(pictures[0])
+def _scale_bar(axis, box, pixel_size_A, colour="white"):
+    """A bar of a round length in Å, about a quarter of the box, at the picture's lower right."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    lengths = np.array([1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000])
+    length_A = float(lengths[np.abs(lengths - box * pixel_size_A / 4).argmin()])
+    axis.add_artist(AnchoredSizeBar(axis.transData, length_A / pixel_size_A, f"{length_A:g} Å", "lower right",
+                                    frameon=False, color=colour, size_vertical=max(1, box // 64), fontproperties={
+                                        "size": 7}))
+
+
+MAP_VIEWS = ("section z", "section y", "projection z")  # of map_pictures; the x section adds little
+
+
+def map_grid(pictures, titles, path, pixel_size_A=None):
+    """One row per map (titles), one column per view (MAP_VIEWS), each view on its own grey scale; a scale bar
+    in Å on the first picture where pixel_size_A is given."""
+    views = [view for view in MAP_VIEWS if view in pictures[0]]
     figure, axes = plt.subplots(len(pictures), len(views), figsize=(1.8 * len(views), 1.8 * len(pictures)),
                                 squeeze=False)
     for row, (picture, title) in enumerate(zip(pictures, titles)):
@@ -113,12 +142,15 @@ def map_grid(pictures, titles, path):
             if row == 0:
                 axis.set_title(view, fontsize=9)
         axes[row, 0].set_ylabel(title, fontsize=9)
+    if pixel_size_A:
+        _scale_bar(axes[0, 0], len(pictures[0][views[0]]), pixel_size_A)
     _save(figure, path)
 
 
-def traversal_strip(pictures, path, label, views=("projection z", "section z")):
+def traversal_strip(pictures, path, label, views=("projection z", "section z"), pixel_size_A=None):
     """The steps of a traversal side by side (columns), one row per view on a grey scale shared along the row,
-    so that what changes between steps shows."""
+    so that what changes between steps shows; a scale bar in Å on the first picture where pixel_size_A is
+    given."""
     figure, axes = plt.subplots(len(views), len(pictures), figsize=(1.5 * len(pictures), 1.6 * len(views)),
                                 squeeze=False)
     for row, view in enumerate(views):
@@ -132,6 +164,8 @@ def traversal_strip(pictures, path, label, views=("projection z", "section z")):
             if row == 0:
                 axis.set_title(f"{label} {column}", fontsize=8)
         axes[row, 0].set_ylabel(view, fontsize=8)
+    if pixel_size_A:
+        _scale_bar(axes[0, 0], len(pictures[0][views[0]]), pixel_size_A)
     _save(figure, path)
 
 

@@ -1,5 +1,7 @@
 """hetrec analyze: the latent landscape of a trained run, with maps and plots."""
 
+import os
+
 import click
 
 from hetrec_dist.cli.command_line import moved_store_option
@@ -55,10 +57,12 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
     coordinates = read_ground_truth(gt_dir, store_attrs, rows)[0] if gt_dir else None
     if with_umap and z.shape[1] < 3:
         click.echo(f"UMAP left out: the latents have {z.shape[1]} dimension(s), which PCA shows whole", err=True)
+    earlier = os.path.isdir(os.path.join(run, f"analyze.{k}"))
     try:
         out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles,
                                        with_umap=with_umap, path_ends=path_ends, latents_record=record)
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "
                         f"({error.filename or 'a file'})") from None
-    click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}", err=True)
+    click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}"
+               + (" (replacing the earlier analysis there)" if earlier else ""), err=True)

@@ -67,13 +67,14 @@ def command(input_path, out, quiet, **options):
     if quiet:
         warnings.simplefilter("ignore", InputWarning)
     try:
-        result = convert(input_path, out, ConvertOptions(**options), mpi_world(), command=reproducible_command(),
+        world = mpi_world()
+        result = convert(input_path, out, ConvertOptions(**options), world, command=reproducible_command(),
                          show_progress=not quiet)
     except KeyboardInterrupt:
         # zarr's I/O loop still holds the interrupted writes: at exit asyncio would log each as "Task was
         # destroyed but it is pending!", burying the one line that says how to resume
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         raise UserError(f"stopped; {out} is unfinished: run the same command again to resume") from None
-    if not quiet and result is not None:
+    if not quiet and result is not None and world.is_root:  # one line, not one a rank
         rate = (result["n_particles"] - result["resumed_from"]) / max(result["seconds"], 1e-9)
         click.echo(f"wrote {result['n_particles']} particles to {out} ({rate:.0f} images/s)", err=True)

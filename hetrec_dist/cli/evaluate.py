@@ -35,10 +35,10 @@ def command(run, gt_dir, checkpoint, store, device):
     result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"], run_rows(run, state, group))
     metrics.close()
     for m in result["maps"]:
-        click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} A, "
-                   f"0.143 at {m['resolution_0.143_A']:.1f} A, mean FSC {m['mean_fsc']:.3f} "
+        click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} Å, "
+                   f"0.143 at {m['resolution_0.143_A']:.1f} Å, mean FSC {m['mean_fsc']:.3f} "
                    f"({m['n_particles']} particles)"
-                   + (f"; half-maps FSC=0.143 at {m['half_map_resolution_0.143_A']:.1f} A"
+                   + (f"; half-maps FSC=0.143 at {m['half_map_resolution_0.143_A']:.1f} Å"
                       if "half_map_resolution_0.143_A" in m else ""))
     click.echo(f"mean FSC {result['mean_fsc']:.3f}; latent PC1 |Spearman| {result['latent_pc1_spearman']:.3f}; "
                f"held-out linear R^2 of the coordinate from z {result['latent_linear_r2']:.3f}")

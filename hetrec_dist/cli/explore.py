@@ -223,12 +223,12 @@ def _particle_colourings(run, state, group, rows, gt_dir):
     import numpy as np
 
     from hetrec_dist.analysis.ground_truth import read_ground_truth
+    from hetrec_dist.analysis.plots import COLOUR_KINDS
     from hetrec_dist.cli.run_files import particle_metadata, run_particle_records
     from hetrec_dist.explore.session import Colouring
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
-    kinds = {"optics group": "categorical", "in-plane angle psi (°)": "cyclic"}
-    colourings = {label: Colouring(np.asarray(values, float), kinds.get(label, "continuous"))
+    colourings = {label: Colouring(np.asarray(values, float), COLOUR_KINDS.get(label, "continuous"))
                   for label, values in particle_metadata(group, rows).items()}
     take = (lambda values: values) if rows is None else (lambda values: values[rows])
     half_sets = run_particle_records(run, state, group)[1]

@@ -10,7 +10,8 @@ from hetrec_dist.cli.command_line import moved_store_option, refuse_empty
 @click.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
-              help="particles.star (RELION input), particles.cs (cryoSPARC input) or poses.pkl (any input).")
+              help="particles.star (RELION input), particles.cs (cryoSPARC input) or poses.pkl (cryoDRGN's, from "
+                   "any input format; a run that refined its poses).")
 @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file (default: the run's last.pt).")
 @moved_store_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")

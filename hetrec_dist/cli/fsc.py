@@ -68,10 +68,9 @@ def _two_maps(map_a, map_b, mask, plot_path, as_json):
 
     a, pixel_a = _read_map(map_a)
     b, pixel_b = _read_map(map_b)
-    if a.shape != b.shape:
-        raise UserError(f"the maps have different boxes: {a.shape[0]} ({map_a}) and {b.shape[0]} ({map_b})")
+    (a, pixel_a), (b, pixel_b) = _same_box((a, pixel_a, map_a), (b, pixel_b, map_b))
     if abs(pixel_a - pixel_b) > 1e-3 * max(pixel_a, pixel_b):
-        raise UserError(f"the maps have different pixel sizes: {pixel_a:.4f} and {pixel_b:.4f} A")
+        raise UserError(f"the maps have different pixel sizes: {pixel_a:.4f} and {pixel_b:.4f} Å")
     if mask:
         weights = soft_sphere(a.shape[0]) if mask == "sphere" else _read_map(mask)[0]
         if weights.shape != a.shape:
@@ -87,8 +86,30 @@ def _two_maps(map_a, map_b, mask, plot_path, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"FSC=0.5 at {result['resolution_0.5_A']:.2f} A, FSC=0.143 at {result['resolution_0.143_A']:.2f} A, "
+        click.echo(f"FSC=0.5 at {result['resolution_0.5_A']:.2f} Å, FSC=0.143 at {result['resolution_0.143_A']:.2f} Å, "
                    f"mean FSC {result['mean_fsc']:.3f}")
+
+
+def _same_box(first, second):
+    """Two maps (data, pixel size, path) on one box: where their boxes differ but not their extent (box x pixel
+    size, as a run's map and a simulation's full-size truth), the larger is Fourier-cropped to the smaller's
+    box, as `hetrec eval` does, with a line saying so. UserError where the extents differ."""
+    from hetrec_dist.errors import UserError
+    from hetrec_dist.physics.fourier import fourier_crop
+
+    (a, pixel_a, path_a), (b, pixel_b, path_b) = first, second
+    if a.shape == b.shape:
+        return (a, pixel_a), (b, pixel_b)
+    extent_a, extent_b = a.shape[0] * pixel_a, b.shape[0] * pixel_b
+    if abs(extent_a - extent_b) > 1e-3 * max(extent_a, extent_b):
+        raise UserError(f"the maps have different boxes: {a.shape[0]} x {pixel_a:.4g} Å ({path_a}) and "
+                        f"{b.shape[0]} x {pixel_b:.4g} Å ({path_b}), {extent_a:.1f} and {extent_b:.1f} Å across")
+    (small, _, _), (large, _, large_path) = sorted([first, second], key=lambda m: m[0].shape[0])
+    cropped = fourier_crop(large, small.shape[0], ndim=3)
+    pixel = large.shape[0] * (pixel_a if large is a else pixel_b) / small.shape[0]
+    click.echo(f"{large_path}: Fourier-cropped from box {large.shape[0]} to {small.shape[0]} (the same "
+               f"{extent_a:.1f} Å across), as hetrec eval does", err=True)
+    return ((cropped, pixel), (b, pixel_b)) if large is a else ((a, pixel_a), (cropped, pixel))
 
 
 def _run_half_maps(run, z_path, checkpoint, device, plot_path, as_json):

@@ -131,7 +131,7 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
         raise
     world.close()
     if world.is_root:
-        _report_latent_spread(trainer, quiet)
+        _report_latent_spread(trainer)
         _report_unequal_noise(trainer)
     if not quiet and world.is_root:
         if config.gt:
@@ -150,19 +150,17 @@ def _echo_evaluation(run):
                f"linear R² {scores['latent_linear_r2']:.3f} (RUN/eval.json)", err=True)
 
 
-def _report_latent_spread(trainer, quiet):
-    """How the latent variance spreads over directions, in train.log and on the console; a run whose latents
-    no single direction dominates is a warning even under --quiet (PCA and k-means may hide its motion)."""
+def _report_latent_spread(trainer):
+    """How the latent variance spreads over directions, in train.log and on the console (--quiet hides progress
+    bars, not results); a run whose latents no single direction dominates is a warning (PCA and k-means may hide
+    its motion)."""
     import numpy as np
 
     from hetrec_dist.analysis.latent import latent_spread
 
     _, dominant, line = latent_spread(np.load(os.path.join(trainer.run_dir, "z.npy")))
     trainer.log.info(line)
-    if not dominant:
-        click.echo(f"Warning: {line}", err=True)
-    elif not quiet:
-        click.echo(line, err=True)
+    click.echo(line if dominant else f"Warning: {line}", err=True)
 
 
 def _report_unequal_noise(trainer):

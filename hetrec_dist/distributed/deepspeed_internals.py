@@ -156,8 +156,9 @@ def _watch_lock(lock, loaded, removed):
         if _remove_if_stale(lock):
             removed.set()
         elif waited == BUILD_LOCK_PATIENCE_S and os.path.exists(lock):
-            sys.stderr.write(f"hetrec: waiting for {lock}: another process is building DeepSpeed's shared-memory "
-                             f"kernel, or one stopped while it did (then the lock goes at {BUILD_LOCK_STALE_S} s)\n")
+            sys.stderr.write(f"hetrec: another rank is building DeepSpeed's shared-memory kernel (once per "
+                             f"environment); waiting for it (a lock left by a stopped build goes after "
+                             f"{BUILD_LOCK_STALE_S} s: {lock})\n")
 
 
 def _remove_if_stale(lock):
