@@ -85,7 +85,10 @@ def test_ranks_stop_when_launch_is_killed_outright(sim_store, tmp_path):
         job.wait()
         gone, alive = psutil.wait_procs(ranks, timeout=15)
         assert not still_running(alive), [p.cmdline() for p in alive]
-    assert "that launched this rank is gone" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    # rank 0 notices its launcher's end itself, or first the end of rank 1, which noticed its own (a race; seen
+    # once in a full suite): either way the run stops and says why
+    assert "that launched this rank is gone" in log or "lost contact with the other ranks" in log, log
 
 
 def test_dataloader_workers_die_with_a_killed_trainer(sim_store, tmp_path):
