@@ -12,6 +12,7 @@ must carry it, in the address (?token=...) once, then in a cookie (as Jupyter do
 import hmac
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, Patch, State, ctx, dcc, html, no_update
 from plotly.subplots import make_subplots
@@ -23,15 +24,13 @@ COOKIE = "hetrec_explore_token"
 ENCLOSED_PERCENT = 5  # the surface's default level: the top 5% of voxels (analysis.maps.chimerax_level)
 SMOOTHING_A = (2, 4, 8)  # the surface's Gaussian smoothing choices; the sections and downloads stay unsmoothed
 MAX_FACES = 150_000  # faces of the surface sent to the page (about 2 MB)
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
-           "#dbdb8d", "#9edae5"]
+PALETTE = plotly.colors.qualitative.Dark24  # one colour a category, up to 24
 # traces of the landscape figure, in drawing order (later on top)
 POINTS, HIGHLIGHT, PATH = range(3)
 
 
 def _colour_marker(colouring):
-    """Marker settings for a Colouring: one colour per category (up to 20), a cyclic scale for angles, else
+    """Marker settings for a Colouring: one colour per category (up to 24), a cyclic scale for angles, else
     viridis, each with a colour bar."""
     values = colouring.values
     if colouring.kind == "categorical":
@@ -180,7 +179,8 @@ def _layout(explorer):
     ])
     return html.Div(style={"fontFamily": "sans-serif", "margin": "10px"}, children=[
         html.H2(f"hetrec explore: {explorer.header[0]}" if explorer.header else "hetrec explore"),
-        *[html.Div(line) for line in explorer.header[1:]],
+        *[html.Div(line, style={"color": "#a00", "fontWeight": "bold"} if "still training" in line else {})
+          for line in explorer.header[1:]],
         html.Div([left, right], style={"display": "flex", "gap": "20px", "flexWrap": "wrap"}),
         dcc.Store(id="particle"), dcc.Store(id="mark"), html.Div(id="mark-drawn", hidden=True),
         dcc.Store(id="path-ends", data={}), dcc.Store(id="path-particles", data=[]),
@@ -270,7 +270,9 @@ def build_app(explorer, token=None):
         else:
             selected = selected or {}
             current["positions"] = explorer.select(view, selected.get("lassoPoints"), selected.get("range"))
-            what = "lasso" if selected.get("lassoPoints") else "box"
+            what = "lasso" if selected.get("lassoPoints") else "box" if selected.get("range") else None
+            if what is None:
+                return "No particles selected: lasso or box-select them in the plot."
         return f"{len(current['positions']):,} of {explorer.n_particles:,} particles selected ({what})"
 
     @app.callback(Output("message", "children"), Output("saved", "options"), Output("saved", "value"),
