@@ -143,6 +143,12 @@ def test_analyze_select_and_embed_of_a_subset_run_name_the_right_input_rows(subs
     result = run_cli("embed", run, "--ind", subset_run / "junk.txt", expect_ok=False)
     assert_one_line_error(result, "z.npy holds the latents of the particles the run trained on", "-o FILE")
     run_cli("embed", run, "-o", tmp_path / "again.npy", "--device", "cpu")
+    # another file is the user's: a .npy, replaced only when asked
+    assert_one_line_error(run_cli("embed", run, "-o", tmp_path / "again.npy", expect_ok=False), "exists",
+                          "--overwrite")
+    run_cli("embed", run, "-o", tmp_path / "again.npy", "--overwrite", "--device", "cpu")
+    assert_one_line_error(run_cli("embed", run, "-o", tmp_path / "z.txt", expect_ok=False), ".npy")
+    assert not (tmp_path / "z.txt").exists()
     np.testing.assert_allclose(np.load(tmp_path / "again.npy"), np.load(run / "z.npy"), rtol=1e-5, atol=1e-6)
 
 

@@ -82,10 +82,11 @@ def _clear_earlier_maps(out, prefix, overwrite):
               help="With -o FILE: the latents of these particles only (an index file: data/subset.py; rows of "
                    "the store's input, as cryoDRGN's --ind).")
 @click.option("--exclude", type=click.Path(dir_okay=False), help="With -o FILE: all particles but these.")
-def embed_command(run, store, checkpoint, out, device, ind, exclude):
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o FILE (RUN/z.npy is always recomputed).")
+def embed_command(run, store, checkpoint, out, device, ind, exclude, overwrite):
     """Recompute the latent mean of each particle the run trained on (store order) from a checkpoint; with
     --ind/--exclude and -o FILE, of the particles they choose (e.g. those a run on a subset left out)."""
-    from hetrec_dist.cli.run_files import run_checkpoint, run_rows
+    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_rows
     from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
     from hetrec_dist.data.subset import subset_rows
     from hetrec_dist.errors import UserError
@@ -97,6 +98,11 @@ def embed_command(run, store, checkpoint, out, device, ind, exclude):
     store_sha256 = content_sha256(group)
     out = out or os.path.join(run, "z.npy")
     own = os.path.realpath(out) == os.path.realpath(os.path.join(run, "z.npy"))
+    if not own:  # RUN/z.npy is the run's own, recomputed; another file is the user's
+        if not out.lower().endswith(".npy"):
+            raise UserError(f"-o {out}: name a .npy file (numpy's format; its record goes beside it as "
+                            f"{os.path.splitext(os.path.basename(out))[0]}.json)")
+        check_new_file(out, overwrite)
     if own and (ind or exclude):
         raise UserError(f"{run}/z.npy holds the latents of the particles the run trained on; give -o FILE for "
                         "those --ind/--exclude choose")
