@@ -210,3 +210,15 @@ def test_a_run_still_training_is_read_from_its_last_checkpoint_and_says_so(two_e
     expected = np.load(two_epoch_run / "z.npy")
     np.testing.assert_allclose(explorer.z, expected, atol=1e-5)
     assert not os.path.exists(run / "z.npy")  # computed for the page, not written
+
+
+def test_a_folder_that_cannot_be_written_is_a_line_not_a_traceback(two_epoch_run, tmp_path):
+    (tmp_path / "afile").write_text("")  # a file where the folder would go
+    explorer = load_explorer(str(two_epoch_run), out_dir=str(tmp_path / "afile" / "sub"), device="cpu")
+    with pytest.raises(UserError, match="cannot write in .*--out"):
+        explorer.save_selection("x", [1, 2, 3])
+    with pytest.raises(UserError, match="cannot write in"):
+        explorer.save_path([0, 1])
+    from hetrec_dist.cli.explore import _writable  # what the command warns of at start-up
+
+    assert not _writable(str(tmp_path / "afile" / "sub")) and _writable(str(tmp_path / "new" / "sub"))

@@ -254,7 +254,10 @@ def test_explore_shows_the_half_maps_fsc_and_writes_the_half_sets(half_set_run, 
     from hetrec_dist.cli.explore import load_explorer
     from hetrec_dist.explore.app import _resolution
 
-    explorer = load_explorer(str(half_set_run), out_dir=str(tmp_path), device="cpu", with_umap=False)
+    # its analysis made no UMAP (--no-umap): explore computes one (latents of 3 dimensions)
+    explorer = load_explorer(str(half_set_run), out_dir=str(tmp_path), device="cpu")
+    assert explorer.views["UMAP"].shape == (explorer.n_particles, 2)
+    assert np.isfinite(explorer.views["UMAP"]).all()
     figure, line = _resolution(explorer, 5)
     expected = latent_resolution(explorer.model, explorer.z[5])
     np.testing.assert_allclose(figure.data[0].y, expected["curve"][1:])

@@ -43,7 +43,7 @@ def _umap(z, seed, included):
     import umap
 
     sample = np.random.default_rng(seed).choice(len(z), min(len(z), UMAP_SAMPLE), replace=False)
-    rows = np.union1d(sample, included)
+    rows = np.union1d(sample, np.asarray(included, dtype=np.int64))
     neighbours = min(15, len(rows) - 1)  # UMAP's default, or what a small run has
     return rows, umap.UMAP(n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(z[rows])  # seeded
 

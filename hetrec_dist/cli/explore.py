@@ -38,6 +38,9 @@ def command(run, port, host, gt_dir, checkpoint, store, out_dir, device, with_um
     token = None if _is_loopback(host) else secrets.token_urlsafe(24)
     _check_address(host, port)  # before the minutes a large run takes to load
     explorer = load_explorer(run, checkpoint, store, gt_dir, device, out_dir, with_umap)
+    if not _writable(explorer.out_dir):
+        click.echo(f"Warning: cannot write in {explorer.out_dir}: the page can show everything but cannot save "
+                   "selections or paths; give --out FOLDER to save them", err=True)
     server = _make_server(build_app(explorer, token), host, port)
     shown_host = _hostname() if host in ("0.0.0.0", "::") else host
     address = f"http://{shown_host}:{server.server_port}/" + (f"?token={token}" if token else "")
@@ -52,6 +55,14 @@ def command(run, port, host, gt_dir, checkpoint, store, out_dir, device, with_um
         server.serve_forever()
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+
+
+def _writable(folder):
+    """Whether `folder`, or the nearest folder above it that exists (where it would be made), takes new files."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def _hostname():

@@ -339,7 +339,10 @@ def build_app(explorer, token=None):
     def save_path(_, path_maps):
         if not path_maps:
             return "Choose a path first (From / To)."
-        script = explorer.save_path(path_maps)
+        try:
+            script = explorer.save_path(path_maps)
+        except UserError as error:
+            return f"Not saved: {error}"
         return f"Saved the path's maps; open them in ChimeraX with: open {script}"
 
     return app

@@ -7,6 +7,7 @@ weights (HetVAE.basis_weights) and map_k the real-space map of the k-th basis vo
 linear). The K+1 real-space maps are computed once, at start-up; a map is then K+1 multiply-adds a voxel.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -189,6 +190,16 @@ def write_selection(folder, name, positions, records, overwrite=False):
     return paths, note
 
 
+@contextlib.contextmanager
+def cannot_write_as_user_error(out_dir):
+    """An OSError writing under out_dir (read-only, a file in the way, a full disk) as a UserError naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(f"cannot write in {out_dir} ({error.strerror or error}: {error.filename or ''}); start "
+                        "explore with --out FOLDER where you can write") from None
+
+
 class Explorer:
     """A run as the page shows it. z: N x zdim latents (z.npy); views: {name: N x 2}; colourings: {label:
     Colouring}; records: RunRecords; out_dir: where selections and paths are written; header: lines about the
@@ -222,8 +233,9 @@ class Explorer:
         return np.setdiff1d(np.arange(self.n_particles), positions)
 
     def save_selection(self, name, positions, overwrite=False):
-        paths, note = write_selection(os.path.join(self.out_dir, "selections"), name, positions, self.records,
-                                      overwrite)
+        with cannot_write_as_user_error(self.out_dir):
+            paths, note = write_selection(os.path.join(self.out_dir, "selections"), name, positions, self.records,
+                                          overwrite)
         self.selections[check_name(name)] = np.asarray(positions)
         return paths, note
 
@@ -239,14 +251,14 @@ class Explorer:
         """The maps at the particles `on_path` as RUN/explore/paths/path_A_B/map_NN.mrc and a ChimeraX script that
         opens them as a volume series; returns the script's path."""
         folder = os.path.join(self.out_dir, "paths", f"path_{on_path[0]}_{on_path[-1]}")
-        names = []
-        for i, particle in enumerate(on_path):
-            names.append(f"map_{i:02d}.mrc")
-            write_map(os.path.join(folder, names[-1]), self.map_of_particle(particle), self.model.pixel_size_A)
+        names = [f"map_{i:02d}.mrc" for i in range(len(on_path))]
         level = chimerax_level(self.map_of_particle(on_path[0]))
         script = os.path.join(folder, "path.cxc")
-        write_text(script, f"# hetrec explore: the maps at particles {', '.join(map(str, on_path))}\n"
-                           f"open {' '.join(names)} vseries true\nvolume #1 level {level:.6g} style surface\n")
+        with cannot_write_as_user_error(self.out_dir):
+            for name, particle in zip(names, on_path):
+                write_map(os.path.join(folder, name), self.map_of_particle(particle), self.model.pixel_size_A)
+            write_text(script, f"# hetrec explore: the maps at particles {', '.join(map(str, on_path))}\n"
+                               f"open {' '.join(names)} vseries true\nvolume #1 level {level:.6g} style surface\n")
         return script
 
     def resolution_at(self, particle):
