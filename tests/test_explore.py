@@ -222,3 +222,25 @@ def test_a_folder_that_cannot_be_written_is_a_line_not_a_traceback(two_epoch_run
     from hetrec_dist.cli.explore import _writable  # what the command warns of at start-up
 
     assert not _writable(str(tmp_path / "afile" / "sub")) and _writable(str(tmp_path / "new" / "sub"))
+
+
+def test_saved_selections_come_back_links_are_refused_and_names_take_no_extension(explorer, two_epoch_run, tmp_path):
+    from hetrec_dist.explore.session import Explorer
+
+    out = tmp_path / "out"
+    first = Explorer(explorer.model, explorer.z, explorer.views, explorer.colourings, explorer.records, str(out))
+    first.save_selection("kept", np.arange(10, 30))
+    again = Explorer(explorer.model, explorer.z, explorer.views, explorer.colourings, explorer.records, str(out))
+    np.testing.assert_array_equal(again.selections["kept"], np.arange(10, 30))
+    with pytest.raises(UserError, match="without an extension"):
+        again.save_selection("end.star", np.arange(3))
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    os.symlink(target, tmp_path / "linked")
+    planted = Explorer(explorer.model, explorer.z, explorer.views, explorer.colourings, explorer.records,
+                       str(tmp_path / "linked"))
+    with pytest.raises(UserError, match="symbolic link"):
+        planted.save_selection("x", np.arange(3))
+    with pytest.raises(UserError, match="symbolic link"):
+        planted.save_path([0, 1])
+    assert os.listdir(target) == []

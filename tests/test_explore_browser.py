@@ -107,6 +107,34 @@ def test_a_lasso_saves_exactly_the_particles_inside_it(explorer, page, sim_dir):
     assert headless.errors_in_console(page) == []
 
 
+def test_the_selection_outlives_a_save_and_a_redraw_and_inverts(explorer, page):
+    """Saving redraws the plot (the saved selection shown), which clears Plotly's outline: the selection
+    stays, so that lasso junk, save, invert, save gives the clean particles."""
+    page.execute_script("window.scrollTo(0, 0)")
+    pixels = np.array(headless.to_page(page, "landscape", explorer.views["PCA"]))
+    low, high = pixels.min(0), pixels.max(0)
+    box = [low - 5, [low[0] + 0.3 * (high[0] - low[0]), high[1] + 5]]  # the left 30% of the particles
+    headless.drag_through(page, [box[0], [box[0][0], box[1][1]], box[1], [box[1][0], box[0][1]], box[0]])
+    headless.wait_for(page, lambda d: "lasso" in _text(d, "selected-count"))
+    count = int(_text(page, "selected-count").split(" of ")[0].replace(",", ""))
+    name = page.find_element(By.ID, "selection-name")
+    name.send_keys(Keys.CONTROL, "a", Keys.DELETE)  # an earlier test's name; clear() leaves React's value
+    name.send_keys("junk")
+    page.find_element(By.ID, "save").click()
+    headless.wait_for(page, lambda d: "/junk.pkl" in _text(d, "message"))
+    assert "junk.pkl" in _text(page, "message") and "Saved" in _text(page, "message"), _text(page, "message")
+    page.find_element(By.ID, "invert").click()
+    headless.wait_for(page, lambda d: "inverted" in _text(d, "selected-count"))
+    assert _text(page, "selected-count").startswith(f"{explorer.n_particles - count:,} of")
+    name.send_keys(Keys.CONTROL, "a", Keys.DELETE)
+    name.send_keys("clean")
+    page.find_element(By.ID, "save").click()
+    headless.wait_for(page, lambda d: "/clean.pkl" in _text(d, "message"))
+    folder = os.path.join(explorer.out_dir, "selections")
+    junk, clean = (set(pickle.load(open(os.path.join(folder, f"{n}.pkl"), "rb")).tolist()) for n in ("junk", "clean"))
+    assert not junk & clean and len(junk | clean) == explorer.n_particles
+
+
 def test_a_path_between_two_clicked_particles_plays_its_maps(explorer, page):
     page.execute_script("window.scrollTo(0, 0)")
     pixels = np.array(headless.to_page(page, "landscape", explorer.views["PCA"]))

@@ -52,9 +52,10 @@ def command(run, port, host, gt_dir, checkpoint, store, out_dir, device, with_um
                    f"{os.environ.get('USER', 'you')}@{_hostname()}, then open the address there (Ctrl-C stops)",
                    err=True)
     try:
-        server.serve_forever()
+        server.serve_forever()  # werkzeug's returns on Ctrl-C
     except KeyboardInterrupt:
-        click.echo("stopped", err=True)
+        pass
+    click.echo("hetrec explore: stopped", err=True)
 
 
 def _writable(folder):
@@ -128,7 +129,14 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     import numpy as np
 
     from hetrec_dist.analysis.latent import kmeans, pca
-    from hetrec_dist.cli.run_files import run_checkpoint, run_model, run_particle_records, run_rows, run_store
+    from hetrec_dist.cli.run_files import (
+        run_checkpoint,
+        run_model,
+        run_particle_records,
+        run_rows,
+        run_store,
+        run_store_path,
+    )
     from hetrec_dist.data.folder_lock import writer_of
     from hetrec_dist.explore.session import Colouring, Explorer, RunRecords
     from hetrec_dist.train.pose_refinement import checkpoint_poses
@@ -138,7 +146,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     model = run_model(run, checkpoint, device, state)
     group = run_store(run, state, store)
     rows = run_rows(run, state, group)
-    z, record, latents_note = _latents(run, state, model, group, store, rows, training)
+    z, record, latents_note = _latents(run, state, model, group, store, rows, training or checkpoint)
     header = [f"{os.path.abspath(run)}",
               f"{len(z):,} particles, latent dimension {z.shape[1]}, model of epoch {state['epoch']}"
               f"{', half-sets' if model.shape.n_half_sets == 2 else ''}; box {model.shape.box}, "
@@ -162,12 +170,14 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     colourings.update(_particle_colourings(run, state, group, rows, gt_dir))
     source_rows, half_sets = run_particle_records(run, state, group)
     records = RunRecords(group.attrs.asdict(), source_rows, half_sets, checkpoint_poses(state, group), rows)
-    return Explorer(model, z, views, colourings, records, out_dir or os.path.join(run, "explore"), header)
+    return Explorer(model, z, views, colourings, records, out_dir or os.path.join(run, "explore"), header,
+                    store_path=store or run_store_path(run))
 
 
-def _latents(run, state, model, group, store, rows, training):
+def _latents(run, state, model, group, store, rows, other_checkpoint):
     """(z, its record or None, a line saying where they come from): RUN/z.npy; for a run still training whose
-    z.npy is not of its last checkpoint, the latents computed now with that checkpoint's model (not saved)."""
+    z.npy is not of its last checkpoint, or a --checkpoint of an earlier epoch (other_checkpoint), the latents
+    computed now with that checkpoint's model (not saved: z.npy stays the run's)."""
     from hetrec_dist.cli.run_files import run_latents, run_store_path
     from hetrec_dist.cli.volume import _refined_shift_corrections
     from hetrec_dist.errors import UserError
@@ -177,11 +187,11 @@ def _latents(run, state, model, group, store, rows, training):
         z, record = run_latents(run, state)
         return z, record, "Latents: z.npy."
     except UserError:
-        if not training:
+        if not other_checkpoint:
             raise
     path = store or run_store_path(run)
-    click.echo(f"the run is still training and z.npy is not of its last checkpoint: computing the latents of "
-               f"epoch {state['epoch']} (not saved)", err=True)
+    click.echo(f"z.npy is not of this checkpoint: computing the latents of epoch {state['epoch']} with its model "
+               "(not saved)", err=True)
     z = embed(model, path, shift_corrections=_refined_shift_corrections(state, path, run_store_path(run)), rows=rows)
     return z, None, f"Latents: computed at start-up with the epoch-{state['epoch']} model."
 

@@ -10,6 +10,8 @@ must carry it, in the address (?token=...) once, then in a cookie (as Jupyter do
 """
 
 import hmac
+import secrets
+from collections import OrderedDict
 
 import numpy as np
 import plotly.colors
@@ -21,6 +23,8 @@ from hetrec_dist.errors import UserError
 from hetrec_dist.explore.session import mesh, mesh_step, sections
 
 COOKIE = "hetrec_explore_token"
+# no "Share chart" button (Plotly's upload of the figure, the run's data, to its cloud) and no destination for it
+OFFLINE = {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False, "plotlyServerURL": ""}
 ENCLOSED_PERCENT = 5  # the surface's default level: the top 5% of voxels (analysis.maps.chimerax_level)
 SMOOTHING_A = (2, 4, 8)  # the surface's Gaussian smoothing choices; the sections and downloads stay unsmoothed
 MAX_FACES = 150_000  # faces of the surface sent to the page (about 2 MB)
@@ -93,6 +97,7 @@ def map_figures(explorer, volume, enclosed_percent, smoothing_A=0):
     while len(faces) > MAX_FACES:  # a noisy map at a low level: coarser, not a page that stalls
         step += 1
         vertices, faces = mesh(volume, level, explorer.model.pixel_size_A, step)
+    faces = faces.astype(np.uint16 if len(vertices) < 2 ** 16 else np.uint32)  # half the bytes, most maps
     surface = go.Figure(go.Mesh3d(x=vertices[:, 0], y=vertices[:, 1], z=vertices[:, 2], i=faces[:, 0],
                                   j=faces[:, 1], k=faces[:, 2], color="#9fb7d9", flatshading=False,
                                   lighting={"ambient": 0.45, "diffuse": 0.8, "specular": 0.15}, hoverinfo="skip"))
@@ -112,13 +117,15 @@ def map_figures(explorer, volume, enclosed_percent, smoothing_A=0):
     return surface, cuts, level
 
 
-def fsc_figure(result):
-    """The half-maps' FSC curve at a latent with the 0.143 line (analysis.half_maps.latent_resolution)."""
+def fsc_figure(result, box, pixel_size_A):
+    """The half-maps' FSC curve at a latent against spatial frequency (1/Å), with the 0.143 line
+    (analysis.half_maps.latent_resolution)."""
     curve = np.asarray(result["curve"])
-    shells = np.arange(len(curve))
-    figure = go.Figure(go.Scatter(x=shells[1:], y=curve[1:], mode="lines", name="FSC"))
+    frequency = np.arange(len(curve)) / (box * pixel_size_A)
+    figure = go.Figure(go.Scatter(x=frequency[1:], y=curve[1:], mode="lines", name="FSC",
+                                  customdata=1 / frequency[1:], hovertemplate="%{customdata:.1f} Å: %{y:.3f}"))
     figure.add_hline(y=0.143, line_dash="dot", annotation_text="0.143")
-    figure.update_layout(xaxis_title="Fourier shell", yaxis_title="FSC", yaxis_range=[-0.1, 1.05], height=220,
+    figure.update_layout(xaxis_title="spatial frequency (1/Å)", yaxis_title="FSC", yaxis_range=[-0.1, 1.05], height=220,
                          margin={"l": 40, "r": 10, "t": 10, "b": 40})
     return figure
 
@@ -138,7 +145,7 @@ def _layout(explorer):
                   dcc.Dropdown(colours, colours[0], id="colour", clearable=False,
                                style={"width": "260px", "display": "inline-block", "verticalAlign": "middle"})]),
         dcc.Graph(id="landscape", figure=landscape_figure(explorer, views[0], colours[0]),
-                  style={"height": "520px"}, config={"scrollZoom": True, "displaylogo": False}),
+                  style={"height": "520px"}, config={"scrollZoom": True, **OFFLINE}),
         html.Div(shown_note, id="shown-note", style={"color": "#555"}),
         html.H3("Selection"),
         html.Div("Lasso or box-select particles in the plot (the tools at its top right).", id="selected-count"),
@@ -147,13 +154,13 @@ def _layout(explorer):
                   html.Button("Save selection", id="save", style=button),
                   html.Button("Invert", id="invert", style=button),
                   html.Label(" saved: "),
-                  dcc.Dropdown([], None, id="saved", placeholder="show a saved selection",
+                  dcc.Dropdown(list(explorer.selections), None, id="saved", placeholder="show a saved selection",
                                style={"width": "220px", "display": "inline-block", "verticalAlign": "middle"})]),
         html.Div(id="message", style={"whiteSpace": "pre-wrap", "marginTop": "6px"}),
     ])
     right = html.Div(style={"flex": "1 1 45%", "minWidth": "420px"}, children=[
         html.H3("Click a particle for the map at its latent", id="map-title"),
-        dcc.Graph(id="surface", style={"height": "420px"}, config={"displaylogo": False}),
+        dcc.Graph(id="surface", style={"height": "420px"}, config=OFFLINE),
         html.Div([html.Label("surface encloses (% of the box) "),
                   dcc.Slider(0.5, 30, value=ENCLOSED_PERCENT, id="threshold", marks={1: "1", 5: "5", 10: "10",
                              20: "20", 30: "30"}, tooltip={"placement": "bottom"}, updatemode="mouseup")]),
@@ -166,7 +173,7 @@ def _layout(explorer):
         html.Button("Download map (.mrc)", id="download-button", style=button), dcc.Download(id="download"),
         html.Div(id="resolution", children=[
             html.H3("Gold-standard resolution here"), html.Div(id="resolution-note"),
-            dcc.Graph(id="fsc", style={"height": "220px"})],
+            dcc.Graph(id="fsc", style={"height": "220px"}, config=OFFLINE)],
             style={} if explorer.with_half_sets else {"display": "none"}),
         html.H3("Path between two particles"),
         html.Div([html.Button("From the map's particle", id="path-from", style=button),
@@ -182,7 +189,8 @@ def _layout(explorer):
         *[html.Div(line, style={"color": "#a00", "fontWeight": "bold"} if "still training" in line else {})
           for line in explorer.header[1:]],
         html.Div([left, right], style={"display": "flex", "gap": "20px", "flexWrap": "wrap"}),
-        dcc.Store(id="particle"), dcc.Store(id="mark"), html.Div(id="mark-drawn", hidden=True),
+        dcc.Store(id="particle"), dcc.Store(id="mark"), dcc.Store(id="selection-key"),
+        html.Div(id="mark-drawn", hidden=True),
         dcc.Store(id="path-ends", data={}), dcc.Store(id="path-particles", data=[]),
         dcc.Store(id="path-maps", data=[]),
     ])
@@ -191,10 +199,10 @@ def _layout(explorer):
 def build_app(explorer, token=None):
     """The Dash application of an Explorer; with a token, every request must carry it (module doc)."""
     app = Dash(__name__, title="hetrec explore", serve_locally=True, update_title=None)
-    app.layout = _layout(explorer)
+    app.layout = lambda: _layout(explorer)  # each page load: the selections saved so far
     if token:
         _require_token(app.server, token)
-    current = {"positions": np.zeros(0, dtype=np.int64)}  # the selection being made (one user, local)
+    made = OrderedDict()  # each page's current selection, under the key its dcc.Store holds (tabs apart)
 
     @app.callback(Output("landscape", "figure"), Output("mark", "data", allow_duplicate=True),
                   Input("view", "value"), Input("colour", "value"), Input("saved", "value"),
@@ -261,37 +269,48 @@ def build_app(explorer, token=None):
             return '';
         }""", Output("mark-drawn", "children"), Input("mark", "data"), prevent_initial_call=True)
 
-    @app.callback(Output("selected-count", "children"), Input("landscape", "selectedData"),
-                  Input("invert", "n_clicks"), State("view", "value"), prevent_initial_call=True)
-    def select(selected, _, view):
+    @app.callback(Output("selected-count", "children"), Output("selection-key", "data"),
+                  Input("landscape", "selectedData"), Input("invert", "n_clicks"), State("view", "value"),
+                  State("selection-key", "data"), prevent_initial_call=True)
+    def select(selected, _, view, key):
+        """The page's selection: a lasso or box in the plot, or the inverse of the current one. A redraw of
+        the plot (colour, view, a saved selection shown) clears Plotly's outline, not the selection."""
+        positions = made.get(key, np.zeros(0, dtype=np.int64))
         if ctx.triggered_id == "invert":
-            current["positions"] = explorer.invert(current["positions"])
-            what = "the inverted selection"
+            positions, what = explorer.invert(positions), "the inverted selection"
         else:
             selected = selected or {}
-            current["positions"] = explorer.select(view, selected.get("lassoPoints"), selected.get("range"))
             what = "lasso" if selected.get("lassoPoints") else "box" if selected.get("range") else None
             if what is None:
-                return "No particles selected: lasso or box-select them in the plot."
-        return f"{len(current['positions']):,} of {explorer.n_particles:,} particles selected ({what})"
+                return no_update, no_update
+            positions = explorer.select(view, selected.get("lassoPoints"), selected.get("range"))
+        key = secrets.token_hex(8)
+        made[key] = positions
+        while len(made) > 64:
+            made.popitem(last=False)
+        return f"{len(positions):,} of {explorer.n_particles:,} particles selected ({what})", key
 
     @app.callback(Output("message", "children"), Output("saved", "options"), Output("saved", "value"),
-                  Input("save", "n_clicks"), State("selection-name", "value"), prevent_initial_call=True)
-    def save(_, name):
+                  Input("save", "n_clicks"), State("selection-name", "value"), State("selection-key", "data"),
+                  prevent_initial_call=True)
+    def save(_, name, key):
+        positions = made.get(key)
+        if positions is None:
+            return "Not saved: lasso or box-select particles first.", no_update, no_update
         try:
-            paths, note = explorer.save_selection(name, current["positions"])
+            paths, note = explorer.save_selection(name, positions)
         except UserError as error:
             return f"Not saved: {error}", no_update, no_update
-        lines = [f"Saved {len(current['positions']):,} particles: " + ", ".join(paths),
-                 f"Train on them: hetrec train STORE -o RUN2 --ind {paths[0]}"] + ([note] if note else [])
-        return "\n".join(lines), list(explorer.selections), name.strip()
+        lines = [f"Saved {len(positions):,} particles: " + ", ".join(paths),
+                 f"Train on them: hetrec train {explorer.store_path} -o NEW_RUN --ind {paths[0]}"]
+        return "\n".join(lines + ([note] if note else [])), list(explorer.selections), name.strip()
 
-    @app.callback(Output("download", "data"), Input("download-button", "n_clicks"), State("particle", "data"),
-                  prevent_initial_call=True)
+    @app.callback(Output("download", "data"), Output("message", "children", allow_duplicate=True),
+                  Input("download-button", "n_clicks"), State("particle", "data"), prevent_initial_call=True)
     def download(_, particle):
         if particle is None:
-            return no_update
-        return dcc.send_bytes(explorer.mrc(particle), f"map_particle_{particle}.mrc")
+            return no_update, "Click a particle first: the download is the map shown."
+        return dcc.send_bytes(explorer.mrc(particle), f"map_particle_{particle}.mrc"), no_update
 
     if explorer.with_half_sets:
         @app.callback(Output("fsc", "figure"), Output("resolution-note", "children"), Input("particle", "data"),
@@ -354,9 +373,9 @@ def _resolution(explorer, particle):
         return no_update, no_update
     result = explorer.resolution_at(particle)
     bound = " (the model's limit: the map may hold more)" if result["at_limit"] else ""
-    return fsc_figure(result), (f"FSC = 0.143 at {result['resolution_0.143_A']:.2f} Å{bound}; FSC = 0.5 at "
-                                f"{result['resolution_0.5_A']:.2f} Å, of the half-maps at particle {particle}'s "
-                                "latent")
+    line = (f"FSC = 0.143 at {result['resolution_0.143_A']:.2f} Å{bound}; FSC = 0.5 at "
+            f"{result['resolution_0.5_A']:.2f} Å, of the half-maps at particle {particle}'s latent")
+    return fsc_figure(result, explorer.model.shape.box, explorer.model.pixel_size_A), line
 
 
 def _require_token(server, token):

@@ -21,8 +21,9 @@ from hetrec_dist.analysis.half_maps import latent_resolution, model_limit_A
 from hetrec_dist.analysis.latent import evenly_along, graph_path
 from hetrec_dist.analysis.maps import chimerax_level
 from hetrec_dist.analysis.select import write_subset
-from hetrec_dist.data.atomic_files import write_text
+from hetrec_dist.data.atomic_files import refuse_link, write_text
 from hetrec_dist.data.map_files import write_map
+from hetrec_dist.data.subset import read_index_file
 from hetrec_dist.errors import UserError
 from hetrec_dist.physics.maps import half_ball_to_map
 
@@ -155,6 +156,9 @@ def check_name(name):
     name = (name or "").strip()
     if not NAME.fullmatch(name):
         raise UserError(f"selection name {name!r}: use letters, digits, _ . - (up to 64, not starting with . or -)")
+    if os.path.splitext(name)[1].lower() in (".pkl", ".txt", ".star", ".cs"):
+        raise UserError(f"selection name {name!r}: give it without an extension; .pkl, .txt and .star or .cs are "
+                        "written beside each other")
     return name
 
 
@@ -168,7 +172,7 @@ def write_selection(folder, name, positions, records, overwrite=False):
     if len(positions) == 0:
         raise UserError("the selection is empty; lasso or box-select particles first")
     store_rows = positions if records.rows is None else np.asarray(records.rows)[positions]
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder, 2)  # OUT/selections
     source = records.store_attrs["sources"]["metadata"][0]["path"]
     extension = os.path.splitext(source)[1].lower()
     paths = [os.path.join(folder, f"{name}{e}") for e in (".pkl", ".txt")]
@@ -190,6 +194,16 @@ def write_selection(folder, name, positions, records, overwrite=False):
     return paths, note
 
 
+def make_folder(folder, levels):
+    """Make `folder`, refusing a symbolic link at it or at the levels - 1 folders above it that explore owns
+    (RUN/explore/...): one planted there would take the writes elsewhere (docs/security.md)."""
+    path = os.path.abspath(folder)
+    for _ in range(levels):
+        refuse_link(path)
+        path = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+
+
 @contextlib.contextmanager
 def cannot_write_as_user_error(out_dir):
     """An OSError writing under out_dir (read-only, a file in the way, a full disk) as a UserError naming it."""
@@ -205,16 +219,34 @@ class Explorer:
     Colouring}; records: RunRecords; out_dir: where selections and paths are written; header: lines about the
     run for the top of the page."""
 
-    def __init__(self, model, z, views, colourings, records, out_dir, header=(), seed=0):
+    def __init__(self, model, z, views, colourings, records, out_dir, header=(), seed=0, store_path="STORE"):
         self.model, self.z, self.views, self.colourings = model, z, views, colourings
-        self.records, self.out_dir, self.header = records, out_dir, list(header)
+        self.records, self.out_dir, self.header, self.store_path = records, out_dir, list(header), store_path
         self.maps = MapMaker(model)
         self.n_particles = len(z)
         rng = np.random.default_rng(seed)
         self.shown = (np.arange(len(z)) if len(z) <= MAX_SHOWN
                       else np.sort(rng.choice(len(z), MAX_SHOWN, replace=False)))
-        self.selections = OrderedDict()  # name: positions, in the order they were made
+        self.selections = self._saved_selections()  # name: positions, those saved before first
         self.with_half_sets = model.shape.n_half_sets == 2
+
+    def _saved_selections(self):
+        """{name: positions} of the selections saved in out_dir by an earlier explore of this run (their .pkl of
+        input rows, matched to the run's particles)."""
+        folder = os.path.join(self.out_dir, "selections")
+        found = OrderedDict()
+        if not os.path.isdir(folder):
+            return found
+        source_rows = np.asarray(self.records.source_rows)
+        run_input_rows = source_rows if self.records.rows is None else source_rows[self.records.rows]
+        for name in sorted(os.listdir(folder)):
+            stem = name[:-len(".pkl")]
+            if name.endswith(".pkl") and NAME.fullmatch(stem):
+                try:
+                    found[stem] = np.flatnonzero(np.isin(run_input_rows, read_index_file(os.path.join(folder, name))))
+                except UserError:
+                    continue  # not one of ours
+        return found
 
     def map_of_particle(self, particle):
         return self.maps.map_at(self.z[particle])
@@ -255,6 +287,7 @@ class Explorer:
         level = chimerax_level(self.map_of_particle(on_path[0]))
         script = os.path.join(folder, "path.cxc")
         with cannot_write_as_user_error(self.out_dir):
+            make_folder(folder, 3)  # OUT/paths/path_A_B
             for name, particle in zip(names, on_path):
                 write_map(os.path.join(folder, name), self.map_of_particle(particle), self.model.pixel_size_A)
             write_text(script, f"# hetrec explore: the maps at particles {', '.join(map(str, on_path))}\n"
