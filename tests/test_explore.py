@@ -166,6 +166,10 @@ def test_a_taken_port_and_an_unknown_host_are_one_line_errors(two_epoch_run):
         assert_one_line_error(run_cli("explore", two_epoch_run, "--port", port, expect_ok=False), "in use", "--port")
     assert_one_line_error(run_cli("explore", two_epoch_run, "--host", "no.such.host.invalid", expect_ok=False),
                           "--host")
+    # a file that is no checkpoint: one line, without torch's advice to load it with weights_only=False
+    result = run_cli("explore", two_epoch_run, "--checkpoint", two_epoch_run / "z.npy", expect_ok=False)
+    assert_one_line_error(result, "not a readable checkpoint")
+    assert "weights_only" not in result.output
 
 
 def test_umap_places_of_particles_outside_the_sample_are_their_nearest_sampled_neighbours():
@@ -234,6 +238,8 @@ def test_saved_selections_come_back_links_are_refused_and_names_take_no_extensio
     np.testing.assert_array_equal(again.selections["kept"], np.arange(10, 30))
     with pytest.raises(UserError, match="without an extension"):
         again.save_selection("end.star", np.arange(3))
+    with pytest.raises(UserError, match="no . at either end"):
+        again.save_selection("x1.", np.arange(3))
     target = tmp_path / "elsewhere"
     target.mkdir()
     os.symlink(target, tmp_path / "linked")

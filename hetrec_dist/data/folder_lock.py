@@ -68,8 +68,9 @@ class FolderLock:
         try:
             fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _READERS_BYTE)
         except OSError:
-            raise UserError(f"{self.folder} is being read by another hetrec command (analyze, eval, select, …); "
-                            f"wait for it to finish before replacing this {self.what}") from None
+            raise UserError(f"{self.folder} is being read by another hetrec command (analyze, eval, select, explore, "
+                            f"…); wait for it to finish, or stop it (explore runs until Ctrl-C), before replacing "
+                            f"this {self.what}") from None
         fcntl.lockf(self.file, fcntl.LOCK_UN, 1, _READERS_BYTE)
 
     def release(self, remove: bool = False) -> None:

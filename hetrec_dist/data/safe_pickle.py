@@ -33,8 +33,13 @@ def refusal(path: str, err: Exception, what: str) -> str:
     if unsupported:
         return (f"{path}: refused, the {what} would call {unsupported.group(1)}; hetrec reads only files of "
                 "arrays, tensors and plain values, so that a data file never runs code")
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"{path}: not a readable {what} ({first_line})"
+    text = str(err).strip()
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if "weights_only" in text:  # never pass on torch's advice to load it with weights_only=False
+        reason = unpickler.group(1).strip().splitlines()[0] if unpickler else "not a file of tensors"
+    else:
+        reason = text.splitlines()[0] if text else type(err).__name__
+    return f"{path}: not a readable {what} ({reason})"
 
 
 def _rebuild_tensor(*args):

@@ -29,7 +29,7 @@ from hetrec_dist.physics.maps import half_ball_to_map
 
 MAX_SHOWN = 100_000  # points drawn in the page (a seeded sample above it); selections count every particle
 PATH_MAPS = 10  # maps along a path
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_-]|[A-Za-z0-9]")  # no . at either end
 
 
 @dataclasses.dataclass
@@ -155,7 +155,8 @@ def check_name(name):
     """A selection's name as a file stem: letters, digits, _ . -; a UserError otherwise."""
     name = (name or "").strip()
     if not NAME.fullmatch(name):
-        raise UserError(f"selection name {name!r}: use letters, digits, _ . - (up to 64, not starting with . or -)")
+        raise UserError(f"selection name {name!r}: use letters, digits, _ . - (up to 64; no . at either end, no - "
+                        "at the start)")
     if os.path.splitext(name)[1].lower() in (".pkl", ".txt", ".star", ".cs"):
         raise UserError(f"selection name {name!r}: give it without an extension; .pkl, .txt and .star or .cs are "
                         "written beside each other")
