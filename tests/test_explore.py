@@ -14,6 +14,7 @@ import torch
 from hetrec_dist.cli.explore import _is_loopback, load_explorer
 from hetrec_dist.errors import UserError
 from hetrec_dist.explore.app import build_app
+from hetrec_dist.explore.headless import callback_body
 from hetrec_dist.explore.session import MapMaker, in_box, in_polygon, mesh
 
 
@@ -79,11 +80,7 @@ def test_a_saved_selection_is_the_input_rows_and_star_rows_of_its_particles(expl
 
 def _call(app, first_output, inputs, state=()):
     """POST the callback whose outputs begin with `first_output` ("id.property") as the page does; the reply."""
-    key = next(k for k in app.callback_map if k.lstrip(".").startswith(first_output))
-    outputs = [{"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]}
-               for part in key.strip(".").split("...")]
-    body = {"output": key, "outputs": outputs if key.startswith("..") else outputs[0], "inputs": inputs,
-            "state": list(state), "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"]}
+    body = callback_body(app, first_output, inputs, state)
     response = app.server.test_client().post("/_dash-update-component", data=json.dumps(body),
                                              content_type="application/json")
     assert response.status_code == 200, response.data[:500]

@@ -61,16 +61,15 @@ def hinge_model_run(box, n_particles, seed=0):
 
 
 def _post_show_map(port, app, particle):
-    key = next(k for k in app.callback_map if k.lstrip(".").startswith("particle.data"))
-    outputs = [{"id": p.rsplit(".", 1)[0], "property": p.rsplit(".", 1)[1]} for p in key.strip(".").split("...")]
-    body = {"output": key, "outputs": outputs, "changedPropIds": ["threshold.value"],
-            "inputs": [{"id": "landscape", "property": "clickData", "value": None},
-                       {"id": "path-step", "property": "value", "value": 0},
-                       {"id": "threshold", "property": "value", "value": 5},
-                       {"id": "smoothing", "property": "value", "value": 0}],
-            "state": [{"id": "particle", "property": "data", "value": int(particle)},
-                      {"id": "path-maps", "property": "data", "value": []},
-                      {"id": "view", "property": "value", "value": "PCA"}]}
+    body = headless.callback_body(
+        app, "particle.data", changed="threshold.value",
+        inputs=[{"id": "landscape", "property": "clickData", "value": None},
+                {"id": "path-step", "property": "value", "value": 0},
+                {"id": "threshold", "property": "value", "value": 5},
+                {"id": "smoothing", "property": "value", "value": 0}],
+        state=[{"id": "particle", "property": "data", "value": int(particle)},
+               {"id": "path-maps", "property": "data", "value": []},
+               {"id": "view", "property": "value", "value": "PCA"}])
     request = urllib.request.Request(f"http://127.0.0.1:{port}/_dash-update-component", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
     start = time.perf_counter()

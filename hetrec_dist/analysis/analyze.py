@@ -37,7 +37,13 @@ from hetrec_dist.errors import UserError
 UMAP_SAMPLE = 50_000  # particles UMAP embeds (a random sample): its cost grows faster than N
 
 
-def _umap(z, seed, included):
+def can_umap(z):
+    """Whether latents get a UMAP: 3 dimensions or more (PCA shows fewer whole), 10 particles or more (fewer:
+    UMAP's spectral start fails)."""
+    return z.shape[1] > 2 and len(z) >= 10
+
+
+def umap_of_sample(z, seed, included):
     """(rows, 2-D UMAP of z[rows]) for a random sample of UMAP_SAMPLE particles at most, sorted, with the
     particles `included` added."""
     import umap
@@ -315,8 +321,8 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
     if epochs is not None:
         plots.training_curves(epochs, os.path.join(plot_dir, "training_curves.png"))
         names.append("training_curves.png")
-    if with_umap and z.shape[1] > 2 and len(z) >= 10:  # fewer: UMAP's spectral start fails; PCA shows them
-        rows, umap_xy = _umap(z, seed, on_data)
+    if with_umap and can_umap(z):
+        rows, umap_xy = umap_of_sample(z, seed, on_data)
         np.savez(os.path.join(out_dir, "umap.npz"), rows=rows, xy=umap_xy,  # for hetrec explore
                  every_particle=places_from_sample(z, rows, umap_xy))
         centres_xy = umap_xy[np.searchsorted(rows, on_data)]

@@ -27,12 +27,17 @@ def write_latent_maps(model, latents, directory, name_format, pictures=None, hal
     return names
 
 
+def central_sections(volume):
+    """The central sections of a D x D x D map (MRC order: z, y, x) normal to z, y and x (each D x D)."""
+    centre = volume.shape[0] // 2
+    return volume[centre], volume[:, centre], volume[:, :, centre]
+
+
 def map_pictures(volume):
     """Views of a D x D x D map (MRC order: z, y, x): the central sections normal to z, y and x, and the
     projection along z (each D x D, float32)."""
-    centre = volume.shape[0] // 2
-    return {"section z": volume[centre], "section y": volume[:, centre], "section x": volume[:, :, centre],
-            "projection z": volume.sum(0)}
+    section_z, section_y, section_x = central_sections(volume)
+    return {"section z": section_z, "section y": section_y, "section x": section_x, "projection z": volume.sum(0)}
 
 
 def chimerax_level(volume, enclosed_fraction=0.05):

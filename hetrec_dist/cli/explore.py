@@ -33,7 +33,7 @@ def command(run, port, host, gt_dir, checkpoint, store, out_dir, device, with_um
     along a path between two particles. Stop it with Ctrl-C."""
     import secrets
 
-    from hetrec_dist.explore.app import build_app
+    from hetrec_dist.explore.app import build_app, make_server
 
     token = None if _is_loopback(host) else secrets.token_urlsafe(24)
     _check_address(host, port)  # before the minutes a large run takes to load
@@ -41,7 +41,7 @@ def command(run, port, host, gt_dir, checkpoint, store, out_dir, device, with_um
     if not _writable(explorer.out_dir):
         click.echo(f"Warning: cannot write in {explorer.out_dir}: the page can show everything but cannot save "
                    "selections or paths; give --out FOLDER to save them", err=True)
-    server = _make_server(build_app(explorer, token), host, port)
+    server = make_server(build_app(explorer, token), host, port)
     shown_host = _hostname() if host in ("0.0.0.0", "::") else host
     address = f"http://{shown_host}:{server.server_port}/" + (f"?token={token}" if token else "")
     click.echo(f"hetrec explore: {explorer.n_particles:,} particles of {run}; open {address}", err=True)
@@ -81,26 +81,6 @@ def _is_loopback(host):
         return False
 
 
-def _make_server(app, host, port):
-    """A threaded WSGI server of the app on host:port; UserError where the port is taken."""
-    import contextlib
-    import io
-    import logging
-
-    from werkzeug.serving import make_server
-
-    from hetrec_dist.errors import UserError
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # werkzeug's own lines about a taken port
-            return make_server(host, port, app.server, threaded=True)
-    except OSError as error:
-        raise UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); give another --port") from None
-    except SystemExit:  # werkzeug exits where the port is taken
-        raise UserError(f"cannot listen on {host}:{port}: the port is in use; give another --port") from None
-
-
 def _check_address(host, port):
     """One-line errors for a --host that is no address of this machine and a --port that is taken (werkzeug
     reports both as a taken port)."""
@@ -128,6 +108,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     checkpoint of a run still training), PCA and UMAP views, colourings and what a subset file needs."""
     import numpy as np
 
+    from hetrec_dist.analysis.analyze import can_umap
     from hetrec_dist.analysis.latent import kmeans, pca
     from hetrec_dist.cli.run_files import (
         run_checkpoint,
@@ -158,7 +139,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     projected = fitted.project(z)
     views = {"PCA": np.column_stack([projected[:, 0], projected[:, 1] if z.shape[1] > 1 else np.zeros(len(z))])}
     analysis = _current_analysis(run, record)
-    if with_umap and z.shape[1] > 2 and len(z) >= 10:
+    if with_umap and can_umap(z):
         views["UMAP"] = _umap_view(z, analysis)
     colourings = {}
     if analysis is not None:
@@ -167,9 +148,9 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     else:
         k = min(KMEANS_WITHOUT_ANALYSIS, len(z))
         colourings[f"k-means cluster (k = {k})"] = Colouring(kmeans(z, k)[1].astype(float), "categorical")
-    colourings.update(_particle_colourings(run, state, group, rows, gt_dir))
     source_rows, half_sets = run_particle_records(run, state, group)
     records = RunRecords(group.attrs.asdict(), source_rows, half_sets, checkpoint_poses(state, group), rows)
+    colourings.update(_particle_colourings(group, records, gt_dir))
     return Explorer(model, z, views, colourings, records, out_dir or os.path.join(run, "explore"), header,
                     store_path=store or run_store_path(run))
 
@@ -219,10 +200,10 @@ def _current_analysis(run, record):
 
 def _umap_view(z, analysis):
     """Every particle's UMAP place: `hetrec analyze`'s (umap.npz) where it has them, else from a UMAP of a
-    sample computed now (analysis.analyze._umap, analysis.latent.places_from_sample)."""
+    sample computed now (analysis.analyze.umap_of_sample, analysis.latent.places_from_sample)."""
     import numpy as np
 
-    from hetrec_dist.analysis.analyze import _umap
+    from hetrec_dist.analysis.analyze import umap_of_sample
     from hetrec_dist.analysis.latent import places_from_sample
 
     saved = analysis and os.path.join(analysis["folder"], "umap.npz")
@@ -234,28 +215,27 @@ def _umap_view(z, analysis):
     else:
         click.echo(f"computing a UMAP of {min(len(z), 50_000):,} particles (`hetrec analyze` saves one for next "
                    "time)", err=True)
-        rows, xy = _umap(z, 0, [])
+        rows, xy = umap_of_sample(z, 0, [])
     return places_from_sample(z, rows, xy)
 
 
-def _particle_colourings(run, state, group, rows, gt_dir):
-    """{label: Colouring} of what is known of each particle: defocus, optics group, pose angles, particle
-    index (cli.run_files.particle_metadata), half-set, the size of the pose correction, the true coordinate."""
+def _particle_colourings(group, records, gt_dir):
+    """{label: Colouring} of what is known of each particle of the run (records: explore.session.RunRecords):
+    defocus, optics group, pose angles, particle index (cli.run_files.particle_metadata), half-set, the size
+    of the pose correction, the true coordinate."""
     import numpy as np
 
     from hetrec_dist.analysis.ground_truth import read_ground_truth
     from hetrec_dist.analysis.plots import COLOUR_KINDS
-    from hetrec_dist.cli.run_files import particle_metadata, run_particle_records
+    from hetrec_dist.cli.run_files import particle_metadata
     from hetrec_dist.explore.session import Colouring
-    from hetrec_dist.train.pose_refinement import checkpoint_poses
 
+    rows, half_sets, poses = records.rows, records.half_sets, records.poses
     colourings = {label: Colouring(np.asarray(values, float), COLOUR_KINDS.get(label, "continuous"))
                   for label, values in particle_metadata(group, rows).items()}
     take = (lambda values: values) if rows is None else (lambda values: values[rows])
-    half_sets = run_particle_records(run, state, group)[1]
     if half_sets is not None:
         colourings["half-set"] = Colouring(take(half_sets).astype(float), "categorical")
-    poses = checkpoint_poses(state, group)
     if poses is not None:
         given = group["rotations"][:]
         cosine = (np.einsum("nij,nij->n", given, poses[0]) - 1) / 2  # trace(R_given^T R) = 1 + 2 cos(angle)

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, Patch, State, ctx, dcc, html, no_update
 from plotly.subplots import make_subplots
 
+from hetrec_dist.analysis.maps import chimerax_level
 from hetrec_dist.errors import UserError
 from hetrec_dist.explore.session import mesh, mesh_step, sections
 
@@ -91,7 +92,7 @@ def map_figures(explorer, volume, enclosed_percent, smoothing_A=0):
 
         volume = gaussian_filter(volume, smoothing_A / explorer.model.pixel_size_A, mode="wrap")
     every = max(1, volume.shape[0] // 128)  # the quantile of a 256^3 map costs more than its surface
-    level = float(np.quantile(volume[::every, ::every, ::every], 1 - enclosed_percent / 100))
+    level = chimerax_level(volume[::every, ::every, ::every], enclosed_percent / 100)
     step = mesh_step(volume.shape[0])
     vertices, faces = mesh(volume, level, explorer.model.pixel_size_A, step)
     while len(faces) > MAX_FACES:  # a noisy map at a low level: coarser, not a page that stalls
@@ -365,6 +366,25 @@ def build_app(explorer, token=None):
         return f"Saved the path's maps; open them in ChimeraX with: open {script}"
 
     return app
+
+
+def make_server(app, host="127.0.0.1", port=0):
+    """A threaded WSGI server (werkzeug's) of the app on host:port, not yet serving (server_port: the port,
+    serve_forever(), shutdown()); UserError where the port is taken."""
+    import contextlib
+    import io
+    import logging
+
+    from werkzeug.serving import make_server as werkzeug_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # werkzeug's own lines about a taken port
+            return werkzeug_server(host, port, app.server, threaded=True)
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); give another --port") from None
+    except SystemExit:  # werkzeug exits where the port is taken
+        raise UserError(f"cannot listen on {host}:{port}: the port is in use; give another --port") from None
 
 
 def _resolution(explorer, particle):

@@ -42,14 +42,22 @@ def start_chromium():
 
 def serve_in_thread(app, host="127.0.0.1", port=0):
     """Serve a Dash app from a daemon thread; returns the werkzeug server (server_port; shutdown())."""
-    import logging
+    from hetrec_dist.explore.app import make_server
 
-    from werkzeug.serving import make_server
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = make_server(host, port, app.server, threaded=True)
+    server = make_server(app, host, port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def callback_body(app, first_output, inputs, state=(), changed=None):
+    """The JSON body the page POSTs to /_dash-update-component to run the callback of `app` whose outputs begin
+    with `first_output` ("id.property"): inputs and state as [{"id", "property", "value"}], changed: the
+    input that fired ("id.property"; the first input where None). For tests and benchmarks without a browser."""
+    key = next(k for k in app.callback_map if k.lstrip(".").startswith(first_output))
+    outputs = [{"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]}
+               for part in key.strip(".").split("...")]
+    return {"output": key, "outputs": outputs if key.startswith("..") else outputs[0], "inputs": list(inputs),
+            "state": list(state), "changedPropIds": [changed or f"{inputs[0]['id']}.{inputs[0]['property']}"]}
 
 
 def wait_for(driver, condition, timeout_s=30, poll_s=0.02):

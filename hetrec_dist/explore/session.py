@@ -17,9 +17,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from hetrec_dist.analysis.half_maps import latent_resolution, model_limit_A
+from hetrec_dist.analysis.half_maps import latent_resolution
 from hetrec_dist.analysis.latent import evenly_along, graph_path
-from hetrec_dist.analysis.maps import chimerax_level
+from hetrec_dist.analysis.maps import central_sections, chimerax_level
 from hetrec_dist.analysis.select import write_subset
 from hetrec_dist.data.atomic_files import refuse_link, write_text
 from hetrec_dist.data.map_files import write_map
@@ -67,10 +67,8 @@ class MapMaker:
     def __init__(self, model, cache_bytes=256 * 2**20):
         self.model = model
         self.basis = real_space_basis(model)  # (K+1) D^3 float32: 143 MB at box 128 and K = 16, 1.1 GB at 256
-        self.pixel_size_A = model.pixel_size_A
-        self.box = model.shape.box
         self._cache = OrderedDict()  # the last maps shown (a click, then its threshold and smoothing)
-        self._cache_size = max(2, cache_bytes // (4 * self.box ** 3))
+        self._cache_size = max(2, cache_bytes // (4 * model.shape.box ** 3))
         self._lock = threading.Lock()  # the page's callbacks run in the server's threads
 
     @torch.no_grad()
@@ -89,12 +87,6 @@ class MapMaker:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return volume
-
-
-def level_range(volume):
-    """(low, high) of the threshold slider: from the median (most of the box) to just under the maximum."""
-    low, high = np.quantile(volume, [0.5, 0.9999])
-    return float(low), float(high)
 
 
 def mesh(volume, level, pixel_size_A, step=1):
@@ -118,8 +110,7 @@ def mesh_step(box):
 def sections(volume, max_size=128):
     """The three central sections of a [z, y, x] map: normal to z, y and x (each D x D; averaged over 2 x 2
     pixels until at most max_size across, as the page draws them)."""
-    centre = volume.shape[0] // 2
-    cuts = [volume[centre], volume[:, centre], volume[:, :, centre]]
+    cuts = central_sections(volume)
     while cuts[0].shape[0] > max_size and cuts[0].shape[0] % 2 == 0:
         cuts = [cut.reshape(cut.shape[0] // 2, 2, cut.shape[1] // 2, 2).mean((1, 3)) for cut in cuts]
     return cuts
@@ -301,9 +292,6 @@ class Explorer:
         if not self.with_half_sets:
             raise UserError("the run was trained without half-sets: no half-maps to compare")
         return latent_resolution(self.model, self.z[particle])
-
-    def limit_A(self):
-        return model_limit_A(self.model)
 
     def mrc(self, particle):
         return mrc_bytes(self.map_of_particle(particle), self.model.pixel_size_A)
