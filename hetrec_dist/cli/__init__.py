@@ -65,13 +65,15 @@ def _register():
         fsc,
         inspect,
         launch,
+        reconstruct,
         select,
         simulate,
         train,
         volume,
     )
 
-    for module in (analyze, convert, evaluate, explore, export, fsc, inspect, launch, select, simulate, train):
+    for module in (analyze, convert, evaluate, explore, export, fsc, inspect, launch, reconstruct, select, simulate,
+                   train):
         main.add_command(module.command)
     main.add_command(volume.volume_command)
     main.add_command(volume.embed_command)

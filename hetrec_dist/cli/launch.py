@@ -1,4 +1,5 @@
-"""hetrec launch: start `hetrec train` on several ranks and nodes through deepspeed, mpirun or srun."""
+"""hetrec launch: start `hetrec train` (or `hetrec reconstruct`) on several ranks and nodes through deepspeed,
+mpirun or srun."""
 
 import contextlib
 import os
@@ -36,7 +37,8 @@ STOP_GRACE_S = 20.0  # for the launcher to stop its ranks (and write their resum
 @click.option("--dry-run", is_flag=True, help="Print the exact command and exit.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def command(command, dry_run, **options):
-    """Run `hetrec train ARGS…` data-parallel: hetrec launch [OPTIONS] -- train STORE -o RUN [OPTIONS].
+    """Run `hetrec train ARGS…` data-parallel: hetrec launch [OPTIONS] -- train STORE -o RUN [OPTIONS]
+    (or `-- reconstruct SOURCE -o OUT [OPTIONS]`).
 
     \b
     Examples:
@@ -44,11 +46,11 @@ def command(command, dry_run, **options):
       hetrec launch --hostfile hosts --launcher mpirun -- train particles.zarr -o run
       hetrec launch --launcher srun --nodes 2 --procs-per-node 4 -- train particles.zarr -o run   (in sbatch)
     """
-    if not command or command[0] != "train":
+    if not command or command[0] not in ("train", "reconstruct"):
         raise UserError("nothing to launch: give the training command after --, e.g. "
-                        "`hetrec launch --procs-per-node 2 -- train STORE -o RUN`")
+                        "`hetrec launch --procs-per-node 2 -- train STORE -o RUN` (or `-- reconstruct …`)")
     plan = LaunchPlan(**options)
-    argv, env = build_command(plan, list(command[1:]))
+    argv, env = build_command(plan, list(command))
     env_file = _deepspeed_env_file(plan, env, dry_run)
     if env_file:
         env = {**env, "DS_ENV_FILE": env_file}
@@ -63,13 +65,19 @@ def command(command, dry_run, **options):
         if env_file:
             os.unlink(env_file)
     if stopped_by is not None:
-        _say_where_to_continue(list(command[1:]), f"hetrec launch received {signal.Signals(stopped_by).name} and "
-                               "stopped the job")
+        _say_it_stopped(command, f"hetrec launch received {signal.Signals(stopped_by).name} and stopped the job")
         sys.exit(128 + stopped_by)
     if status not in (0, 1):  # 1: a rank already said why; anything else: a rank was killed
-        _say_where_to_continue(list(command[1:]), f"the job stopped ({plan.launcher} exited with status {status}: "
-                               "a rank was killed or crashed)")
+        _say_it_stopped(command, f"the job stopped ({plan.launcher} exited with status {status}: a rank was "
+                        "killed or crashed)")
     sys.exit(status)
+
+
+def _say_it_stopped(command, what):
+    if command[0] == "train":
+        _say_where_to_continue(list(command[1:]), what)
+    else:  # a reconstruction starts again from the beginning
+        click.echo(f"Error: {what}", err=True)
 
 
 class _Stop(Exception):

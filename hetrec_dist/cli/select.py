@@ -22,38 +22,16 @@ def command(run, clusters, k, out, store, overwrite):
     (all columns and optics kept), or as a cryoDRGN-style index .pkl. A run trained with --half-sets writes
     its half-sets into rlnRandomSubset or alignments3D/split; a run trained with --refine-poses writes its
     refined poses (`hetrec export` writes every particle's)."""
-    import numpy as np
-
-    from hetrec_dist.analysis.select import cluster_members, write_subset
-    from hetrec_dist.cli.run_files import (
-        check_new_file,
-        run_checkpoint,
-        run_latents,
-        run_particle_records,
-        run_rows,
-        run_store,
-    )
-    from hetrec_dist.errors import UserError
+    from hetrec_dist.analysis.select import write_subset
+    from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
-    labels_path = os.path.join(run, f"analyze.{k}", "kmeans_labels.npy")
-    if not os.path.isfile(labels_path):
-        done = sorted(name for name in os.listdir(run) if name.startswith("analyze."))
-        also = f" (the run has {', '.join(done)}: give its --k)" if done else ""
-        raise UserError(f"{run}: no analyze.{k}/kmeans_labels.npy; run `hetrec analyze {run} --k {k}` first{also}")
+    _labels_path(run, k)
     check_new_file(out, overwrite)
-    try:
-        chosen = [int(c) for c in clusters.split(",") if c.strip()]
-    except ValueError:
-        raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
-    if not chosen:
-        raise UserError(f"--clusters {clusters!r}: give at least one cluster number")
+    chosen = parse_clusters(clusters)
     state = run_checkpoint(run)
-    _check_clusters_are_current(run, k, run_latents(run, state)[1])
     store = run_store(run, state, store)
-    indices = cluster_members(np.load(labels_path), chosen, k)  # positions in z.npy: the run's particles
-    rows = run_rows(run, state, store)
-    indices = indices if rows is None else rows[indices]
+    indices = cluster_rows(run, k, chosen, state, store)
     source_rows, half_sets = run_particle_records(run, state, store)
     poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
     write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)
@@ -61,6 +39,45 @@ def command(run, clusters, k, out, store, overwrite):
     if "pose_corrections" in state and out.lower().endswith(".pkl"):
         click.echo(f"the run refined its poses: `hetrec export {run} -o poses.pkl` writes them for cryoDRGN",
                    err=True)
+
+
+def _labels_path(run, k):
+    from hetrec_dist.errors import UserError
+
+    labels_path = os.path.join(run, f"analyze.{k}", "kmeans_labels.npy")
+    if not os.path.isfile(labels_path):
+        done = sorted(name for name in os.listdir(run) if name.startswith("analyze."))
+        also = f" (the run has {', '.join(done)}: give its --k)" if done else ""
+        raise UserError(f"{run}: no analyze.{k}/kmeans_labels.npy; run `hetrec analyze {run} --k {k}` first{also}")
+    return labels_path
+
+
+def parse_clusters(clusters):
+    """--clusters '3,7' -> [3, 7]; UserError (one line) for anything else."""
+    from hetrec_dist.errors import UserError
+
+    try:
+        chosen = [int(c) for c in clusters.split(",") if c.strip()]
+    except ValueError:
+        raise UserError(f"--clusters {clusters!r}: give cluster numbers separated by commas") from None
+    if not chosen:
+        raise UserError(f"--clusters {clusters!r}: give at least one cluster number")
+    return chosen
+
+
+def cluster_rows(run, k, chosen, state, store):
+    """The sorted store rows of the particles in clusters `chosen` of RUN/analyze.K, refused where that analysis
+    is not of the run's current latents (state: the run's checkpoint; store: its opened store)."""
+    import numpy as np
+
+    from hetrec_dist.analysis.select import cluster_members
+    from hetrec_dist.cli.run_files import run_latents, run_rows
+
+    labels_path = _labels_path(run, k)
+    _check_clusters_are_current(run, k, run_latents(run, state)[1])
+    indices = cluster_members(np.load(labels_path), chosen, k)  # positions in z.npy: the run's particles
+    rows = run_rows(run, state, store)
+    return indices if rows is None else rows[indices]
 
 
 def _check_clusters_are_current(run, k, latents_record):

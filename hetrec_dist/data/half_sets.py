@@ -65,7 +65,7 @@ def choose_half_sets(group, seed: int, rows=None) -> tuple[np.ndarray, str]:
     counts = np.bincount(values_chosen, minlength=3)[1:]
     if counts.min() == 0:
         raise UserError(f"the store puts all {len(values_chosen)} particles in half-set {int(counts.argmax()) + 1}; "
-                        "half-set training needs particles in both (reconvert from a file without "
+                        "gold-standard half-sets need particles in both (reconvert from a file without "
                         "rlnRandomSubset or alignments3D/split to split them at random)")
     in_half = np.zeros((keys.max() + 1, 2), bool)
     in_half[keys, values_chosen - 1] = True

@@ -122,14 +122,15 @@ def _mpi_flavour():
     return executable, "openmpi" if "Open MPI" in version or "OpenRTE" in version else "mpich"
 
 
-def build_command(plan: LaunchPlan, train_args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(argv, environment additions) that start `hetrec train train_args` on the planned ranks."""
+def build_command(plan: LaunchPlan, command: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment additions) that start `hetrec COMMAND…` (train or reconstruct and their arguments) on
+    the planned ranks."""
     if plan.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {plan.launcher!r} (one of {', '.join(LAUNCHERS)})")
     hosts, nodes, procs = _hosts_and_shape(plan)
     plan = dataclasses.replace(plan, master_port=_master_port(plan, hosts))
     env = _environment(plan)
-    train = ["-m", "hetrec_dist.cli", "train", *train_args]
+    train = ["-m", "hetrec_dist.cli", *command]
     if plan.launcher == "deepspeed":
         return _deepspeed(plan, hosts, nodes, procs, env, train)
     if plan.launcher == "mpirun":

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hetrec_dist.model.encoder import ResidualMLPEncoder
-from hetrec_dist.physics.ctf import ctf_2d
+from hetrec_dist.physics.ctf import particle_ctfs
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk, squared_magnitude
 from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map, soft_sphere_mask
 from hetrec_dist.physics.pose_derivatives import rotation_jacobian, slice_spatial_gradient
@@ -45,11 +45,6 @@ class HetVAE(nn.Module):
         self.disk = HalfDisk.build(shape.box, radius)
         self.register_buffer("encoder_points", self.disk.coords.norm(dim=1) <= shape.encoder_radius * shape.box,
                              persistent=False)
-        # rfft2(ifftshift(image)) = rfft2(image) x exp(2 pi i (kx + ky) (D // 2) / D): the half-disk's share of
-        # that phase instead of an ifftshift of every image, which cost as much as the FFT
-        shift = 2 * torch.pi * (shape.box // 2) / shape.box * self.disk.coords.double().sum(1)
-        self.register_buffer("centring", torch.polar(torch.ones_like(shift), shift).to(torch.complex64),
-                             persistent=False)
         self.encoder = ResidualMLPEncoder(2 * int(self.encoder_points.sum()), shape.zdim, shape.encoder_hidden,
                                           shape.encoder_blocks)
         self.decoder = nn.Linear(shape.zdim, shape.n_basis)
@@ -69,17 +64,14 @@ class HetVAE(nn.Module):
     def basis_weights(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.ones_like(z[:, :1]), self.decoder(z)], dim=1)
 
-    def _spectra(self, images: torch.Tensor) -> torch.Tensor:
-        """Half-disk Fourier coefficients (B x P, complex) of images (B x D x D, centre at D // 2), normalised
-        by the store's pixel standard deviation."""
-        spectra = self.disk.take(torch.fft.rfft2(images, norm="ortho"))
-        return spectra * (self.centring.to(spectra.dtype) / self.image_std)
+    def _spectra(self, images: torch.Tensor, shifts_px: torch.Tensor | None = None) -> torch.Tensor:
+        """Half-disk Fourier coefficients (B x P, complex) of images (B x D x D, centre at D // 2), moved back by
+        shifts_px where given (HalfDisk.image_spectra), normalised by the store's pixel standard deviation."""
+        return self.disk.image_spectra(images, shifts_px, self.image_std)
 
     def observed_spectra(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Half-disk Fourier coefficients of the normalised images, shift-corrected (B x P, complex)."""
-        spectra = self._spectra(batch["images"])
-        phase = -2 * torch.pi * (batch["shifts"].to(batch["images"].dtype) @ self.disk.coords.T) / self.shape.box
-        return spectra * torch.polar(torch.ones_like(phase), phase)
+        return self._spectra(batch["images"], batch["shifts"])
 
     def background_spectra(self, batch: dict[str, torch.Tensor], mask_diameter_A: float | None = None
                            ) -> tuple[torch.Tensor, float]:
@@ -95,14 +87,8 @@ class HetVAE(nn.Module):
     def ctf(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """B x P: each image's CTF on the half-disk, with its envelope (scale, B-factor) where the batch has one
         (data.reader gives "ctf_envelope" only for stores where some particle's differs from 1, 0)."""
-        params = batch["ctf"].to(self.basis.dtype)
-        frequency = self.disk.coords / (self.shape.box * self.pixel_size_A)
-        p = [params[:, i, None] for i in range(2, 9)]
-        envelope = batch.get("ctf_envelope")
-        if envelope is not None:
-            envelope = envelope.to(self.basis.dtype)
-            p += [envelope[:, 0, None], envelope[:, 1, None]]
-        return ctf_2d(frequency[:, 0], frequency[:, 1], *p)
+        return particle_ctfs(batch["ctf"].to(self.basis.dtype), self.disk.coords, self.shape.box, self.pixel_size_A,
+                             batch.get("ctf_envelope"))
 
     def encode(self, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         points = observed[:, self.encoder_points]

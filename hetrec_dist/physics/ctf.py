@@ -69,3 +69,15 @@ def ctf_2d(freq_x: _ArrayOrScalar, freq_y: _ArrayOrScalar, defocus_u_A: _ArrayOr
     scale = 1.0 if scale is None else scale
     bfactor_A2 = 0.0 if bfactor_A2 is None else bfactor_A2
     return -xp.sin(chi) * scale * xp.exp(-0.25 * bfactor_A2 * s2)
+
+
+def particle_ctfs(ctf: "torch.Tensor", points_2d: "torch.Tensor", box: int, pixel_size_A: float,
+                  envelope: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """Each particle's CTF (B x P) at the integer Fourier points (P x 2, (kx, ky)) of a box-D image: ctf is the
+    store's ctf array (B x 9, CTF_COLUMNS), envelope its ctf_envelope (B x 2: scale, B in A^2) or None."""
+    frequency = points_2d.to(ctf.dtype) / (box * pixel_size_A)
+    p = [ctf[:, i, None] for i in range(2, 9)]
+    if envelope is not None:
+        envelope = envelope.to(ctf.dtype)
+        p += [envelope[:, 0, None], envelope[:, 1, None]]
+    return ctf_2d(frequency[:, 0], frequency[:, 1], *p)

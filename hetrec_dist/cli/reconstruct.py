@@ -1,0 +1,176 @@
+"""hetrec reconstruct: a model-free, gold-standard reconstruction of any set of particles."""
+
+import os
+
+import click
+
+from hetrec_dist.cli.command_line import refuse_empty
+
+OUTPUTS = ("half1.mrc", "half2.mrc", "map.mrc", "fsc.png", "reconstruct.json")
+
+
+@click.command("reconstruct")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=refuse_empty,
+              help="Folder for half1.mrc, half2.mrc, map.mrc, fsc.png and reconstruct.json.")
+@click.option("--ind", type=click.Path(exists=True, dir_okay=False),
+              help="Only these particles: an index file (rows of the store's input, as `train --ind` and "
+                   "cryoDRGN's --ind take; `hetrec select -o x.pkl` writes one).")
+@click.option("--exclude", type=click.Path(exists=True, dir_okay=False),
+              help="Every particle but these (an index file, as --ind).")
+@click.option("--clusters", help="SOURCE a run: the particles of these clusters of RUN/analyze.K, e.g. 3,7.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="With --clusters: which `hetrec analyze --k`.")
+@click.option("--given-poses", is_flag=True,
+              help="SOURCE a run that refined its poses: use the store's poses, not the refined ones.")
+@click.option("--store", type=click.Path(exists=True, file_okay=False),
+              help="SOURCE a run: its particle store where it was moved or copied (the same particles, checked).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Of the random split into half-sets, where neither the store nor the run has half-sets.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier reconstruction in OUT.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def command(source, out, ind, exclude, clusters, k, given_poses, store, seed, batch_size, device, overwrite,
+            quiet):
+    """Reconstruct the particles of SOURCE (a particle store, or a training run: its particles, half-sets and
+    refined poses) from their images, poses and CTFs alone, without a model, as RELION's relion_reconstruct:
+    two half-maps from independent half-sets, the map of both, and their FSC (gold-standard, unmasked) with its
+    0.143 resolution. This is how to check, without trusting the model, that a state found in the latent space
+    is real. Several ranks: `hetrec launch --procs-per-node N -- reconstruct …`."""
+    from hetrec_dist.distributed.training_world import init_training_world
+    from hetrec_dist.train.inference import resolve_device
+
+    chosen = _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, seed)
+    _check_both_halves(chosen)
+    world = init_training_world(shared_memory=False)
+    try:
+        if world.is_root:
+            _clear_outputs(out, overwrite)
+        world.barrier()
+        insertion = _insert(chosen, batch_size, resolve_device(device, world.local_rank), world, quiet)
+        if world.is_root:
+            _write(out, insertion.reconstruct(), chosen, quiet)
+    finally:
+        world.close()
+
+
+def _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, seed):
+    """What to reconstruct, as a dict: store (path), rows (sorted store rows or None: all), half_sets (N, store
+    order), where they came from (words), poses (refined rotations and shifts, or None) and a description."""
+    from hetrec_dist.data.half_sets import choose_half_sets
+    from hetrec_dist.data.store import open_store
+    from hetrec_dist.data.subset import subset_rows
+    from hetrec_dist.errors import UserError
+
+    is_run = os.path.isdir(os.path.join(source, "checkpoints"))
+    if not is_run:
+        for option, value in (("--clusters", clusters), ("--given-poses", given_poses), ("--store", store)):
+            if value:
+                raise UserError(f"{option} needs SOURCE to be a training run; {source} is not one (no checkpoints/)")
+        group = open_store(source)
+        rows = subset_rows(group, ind, exclude) if ind or exclude else None
+        half_sets, where = choose_half_sets(group, seed, rows)
+        return {"store": source, "rows": rows, "half_sets": half_sets, "half_sets_from": where, "poses": None,
+                "what": "every particle" if rows is None else "the particles --ind/--exclude chose"}
+    return _run_particles(source, ind, exclude, clusters, k, given_poses, store, seed)
+
+
+def _run_particles(run, ind, exclude, clusters, k, given_poses, store_path, seed):
+    import numpy as np
+
+    from hetrec_dist.cli.run_files import run_checkpoint, run_particle_records, run_rows, run_store, run_store_path
+    from hetrec_dist.cli.select import cluster_rows, parse_clusters
+    from hetrec_dist.data.half_sets import choose_half_sets
+    from hetrec_dist.data.subset import subset_rows
+    from hetrec_dist.errors import UserError
+    from hetrec_dist.train.pose_refinement import checkpoint_poses
+
+    state = run_checkpoint(run)
+    store = run_store(run, state, store_path)
+    rows = run_rows(run, state, store)
+    what = "the run's particles"
+    if clusters:
+        chosen = parse_clusters(clusters)
+        rows = cluster_rows(run, k, chosen, state, store)
+        what = f"clusters {','.join(map(str, chosen))} of analyze.{k}"
+    if ind or exclude:
+        picked = subset_rows(store, ind, exclude)
+        rows = picked if rows is None else np.intersect1d(rows, picked)
+        what += " that --ind/--exclude chose"
+    if rows is not None and not len(rows):
+        raise UserError(f"no particles left: {what} are none")
+    half_sets = run_particle_records(run, state, store)[1]
+    where = "the run's"
+    if half_sets is None:
+        half_sets, where = choose_half_sets(store, seed, rows)
+    poses = None if given_poses else checkpoint_poses(state, store)
+    return {"store": store_path or run_store_path(run), "rows": rows, "half_sets": half_sets,
+            "half_sets_from": where, "poses": poses,
+            "what": what + (", with the run's refined poses" if poses is not None else "")}
+
+
+def _check_both_halves(chosen):
+    import numpy as np
+
+    from hetrec_dist.errors import UserError
+
+    half_sets = chosen["half_sets"] if chosen["rows"] is None else chosen["half_sets"][chosen["rows"]]
+    counts = np.bincount(half_sets, minlength=3)[1:]
+    if counts.min() == 0:
+        raise UserError(f"{chosen['what']}: {len(half_sets)} particle(s), all in half-set {counts.argmax() + 1} "
+                        f"({chosen['half_sets_from']}); a gold-standard reconstruction needs particles in both")
+
+
+def _clear_outputs(out, overwrite):
+    """An earlier reconstruction's outputs in OUT are refused without --overwrite and removed with it, so that
+    a reconstruction stopped half-way never leaves old files beside new ones (reconstruct.json is written last)."""
+    from hetrec_dist.data.atomic_files import refuse_link
+    from hetrec_dist.errors import UserError
+
+    refuse_link(out)
+    earlier = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise UserError(f"{out} holds an earlier reconstruction ({', '.join(earlier)}); give another -o or "
+                        "--overwrite to replace it")
+    for name in earlier:
+        os.remove(os.path.join(out, name))
+    os.makedirs(out, exist_ok=True)
+
+
+def _insert(chosen, batch_size, device, world, quiet):
+    from hetrec_dist.analysis.reconstruct import insert_particles
+
+    insertion = insert_particles(chosen["store"], chosen["half_sets"], chosen["rows"], chosen["poses"],
+                                 batch_size=batch_size, device=device, rank=world.rank, world_size=world.size,
+                                 show_progress=not quiet and world.is_root)
+    insertion.sum_over(world)
+    return insertion
+
+
+def _write(out, result, chosen, quiet):
+    import json
+
+    from hetrec_dist.analysis.plots import fsc_plot
+    from hetrec_dist.cli.command_line import reproducible_command
+    from hetrec_dist.data.atomic_files import write_text
+    from hetrec_dist.data.map_files import write_map
+    from hetrec_dist.data.reader import ParticleStore
+
+    store = ParticleStore(chosen["store"])
+    pixel_size_A, box = store.pixel_size_A, store.box
+    for index, half_map in enumerate(result.half_maps, 1):
+        write_map(os.path.join(out, f"half{index}.mrc"), half_map, pixel_size_A)
+    write_map(os.path.join(out, "map.mrc"), result.map, pixel_size_A)
+    fsc_plot({"half-maps": result.fsc["curve"]}, box, pixel_size_A, os.path.join(out, "fsc.png"))
+    summary = {"command": reproducible_command(), "store": os.path.abspath(chosen["store"]),
+               "particles": sum(result.particles), "particles_per_half_set": list(result.particles),
+               "which": chosen["what"], "half_sets_from": chosen["half_sets_from"],
+               "pixel_size_A": pixel_size_A, "box": box, **{key: result.fsc[key] for key in
+                                                           ("resolution_0.143_A", "resolution_0.5_A", "curve")},
+               "shell_frequency_per_A": [shell / (box * pixel_size_A) for shell in range(len(result.fsc["curve"]))]}
+    write_text(os.path.join(out, "reconstruct.json"), json.dumps(summary, indent=1))
+    first, second = result.particles
+    click.echo(f"reconstructed {first + second:,} particles ({chosen['what']}; half-sets {first:,} + {second:,}, "
+               f"{chosen['half_sets_from']}): gold-standard FSC = 0.143 at {result.fsc['resolution_0.143_A']:.1f} Å "
+               f"(unmasked); wrote {out}/map.mrc, half1.mrc, half2.mrc, fsc.png", err=True)
