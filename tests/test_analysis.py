@@ -301,7 +301,7 @@ def test_a_failed_analysis_leaves_the_previous_one_whole(analyzed_run, sim_dir, 
     np.save(truth / "coordinates.npy", np.load(truth / "coordinates.npy")[:100])
     result = run_cli("analyze", analyzed_run, "--k", 4, "--gt", truth, "--seed", 7, "--device", "cpu",
                      expect_ok=False)
-    assert_one_line_error(result, "ground truth has 100 coordinates but the run 300 particles")
+    assert_one_line_error(result, "ground truth has 100 particles but the run 300 particles")
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
     assert not (analyzed_run / "analyze.4.partial").exists()
 

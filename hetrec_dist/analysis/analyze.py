@@ -68,9 +68,9 @@ CAPTIONS = {  # what each plot shows, for the page
     "pc1_resolution.png": "The gold-standard resolution (FSC = 0.143 of the half-maps) at each step along PC1.",
     "path_traversal.png": "Maps at evenly spaced particles along the path, on shared grey scales.",
     "path_on_pca.png": "The path's course over the PCA landscape; its maps numbered.",
-    "pca_ground_truth.png": "The latents coloured by the simulation's true coordinate: a smooth gradient along "
-                            "PC1 is the motion found.",
-    "umap_ground_truth.png": "The UMAP coloured by the true coordinate.",
+    "pca_ground_truth.png": "The latents coloured by the simulation's true coordinate (a smooth gradient along PC1 "
+                            "is the motion found) or state (each apart from the others: the states found).",
+    "umap_ground_truth.png": "The UMAP coloured by the true coordinate (or state).",
     "training_curves.png": "The loss per epoch: the data term (the images' misfit) and the KL term (the latents' "
                            "spread against the prior).",
 }
@@ -96,6 +96,8 @@ def evaluation_section(run, epoch):
         return ""
     if epoch is None or result.get("epoch") != epoch:
         return ""
+    if result.get("kind") == "composition":
+        return _composition_section(result, epoch)
     rows = "".join(f"<tr><td>{m['coordinate']:.2f}</td><td>{m['n_particles']}</td>"
                    f"<td>{m['resolution_0.5_A']:.1f} Å</td><td>{m['mean_fsc']:.3f}</td></tr>"
                    for m in result.get("maps", []))
@@ -104,6 +106,21 @@ def evaluation_section(run, epoch):
             f"{abs(result['latent_pc1_spearman']):.3f}; held-out linear R² {result['latent_linear_r2']:.3f}.</p>"
             "<table border='1' cellpadding='3'><tr><th>true coordinate</th><th>particles near it</th>"
             f"<th>FSC = 0.5 against the true map</th><th>mean FSC</th></tr>{rows}</table>")
+
+
+def _composition_section(result, epoch):
+    from hetrec_dist.analysis.ground_truth import summary_line
+
+    subunits = len(result["states"][0]["occupancy"]) if result["states"] else 0
+    names = "".join(f"<th>{chr(ord('A') + j)}</th>" for j in range(subunits))
+    rows = "".join(f"<tr><td>{s['state']}</td><td>{s['subunits']}</td><td>{s['n_particles']}</td>"
+                   f"<td>{s['resolution_0.5_A']:.1f} Å</td>"
+                   + "".join(f"<td>{v:.2f}</td>" for v in s["occupancy"]) + "</tr>" for s in result["states"])
+    return (f"<h2>Against the ground truth (hetrec eval, epoch {epoch})</h2><p>{html.escape(summary_line(result))}."
+            "</p><p>The map at each true state's mean latent: its FSC = 0.5 against the state's true map, and each "
+            "subunit's occupancy in it (1: as strong as the core; 0: absent).</p>"
+            "<table border='1' cellpadding='3'><tr><th>state</th><th>subunits</th><th>particles</th>"
+            f"<th>FSC = 0.5</th>{names}</tr>{rows}</table>")
 
 
 def _page(summary, out_dir, evaluation=""):
@@ -221,9 +238,10 @@ def path_end(text, n_particles, k):
     return ("centre" if match.group(1) else "particle", value)
 
 
-def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversal=10, particles=None,
+def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, particles=None,
                 with_umap=True, path_ends=None, latents_record=None):
-    """PCA, k-means, maps and their pictures, plots and the page (module doc). particles: {label: (N,) array}
+    """PCA, k-means, maps and their pictures, plots and the page (module doc). truth: (label, values N, kind) of
+    a simulation's truth to colour by (analysis.ground_truth.truth_colouring), or None. particles: {label: (N,) array}
     to colour the latents by (cli.run_files.particle_metadata), or None. with_umap: also a UMAP of a
     sample (latents of 3 dimensions or more). path_ends: two --path ends (path_end), for maps along the
     data between them (latent.graph_path). latents_record: what made z (RUN/z.json), kept in summary.json
@@ -231,8 +249,8 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
     ends = [path_end(end, len(z), k) for end in path_ends or ()]
-    if gt_coordinates is not None and len(gt_coordinates) != len(z):
-        raise UserError(f"ground truth has {len(gt_coordinates)} coordinates but the run {len(z)} particles")
+    if truth is not None and len(truth[1]) != len(z):
+        raise UserError(f"ground truth has {len(truth[1])} particles but the run {len(z)} particles")
     final_dir = os.path.join(run_dir, f"analyze.{k}")
     # built aside, in a new private folder, and moved into place whole: never a page of mixed runs
     out_dir = tempfile.mkdtemp(prefix=f"analyze.{k}{TEMPORARY_MARK}", dir=run_dir)
@@ -240,7 +258,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
         os.makedirs(os.path.join(out_dir, sub))
     save_pickle(os.path.join(run_dir, "z.pkl"), z)
     try:
-        summary = _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, particles, with_umap,
+        summary = _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap,
                            ends, path_ends, latents_record)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -252,7 +270,7 @@ def analyze_run(run_dir, model, z, k=20, gt_coordinates=None, seed=0, n_traversa
     return final_dir, summary
 
 
-def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, particles, with_umap, ends, path_ends,
+def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap, ends, path_ends,
              latents_record):
     """analyze_run's work, written into out_dir; returns the summary."""
     fitted = pca(z)
@@ -308,8 +326,9 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
         plots.resolution_along(resolutions["pc1"], resolutions["limit_A"],
                                os.path.join(plot_dir, "pc1_resolution.png"), "PC1")
         names.append("pc1_resolution.png")
-    if gt_coordinates is not None:
-        plots.coloured_by(xy, gt_coordinates, os.path.join(plot_dir, "pca_ground_truth.png"), "true coordinate")
+    if truth is not None:
+        label, values, kind = truth
+        plots.coloured_by(xy, values, os.path.join(plot_dir, "pca_ground_truth.png"), label, kind=kind)
         names.append("pca_ground_truth.png")
     for label, values in (particles or {}).items():
         if len(values) == len(z):
@@ -329,9 +348,9 @@ def _analyze(out_dir, run_dir, model, z, k, gt_coordinates, seed, n_traversal, p
         plots.landscape(umap_xy, labels[rows], centres_xy, os.path.join(plot_dir, "umap_clusters.png"),
                         ("UMAP1", "UMAP2"))
         names.append("umap_clusters.png")
-        if gt_coordinates is not None:
-            plots.coloured_by(umap_xy, gt_coordinates[rows], os.path.join(plot_dir, "umap_ground_truth.png"),
-                              "true coordinate", ("UMAP1", "UMAP2"))
+        if truth is not None:
+            plots.coloured_by(umap_xy, truth[1][rows], os.path.join(plot_dir, "umap_ground_truth.png"), truth[0],
+                              ("UMAP1", "UMAP2"), truth[2])
             names.append("umap_ground_truth.png")
     level = chimerax_level(read_map(os.path.join(maps_dir, maps["kmeans"][0])))
     write_chimerax_script(os.path.join(out_dir, "chimerax.cxc"), maps, level)

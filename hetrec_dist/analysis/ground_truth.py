@@ -50,9 +50,14 @@ def check_ground_truth_extent(directory, box, pixel_size_A):
                         f"{box} of {pixel_size_A:g} Å: not the same field of view, so they cannot be compared")
 
 
+def map_at_box(volume, box):
+    """A true map Fourier-cropped to `box` (the model's, after convert --box)."""
+    return fourier_crop(volume.astype(np.float64), box, ndim=3)
+
+
 def maps_at_box(maps, box):
-    """[(coordinate, map)] with each map Fourier-cropped to `box` (the model's, after convert --box)."""
-    return [(coordinate, fourier_crop(volume.astype(np.float64), box, ndim=3)) for coordinate, volume in maps]
+    """[(coordinate, map)] with each map at `box` (map_at_box)."""
+    return [(coordinate, map_at_box(volume, box)) for coordinate, volume in maps]
 
 
 def read_ground_truth(directory, store_attrs=None, rows=None):
@@ -69,6 +74,16 @@ def read_ground_truth(directory, store_attrs=None, rows=None):
         coordinates = coordinates[rows]
     maps = [(m["coordinate"], mrcfile.read(os.path.join(directory, m["file"]))) for m in truth["maps"]]
     return coordinates, maps
+
+
+def truth_colouring(directory, store_attrs=None, rows=None):
+    """(label, per-particle values, kind) to colour particles by their truth: a compositional ground truth's
+    states ("categorical", -1 for junk), else the true coordinate ("continuous", NaN for junk)."""
+    if is_composition(directory):
+        if store_attrs is not None:
+            check_ground_truth_belongs(directory, store_attrs)
+        return "true state (-1: junk)", read_composition(directory, rows)["states"].astype(float), "categorical"
+    return "true coordinate", read_ground_truth(directory, store_attrs, rows)[0], "continuous"
 
 
 def latent_order_correlation(z, coordinates):
@@ -138,13 +153,79 @@ def junk_separation_auc(z, junk):
     return float(np.mean(scores))
 
 
+def is_composition(directory):
+    """Whether a ground truth is of `hetrec simulate --assembly` (discrete states) rather than a motion."""
+    return _ground_truth_record(directory).get("kind") == "composition"
+
+
+def read_composition(directory, rows=None):
+    """A compositional ground truth (`hetrec simulate --assembly`): {states: each particle's (or those at store
+    `rows`'), -1 for junk; junk (bool); state_maps: [(record, map)]; core and subunits: the parts' maps}."""
+    truth = _ground_truth_record(directory)
+    states = np.load(os.path.join(directory, truth["states_file"]))
+    if rows is not None:
+        if len(rows) and rows.max() >= len(states):
+            raise UserError(f"{directory}: holds {len(states)} particles' truth, fewer than the store")
+        states = states[rows]
+    read = lambda name: mrcfile.read(os.path.join(directory, name))  # noqa: E731
+    return {"states": states, "junk": states < 0,
+            "state_maps": [(state, read(state["file"])) for state in truth["states"]],
+            "core": read(truth["core_map"]), "subunits": [read(name) for name in truth["subunit_maps"]]}
+
+
+@torch.no_grad()
+def evaluate_composition(model, z, truth, map_dir=None):
+    """Per true state: FSC of the map decoded at the mean latent of its particles against the state's true map,
+    and each subunit's occupancy in it (analysis.composition); the states' and the junk's separation in the
+    latent space. truth: read_composition's, its maps at the model's box."""
+    from hetrec_dist.analysis.composition import (
+        composition_summary,
+        junk_separation,
+        occupancies,
+        state_separation,
+    )
+
+    states, junk = truth["states"], truth["junk"]
+    if len(z) != len(states):
+        raise UserError(f"{len(z)} latents but {len(states)} ground-truth states")
+    per_state = []
+    for index, (record, true_map) in enumerate(truth["state_maps"]):
+        members = states == index
+        if not members.any():
+            continue
+        latent = torch.from_numpy(z[members].mean(axis=0)).to(model.basis.device)
+        decoded = model.volume(latent).cpu().numpy()
+        if map_dir is not None:
+            write_map(os.path.join(map_dir, f"decoded_{index:02d}.mrc"), decoded, model.pixel_size_A)
+        occupancy = occupancies(decoded, truth["core"], truth["subunits"], model.pixel_size_A)
+        per_state.append({"state": index, "subunits": record["subunits"], "n_particles": int(members.sum()),
+                          "occupancy": occupancy.tolist(), **fsc_summary(decoded, true_map, model.pixel_size_A)})
+    result = {"kind": "composition", "states": per_state,
+              "mean_fsc": float(np.mean([s["mean_fsc"] for s in per_state])),
+              "mean_resolution_0.5_A": float(np.mean([s["resolution_0.5_A"] for s in per_state])),
+              **composition_summary(per_state), **state_separation(z[~junk], states[~junk])}
+    if junk.any():
+        result["junk_neighbour_auc"] = junk_separation(z, junk)
+    return result
+
+
+def summary_line(result):
+    """One line of an evaluation's main scores (evaluate's or evaluate_composition's)."""
+    if result.get("kind") == "composition":
+        line = (f"mean FSC {result['mean_fsc']:.4f}, occupancy of present subunits >= "
+                f"{result['min_present_occupancy']:.2f}, of absent <= {result['max_absent_occupancy']:.2f}, "
+                f"states ARI {result['ari']:.3f}, neighbour purity {result['neighbour_purity']:.3f} (rarest state "
+                f"{result['rarest_state_purity']:.3f})")
+        return line + (f", junk AUC {result['junk_neighbour_auc']:.3f}" if "junk_neighbour_auc" in result else "")
+    return (f"mean FSC {result['mean_fsc']:.4f}, latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}, "
+            f"linear R^2 {result['latent_linear_r2']:.4f}")
+
+
 def run_evaluator(run_dir, gt_dir):
     """The evaluation `hetrec train --gt` does (see train.trainer.Trainer's evaluate): evaluate_run, and a
     line for train.log."""
     def evaluate_and_summarise(model, z, epoch, metrics, rows):
-        result = evaluate_run(run_dir, model, z, gt_dir, metrics, epoch, rows)
-        return (f"mean FSC {result['mean_fsc']:.4f}, latent PC1 |Spearman| {result['latent_pc1_spearman']:.4f}, "
-                f"linear R^2 {result['latent_linear_r2']:.4f}")
+        return summary_line(evaluate_run(run_dir, model, z, gt_dir, metrics, epoch, rows))
     return evaluate_and_summarise
 
 
@@ -152,15 +233,21 @@ def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None, rows=None)
     """evaluate() for a run: RUN/eval.json, decoded maps in RUN/eval_maps/, and eval/* scalars on `metrics`
     (a train.metrics logger) at `epoch`. rows: the store rows of z's particles (a run on a subset)."""
     check_ground_truth_extent(gt_dir, model.shape.box, model.pixel_size_A)
-    coordinates, maps = read_ground_truth(gt_dir, rows=rows)
     refuse_link(os.path.join(run_dir, "eval_maps"))
-    result = evaluate(model, z, coordinates, maps_at_box(maps, model.shape.box),
-                      map_dir=os.path.join(run_dir, "eval_maps"))
+    map_dir = os.path.join(run_dir, "eval_maps")
+    if is_composition(gt_dir):
+        truth, box = read_composition(gt_dir, rows), model.shape.box
+        truth.update(state_maps=[(record, map_at_box(volume, box)) for record, volume in truth["state_maps"]],
+                     core=map_at_box(truth["core"], box), subunits=[map_at_box(v, box) for v in truth["subunits"]])
+        result = evaluate_composition(model, z, truth, map_dir)
+        scores = ("mean_fsc", "mean_resolution_0.5_A", "min_present_occupancy", "max_absent_occupancy", "ari",
+                  "neighbour_purity", "rarest_state_purity", "junk_neighbour_auc")
+    else:
+        coordinates, maps = read_ground_truth(gt_dir, rows=rows)
+        result = evaluate(model, z, coordinates, maps_at_box(maps, model.shape.box), map_dir=map_dir)
+        scores = ("mean_fsc", "mean_resolution_0.5_A", "latent_pc1_spearman", "latent_linear_r2")
     result["epoch"] = epoch
     write_text(os.path.join(run_dir, "eval.json"), json.dumps(result, indent=2))
     if metrics is not None:
-        metrics.scalars({"eval/mean_fsc": result["mean_fsc"],
-                         "eval/mean_resolution_0.5_A": result["mean_resolution_0.5_A"],
-                         "eval/latent_pc1_spearman": result["latent_pc1_spearman"],
-                         "eval/latent_linear_r2": result["latent_linear_r2"]}, epoch)
+        metrics.scalars({f"eval/{name}": result[name] for name in scores if result.get(name) is not None}, epoch)
     return result

@@ -11,7 +11,7 @@ from hetrec_dist.cli.command_line import moved_store_option
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="k-means clusters.")
 @click.option("--gt", "gt_dir", type=click.Path(exists=True, file_okay=False),
-              help="Ground truth of a simulated dataset: also colour the latents by the true coordinate.")
+              help="Ground truth of a simulated dataset: also colour the latents by the true coordinate (or state).")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="A checkpoint file (default: the run's last.pt).")
 @moved_store_option
@@ -27,7 +27,7 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
     """PCA and UMAP of RUN/z.npy, k-means with maps at the particles nearest
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
-    from hetrec_dist.analysis.ground_truth import read_ground_truth
+    from hetrec_dist.analysis.ground_truth import truth_colouring
     from hetrec_dist.cli.run_files import (
         particle_metadata,
         run_checkpoint,
@@ -54,12 +54,12 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
         check_same_particles(state, content_sha256(group), store, run, "--store")
         rows = run_rows(run, state, group)
         store_attrs, particles = group.attrs.asdict(), particle_metadata(group, rows)
-    coordinates = read_ground_truth(gt_dir, store_attrs, rows)[0] if gt_dir else None
+    truth = truth_colouring(gt_dir, store_attrs, rows) if gt_dir else None
     if with_umap and z.shape[1] < 3:
         click.echo(f"UMAP left out: the latents have {z.shape[1]} dimension(s), which PCA shows whole", err=True)
     earlier = os.path.isdir(os.path.join(run, f"analyze.{k}"))
     try:
-        out_dir, summary = analyze_run(run, model, z, k, coordinates, seed, particles=particles,
+        out_dir, summary = analyze_run(run, model, z, k, truth, seed, particles=particles,
                                        with_umap=with_umap, path_ends=path_ends, latents_record=record)
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "

@@ -19,7 +19,9 @@ def command(run, gt_dir, checkpoint, store, device):
     """Per ground-truth conformation: FSC between the map decoded at the mean latent of its particles and
     the true map (resolution at 0.5 and 0.143, mean FSC); |Spearman| of latent PC1 against the true
     coordinate, and the held-out R^2 of the coordinate predicted linearly from z; for a run trained with
-    --half-sets, also its half-maps' FSC=0.143 resolution at each of these latents. Writes RUN/eval.json,
+    --half-sets, also its half-maps' FSC=0.143 resolution at each of these latents. For `simulate --assembly`
+    data, per true state: the FSC and each subunit's occupancy in the map at its particles' mean latent; the
+    states' separation in the latent space (k-means ARI, neighbour purity) and the junk's (AUC). Writes RUN/eval.json,
     the decoded maps RUN/eval_maps/decoded_NN.mrc and eval/* scalars to RUN/tb at the checkpoint's epoch.
     `hetrec train --gt DIR --eval-every N` does the same during training."""
     from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs, evaluate_run
@@ -34,6 +36,9 @@ def command(run, gt_dir, checkpoint, store, device):
     metrics = TensorBoardLogger(os.path.join(run, "tb"))
     result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"], run_rows(run, state, group))
     metrics.close()
+    if result.get("kind") == "composition":
+        _echo_composition(result)
+        return
     for m in result["maps"]:
         click.echo(f"coordinate {m['coordinate']:.2f}: FSC=0.5 at {m['resolution_0.5_A']:.1f} Å, "
                    f"0.143 at {m['resolution_0.143_A']:.1f} Å, mean FSC {m['mean_fsc']:.3f} "
@@ -42,3 +47,13 @@ def command(run, gt_dir, checkpoint, store, device):
                       if "half_map_resolution_0.143_A" in m else ""))
     click.echo(f"mean FSC {result['mean_fsc']:.3f}; latent PC1 |Spearman| {result['latent_pc1_spearman']:.3f}; "
                f"held-out linear R^2 of the coordinate from z {result['latent_linear_r2']:.3f}")
+
+
+def _echo_composition(result):
+    from hetrec_dist.analysis.ground_truth import summary_line
+
+    for s in result["states"]:
+        occupancy = " ".join(f"{chr(ord('A') + j)} {value:.2f}" for j, value in enumerate(s["occupancy"]))
+        click.echo(f"state {s['state']} ({s['subunits']}, {s['n_particles']} particles): FSC=0.5 at "
+                   f"{s['resolution_0.5_A']:.1f} Å, mean FSC {s['mean_fsc']:.3f}; occupancy {occupancy}")
+    click.echo(summary_line(result))

@@ -18,7 +18,7 @@ KMEANS_WITHOUT_ANALYSIS = 10  # clusters to colour by where the run has no `hetr
               help="Address to listen on. This machine only by default; any other address (e.g. 0.0.0.0) is "
                    "reachable from the network, so the page then needs a token, printed in its address.")
 @click.option("--gt", "gt_dir", type=click.Path(exists=True, file_okay=False),
-              help="Ground truth of a simulated dataset: also colour the particles by the true coordinate.")
+              help="Ground truth of a simulated dataset: also colour the particles by the true coordinate (or state).")
 @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint file (default: the run's last).")
 @moved_store_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -225,7 +225,7 @@ def _particle_colourings(group, records, gt_dir):
     of the pose correction, the true coordinate."""
     import numpy as np
 
-    from hetrec_dist.analysis.ground_truth import read_ground_truth
+    from hetrec_dist.analysis.ground_truth import truth_colouring
     from hetrec_dist.analysis.plots import COLOUR_KINDS
     from hetrec_dist.cli.run_files import particle_metadata
     from hetrec_dist.explore.session import Colouring
@@ -242,5 +242,6 @@ def _particle_colourings(group, records, gt_dir):
         colourings["pose correction (°)"] = Colouring(take(np.degrees(np.arccos(np.clip(cosine, -1, 1)))))
         colourings["shift correction (px)"] = Colouring(take(np.linalg.norm(poses[1] - group["shifts"][:], axis=1)))
     if gt_dir:
-        colourings["true coordinate"] = Colouring(read_ground_truth(gt_dir, group.attrs.asdict(), rows)[0])
+        label, values, kind = truth_colouring(gt_dir, group.attrs.asdict(), rows)
+        colourings[label] = Colouring(values, kind)
     return colourings

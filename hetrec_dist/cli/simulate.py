@@ -3,6 +3,7 @@
 import click
 
 from hetrec_dist.cli.command_line import finite_floats, refuse_empty
+from hetrec_dist.simulate.atom_models import ASSEMBLY_STATES
 
 
 @click.command("simulate")
@@ -37,6 +38,12 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty
               help="PDB/mmCIF file to image instead of the built-in hinge.")
 @click.option("--atoms-end", type=click.Path(dir_okay=False, exists=True),
               help="Second conformation of --atoms (same atoms) to move towards.")
+@click.option("--assembly", is_flag=True,
+              help="Simulate the built-in assembly instead of the hinge: a core and four peripheral subunits (A-D), "
+                   "in discrete states that differ by which subunits are present; junk (--junk-fraction) is "
+                   "then half loose subunits, half empty images.")
+@click.option("--states", help="With --assembly: which subunits each state has and its share of the particles, "
+                               f"e.g. 1111:60,1010:40 (default {ASSEMBLY_STATES}).")
 @click.option("--atom-sigma", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
               help="Gaussian width (Å) of --atoms atoms.")
 @click.option("--n-maps", type=click.IntRange(min=2), default=5, show_default=True,
@@ -44,22 +51,31 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty
 @click.option("--images-per-stack", type=click.IntRange(min=1), default=10000, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(out, atoms, atoms_end, atom_sigma, overwrite, quiet, **settings):
-    """Simulate particles of an object that moves along a conformational coordinate in [0, 1].
+def command(out, atoms, atoms_end, assembly, states, atom_sigma, overwrite, quiet, **settings):
+    """Simulate particles of an object that moves along a conformational coordinate in [0, 1], or (--assembly)
+    of an assembly in discrete states of composition.
 
     Writes OUT/particles.star (RELION 3.1), OUT/stacks/*.mrcs and OUT/ground_truth/ (the coordinate of
-    every particle, the true poses, which particles are junk, and maps at --n-maps coordinates). Images are
+    every particle, the true poses, which particles are junk, and maps at --n-maps coordinates; --assembly:
+    each particle's state, and maps of each state, of the core and of each subunit). Images are
     real-space projections of Gaussian atoms at uniformly random orientations, with random shifts, an
     astigmatic CTF and Gaussian noise. The defaults make a box-128 dataset of 10,000 particles in about
     three minutes on 2 cores.
     """
     from hetrec_dist.errors import UserError
-    from hetrec_dist.simulate.atom_models import hinge_model, structure_model
+    from hetrec_dist.simulate.atom_models import assembly_model, hinge_model, structure_model
     from hetrec_dist.simulate.dataset import SimulationSettings, simulate_dataset
 
     if atoms_end and not atoms:
         raise UserError("--atoms-end needs --atoms")
-    model = structure_model(atoms, atoms_end, atom_sigma) if atoms else hinge_model()
+    if states and not assembly:
+        raise UserError("--states needs --assembly")
+    if assembly and atoms:
+        raise UserError("--assembly and --atoms exclude each other")
+    if assembly:
+        model = assembly_model(states or ASSEMBLY_STATES)
+    else:
+        model = structure_model(atoms, atoms_end, atom_sigma) if atoms else hinge_model()
     result = simulate_dataset(out, model, SimulationSettings(**settings), overwrite, show_progress=not quiet)
     junk = f", {result['n_junk']} of them junk" if result["n_junk"] else ""
     snrs = settings["snr"]

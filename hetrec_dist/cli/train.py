@@ -143,11 +143,12 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
 def _echo_evaluation(run):
     import json
 
+    from hetrec_dist.analysis.ground_truth import summary_line
+
     with open(os.path.join(run, "eval.json")) as f:
         scores = json.load(f)
-    click.echo(f"against the ground truth: mean FSC {scores['mean_fsc']:.3f}, FSC=0.5 at "
-               f"{scores['mean_resolution_0.5_A']:.2f} Å, latent PC1 |Spearman| {scores['latent_pc1_spearman']:.3f}, "
-               f"linear R² {scores['latent_linear_r2']:.3f} (RUN/eval.json)", err=True)
+    click.echo(f"against the ground truth: {summary_line(scores)}; FSC=0.5 at {scores['mean_resolution_0.5_A']:.2f} Å "
+               "(RUN/eval.json)", err=True)
 
 
 def _report_latent_spread(trainer):

@@ -80,3 +80,85 @@ def structure_model(path, second_path=None, sigma_A=1.5):
     centre = start.mean(axis=0)
     return AtomModel(start=start - centre, weights=weights, sigma_A=sigma_A,
                      end=None if end is None else end - centre)
+
+
+# The built-in assembly's states: which of its four peripheral subunits (A, B, C, D) each has, and its share of
+# the particles (%), from the complete assembly down to a rare early intermediate, as in an assembly pathway.
+ASSEMBLY_STATES = "1111:25,1110:20,1101:15,1011:12,0111:10,1100:8,0011:6,1000:4"
+
+
+@dataclasses.dataclass
+class Assembly:
+    """A compositional object: a core and peripheral subunits, each present or absent by the particle's state.
+
+    core (C x 3) and subunits (one A_j x 3 array each) in Angstrom, in the map frame; states (S x J, bool): the
+    subunits each state has; populations (S, summing to 1). Every atom has weight 1 and width sigma_A."""
+    core: np.ndarray
+    subunits: list
+    sigma_A: float
+    states: np.ndarray
+    populations: np.ndarray
+
+    @property
+    def start(self) -> np.ndarray:
+        """Every atom (A x 3): the core's, then each subunit's in order."""
+        return np.concatenate([self.core, *self.subunits])
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.ones(len(self.start))
+
+    def _owners(self):
+        """Each atom's part: 0 for the core, j for subunit j (1-based)."""
+        return np.repeat(np.arange(len(self.subunits) + 1), [len(self.core)] + [len(s) for s in self.subunits])
+
+    def state_weights(self, states) -> np.ndarray:
+        """Atom weights (n x A) of particles in `states` (n, indices into self.states): 0 for absent subunits."""
+        present = np.column_stack([np.ones(len(states), bool), self.states[np.asarray(states)]])
+        return present[:, self._owners()].astype(np.float64)
+
+    def part_weights(self, part) -> np.ndarray:
+        """Atom weights (A) of one part alone: 0 the core, j subunit j."""
+        return (self._owners() == part).astype(np.float64)
+
+    def loose_subunit(self, part) -> np.ndarray:
+        """Every atom's position (A x 3) with subunit `part` moved to the box centre (a loose subunit, picked)."""
+        positions = self.start.copy()
+        mine = self._owners() == part
+        positions[mine] -= positions[mine].mean(axis=0)
+        return positions
+
+
+def parse_states(text, n_subunits=4):
+    """'1111:25,1110:20,…' (which subunits each state has, and its share in %) -> (states S x J bool,
+    populations S summing to 1); UserError (one line) for anything else."""
+    states, shares = [], []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        pattern, _, share = item.partition(":")
+        try:
+            value = float(share)
+        except ValueError:
+            value = float("nan")
+        if len(pattern) != n_subunits or set(pattern) - {"0", "1"} or not np.isfinite(value) or value <= 0:
+            raise UserError(f"--states {item!r}: give each state as {n_subunits} digits 0 or 1 (which subunits it "
+                            "has) and its share of the particles, e.g. 1110:20")
+        states.append([c == "1" for c in pattern])
+        shares.append(value)
+    if len(states) < 2:
+        raise UserError(f"--states {text!r}: give at least two states, separated by commas")
+    if len({tuple(s) for s in states}) < len(states):
+        raise UserError(f"--states {text!r}: a state is given twice")
+    return np.array(states), np.array(shares) / sum(shares)
+
+
+def assembly_model(states_text=ASSEMBLY_STATES):
+    """The built-in assembly: a core of 70 atoms and four peripheral subunits of 25 atoms each (A, B, C, D, each
+    of its own shape) around it, not related by symmetry, in the states of `states_text` (parse_states)."""
+    rng = np.random.default_rng(20261206)  # part of the model's definition, not a run's seed
+    core = rng.normal(size=(70, 3)) * [12.0, 10.0, 8.0]
+    sites = np.array([[27.0, 8.0, 4.0], [-10.0, 27.0, -6.0], [-14.0, -20.0, 17.0], [4.0, -9.0, -27.0]])
+    spreads = np.array([[6.0, 4.0, 4.0], [4.0, 6.0, 4.0], [5.0, 5.0, 3.5], [4.0, 4.0, 6.5]])
+    subunits = [site + rng.normal(size=(25, 3)) * spread for site, spread in zip(sites, spreads)]
+    centre = np.concatenate([core, *subunits]).mean(axis=0)
+    states, populations = parse_states(states_text, len(subunits))
+    return Assembly(core - centre, [s - centre for s in subunits], 3.0, states, populations)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.errors import UserError
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler, relion_euler_from_matrices
-from hetrec_dist.simulate.atom_models import AtomModel
+from hetrec_dist.simulate.atom_models import Assembly, AtomModel
 from hetrec_dist.simulate.render import apply_ctf, project_atoms, render_map
 
 BLOCK_IMAGES = 500
@@ -100,15 +100,42 @@ def junk_model(model, rng):
 
 
 def clean_images(model, particles, ctf, box, pixel_size_A, junk=None):
-    """Noise-free CTF-modulated images at the particles' true poses; rows where `junk` show junk's object."""
+    """Noise-free CTF-modulated images at the particles' true poses; rows where `junk` show junk's object (an
+    Assembly's junk: particles["junk_part"], a loose subunit or nothing)."""
     rotations = matrices_from_relion_euler(particles["rot"], particles["tilt"], particles["psi"])
     shifts = particles[["shift_x_px", "shift_y_px"]].to_numpy()
-    coordinates = np.nan_to_num(particles["coordinate"].to_numpy())
-    positions = model.positions(coordinates)
-    if junk is not None and "junk" in particles and particles["junk"].any():
-        positions[particles["junk"].to_numpy()] = junk.start
-    images = project_atoms(positions, model.weights, model.sigma_A, rotations, shifts, box, pixel_size_A)
+    if isinstance(model, Assembly):
+        positions, weights = _assembly_atoms(model, particles)
+    else:
+        positions, weights = model.positions(np.nan_to_num(particles["coordinate"].to_numpy())), model.weights
+        if junk is not None and "junk" in particles and particles["junk"].any():
+            positions[particles["junk"].to_numpy()] = junk.start
+    images = project_atoms(positions, weights, model.sigma_A, rotations, shifts, box, pixel_size_A)
     return apply_ctf(images, ctf, pixel_size_A)
+
+
+def _assembly_atoms(model, particles):
+    """(positions n x A x 3, weights n x A) of an Assembly's particles: their state's subunits, or for junk a
+    loose subunit (junk_part j > 0) or nothing (0: an empty image)."""
+    states = particles["state"].to_numpy()
+    positions = np.repeat(model.start[None], len(particles), axis=0)
+    weights = model.state_weights(np.maximum(states, 0))
+    for row in np.flatnonzero(states < 0):
+        part = int(particles["junk_part"].iloc[row])
+        weights[row] = model.part_weights(part) if part else 0.0
+        if part:
+            positions[row] = model.loose_subunit(part)
+    return positions, weights
+
+
+def _draw_states(particles, model, junk, rng):
+    """An Assembly's particles get a state (by its populations; -1 for junk) and junk a junk_part: half of it
+    empty images (0), half a loose subunit (1..J, at random)."""
+    states = rng.choice(len(model.populations), size=len(particles), p=model.populations)
+    loose = rng.integers(1, len(model.subunits) + 1, size=len(particles))
+    parts = np.where(rng.uniform(size=len(particles)) < 0.5, 0, loose)
+    return particles.assign(state=np.where(junk, -1, states), junk_part=np.where(junk, parts, -1),
+                            coordinate=np.nan)
 
 
 def noise_images(shape, pixel_size_A, spectrum, std, rng):
@@ -156,6 +183,13 @@ def _star_tables(particles, ctf, stack_names, pixel_size_A, box, groups):
     return {"optics": optics, "particles": table}
 
 
+def _write_map(directory, name, positions, weights, sigma_A, settings):
+    density = render_map(positions, weights, sigma_A, settings.box, settings.pixel_size_A).astype(np.float32)
+    with mrcfile.new(os.path.join(directory, name)) as mrc:
+        mrc.set_data(density)
+        mrc.voxel_size = settings.pixel_size_A
+
+
 def _write_ground_truth(directory, model, particles, settings, particles_sha256):
     os.makedirs(directory)
     np.save(os.path.join(directory, "coordinates.npy"), particles["coordinate"].to_numpy())
@@ -163,21 +197,38 @@ def _write_ground_truth(directory, model, particles, settings, particles_sha256)
     np.savez(os.path.join(directory, "poses.npz"),
              rotations=matrices_from_relion_euler(particles["rot"], particles["tilt"], particles["psi"]),
              shifts=particles[["shift_x_px", "shift_y_px"]].to_numpy())
-    box, pixel_size_A = settings.box, settings.pixel_size_A
-    map_coordinates = np.linspace(0.0, 1.0, settings.n_maps)
-    files = []
-    for i, (c, positions) in enumerate(zip(map_coordinates, model.positions(map_coordinates))):
-        name = f"map_{i:02d}.mrc"
-        density = render_map(positions, model.weights, model.sigma_A, box, pixel_size_A).astype(np.float32)
-        with mrcfile.new(os.path.join(directory, name)) as mrc:
-            mrc.set_data(density)
-            mrc.voxel_size = pixel_size_A
-        files.append({"file": name, "coordinate": float(c)})
+    record = {"coordinates_file": "coordinates.npy", "junk_file": "junk.npy", "poses_file": "poses.npz",
+              "box": settings.box, "pixel_size_A": settings.pixel_size_A, "particles_star": "../particles.star",
+              "particles_star_sha256": particles_sha256, "settings": dataclasses.asdict(settings)}
+    if isinstance(model, Assembly):
+        record.update(_write_assembly_truth(directory, model, particles, settings))
+    else:
+        record["maps"] = []
+        map_coordinates = np.linspace(0.0, 1.0, settings.n_maps)
+        for i, (c, positions) in enumerate(zip(map_coordinates, model.positions(map_coordinates))):
+            _write_map(directory, f"map_{i:02d}.mrc", positions, model.weights, model.sigma_A, settings)
+            record["maps"].append({"file": f"map_{i:02d}.mrc", "coordinate": float(c)})
     with open(os.path.join(directory, "ground_truth.json"), "w") as f:
-        json.dump({"maps": files, "coordinates_file": "coordinates.npy", "junk_file": "junk.npy",
-                   "poses_file": "poses.npz", "box": box, "pixel_size_A": pixel_size_A,
-                   "particles_star": "../particles.star", "particles_star_sha256": particles_sha256,
-                   "settings": dataclasses.asdict(settings)}, f, indent=2)
+        json.dump(record, f, indent=2)
+
+
+def _write_assembly_truth(directory, model, particles, settings):
+    """states.npy (each particle's state, -1 for junk), junk_parts.npy (a junk particle's loose subunit, 0 for an
+    empty image, -1 for the rest), a map of each state, of the core and of each subunit; their record."""
+    np.save(os.path.join(directory, "states.npy"), particles["state"].to_numpy())
+    np.save(os.path.join(directory, "junk_parts.npy"), particles["junk_part"].to_numpy())
+    states = []
+    for index, (present, population) in enumerate(zip(model.states, model.populations)):
+        name = f"state_{index:02d}.mrc"
+        _write_map(directory, name, model.start, model.state_weights([index])[0], model.sigma_A, settings)
+        states.append({"file": name, "subunits": "".join("1" if p else "0" for p in present),
+                       "population": float(population)})
+    parts = ["core.mrc"] + [f"subunit_{chr(ord('A') + j)}.mrc" for j in range(len(model.subunits))]
+    for part, name in enumerate(parts):
+        _write_map(directory, name, model.start, model.part_weights(part), model.sigma_A, settings)
+    return {"kind": "composition", "states_file": "states.npy", "junk_parts_file": "junk_parts.npy",
+            "states": states, "core_map": parts[0], "subunit_maps": parts[1:],
+            "maps": [{"file": s["file"], "coordinate": index} for index, s in enumerate(states)]}
 
 
 def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=True, **overrides):
@@ -196,6 +247,8 @@ def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=T
     junk = rng.uniform(size=n) < settings.junk_fraction
     particles = particles.assign(junk=junk, coordinate=np.where(junk, np.nan, particles["coordinate"]))
     other = junk_model(model, rng)
+    if isinstance(model, Assembly):
+        particles = _draw_states(particles, model, junk, rng)
     first = slice(0, min(n, BLOCK_IMAGES))
     signal = clean_images(model, particles[first], ctf[first], box, pixel_size_A, other)
     noise_std = np.sqrt(signal.var() / np.array(settings.snr))[settings.optics_groups() - 1]  # per particle

@@ -28,14 +28,14 @@ def render_map(positions_A, weights, sigma_A, box, pixel_size_A):
 
 
 def project_atoms(positions_A, weights, sigma_A, rotations, shifts_px, box, pixel_size_A):
-    """Images [n, y, x] of atoms (n x A x 3) seen at pose matrices R (n x 3 x 3): an atom at p lands at
-    (R p)[:2], and the image is translated by -shift_px (see hetrec_dist.physics.rotations)."""
+    """Images [n, y, x] of atoms (n x A x 3, weights A or n x A) seen at pose matrices R (n x 3 x 3): an atom at
+    p lands at (R p)[:2], and the image is translated by -shift_px (see hetrec_dist.physics.rotations)."""
     rotated = np.einsum("nij,naj->nai", rotations, positions_A)
     centres = rotated[..., :2] / pixel_size_A + box // 2 - shifts_px[:, None, :]
     sigma_px = sigma_A / pixel_size_A
     gx, gy = _gaussian_1d(centres[..., 0], box, sigma_px), _gaussian_1d(centres[..., 1], box, sigma_px)
-    norm = weights / (2 * np.pi * sigma_A ** 2)
-    return np.matmul(np.swapaxes(gy * norm[:, None], 1, 2), gx)
+    norm = np.asarray(weights) / (2 * np.pi * sigma_A ** 2)
+    return np.matmul(np.swapaxes(gy * norm[..., None], 1, 2), gx)
 
 
 def apply_ctf(images, ctf_params, pixel_size_A):
