@@ -60,6 +60,15 @@ def maps_at_box(maps, box):
     return [(coordinate, map_at_box(volume, box)) for coordinate, volume in maps]
 
 
+def _of_rows(values, rows, directory):
+    """values (one per particle of the simulation) of the store rows `rows` (None: all)."""
+    if rows is None:
+        return values
+    if len(rows) and rows.max() >= len(values):
+        raise UserError(f"{directory}: holds {len(values)} particles' truth, fewer than the store")
+    return values[rows]
+
+
 def read_ground_truth(directory, store_attrs=None, rows=None):
     """(true coordinate of each particle, or of those at store `rows` (a run's subset, data.subset), [(coordinate,
     map)]) of a `hetrec simulate` output; checked against the store when its attributes are given
@@ -67,11 +76,7 @@ def read_ground_truth(directory, store_attrs=None, rows=None):
     if store_attrs is not None:
         check_ground_truth_belongs(directory, store_attrs)
     truth = _ground_truth_record(directory)
-    coordinates = np.load(os.path.join(directory, truth["coordinates_file"]))
-    if rows is not None:
-        if len(rows) and rows.max() >= len(coordinates):
-            raise UserError(f"{directory}: holds {len(coordinates)} particles' truth, fewer than the store")
-        coordinates = coordinates[rows]
+    coordinates = _of_rows(np.load(os.path.join(directory, truth["coordinates_file"])), rows, directory)
     maps = [(m["coordinate"], mrcfile.read(os.path.join(directory, m["file"]))) for m in truth["maps"]]
     return coordinates, maps
 
@@ -162,11 +167,7 @@ def read_composition(directory, rows=None):
     """A compositional ground truth (`hetrec simulate --assembly`): {states: each particle's (or those at store
     `rows`'), -1 for junk; junk (bool); state_maps: [(record, map)]; core and subunits: the parts' maps}."""
     truth = _ground_truth_record(directory)
-    states = np.load(os.path.join(directory, truth["states_file"]))
-    if rows is not None:
-        if len(rows) and rows.max() >= len(states):
-            raise UserError(f"{directory}: holds {len(states)} particles' truth, fewer than the store")
-        states = states[rows]
+    states = _of_rows(np.load(os.path.join(directory, truth["states_file"])), rows, directory)
     read = lambda name: mrcfile.read(os.path.join(directory, name))  # noqa: E731
     return {"states": states, "junk": states < 0,
             "state_maps": [(state, read(state["file"])) for state in truth["states"]],
