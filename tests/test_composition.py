@@ -91,6 +91,16 @@ def test_eval_and_reconstruct_on_compositional_data(assembly_dir, tmp_path):
     assert all(len(s["occupancy"]) == 4 for s in scores["states"])
     assert 0 <= scores["junk_neighbour_auc"] <= 1 and -1 <= scores["ari"] <= 1
 
+    run_cli("analyze", run, "--k", 3, "--no-umap", "--reconstruct")
+    summary = json.loads((run / "analyze.3" / "summary.json").read_text())
+    rebuilt = summary["reconstructions"]
+    assert [r["particles"] for r in rebuilt] == summary["cluster_sizes"]
+    for record in rebuilt:
+        with mrcfile.open(run / "analyze.3" / "reconstructions" / record["map"]) as mrc:
+            assert mrc.data.shape == (32, 32, 32) and float(mrc.voxel_size.x) == pytest.approx(4.0)
+    page = (run / "analyze.3" / "index.html").read_text()
+    assert "reconstruction from its particles" in page and "cluster_reconstructions.png" in page
+
     states = np.load(assembly_dir / "ground_truth" / "states.npy")
     (tmp_path / "state2.txt").write_text("\n".join(map(str, np.flatnonzero(states == 2))))
     run_cli("reconstruct", store, "--ind", tmp_path / "state2.txt", "-o", tmp_path / "rec", "-q")

@@ -76,6 +76,24 @@ def test_half_maps_of_pure_noise_do_not_correlate():
     assert np.abs(curve[6:]).max() < 0.143  # neighbouring shells correlate (the crop): a few low ones stray
 
 
+def test_the_compiled_insertion_equals_the_slice_operators_adjoint(monkeypatch):
+    """The C loop (CPU) against PyTorch's sparse products of physics.projector (GPUs): the same sums."""
+    rng = np.random.default_rng(2)
+    box, n = 24, 40
+    arguments = (torch.as_tensor(rng.normal(size=(n, box, box)), dtype=torch.float32),
+                 torch.as_tensor(matrices_from_relion_euler(*random_relion_euler(n, rng))),
+                 torch.as_tensor(rng.normal(size=(n, 2))), torch.as_tensor(_ctf(n, box, 2.0, rng)),
+                 torch.as_tensor(rng.integers(1, 3, n)))
+    sums = []
+    for compiled in ("1", "0"):
+        monkeypatch.setenv("HETREC_COMPILED_KERNELS", compiled)
+        insertion = Insertion(box, 2.0)
+        insertion.insert(*arguments)
+        sums.append(insertion.sums)
+    assert sums[0].abs().sum() > 0
+    torch.testing.assert_close(sums[0], sums[1], rtol=1e-5, atol=1e-6 * float(sums[1].abs().max()))
+
+
 def test_reconstruct_a_store_and_its_outputs(sim_store, sim_dir, tmp_path):
     out = tmp_path / "rec"
     result = run_cli("reconstruct", sim_store, "-o", out, "-q")

@@ -71,6 +71,9 @@ CAPTIONS = {  # what each plot shows, for the page
     "pca_ground_truth.png": "The latents coloured by the simulation's true coordinate (a smooth gradient along PC1 "
                             "is the motion found) or state (each apart from the others: the states found).",
     "umap_ground_truth.png": "The UMAP coloured by the true coordinate (or state).",
+    "cluster_reconstructions.png": "Each cluster's map from the model (left) and reconstructed from the cluster's "
+                                   "own particles without the model (right, `hetrec reconstruct`): where they "
+                                   "differ, trust the reconstruction.",
     "training_curves.png": "The loss per epoch: the data term (the images' misfit) and the KL term (the latents' "
                            "spread against the prior).",
 }
@@ -85,6 +88,35 @@ def caption(name):
         return (f"The latents (PC1, PC2) coloured by {what}: a trend here is an artefact or junk, not a "
                 "conformation.")
     return name
+
+
+def _write_reconstructions(out_dir, results, model_pictures, pixel_size_A):
+    """Each cluster's reconstruction (analysis.reconstruct; None where a half-set was empty) as
+    reconstructions/cluster_NN.mrc and its half-maps, and plots/cluster_reconstructions.png beside the model's
+    maps (model_pictures); returns their records for the summary."""
+    from hetrec_dist.analysis.maps import map_pictures
+    from hetrec_dist.data.map_files import write_map
+
+    records, pictures, titles = [], [], []
+    for cluster, result in enumerate(results):
+        if result is None:
+            records.append(None)
+            continue
+        name = f"cluster_{cluster:02d}.mrc"
+        write_map(os.path.join(out_dir, "reconstructions", name), result.map, pixel_size_A)
+        for half, volume in enumerate(result.half_maps, 1):
+            write_map(os.path.join(out_dir, "reconstructions", f"cluster_{cluster:02d}_half{half}.mrc"), volume,
+                      pixel_size_A)
+        records.append({"map": name, "particles": sum(result.particles),
+                        "resolution_0.143_A": result.fsc["resolution_0.143_A"], "fsc": result.fsc["curve"]})
+        views = map_pictures(result.map)
+        pictures.append({"model: section z": model_pictures[cluster]["section z"],
+                         "model: projection z": model_pictures[cluster]["projection z"],
+                         "particles: section z": views["section z"], "particles: projection z": views["projection z"]})
+        titles.append(f"cluster {cluster}")
+    plots.map_grid(pictures, titles, os.path.join(out_dir, "plots", "cluster_reconstructions.png"), pixel_size_A,
+                   views=tuple(pictures[0]) if pictures else ())
+    return records
 
 
 def evaluation_section(run, epoch):
@@ -136,9 +168,16 @@ def _page(summary, out_dir, evaluation=""):
     resolutions = summary.get("half_map_resolution_0.143_A")
     cells = ([f"<td>{r:.2f} Å{' *' if r <= resolutions['limit_A'] * (1 + 1e-6) else ''}</td>"
               for r in resolutions["kmeans"]] if resolutions else [""] * len(maps["kmeans"]))
+    rebuilt = summary.get("reconstructions")
+    if rebuilt is not None:
+        cells = [c + (f'<td><a href="reconstructions/{html.escape(r["map"])}">{html.escape(r["map"])}</a>, '
+                      f'{r["resolution_0.143_A"]:.1f} Å</td>' if r else "<td>too few particles</td>")
+                 for c, r in zip(cells, rebuilt)]
     rows = "".join(f'<tr><td>{i}</td><td>{n}</td><td><a href="maps/{html.escape(m)}">{html.escape(m)}</a></td>{c}</tr>'
                    for i, (n, m, c) in enumerate(zip(summary["cluster_sizes"], maps["kmeans"], cells)))
     header = "<th>resolution (half-maps, FSC = 0.143)</th>" if resolutions else ""
+    if rebuilt is not None:
+        header += "<th>reconstruction from its particles (gold-standard FSC = 0.143)</th>"
     gold = (f"<p>The resolution is the FSC = 0.143 point of the two half-sets' maps at each centre (gold standard);"
             f" * marks the model's limit, {resolutions['limit_A']:.2f} Å: the maps may hold more.</p>"
             if resolutions else "")
@@ -151,7 +190,7 @@ def _page(summary, out_dir, evaluation=""):
     traversals = "".join(figure(p) for p in plots_shown
                          if p.endswith(("_traversal.png", "_resolution.png")) and not p.startswith("path_"))
     curves = "".join(figure(p) for p in plots_shown if p == "training_curves.png")
-    cluster_maps = "".join(figure(p) for p in plots_shown if p == "cluster_maps.png")
+    cluster_maps = "".join(figure(p) for p in plots_shown if p in ("cluster_maps.png", "cluster_reconstructions.png"))
     path = summary.get("path")
     path_section = "" if not path else (
         f"<h2>Path from particle {path['from']} to particle {path['to']}</h2><p>The shortest path through the "
@@ -239,13 +278,15 @@ def path_end(text, n_particles, k):
 
 
 def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, particles=None,
-                with_umap=True, path_ends=None, latents_record=None):
+                with_umap=True, path_ends=None, latents_record=None, reconstruct_clusters=None):
     """PCA, k-means, maps and their pictures, plots and the page (module doc). truth: (label, values N, kind) of
     a simulation's truth to colour by (analysis.ground_truth.truth_colouring), or None. particles: {label: (N,) array}
     to colour the latents by (cli.run_files.particle_metadata), or None. with_umap: also a UMAP of a
     sample (latents of 3 dimensions or more). path_ends: two --path ends (path_end), for maps along the
     data between them (latent.graph_path). latents_record: what made z (RUN/z.json), kept in summary.json
-    so that `select` can tell clusters of older latents."""
+    so that `select` can tell clusters of older latents. reconstruct_clusters: a function of the clusters'
+    labels (N) that returns each cluster's model-free reconstruction (analysis.reconstruct.Reconstruction, or
+    None), or None for none."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
     ends = [path_end(end, len(z), k) for end in path_ends or ()]
@@ -259,7 +300,7 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
     save_pickle(os.path.join(run_dir, "z.pkl"), z)
     try:
         summary = _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap,
-                           ends, path_ends, latents_record)
+                           reconstruct_clusters, ends, path_ends, latents_record)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -270,7 +311,8 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
     return final_dir, summary
 
 
-def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap, ends, path_ends,
+def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap, reconstruct_clusters,
+             ends, path_ends,
              latents_record):
     """analyze_run's work, written into out_dir; returns the summary."""
     fitted = pca(z)
@@ -297,6 +339,10 @@ def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles,
     plots.map_grid(pictures["kmeans"], [f"cluster {i}" for i in range(k)], os.path.join(plot_dir, "cluster_maps.png"),
                    model.pixel_size_A)
     names.append("cluster_maps.png")
+    if reconstruct_clusters is not None:
+        reconstructions = _write_reconstructions(out_dir, reconstruct_clusters(labels), pictures["kmeans"],
+                                                 model.pixel_size_A)
+        names.append("cluster_reconstructions.png")
     for traversal_name in ("pc1", "pc2"):
         if pictures[traversal_name]:
             name = f"{traversal_name}_traversal.png"
@@ -361,6 +407,8 @@ def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles,
                "maps": maps, "plots": names, "chimerax_level": level, "latents": latents_record}
     if resolutions:
         summary["half_map_resolution_0.143_A"] = resolutions
+    if reconstruct_clusters is not None:
+        summary["reconstructions"] = reconstructions
     if ends:
         summary["path"] = path_record
     with open(os.path.join(out_dir, "summary.json"), "w") as f:

@@ -127,10 +127,12 @@ def _scale_bar(axis, box, pixel_size_A, colour="white"):
 MAP_VIEWS = ("section z", "section y", "projection z")  # of map_pictures; the x section adds little
 
 
-def map_grid(pictures, titles, path, pixel_size_A=None):
-    """One row per map (titles), one column per view (MAP_VIEWS), each view on its own grey scale; a scale bar
-    in Å on the first picture where pixel_size_A is given."""
-    views = [view for view in MAP_VIEWS if view in pictures[0]]
+def map_grid(pictures, titles, path, pixel_size_A=None, views=MAP_VIEWS):
+    """One row per map (titles), one column per view (those of `views` its pictures have), each view on its own
+    grey scale; a scale bar in Å on the first picture where pixel_size_A is given."""
+    if not pictures:
+        return
+    views = [view for view in views if view in pictures[0]]
     figure, axes = plt.subplots(len(pictures), len(views), figsize=(1.8 * len(views), 1.8 * len(pictures)),
                                 squeeze=False)
     for row, (picture, title) in enumerate(zip(pictures, titles)):

@@ -19,6 +19,7 @@ integral (physics.maps), as `hetrec simulate` renders them and as the model's ma
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from hetrec_dist.analysis.fsc import fsc_summary
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
+from hetrec_dist.physics.compiled import kernels_for
 from hetrec_dist.physics.ctf import particle_ctfs
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.maps import half_ball_to_map
@@ -33,6 +35,7 @@ from hetrec_dist.physics.projector import basis_gradient, slice_geometry
 
 PADDING = 2
 WIENER_ROUNDS = 3
+MEMORY_BUDGET_BYTES = 4e9  # of sums held at once by insert_groups
 _FSC_RANGE = (1e-3, 0.999)  # SSNR from 1e-3 (shells without signal: the map there is ~0) to ~1000
 
 
@@ -52,50 +55,58 @@ class Insertion:
 
     def __init__(self, box: int, pixel_size_A: float, device="cpu"):
         self.box, self.pixel_size_A = box, pixel_size_A
-        radius = box / 2 - 1  # as the model's: every Fourier point of the image but the corners
-        self.disk = HalfDisk.build(box, radius).to(device)
-        self.half_ball = HalfBall.build(PADDING * radius).to(device)
+        disk, half_ball = _grids(box)
+        self.disk, self.half_ball = disk.to(device), half_ball.to(device)
         self.points = self.disk.coords * PADDING
         n_rows = 2 * self.half_ball.n_voxels
-        self.numerator = torch.zeros(n_rows, 2, dtype=torch.float64, device=device)  # (re, im)
-        self.weight = torch.zeros(n_rows, dtype=torch.float64, device=device)
+        # each row's N (re, im), W, and a 0 that makes (re, im) pairs of the compiled insert's values
+        self.sums = torch.zeros(n_rows, 4, dtype=torch.float64, device=device)
         self.particles = [0, 0]
+
+    def nbytes(self) -> int:
+        return self.sums.nbytes
 
     def insert(self, images, rotations, shifts_px, ctf, half_sets, ctf_envelope=None):
         """Add images (B x D x D) at their poses (B x 3 x 3, B x 2 pixels), CTFs (B x 9, the store's ctf
         columns; ctf_envelope B x 2 or None) and half-sets (B, 1 or 2)."""
-        device = self.numerator.device
+        device = self.sums.device
         images = images.to(device, torch.float32)
         spectra = self.disk.image_spectra(images, shifts_px.to(device))
         ctfs = particle_ctfs(ctf.to(device, torch.float32), self.disk.coords, self.box, self.pixel_size_A,
                              None if ctf_envelope is None else ctf_envelope.to(device))
         half_sets = half_sets.to(device).long()
-        geometry = slice_geometry(rotations.to(device, torch.float32), self.points, self.half_ball,
-                                  (half_sets - 1) * self.half_ball.n_voxels, n_stacked=2)
-        ones = torch.ones(len(images), 1, device=device)
-        numerator = basis_gradient(geometry, torch.view_as_real(ctfs * spectra).contiguous(), ones)
-        weight = basis_gradient(geometry, torch.stack([ctfs ** 2, torch.zeros_like(ctfs)], -1), ones)
-        self.numerator.index_add_(0, numerator.indices()[0], numerator.values().double())
-        self.weight.index_add_(0, weight.indices()[0], weight.values()[:, 0].double())
+        row_offsets = ((half_sets - 1) * self.half_ball.n_voxels).to(torch.int32)
+        values = torch.stack([*torch.view_as_real(ctfs * spectra).unbind(-1), ctfs ** 2, torch.zeros_like(ctfs)], -1)
+        rotations = rotations.to(device, torch.float32)
+        kernels = kernels_for(values)
+        if kernels is not None:
+            k3 = (self.points @ rotations[:, :2, :]).contiguous()
+            kernels.insert(k3, self.half_ball.lookup, self.half_ball.extent, row_offsets, values.contiguous(),
+                           self.sums)
+        else:  # the adjoint of the model's slice operator (PyTorch's sparse products; GPUs)
+            geometry = slice_geometry(rotations, self.points, self.half_ball, row_offsets, n_stacked=2)
+            ones = torch.ones(len(images), 1, device=device)
+            for columns in (slice(0, 2), slice(2, 4)):
+                added = basis_gradient(geometry, values[..., columns].contiguous(), ones)
+                self.sums[:, columns].index_add_(0, added.indices()[0], added.values().double())
         for h in (1, 2):
             self.particles[h - 1] += int((half_sets == h).sum())
 
     def sum_over(self, world) -> None:
-        """Sum the ranks' insertions (world: an object with all_sum_(tensor), e.g. a TrainingWorld)."""
-        device = self.numerator.device
-        self.numerator, self.weight = self.numerator.cpu(), self.weight.cpu()  # its sums take CPU tensors
-        counts = torch.tensor(self.particles, dtype=torch.float64)
-        for tensor in (self.numerator, self.weight, counts):
+        """Sum the ranks' insertions (world: an object with all_sum_(tensor) of CPU tensors, e.g. a
+        TrainingWorld)."""
+        device = self.sums.device
+        sums, counts = self.sums.cpu(), torch.tensor(self.particles, dtype=torch.float64)
+        for tensor in (sums, counts):
             world.all_sum_(tensor)
-        self.numerator, self.weight = self.numerator.to(device), self.weight.to(device)
+        self.sums = sums.to(device)
         self.particles = [int(c) for c in counts.tolist()]
 
     def reconstruct(self) -> Reconstruction:
         """The half-maps, the map of both and their FSC (module doc)."""
         n = self.half_ball.n_voxels
-        numerators = self.numerator.view(2, n, 2)
-        numerators = torch.view_as_complex(numerators.contiguous())
-        weights = self.weight.view(2, n)
+        numerators = torch.view_as_complex(self.sums[:, :2].contiguous()).view(2, n)
+        weights = self.sums[:, 2].view(2, n)
         shells = torch.round(self.half_ball.coords.double().norm(dim=1) / PADDING).long()
         n_shells = self.box // 2 + 1
         inside = shells < n_shells
@@ -122,6 +133,13 @@ class Insertion:
         offsets = np.arange(self.box) - self.box // 2
         kernel = np.sinc(offsets / padded_box) ** 2  # the trilinear kernel's transform along one axis
         return (volume / (kernel[:, None, None] * kernel[None, :, None] * kernel[None, None, :])).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _grids(box):
+    """(the images' half-disk, the padded half-ball) of a box: built once (at box 256 the ball takes seconds)."""
+    radius = box / 2 - 1  # as the model's: every Fourier point of the image but the corners
+    return HalfDisk.build(box, radius), HalfBall.build(PADDING * radius)
 
 
 def _shell_mean(values, shells, n_shells):
@@ -153,7 +171,34 @@ def insert_particles(store_path, half_sets, rows=None, poses=None, batch_size=25
                                   shuffle=False, rows=rows)
     store = ParticleStore(store_path)
     insertion = Insertion(store.box, store.pixel_size_A, device)
-    half_sets = torch.as_tensor(np.asarray(half_sets, np.int64))
+    _insert_all(data, [insertion], np.zeros(store.n_particles, np.int64), half_sets, poses, show_progress)
+    return insertion
+
+
+def insert_groups(store_path, groups, half_sets, poses=None, batch_size=256, device="cpu", show_progress=True,
+                  budget_bytes=MEMORY_BUDGET_BYTES) -> list[Insertion]:
+    """One Insertion for each group of particles (groups: sorted store rows each, disjoint), the store read once
+    for as many groups as budget_bytes of sums hold at a time (half_sets, poses: as insert_particles)."""
+    store = ParticleStore(store_path)
+    size = Insertion(store.box, store.pixel_size_A, "meta").nbytes()
+    per_pass = max(1, int(budget_bytes // size))
+    insertions = []
+    for first in range(0, len(groups), per_pass):
+        chosen = groups[first:first + per_pass]
+        group_of = np.full(store.n_particles, -1, np.int64)
+        for index, rows in enumerate(chosen):
+            group_of[rows] = index
+        data = ChunkShuffledParticles(store_path, batch_size=batch_size, shuffle=False,
+                                      rows=np.flatnonzero(group_of >= 0))
+        batch_insertions = [Insertion(store.box, store.pixel_size_A, device) for _ in chosen]
+        _insert_all(data, batch_insertions, group_of, half_sets, poses, show_progress)
+        insertions += batch_insertions
+    return insertions
+
+
+def _insert_all(data, insertions, group_of, half_sets, poses, show_progress):
+    """Every batch of `data` inserted into insertions[group_of[its store row]]."""
+    half_sets, group_of = torch.as_tensor(np.asarray(half_sets, np.int64)), torch.as_tensor(group_of)
     with tqdm(total=data.rank_particles(), unit="img", desc="reconstruct", disable=not show_progress,
               dynamic_ncols=True) as progress:
         for batch in data:
@@ -161,8 +206,10 @@ def insert_particles(store_path, half_sets, rows=None, poses=None, batch_size=25
             rotations, shifts = batch["rotations"], batch["shifts"]
             if poses is not None:
                 rotations, shifts = (torch.as_tensor(pose[index.numpy()]) for pose in poses)
-            insertion.insert(batch["images"], rotations, shifts, batch["ctf"], half_sets[index],
-                             batch.get("ctf_envelope"))
+            groups = group_of[index]
+            for group in torch.unique(groups).tolist():
+                mine = groups == group
+                envelope = batch.get("ctf_envelope")
+                insertions[group].insert(batch["images"][mine], rotations[mine], shifts[mine], batch["ctf"][mine],
+                                         half_sets[index[mine]], None if envelope is None else envelope[mine])
             progress.update(len(index))
-    return insertion
-

@@ -23,7 +23,10 @@ from hetrec_dist.cli.command_line import moved_store_option
               help="Maps along the data from A to B, each a particle index (its row of z.npy; for a run on a "
                    "subset, RUN/particles.npy names its store row) or cN (the particle nearest k-means centre N): "
                    "the shortest path through the latents' nearest-neighbour graph.")
-def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_ends):
+@click.option("--reconstruct", is_flag=True,
+              help="Also reconstruct each cluster from its own particles, without the model (as `hetrec "
+                   "reconstruct`): maps, half-maps and gold-standard resolution beside the model's maps.")
+def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_ends, reconstruct):
     """PCA and UMAP of RUN/z.npy, k-means with maps at the particles nearest
     the centres, maps along PC1 and PC2, PNG plots and a summary page RUN/analyze.K/index.html."""
     from hetrec_dist.analysis.analyze import analyze_run
@@ -60,9 +63,38 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
     earlier = os.path.isdir(os.path.join(run, f"analyze.{k}"))
     try:
         out_dir, summary = analyze_run(run, model, z, k, truth, seed, particles=particles,
-                                       with_umap=with_umap, path_ends=path_ends, latents_record=record)
+                                       with_umap=with_umap, path_ends=path_ends, latents_record=record,
+                                       reconstruct_clusters=_cluster_reconstructions(run, state, store, rows, seed,
+                                                                                     model.basis.device)
+                                       if reconstruct else None)
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "
                         f"({error.filename or 'a file'})") from None
     click.echo(f"{summary['n_particles']} particles in {k} clusters; maps, plots and index.html in {out_dir}"
                + (" (replacing the earlier analysis there)" if earlier else ""), err=True)
+
+
+def _cluster_reconstructions(run, state, store_path, rows, seed, device):
+    """A function of the clusters' labels (one per particle of z.npy) that reconstructs each cluster from its
+    particles (analysis.reconstruct), with the run's half-sets (else the store's, else a random split) and its
+    refined poses; None for a cluster with a half-set empty. UserError where the run's store is not readable."""
+    import numpy as np
+
+    from hetrec_dist.analysis.reconstruct import insert_groups
+    from hetrec_dist.cli.run_files import run_particle_records, run_store
+    from hetrec_dist.data.half_sets import choose_half_sets
+    from hetrec_dist.train.pose_refinement import checkpoint_poses
+
+    group = run_store(run, state, store_path)  # the same particles, or a one-line error
+    half_sets = run_particle_records(run, state, group)[1]
+    if half_sets is None:
+        half_sets = choose_half_sets(group, seed, rows)[0]
+    poses = checkpoint_poses(state, group)
+    store_rows = np.arange(group["images"].shape[0]) if rows is None else rows
+
+    def reconstruct(labels):
+        groups = [store_rows[labels == cluster] for cluster in range(labels.max() + 1)]
+        insertions = insert_groups(store_path, groups, half_sets, poses, device=device)
+        return [insertion.reconstruct() if min(insertion.particles) > 0 else None for insertion in insertions]
+
+    return reconstruct

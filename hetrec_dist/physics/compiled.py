@@ -43,6 +43,7 @@ _SIGNATURES = {  # each kernel's arguments: int64 (i), float32 (f) or pointer (p
     "scatter": "pppiiippppppipp",
     "interpolate": "piippp",
     "adam_rows": "pppppiiffff",
+    "insert": "piipippiip",
 }
 _REPORTING = ("corners", "project", "weights_gradient")  # return -1 where their scratch memory ran out, else 0
 
@@ -189,6 +190,15 @@ class Kernels:
         beta1, beta2 = betas
         self._call("adam_rows", param, exp_avg, exp_avg_sq, rows, grad, len(rows), param.shape[1], 1 - beta1,
                    1 - beta2, eps, -step_size)
+
+
+    def insert(self, k3: torch.Tensor, lookup: torch.Tensor, extent: int, row_offsets: torch.Tensor | None,
+               values: torch.Tensor, sums: torch.Tensor) -> None:
+        """sums (n_rows x C float64) += each point's values (B x P x C; C even: (re, im) pairs, conjugated where
+        the point is Friedel-flipped) times its corners' trilinear weights, at their rows (slice_kernels.c)."""
+        n_images, n_points = k3.shape[:2]
+        self._call("insert", k3, n_images, n_points, lookup, extent, row_offsets, values, values.shape[-1],
+                   sums.shape[0], sums)
 
 
 def kernels_for(tensor: torch.Tensor) -> Kernels | None:

@@ -212,7 +212,8 @@ def _transposed_product(geometry, grad_slices, weights):
     conjugated = _conjugate_where(grad_slices, geometry.flipped)
     grad_rows = weights.new_empty(len(geometry.touched_rows), 2, n_components)
     half = (n_components + 1) // 2
-    for part in (slice(0, half), slice(half, n_components)):  # in halves: half the memory, and measured faster
+    for part in (slice(0, half), slice(half, n_components))[:n_components]:  # in halves: half the memory, and
+        # measured faster (one component: one part)
         per_point = conjugated[..., None] * weights[:, None, None, part]  # B x P x (re, im) x components
         width = per_point.shape[-1]
         grad_rows[:, :, part] = (geometry.interpolation_t @ per_point.reshape(-1, 2 * width)).view(-1, 2, width)

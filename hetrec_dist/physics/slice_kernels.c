@@ -312,3 +312,43 @@ void adam_rows(float *param, float *exp_avg, float *exp_avg_sq, const int64_t *r
         }
     }
 }
+
+/* Backprojection (analysis.reconstruct): for every point k3 (3 per point, voxels) of every image, its values
+ * (n_values a point; where the point is Friedel-flipped, those at odd places, the imaginary parts, negated)
+ * times each corner's trilinear weight are added into sums (n_rows x n_values, float64) at the corner's row
+ * of the half-ball's lookup (plus the image's row offset). Each thread adds into a range of rows of its own,
+ * points in order: the same sums at any number of threads. */
+void insert(const float *k3, int64_t n_images, int64_t points_per_image, const int32_t *lookup, int64_t extent,
+            const int32_t *row_offsets, const float *values, int64_t n_values, int64_t n_rows, double *sums) {
+    const int64_t side = 2 * extent + 1;
+    int64_t offsets[8];
+    for (int c = 0; c < 8; c++) offsets[c] = (c >> 2) * side * side + ((c >> 1) & 1) * side + (c & 1);
+    #pragma omp parallel
+    {
+        int64_t first, last;
+        thread_share(n_rows, &first, &last);
+        for (int64_t n = 0; n < n_images * points_per_image; n++) {
+            const int32_t offset = row_offsets ? row_offsets[n / points_per_image] : 0;
+            float q[3] = {k3[3 * n], k3[3 * n + 1], k3[3 * n + 2]}, lower_upper[3][2];
+            const int flipped = q[0] < 0;
+            int64_t cell[3];
+            for (int a = 0; a < 3; a++) {
+                if (flipped) q[a] = -q[a];
+                const float floor_a = floor_of(q[a]), f = q[a] - floor_a;
+                cell[a] = (int64_t)floor_a;
+                lower_upper[a][0] = 1 - f;
+                lower_upper[a][1] = f;
+            }
+            const int64_t base = (cell[0] * side + cell[1] + extent) * side + cell[2] + extent;
+            const float *v = values + n * n_values;
+            for (int c = 0; c < 8; c++) {
+                const int64_t row = (int64_t)lookup[base + offsets[c]] + offset;
+                if (row < first || row >= last) continue;
+                const double w = lower_upper[0][c >> 2] * lower_upper[1][(c >> 1) & 1] * lower_upper[2][c & 1];
+                double *s = sums + row * n_values;
+                for (int64_t k = 0; k < n_values; k++)
+                    s[k] += w * ((flipped && (k & 1)) ? -v[k] : v[k]);
+            }
+        }
+    }
+}
