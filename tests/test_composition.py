@@ -5,6 +5,7 @@ import json
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import assert_one_line_error, run_cli
@@ -100,6 +101,15 @@ def test_eval_and_reconstruct_on_compositional_data(assembly_dir, tmp_path):
             assert mrc.data.shape == (32, 32, 32) and float(mrc.voxel_size.x) == pytest.approx(4.0)
     page = (run / "analyze.3" / "index.html").read_text()
     assert "reconstruction from its particles" in page and "cluster_reconstructions.png" in page
+
+    # the signal score points at the junk: empty images hold none of the model's density, loose subunits little
+    signal = np.load(run / "analyze.3" / "signal_score.npy")
+    parts = np.load(assembly_dir / "ground_truth" / "junk_parts.npy")
+    assert 0.9 < np.median(signal[parts < 0]) < 1.3  # 1: the median of all, junk included
+    assert np.median(signal[parts > 0]) < 0.3 and signal[parts == 0].max() < 0.2
+    run_cli("select", run, "--k", 3, "--signal-below", 0.5, "-o", tmp_path / "junk.pkl")
+    junk_rows = pd.read_pickle(tmp_path / "junk.pkl")
+    assert set(np.flatnonzero(parts == 0)) <= set(junk_rows) and (parts[junk_rows] >= 0).mean() > 0.8
 
     states = np.load(assembly_dir / "ground_truth" / "states.npy")
     (tmp_path / "state2.txt").write_text("\n".join(map(str, np.flatnonzero(states == 2))))

@@ -4,8 +4,9 @@ Writes RUN/analyze.K/: summary.json, index.html, chimerax.cxc, plots/*.png (the 
 of the cluster maps and the PC traversals, the latents coloured by the ground truth and by what may confound
 them, the training curves; for a run trained with half-sets, the gold-standard resolution at each cluster
 centre and along PC1), maps/*.mrc, kmeans_labels.npy, kmeans_centres.txt, umap.npz (the UMAP: rows of z
-it embedded, their 2-D places, and every particle's for `hetrec explore`: latent.places_from_sample), and
-RUN/z.pkl (the latents as cryoDRGN's z.pkl).
+it embedded, their 2-D places, and every particle's for `hetrec explore`: latent.places_from_sample),
+signal_score.npy (each particle's, train.inference.signal_scores: low for junk), and RUN/z.pkl (the latents as
+cryoDRGN's z.pkl).
 """
 
 import html
@@ -34,6 +35,7 @@ from hetrec_dist.data.atomic_files import TEMPORARY_MARK, save_pickle
 from hetrec_dist.data.map_files import read_map
 from hetrec_dist.errors import UserError
 
+SIGNAL_FILE = "signal_score.npy"
 UMAP_SAMPLE = 50_000  # particles UMAP embeds (a random sample): its cost grows faster than N
 
 
@@ -74,6 +76,7 @@ CAPTIONS = {  # what each plot shows, for the page
     "cluster_reconstructions.png": "Each cluster's map from the model (left) and reconstructed from the cluster's "
                                    "own particles without the model (right, `hetrec reconstruct`): where they "
                                    "differ, trust the reconstruction.",
+    "signal_score.png": "The latents coloured by each particle's signal score: junk gathers where it is low.",
     "training_curves.png": "The loss per epoch: the data term (the images' misfit) and the KL term (the latents' "
                            "spread against the prior).",
 }
@@ -168,6 +171,9 @@ def _page(summary, out_dir, evaluation=""):
     resolutions = summary.get("half_map_resolution_0.143_A")
     cells = ([f"<td>{r:.2f} Å{' *' if r <= resolutions['limit_A'] * (1 + 1e-6) else ''}</td>"
               for r in resolutions["kmeans"]] if resolutions else [""] * len(maps["kmeans"]))
+    medians = summary.get("cluster_signal_median")
+    if medians is not None:
+        cells = [c + f"<td>{m:.2f}</td>" for c, m in zip(cells, medians)]
     rebuilt = summary.get("reconstructions")
     if rebuilt is not None:
         cells = [c + (f'<td><a href="reconstructions/{html.escape(r["map"])}">{html.escape(r["map"])}</a>, '
@@ -176,6 +182,8 @@ def _page(summary, out_dir, evaluation=""):
     rows = "".join(f'<tr><td>{i}</td><td>{n}</td><td><a href="maps/{html.escape(m)}">{html.escape(m)}</a></td>{c}</tr>'
                    for i, (n, m, c) in enumerate(zip(summary["cluster_sizes"], maps["kmeans"], cells)))
     header = "<th>resolution (half-maps, FSC = 0.143)</th>" if resolutions else ""
+    if medians is not None:
+        header += "<th>median signal score</th>"
     if rebuilt is not None:
         header += "<th>reconstruction from its particles (gold-standard FSC = 0.143)</th>"
     gold = (f"<p>The resolution is the FSC = 0.143 point of the two half-sets' maps at each centre (gold standard);"
@@ -191,6 +199,14 @@ def _page(summary, out_dir, evaluation=""):
                          if p.endswith(("_traversal.png", "_resolution.png")) and not p.startswith("path_"))
     curves = "".join(figure(p) for p in plots_shown if p == "training_curves.png")
     cluster_maps = "".join(figure(p) for p in plots_shown if p in ("cluster_maps.png", "cluster_reconstructions.png"))
+    junk = "" if medians is None else (
+        "<h2>Junk</h2><p>A particle's signal score is how much of the model's density its image holds (1: a "
+        "typical particle; near 0: an empty image, ice, a small fragment). Clusters whose median score is low "
+        "(the table above) are likely junk: check them with <code>--reconstruct</code>, and leave them out with "
+        f"<code>hetrec select {html.escape(summary['run'])} --k {summary['k']} --clusters N -o junk.pkl</code>, "
+        f"or every particle below a score with <code>hetrec select {html.escape(summary['run'])} --k "
+        f"{summary['k']} --signal-below 0.3 -o junk.pkl</code>; then <code>hetrec train --exclude junk.pkl</code>."
+        "</p>" + figure("signal_score.png"))
     path = summary.get("path")
     path_section = "" if not path else (
         f"<h2>Path from particle {path['from']} to particle {path['to']}</h2><p>The shortest path through the "
@@ -212,6 +228,7 @@ def _page(summary, out_dir, evaluation=""):
 {cluster_maps}
 <h2>Traversals</h2><p>PC1: {links(maps['pc1'])}<br>PC2: {links(maps['pc2']) or 'none (a latent of one dimension)'}</p>
 {traversals}
+{junk}
 {path_section}
 <h2>What else the latents follow</h2>
 <p>Latents that follow defocus, the pose, the optics group or the particle index (drift during the
@@ -278,7 +295,7 @@ def path_end(text, n_particles, k):
 
 
 def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, particles=None,
-                with_umap=True, path_ends=None, latents_record=None, reconstruct_clusters=None):
+                with_umap=True, path_ends=None, latents_record=None, reconstruct_clusters=None, signal=None):
     """PCA, k-means, maps and their pictures, plots and the page (module doc). truth: (label, values N, kind) of
     a simulation's truth to colour by (analysis.ground_truth.truth_colouring), or None. particles: {label: (N,) array}
     to colour the latents by (cli.run_files.particle_metadata), or None. with_umap: also a UMAP of a
@@ -286,7 +303,7 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
     data between them (latent.graph_path). latents_record: what made z (RUN/z.json), kept in summary.json
     so that `select` can tell clusters of older latents. reconstruct_clusters: a function of the clusters'
     labels (N) that returns each cluster's model-free reconstruction (analysis.reconstruct.Reconstruction, or
-    None), or None for none."""
+    None), or None for none. signal: each particle's signal score (N; train.inference.signal_scores) or None."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
     ends = [path_end(end, len(z), k) for end in path_ends or ()]
@@ -300,7 +317,7 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
     save_pickle(os.path.join(run_dir, "z.pkl"), z)
     try:
         summary = _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap,
-                           reconstruct_clusters, ends, path_ends, latents_record)
+                           reconstruct_clusters, signal, ends, path_ends, latents_record)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -312,7 +329,7 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
 
 
 def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap, reconstruct_clusters,
-             ends, path_ends,
+             signal, ends, path_ends,
              latents_record):
     """analyze_run's work, written into out_dir; returns the summary."""
     fitted = pca(z)
@@ -409,6 +426,12 @@ def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles,
         summary["half_map_resolution_0.143_A"] = resolutions
     if reconstruct_clusters is not None:
         summary["reconstructions"] = reconstructions
+    if signal is not None:
+        np.save(os.path.join(out_dir, SIGNAL_FILE), signal.astype(np.float32))
+        plots.coloured_by(xy, signal, os.path.join(plot_dir, "signal_score.png"), "signal score")
+        names.append("signal_score.png")
+        summary["cluster_signal_median"] = [float(np.median(signal[labels == c])) if (labels == c).any() else None
+                                            for c in range(k)]
     if ends:
         summary["path"] = path_record
     with open(os.path.join(out_dir, "summary.json"), "w") as f:

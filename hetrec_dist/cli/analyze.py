@@ -50,8 +50,8 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
         group = open_store(store)
     except UserError as error:
         click.echo(f"Warning: the run's store is not readable ({error}; config.yaml's `store:` names it, --store "
-                   "another): no plots coloured by defocus, pose or optics group, and --gt is not checked against "
-                   "it", err=True)
+                   "another): no signal scores, no plots coloured by defocus, pose or optics group, and --gt is not "
+                   "checked against it", err=True)
         store_attrs, particles, rows = None, None, run_rows(run, state)
     else:  # but never another store's particles
         check_same_particles(state, content_sha256(group), store, run, "--store")
@@ -66,7 +66,9 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
                                        with_umap=with_umap, path_ends=path_ends, latents_record=record,
                                        reconstruct_clusters=_cluster_reconstructions(run, state, store, rows, seed,
                                                                                      model.basis.device)
-                                       if reconstruct else None)
+                                       if reconstruct else None,
+                                       signal=None if particles is None else _signal_scores(run, state, model, store,
+                                                                                            rows))
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "
                         f"({error.filename or 'a file'})") from None
@@ -98,3 +100,13 @@ def _cluster_reconstructions(run, state, store_path, rows, seed, device):
         return [insertion.reconstruct() if min(insertion.particles) > 0 else None for insertion in insertions]
 
     return reconstruct
+
+
+def _signal_scores(run, state, model, store_path, rows):
+    """Each particle's signal score (train.inference.signal_scores), with a run's refined shifts."""
+    from hetrec_dist.cli.run_files import run_store_path
+    from hetrec_dist.cli.volume import refined_shift_corrections
+    from hetrec_dist.train.inference import signal_scores
+
+    corrections = refined_shift_corrections(state, store_path, run_store_path(run))
+    return signal_scores(model, store_path, shift_corrections=corrections, rows=rows)

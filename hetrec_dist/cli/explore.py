@@ -108,7 +108,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     checkpoint of a run still training), PCA and UMAP views, colourings and what a subset file needs."""
     import numpy as np
 
-    from hetrec_dist.analysis.analyze import can_umap
+    from hetrec_dist.analysis.analyze import SIGNAL_FILE, can_umap
     from hetrec_dist.analysis.latent import kmeans, pca
     from hetrec_dist.cli.run_files import (
         run_checkpoint,
@@ -145,6 +145,9 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     if analysis is not None:
         colourings[f"k-means cluster (analyze.{analysis['k']})"] = Colouring(
             np.load(os.path.join(analysis["folder"], "kmeans_labels.npy")).astype(float), "categorical")
+        signal = os.path.join(analysis["folder"], SIGNAL_FILE)
+        if os.path.isfile(signal):  # low: junk
+            colourings["signal score (analyze)"] = Colouring(np.load(signal).astype(float))
     else:
         k = min(KMEANS_WITHOUT_ANALYSIS, len(z))
         colourings[f"k-means cluster (k = {k})"] = Colouring(kmeans(z, k)[1].astype(float), "categorical")
@@ -160,7 +163,7 @@ def _latents(run, state, model, group, store, rows, other_checkpoint):
     z.npy is not of its last checkpoint, or a --checkpoint of an earlier epoch (other_checkpoint), the latents
     computed now with that checkpoint's model (not saved: z.npy stays the run's)."""
     from hetrec_dist.cli.run_files import run_latents, run_store_path
-    from hetrec_dist.cli.volume import _refined_shift_corrections
+    from hetrec_dist.cli.volume import refined_shift_corrections
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.inference import embed
 
@@ -173,7 +176,7 @@ def _latents(run, state, model, group, store, rows, other_checkpoint):
     path = store or run_store_path(run)
     click.echo(f"z.npy is not of this checkpoint: computing the latents of epoch {state['epoch']} with its model "
                "(not saved)", err=True)
-    z = embed(model, path, shift_corrections=_refined_shift_corrections(state, path, run_store_path(run)), rows=rows)
+    z = embed(model, path, shift_corrections=refined_shift_corrections(state, path, run_store_path(run)), rows=rows)
     return z, None, f"Latents: computed at start-up with the epoch-{state['epoch']} model."
 
 

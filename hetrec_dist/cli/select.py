@@ -4,12 +4,15 @@ import os
 
 import click
 
-from hetrec_dist.cli.command_line import moved_store_option, refuse_empty
+from hetrec_dist.cli.command_line import finite_floats, moved_store_option, refuse_empty
 
 
 @click.command("select")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--clusters", required=True, help="Comma-separated cluster numbers, e.g. 3,7.")
+@click.option("--clusters", help="Comma-separated cluster numbers, e.g. 3,7.")
+@click.option("--signal-below", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+              help="Instead of --clusters: the particles whose signal score (RUN/analyze.K/signal_score.npy: "
+                   "low for junk) is below this, e.g. 0.3.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
               help="Which `hetrec analyze --k` to use.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=refuse_empty,
@@ -17,25 +20,32 @@ from hetrec_dist.cli.command_line import moved_store_option, refuse_empty
                    "particles' 0-based rows in the input, cryoDRGN's --ind).")
 @moved_store_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
-def command(run, clusters, k, out, store, overwrite):
-    """Write the particles of the chosen clusters of RUN/analyze.K as a STAR or .cs file like the input
+def command(run, clusters, signal_below, k, out, store, overwrite):
+    """Write the particles of the chosen clusters of RUN/analyze.K (or those whose signal score there is below
+    --signal-below: junk) as a STAR or .cs file like the input
     (all columns and optics kept), or as a cryoDRGN-style index .pkl. A run trained with --half-sets writes
     its half-sets into rlnRandomSubset or alignments3D/split; a run trained with --refine-poses writes its
     refined poses (`hetrec export` writes every particle's)."""
     from hetrec_dist.analysis.select import write_subset
     from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store
+    from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
+    if (clusters is None) == (signal_below is None):
+        raise UserError("give --clusters or --signal-below (one of them)")
     _labels_path(run, k)
     check_new_file(out, overwrite)
-    chosen = parse_clusters(clusters)
+    chosen = parse_clusters(clusters) if clusters is not None else None
     state = run_checkpoint(run)
     store = run_store(run, state, store)
-    indices = cluster_rows(run, k, chosen, state, store)
+    if chosen is not None:
+        indices, which = cluster_rows(run, k, chosen, state, store), f"of clusters {','.join(map(str, chosen))}"
+    else:
+        indices, which = signal_rows(run, k, signal_below, state, store), f"with a signal score below {signal_below:g}"
     source_rows, half_sets = run_particle_records(run, state, store)
     poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
     write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)
-    click.echo(f"wrote {len(indices)} particles of clusters {','.join(map(str, chosen))} to {out}", err=True)
+    click.echo(f"wrote {len(indices)} particles {which} to {out}", err=True)
     if "pose_corrections" in state and out.lower().endswith(".pkl"):
         click.echo(f"the run refined its poses: `hetrec export {run} -o poses.pkl` writes them for cryoDRGN",
                    err=True)
@@ -76,6 +86,25 @@ def cluster_rows(run, k, chosen, state, store):
     labels_path = _labels_path(run, k)
     _check_clusters_are_current(run, k, run_latents(run, state)[1])
     indices = cluster_members(np.load(labels_path), chosen, k)  # positions in z.npy: the run's particles
+    rows = run_rows(run, state, store)
+    return indices if rows is None else rows[indices]
+
+
+def signal_rows(run, k, below, state, store):
+    """The sorted store rows of the particles whose signal score in RUN/analyze.K is below `below`, refused as
+    cluster_rows refuses an analysis of other latents, or one without signal scores."""
+    import numpy as np
+
+    from hetrec_dist.analysis.analyze import SIGNAL_FILE
+    from hetrec_dist.cli.run_files import run_latents, run_rows
+    from hetrec_dist.errors import UserError
+
+    path = os.path.join(run, f"analyze.{k}", SIGNAL_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{run}/analyze.{k} has no {SIGNAL_FILE} (its store was not readable when it was made, or "
+                        f"an older hetrec made it); run `hetrec analyze {run} --k {k}` again")
+    _check_clusters_are_current(run, k, run_latents(run, state)[1])
+    indices = np.flatnonzero(np.load(path) < below)
     rows = run_rows(run, state, store)
     return indices if rows is None else rows[indices]
 

@@ -119,12 +119,12 @@ def embed_command(run, store, checkpoint, out, device, ind, exclude, overwrite):
     else:  # the run's particles, where the store holds them (the same content as the run's store)
         rows = run_rows(run, state, group) if state.get("store_sha256") in (None, store_sha256) else None
     z = embed(load_model(state, resolve_device(device)), store,
-              shift_corrections=_refined_shift_corrections(state, store, run_store_path(run)), rows=rows)
+              shift_corrections=refined_shift_corrections(state, store, run_store_path(run)), rows=rows)
     save_latents(out, z, state, store_sha256, rows)
     click.echo(f"wrote latents of {len(z)} particles to {out}", err=True)
 
 
-def _refined_shift_corrections(state, store, run_store):
+def refined_shift_corrections(state, store, run_store):
     """The shift corrections of a run that refined its poses (N x 2 pixels), where `store` gives the poses the
     run refined (by content, whatever its path); None for a run without them or another store's particles.
     Raises UserError where the run's own store no longer gives them."""

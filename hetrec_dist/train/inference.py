@@ -12,6 +12,7 @@ from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore
 from hetrec_dist.data.subset import subset_record
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
+from hetrec_dist.physics.fourier_grid import squared_magnitude
 
 
 def resolve_device(name, local_rank=0):
@@ -130,26 +131,58 @@ def read_run_latents(path, checkpoint):
     return z, record
 
 
-@torch.no_grad()
-def embed(model, store_path, batch_size=512, rank=0, world_size=1, shift_corrections=None, rows=None):
-    """Latent means (n x zdim), in store order, of this rank's contiguous share of the store's particles (all
-    of them for one rank), or of the subset at `rows` (sorted store rows, data.subset). shift_corrections
-    (N x 2 pixels, store order; a run that refined its poses): added to the store's shifts, as training adds
-    them."""
+def _batches(model, store_path, batch_size, shift_corrections, rows, rank=0, world_size=1):
+    """(the reader, its batches on the model's device, in store order), shift corrections added."""
     box = ParticleStore(store_path).box
     if box != model.shape.box:
         raise UserError(f"{store_path} holds images of box {box}; the model was trained on box {model.shape.box}")
     dataset = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
                                      shuffle=False, rows=rows)
     device = model.basis.device
+
+    def batches():
+        for batch in dataset:
+            if shift_corrections is not None:
+                batch["shifts"] = (batch["shifts"] + shift_corrections[batch["index"].long()]).float()
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    return dataset, batches()
+
+
+@torch.no_grad()
+def embed(model, store_path, batch_size=512, rank=0, world_size=1, shift_corrections=None, rows=None):
+    """Latent means (n x zdim), in store order, of this rank's contiguous share of the store's particles (all
+    of them for one rank), or of the subset at `rows` (sorted store rows, data.subset). shift_corrections
+    (N x 2 pixels, store order; a run that refined its poses): added to the store's shifts, as training adds
+    them."""
+    dataset, batches = _batches(model, store_path, batch_size, shift_corrections, rows, rank, world_size)
     # filled in place: a list of each batch's small result, kept while the batch's large temporaries come and
     # go, let the heap fragment until the process held about 7.5 kB more a particle (docs/benchmarks.md)
     means, filled = np.empty((dataset.rank_particles(), model.shape.zdim), np.float32), 0
-    for batch in dataset:
-        if shift_corrections is not None:
-            batch["shifts"] = (batch["shifts"] + shift_corrections[batch["index"].long()]).float()
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in batches:
         mu = model.encode(model.observed_spectra(batch))[0]
         means[filled:filled + len(mu)] = mu.cpu().numpy()
         filled += len(mu)
     return means
+
+
+@torch.no_grad()
+def signal_scores(model, store_path, batch_size=512, shift_corrections=None, rows=None):
+    """Each particle's signal score (n, store order, or of the subset at `rows`): how much the model's map at
+    its latent mean lowers the squared residual of its image against predicting nothing, sum_p w_p (|Y_p|^2 -
+    |Y_p - CTF_p S_p|^2) over the half-disk (w_p: 2 where a point stands for its Friedel mate too), over the
+    median of every particle's. About 1 for a typical particle; near 0 (or below) for an image in which the
+    model finds none of its own density: empty images, ice, carbon edges, small fragments. A half-set model is
+    asked with its first half-set's basis."""
+    dataset, batches = _batches(model, store_path, batch_size, shift_corrections, rows)
+    gains, filled = np.empty(dataset.rank_particles(), np.float64), 0
+    for batch in batches:
+        if model.shape.n_half_sets == 2:
+            batch["half_set"] = torch.ones(len(batch["images"]), dtype=torch.int8, device=model.basis.device)
+        out = model(batch)
+        residual = squared_magnitude(out["observed"] - out["predicted"])
+        gain = ((squared_magnitude(out["observed"]) - residual) * model.disk.weights).sum(1)
+        gains[filled:filled + len(gain)] = gain.double().cpu().numpy()
+        filled += len(gain)
+    median = np.median(gains)
+    return (gains / median if median > 0 else gains).astype(np.float32)
