@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 
+import mrcfile
 import numpy as np
 import pytest
 import starfile
@@ -247,3 +248,21 @@ def test_saved_selections_come_back_links_are_refused_and_names_take_no_extensio
     with pytest.raises(UserError, match="symbolic link"):
         planted.save_path([0, 1])
     assert os.listdir(target) == []
+
+
+def test_a_selection_reconstructs_as_hetrec_reconstruct_does(explorer, sim_store, tmp_path):
+    """The page's reconstruction of a selection: the files `hetrec reconstruct --ind` writes for the same
+    particles (the same half-sets, drawn from the store's rows), and a one-line refusal of one particle."""
+    from conftest import run_cli
+
+    positions = np.arange(0, explorer.n_particles, 2)
+    path, result = explorer.reconstruct_selection("evens", positions)
+    index = tmp_path / "evens.txt"
+    index.write_text("\n".join(str(explorer.records.source_rows[p]) for p in positions))
+    run_cli("reconstruct", sim_store, "--ind", index, "-o", tmp_path / "cli", "-q")
+    for name in ("map.mrc", "half1.mrc", "half2.mrc"):
+        np.testing.assert_allclose(mrcfile.read(os.path.join(os.path.dirname(path), name)),
+                                   mrcfile.read(tmp_path / "cli" / name), rtol=1e-5, atol=1e-7)
+    assert sum(result.particles) == len(positions)
+    with pytest.raises(UserError, match="select more"):
+        explorer.reconstruct_selection("one", positions[:1])

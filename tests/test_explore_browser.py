@@ -134,6 +134,13 @@ def test_the_selection_outlives_a_save_and_a_redraw_and_inverts(explorer, page):
     junk, clean = (set(pickle.load(open(os.path.join(folder, f"{n}.pkl"), "rb")).tolist()) for n in ("junk", "clean"))
     assert not junk & clean and len(junk | clean) == explorer.n_particles
 
+    page.find_element(By.ID, "reconstruct").click()  # the clean particles, without the model
+    headless.wait_for(page, lambda d: "econstruct" in _text(d, "message"), timeout_s=60)
+    assert _text(page, "message").startswith(f"Reconstructed {len(clean):,} particles"), _text(page, "message")
+    assert f"Reconstruction of the {len(clean):,} selected particles" in _text(page, "map-title")
+    assert os.path.isfile(os.path.join(explorer.out_dir, "reconstructions", "clean", "map.mrc"))
+    assert headless.errors_in_console(page) == []
+
 
 def test_a_path_between_two_clicked_particles_plays_its_maps(explorer, page):
     page.execute_script("window.scrollTo(0, 0)")

@@ -154,6 +154,9 @@ def _layout(explorer):
                             style={"width": "160px", "marginRight": "6px"}),
                   html.Button("Save selection", id="save", style=button),
                   html.Button("Invert", id="invert", style=button),
+                  html.Button("Reconstruct selection", id="reconstruct", style=button,
+                              title="From the selected particles' images alone, without the model (hetrec "
+                                    "reconstruct): half-maps, map and gold-standard resolution"),
                   html.Label(" saved: "),
                   dcc.Dropdown(list(explorer.selections), None, id="saved", placeholder="show a saved selection",
                                style={"width": "220px", "display": "inline-block", "verticalAlign": "middle"})]),
@@ -305,6 +308,27 @@ def build_app(explorer, token=None):
         lines = [f"Saved {len(positions):,} particles: " + ", ".join(paths),
                  f"Train on them: hetrec train {explorer.store_path} -o NEW_RUN --ind {paths[0]}"]
         return "\n".join(lines + ([note] if note else [])), list(explorer.selections), name.strip()
+
+    @app.callback(*(Output(name, field, allow_duplicate=True) for name, field in (
+                      ("message", "children"), ("surface", "figure"), ("sections", "figure"),
+                      ("map-title", "children"), ("level-note", "children"))),
+                  Input("reconstruct", "n_clicks"), State("selection-name", "value"), State("selection-key", "data"),
+                  State("threshold", "value"), prevent_initial_call=True)
+    def reconstruct(_, name, key, enclosed_percent):
+        positions = made.get(key)
+        if positions is None:
+            return ("Not reconstructed: lasso or box-select particles first.",) + (no_update,) * 4
+        try:
+            path, result = explorer.reconstruct_selection(name, positions)
+        except UserError as error:
+            return (f"Not reconstructed: {error}",) + (no_update,) * 4
+        surface, cuts, level = map_figures(explorer, result.map, enclosed_percent)
+        resolution = f"gold-standard FSC = 0.143 at {result.fsc['resolution_0.143_A']:.1f} Å"
+        first, second = result.particles
+        message = (f"Reconstructed {first + second:,} particles without the model ({first:,} + {second:,} in the "
+                   f"half-sets): {resolution}; {path} and its half-maps")
+        title = f"Reconstruction of the {first + second:,} selected particles ({resolution})"
+        return message, surface, cuts, title, f"surface level {level:.4g} (ChimeraX: volume level {level:.4g})"
 
     @app.callback(Output("download", "data"), Output("message", "children", allow_duplicate=True),
                   Input("download-button", "n_clicks"), State("particle", "data"), prevent_initial_call=True)

@@ -20,9 +20,12 @@ import torch
 from hetrec_dist.analysis.half_maps import latent_resolution
 from hetrec_dist.analysis.latent import evenly_along, graph_path
 from hetrec_dist.analysis.maps import central_sections, chimerax_level
+from hetrec_dist.analysis.reconstruct import insert_particles
 from hetrec_dist.analysis.select import write_subset
 from hetrec_dist.data.atomic_files import refuse_link, write_text
+from hetrec_dist.data.half_sets import choose_half_sets
 from hetrec_dist.data.map_files import write_map
+from hetrec_dist.data.store import open_store
 from hetrec_dist.data.subset import read_index_file
 from hetrec_dist.errors import UserError
 from hetrec_dist.physics.maps import half_ball_to_map
@@ -285,6 +288,30 @@ class Explorer:
             write_text(script, f"# hetrec explore: the maps at particles {', '.join(map(str, on_path))}\n"
                                f"open {' '.join(names)} vseries true\nvolume #1 level {level:.6g} style surface\n")
         return script
+
+    def reconstruct_selection(self, name, positions):
+        """The particles at `positions` (z.npy order) reconstructed without the model (analysis.reconstruct),
+        with the run's half-sets (else the store's, else a random split) and refined poses: OUT/reconstructions/
+        NAME/map.mrc, half1.mrc, half2.mrc. Returns (the map's path, the Reconstruction)."""
+        name = check_name(name)
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = np.sort(positions if self.records.rows is None else np.asarray(self.records.rows)[positions])
+        half_sets = self.records.half_sets
+        if half_sets is None:
+            half_sets = choose_half_sets(open_store(self.store_path), 0, rows)[0]
+        counts = np.bincount(np.asarray(half_sets)[rows], minlength=3)[1:]
+        if counts.min() == 0:
+            raise UserError(f"the {len(rows)} selected particle(s) are all in half-set {counts.argmax() + 1}; select "
+                            "more for a gold-standard reconstruction")
+        result = insert_particles(self.store_path, half_sets, rows, self.records.poses,
+                                  device=self.model.basis.device, show_progress=False).reconstruct()
+        folder = os.path.join(self.out_dir, "reconstructions", name)
+        with cannot_write_as_user_error(self.out_dir):
+            make_folder(folder, 3)  # OUT/reconstructions/NAME
+            for file_name, volume in (("map.mrc", result.map), ("half1.mrc", result.half_maps[0]),
+                                      ("half2.mrc", result.half_maps[1])):
+                write_map(os.path.join(folder, file_name), volume, self.model.pixel_size_A)
+        return os.path.join(folder, "map.mrc"), result
 
     def resolution_at(self, particle):
         """The half-maps' FSC at the particle's latent (analysis.half_maps.latent_resolution); UserError for a
