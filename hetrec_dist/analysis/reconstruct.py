@@ -187,6 +187,8 @@ def insert_groups(store_path, groups, half_sets, poses=None, batch_size=256, dev
         chosen = groups[first:first + per_pass]
         group_of = np.full(store.n_particles, -1, np.int64)
         for index, rows in enumerate(chosen):
+            if (group_of[rows] >= 0).any():
+                raise ValueError("insert_groups takes disjoint groups of particles")
             group_of[rows] = index
         data = ChunkShuffledParticles(store_path, batch_size=batch_size, shuffle=False,
                                       rows=np.flatnonzero(group_of >= 0))
