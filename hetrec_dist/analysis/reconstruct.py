@@ -4,7 +4,7 @@ their FSC.
 
 Each half-set's images are inserted into a Fourier volume sampled twice as finely as the images' (PADDING,
 RELION's default) by the adjoint of the model's slice operator (physics.projector: trilinear weights,
-Friedel-flipped points):
+Friedel-flipped points; on the CPU a compiled loop, physics/slice_kernels.c `insert`, that a test holds equal):
 
     N = sum_i T_i^T (CTF_i Y_i),   W = sum_i T_i^T CTF_i^2
 
