@@ -43,14 +43,17 @@ def command(source, out, ind, exclude, clusters, k, given_poses, store, seed, ba
 
     chosen = _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, seed)
     _check_both_halves(chosen)
+    earlier = _earlier_outputs(out, overwrite)  # every rank refuses alike, before any rank removes them
     world = init_training_world(shared_memory=False)
     try:
         if world.is_root:
-            _clear_outputs(out, overwrite)
+            for name in earlier:
+                os.remove(os.path.join(out, name))
+            os.makedirs(out, exist_ok=True)
         world.barrier()
         insertion = _insert(chosen, batch_size, resolve_device(device, world.local_rank), world, quiet)
         if world.is_root:
-            _write(out, insertion.reconstruct(), chosen, quiet)
+            _write(out, insertion.reconstruct(), chosen)
     finally:
         world.close()
 
@@ -122,9 +125,10 @@ def _check_both_halves(chosen):
                         f"({chosen['half_sets_from']}); a gold-standard reconstruction needs particles in both")
 
 
-def _clear_outputs(out, overwrite):
-    """An earlier reconstruction's outputs in OUT are refused without --overwrite and removed with it, so that
-    a reconstruction stopped half-way never leaves old files beside new ones (reconstruct.json is written last)."""
+def _earlier_outputs(out, overwrite):
+    """The files of an earlier reconstruction in OUT: refused without --overwrite; with it, removed before this
+    one writes, so that a reconstruction stopped half-way never leaves old files beside new ones
+    (reconstruct.json is written last)."""
     from hetrec_dist.data.atomic_files import refuse_link
     from hetrec_dist.errors import UserError
 
@@ -133,9 +137,7 @@ def _clear_outputs(out, overwrite):
     if earlier and not overwrite:
         raise UserError(f"{out} holds an earlier reconstruction ({', '.join(earlier)}); give another -o or "
                         "--overwrite to replace it")
-    for name in earlier:
-        os.remove(os.path.join(out, name))
-    os.makedirs(out, exist_ok=True)
+    return earlier
 
 
 def _insert(chosen, batch_size, device, world, quiet):
@@ -148,7 +150,7 @@ def _insert(chosen, batch_size, device, world, quiet):
     return insertion
 
 
-def _write(out, result, chosen, quiet):
+def _write(out, result, chosen):
     import json
 
     from hetrec_dist.analysis.plots import fsc_plot
