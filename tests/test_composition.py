@@ -101,6 +101,9 @@ def test_eval_and_reconstruct_on_compositional_data(assembly_dir, tmp_path):
             assert mrc.data.shape == (32, 32, 32) and float(mrc.voxel_size.x) == pytest.approx(4.0)
     page = (run / "analyze.3" / "index.html").read_text()
     assert "reconstruction from its particles" in page and "cluster_reconstructions.png" in page
+    run_cli("reconstruct", run, "--clusters", 1, "--k", 3, "-o", tmp_path / "cluster1", "-q")
+    np.testing.assert_allclose(mrcfile.read(run / "analyze.3" / "reconstructions" / "cluster_01_half1.mrc"),
+                               mrcfile.read(tmp_path / "cluster1" / "half1.mrc"), rtol=1e-5, atol=1e-7)
 
     # the signal score points at the junk: empty images hold none of the model's density, loose subunits little
     signal = np.load(run / "analyze.3" / "signal_score.npy")

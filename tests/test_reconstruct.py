@@ -134,13 +134,19 @@ def test_a_subset_by_index_file_and_by_clusters_of_a_run(sim_store, two_epoch_ru
 @pytest.mark.parametrize("args, fragments", [
     (["--clusters", "1"], ("--clusters needs SOURCE to be a training run",)),
     (["--ind", "ONE"], ("a gold-standard reconstruction needs particles in both",)),
+    (["--device", "mps"], ("hetrec runs on cpu or cuda",)),
+    (["-o", "NO_FOLDER"], ("does not exist",)),
 ])
-def test_bad_requests_are_one_line_errors(sim_store, tmp_path, args, fragments):
+def test_bad_requests_are_one_line_errors_and_keep_an_earlier_output(sim_store, tmp_path, args, fragments):
     (tmp_path / "one.txt").write_text("7\n")
-    args = [str(tmp_path / "one.txt") if a == "ONE" else a for a in args]
-    result = run_cli("reconstruct", sim_store, "-o", tmp_path / "out", *args, expect_ok=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "map.mrc").write_text("an earlier reconstruction")
+    args = [str(tmp_path / "one.txt") if a == "ONE" else str(tmp_path / "none" / "out") if a == "NO_FOLDER" else a
+            for a in args]
+    result = run_cli("reconstruct", sim_store, "-o", tmp_path / "out", "--overwrite", *args, expect_ok=False)
     assert_one_line_error(result, *fragments)
-    assert not (tmp_path / "out" / "map.mrc").exists()
+    assert (tmp_path / "out" / "map.mrc").read_text() == "an earlier reconstruction"
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.multirank

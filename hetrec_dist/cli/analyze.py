@@ -78,24 +78,30 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
 
 def _cluster_reconstructions(run, state, store_path, rows, seed, device):
     """A function of the clusters' labels (one per particle of z.npy) that reconstructs each cluster from its
-    particles (analysis.reconstruct), with the run's half-sets (else the store's, else a random split) and its
-    refined poses; None for a cluster with a half-set empty. UserError where the run's store is not readable."""
+    particles (analysis.reconstruct), with the run's half-sets (else the store's, else a random split of each
+    cluster, as `hetrec reconstruct --clusters` makes one) and its refined poses; None for a cluster with a
+    half-set empty. UserError where the run's store is not readable."""
     import numpy as np
 
     from hetrec_dist.analysis.reconstruct import insert_groups
     from hetrec_dist.cli.run_files import run_particle_records, run_store
-    from hetrec_dist.data.half_sets import choose_half_sets
+    from hetrec_dist.data.half_sets import choose_half_sets, store_half_sets
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
     group = run_store(run, state, store_path)  # the same particles, or a one-line error
-    half_sets = run_particle_records(run, state, group)[1]
-    if half_sets is None:
-        half_sets = choose_half_sets(group, seed, rows)[0]
+    given = run_particle_records(run, state, group)[1]
+    given = store_half_sets(group) if given is None else given
     poses = checkpoint_poses(state, group)
     store_rows = np.arange(group["images"].shape[0]) if rows is None else rows
 
     def reconstruct(labels):
         groups = [store_rows[labels == cluster] for cluster in range(labels.max() + 1)]
+        half_sets = given
+        if half_sets is None:  # a random split of each cluster
+            half_sets = np.zeros(group["images"].shape[0], np.int8)
+            for members in groups:
+                if len(members):
+                    half_sets[members] = choose_half_sets(group, seed, members)[0][members]
         insertions = insert_groups(store_path, groups, half_sets, poses, device=device)
         return [insertion.reconstruct() if min(insertion.particles) > 0 else None for insertion in insertions]
 

@@ -46,12 +46,13 @@ def command(source, out, ind, exclude, clusters, k, given_poses, store, seed, ba
     earlier = _earlier_outputs(out, overwrite)  # every rank refuses alike, before any rank removes them
     world = init_training_world(shared_memory=False)
     try:
+        device = resolve_device(device, world.local_rank)  # before the earlier outputs go
         if world.is_root:
             for name in earlier:
                 os.remove(os.path.join(out, name))
             os.makedirs(out, exist_ok=True)
         world.barrier()
-        insertion = _insert(chosen, batch_size, resolve_device(device, world.local_rank), world, quiet)
+        insertion = _insert(chosen, batch_size, device, world, quiet)
         if world.is_root:
             _write(out, insertion.reconstruct(), chosen)
     finally:
@@ -93,14 +94,16 @@ def _run_particles(run, ind, exclude, clusters, k, given_poses, store_path, seed
     store = run_store(run, state, store_path)
     rows = run_rows(run, state, store)
     what = "the run's particles"
-    if clusters:
+    if clusters is not None:
         chosen = parse_clusters(clusters)
         rows = cluster_rows(run, k, chosen, state, store)
         what = f"clusters {','.join(map(str, chosen))} of analyze.{k}"
     if ind or exclude:
         picked = subset_rows(store, ind, exclude)
+        outside = 0 if rows is None else len(np.setdiff1d(picked, rows))
         rows = picked if rows is None else np.intersect1d(rows, picked)
-        what += " that --ind/--exclude chose"
+        what += " that --ind/--exclude chose" + (f" ({outside:,} they chose are not the run's and were left out)"
+                                                 if outside else "")
     if rows is not None and not len(rows):
         raise UserError(f"no particles left: {what} are none")
     half_sets = run_particle_records(run, state, store)[1]
@@ -133,6 +136,11 @@ def _earlier_outputs(out, overwrite):
     from hetrec_dist.errors import UserError
 
     refuse_link(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UserError(f"-o {out}: its folder {parent} does not exist")
+    if len(os.path.basename(os.path.abspath(out)).encode()) > 255:
+        raise UserError(f"-o {out}: a name longer than file systems take")
     earlier = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
     if earlier and not overwrite:
         raise UserError(f"{out} holds an earlier reconstruction ({', '.join(earlier)}); give another -o or "

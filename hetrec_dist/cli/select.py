@@ -10,7 +10,7 @@ from hetrec_dist.cli.command_line import finite_floats, moved_store_option, refu
 @click.command("select")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--clusters", help="Comma-separated cluster numbers, e.g. 3,7.")
-@click.option("--signal-below", type=click.FloatRange(min=0, min_open=True), callback=finite_floats,
+@click.option("--signal-below", type=float, callback=finite_floats,
               help="Instead of --clusters: the particles whose signal score (RUN/analyze.K/signal_score.npy: "
                    "low for junk) is below this, e.g. 0.3.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
@@ -103,8 +103,13 @@ def signal_rows(run, k, below, state, store):
     if not os.path.isfile(path):
         raise UserError(f"{run}/analyze.{k} has no {SIGNAL_FILE} (its store was not readable when it was made, or "
                         f"an older hetrec made it); run `hetrec analyze {run} --k {k}` again")
-    _check_clusters_are_current(run, k, run_latents(run, state)[1])
-    indices = np.flatnonzero(np.load(path) < below)
+    z, record = run_latents(run, state)
+    _check_clusters_are_current(run, k, record)
+    scores = np.load(path, allow_pickle=False)
+    if scores.shape != (len(z),) or not np.isfinite(scores).all():
+        raise UserError(f"{path}: not the signal scores of the run's {len(z)} particles (damaged); run `hetrec "
+                        f"analyze {run} --k {k}` again")
+    indices = np.flatnonzero(scores < below)
     rows = run_rows(run, state, store)
     return indices if rows is None else rows[indices]
 

@@ -68,12 +68,12 @@ def command(out, atoms, atoms_end, assembly, states, atom_sigma, overwrite, quie
 
     if atoms_end and not atoms:
         raise UserError("--atoms-end needs --atoms")
-    if states and not assembly:
+    if states is not None and not assembly:
         raise UserError("--states needs --assembly")
     if assembly and atoms:
         raise UserError("--assembly and --atoms exclude each other")
     if assembly:
-        model = assembly_model(states or ASSEMBLY_STATES)
+        model = assembly_model(ASSEMBLY_STATES if states is None else states)
     else:
         model = structure_model(atoms, atoms_end, atom_sigma) if atoms else hinge_model()
     result = simulate_dataset(out, model, SimulationSettings(**settings), overwrite, show_progress=not quiet)

@@ -25,6 +25,8 @@ def resolve_device(name, local_rank=0):
         raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but no CUDA GPU is available")
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta…: hetrec runs on neither
+        raise UserError(f"device {name!r}: hetrec runs on cpu or cuda (cuda, cuda:N or auto)")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
