@@ -81,6 +81,12 @@ def test_bad_states_are_one_line_errors(states, fragment, tmp_path):
     assert_one_line_error(result, fragment)
 
 
+def test_a_state_that_drew_no_particles_is_a_warning(tmp_path):
+    result = run_cli("simulate", "--assembly", "--states", "1111:1e9,1010:1", "-o", tmp_path / "s", "--n", 20, "-D",
+                     16, "-q")
+    assert "Warning: state(s) 1 drew no particles" in result.output
+
+
 def test_eval_and_reconstruct_on_compositional_data(assembly_dir, tmp_path):
     store, run = tmp_path / "p.zarr", tmp_path / "run"
     run_cli("convert", assembly_dir / "particles.star", "-o", store, "-q")

@@ -181,6 +181,10 @@ def _write(out, result, chosen):
                "shell_frequency_per_A": [shell / (box * pixel_size_A) for shell in range(len(result.fsc["curve"]))]}
     write_text(os.path.join(out, "reconstruct.json"), json.dumps(summary, indent=1))
     first, second = result.particles
+    resolution_A = result.fsc["resolution_0.143_A"]
+    agreement = (f"gold-standard FSC = 0.143 at {resolution_A:.1f} Å (unmasked)" if resolution_A < box * pixel_size_A
+                 else "the half-maps do not agree even at the lowest resolution (too few particles, or no common "
+                      "structure)")
     click.echo(f"reconstructed {first + second:,} particles ({chosen['what']}; half-sets {first:,} + {second:,}, "
-               f"{chosen['half_sets_from']}): gold-standard FSC = 0.143 at {result.fsc['resolution_0.143_A']:.1f} Å "
-               f"(unmasked); wrote {out}/map.mrc, half1.mrc, half2.mrc, fsc.png", err=True)
+               f"{chosen['half_sets_from']}): {agreement}; wrote {out}/map.mrc, half1.mrc, half2.mrc, fsc.png",
+               err=True)

@@ -82,6 +82,11 @@ def command(out, atoms, atoms_end, assembly, states, atom_sigma, overwrite, quie
     groups = f", {len(snrs)} optics groups (SNR {', '.join(f'{v:g}' for v in snrs)})" if len(snrs) > 1 else ""
     click.echo(f"wrote {result['n']} particles{junk}{groups} (box {result['box']}, {result['pixel_size_A']:.3f} Å/px) "
                f"to {out}", err=True)
+    empty = [i for i, size in enumerate(result["state_sizes"] or []) if size == 0]
+    if empty:
+        click.echo(f"Warning: state(s) {', '.join(map(str, empty))} drew no particles (each particle takes a state "
+                   "at random by the shares of --states); ground_truth/ keeps their maps, and `hetrec eval` leaves "
+                   "them out", err=True)
     if settings["junk_fraction"] and result["n_junk"] in (0, result["n"]):
         click.echo(f"Warning: --junk-fraction {settings['junk_fraction']:g} drew {result['n_junk']} junk particles "
                    f"of {result['n']} (each particle is junk at random with that chance)", err=True)

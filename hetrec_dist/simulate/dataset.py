@@ -280,5 +280,9 @@ def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=T
     if os.path.exists(out):
         shutil.rmtree(out)
     os.rename(partial, out)
+    state_sizes = None
+    if isinstance(model, Assembly):
+        states = particles["state"].to_numpy()
+        state_sizes = np.bincount(states[states >= 0], minlength=len(model.populations)).tolist()
     return {"n": n, "box": box, "pixel_size_A": pixel_size_A, "noise_std": sorted(set(noise_std.tolist())),
-            "n_junk": int(junk.sum())}
+            "n_junk": int(junk.sum()), "state_sizes": state_sizes}
