@@ -110,6 +110,15 @@ def latent_linear_r2(z, coordinates):
     return float(np.mean(scores))
 
 
+def _decoded_at_mean(model, z, map_dir, index):
+    """(the mean latent of z, the model's map there), the map written to map_dir/decoded_NN.mrc where given."""
+    latent = torch.from_numpy(z.mean(axis=0)).to(model.basis.device)
+    decoded = model.volume(latent).cpu().numpy()
+    if map_dir is not None:
+        write_map(os.path.join(map_dir, f"decoded_{index:02d}.mrc"), decoded, model.pixel_size_A)
+    return latent, decoded
+
+
 @torch.no_grad()
 def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
     """Per ground-truth map: FSC of the map decoded at the mean latent of particles within `window` of its
@@ -123,10 +132,7 @@ def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
         near = np.abs(coordinates - coordinate) <= window
         if not near.any():
             continue
-        latent = torch.from_numpy(z[near].mean(axis=0)).to(model.basis.device)
-        decoded = model.volume(latent).cpu().numpy()
-        if map_dir is not None:
-            write_map(os.path.join(map_dir, f"decoded_{index:02d}.mrc"), decoded, model.pixel_size_A)
+        latent, decoded = _decoded_at_mean(model, z[near], map_dir, index)
         summary = fsc_summary(decoded, truth, model.pixel_size_A)
         if model.shape.n_half_sets == 2:
             halves = latent_resolution(model, latent.cpu().numpy())
@@ -194,10 +200,7 @@ def evaluate_composition(model, z, truth, map_dir=None):
         members = states == index
         if not members.any():
             continue
-        latent = torch.from_numpy(z[members].mean(axis=0)).to(model.basis.device)
-        decoded = model.volume(latent).cpu().numpy()
-        if map_dir is not None:
-            write_map(os.path.join(map_dir, f"decoded_{index:02d}.mrc"), decoded, model.pixel_size_A)
+        decoded = _decoded_at_mean(model, z[members], map_dir, index)[1]
         occupancy = occupancies(decoded, truth["core"], truth["subunits"], model.pixel_size_A)
         per_state.append({"state": index, "subunits": record["subunits"], "n_particles": int(members.sum()),
                           "occupancy": occupancy.tolist(), **fsc_summary(decoded, true_map, model.pixel_size_A)})

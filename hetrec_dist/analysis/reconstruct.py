@@ -208,10 +208,9 @@ def _insert_all(data, insertions, group_of, half_sets, poses, show_progress):
             rotations, shifts = batch["rotations"], batch["shifts"]
             if poses is not None:
                 rotations, shifts = (torch.as_tensor(pose[index.numpy()]) for pose in poses)
-            groups = group_of[index]
+            groups, envelope = group_of[index], batch.get("ctf_envelope")
             for group in torch.unique(groups).tolist():
                 mine = groups == group
-                envelope = batch.get("ctf_envelope")
                 insertions[group].insert(batch["images"][mine], rotations[mine], shifts[mine], batch["ctf"][mine],
                                          half_sets[index[mine]], None if envelope is None else envelope[mine])
             progress.update(len(index))

@@ -42,7 +42,6 @@ def command(source, out, ind, exclude, clusters, k, given_poses, store, seed, ba
     from hetrec_dist.train.inference import resolve_device
 
     chosen = _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, seed)
-    _check_both_halves(chosen)
     earlier = _earlier_outputs(out, overwrite)  # every rank refuses alike, before any rank removes them
     world = init_training_world(shared_memory=False)
     try:
@@ -62,7 +61,7 @@ def command(source, out, ind, exclude, clusters, k, given_poses, store, seed, ba
 def _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, seed):
     """What to reconstruct, as a dict: store (path), rows (sorted store rows or None: all), half_sets (N, store
     order), where they came from (words), poses (refined rotations and shifts, or None) and a description."""
-    from hetrec_dist.data.half_sets import choose_half_sets
+    from hetrec_dist.data.half_sets import reconstruction_half_sets
     from hetrec_dist.data.store import open_store
     from hetrec_dist.data.subset import subset_rows
     from hetrec_dist.errors import UserError
@@ -74,9 +73,10 @@ def _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, see
                 raise UserError(f"{option} needs SOURCE to be a training run; {source} is not one (no checkpoints/)")
         group = open_store(source)
         rows = subset_rows(group, ind, exclude) if ind or exclude else None
-        half_sets, where = choose_half_sets(group, seed, rows)
+        what = "every particle" if rows is None else "the particles --ind/--exclude chose"
+        half_sets, where = reconstruction_half_sets(group, rows, seed, what=what)
         return {"store": source, "rows": rows, "half_sets": half_sets, "half_sets_from": where, "poses": None,
-                "what": "every particle" if rows is None else "the particles --ind/--exclude chose"}
+                "what": what}
     return _run_particles(source, ind, exclude, clusters, k, given_poses, store, seed)
 
 
@@ -85,7 +85,7 @@ def _run_particles(run, ind, exclude, clusters, k, given_poses, store_path, seed
 
     from hetrec_dist.cli.run_files import run_checkpoint, run_particle_records, run_rows, run_store, run_store_path
     from hetrec_dist.cli.select import cluster_rows, parse_clusters
-    from hetrec_dist.data.half_sets import choose_half_sets
+    from hetrec_dist.data.half_sets import reconstruction_half_sets
     from hetrec_dist.data.subset import subset_rows
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.pose_refinement import checkpoint_poses
@@ -106,26 +106,11 @@ def _run_particles(run, ind, exclude, clusters, k, given_poses, store_path, seed
                                                  if outside else "")
     if rows is not None and not len(rows):
         raise UserError(f"no particles left: {what} are none")
-    half_sets = run_particle_records(run, state, store)[1]
-    where = "the run's"
-    if half_sets is None:
-        half_sets, where = choose_half_sets(store, seed, rows)
+    half_sets, where = reconstruction_half_sets(store, rows, seed, run_particle_records(run, state, store)[1], what)
     poses = None if given_poses else checkpoint_poses(state, store)
     return {"store": store_path or run_store_path(run), "rows": rows, "half_sets": half_sets,
             "half_sets_from": where, "poses": poses,
             "what": what + (", with the run's refined poses" if poses is not None else "")}
-
-
-def _check_both_halves(chosen):
-    import numpy as np
-
-    from hetrec_dist.errors import UserError
-
-    half_sets = chosen["half_sets"] if chosen["rows"] is None else chosen["half_sets"][chosen["rows"]]
-    counts = np.bincount(half_sets, minlength=3)[1:]
-    if counts.min() == 0:
-        raise UserError(f"{chosen['what']}: {len(half_sets)} particle(s), all in half-set {counts.argmax() + 1} "
-                        f"({chosen['half_sets_from']}); a gold-standard reconstruction needs particles in both")
 
 
 def _earlier_outputs(out, overwrite):

@@ -91,6 +91,19 @@ def read_run_half_sets(run_dir: str, n_particles: int) -> np.ndarray:
     return values.astype(np.int8)
 
 
+def reconstruction_half_sets(group, rows, seed=0, given=None, what="the particles"):
+    """(half-sets N, where they came from in words) for a gold-standard reconstruction of the store rows `rows`
+    (None: all; `what`: those rows in words): `given` (a run's, N) where there are, else choose_half_sets's.
+    UserError unless both half-sets hold some of the rows."""
+    values, where = (given, "the run's") if given is not None else choose_half_sets(group, seed, rows)
+    chosen = values if rows is None else values[rows]
+    counts = np.bincount(chosen, minlength=3)[1:]
+    if counts.min() == 0:
+        raise UserError(f"{what}: {len(chosen)} particle(s), all in half-set {counts.argmax() + 1} ({where}); a "
+                        "gold-standard reconstruction needs particles in both: select more")
+    return values, where
+
+
 def checkpoint_half_sets(checkpoint: dict, run: str, n_particles: int) -> np.ndarray:
     """The half-sets a half-set run's checkpoint trained on (N, int8); UserError where it holds none (a
     checkpoint written before they were kept: RUN/half_sets.npy is then the record) or another number."""

@@ -23,7 +23,7 @@ from hetrec_dist.analysis.maps import central_sections, chimerax_level
 from hetrec_dist.analysis.reconstruct import insert_particles
 from hetrec_dist.analysis.select import write_subset
 from hetrec_dist.data.atomic_files import refuse_link, write_text
-from hetrec_dist.data.half_sets import choose_half_sets
+from hetrec_dist.data.half_sets import reconstruction_half_sets
 from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.store import open_store
 from hetrec_dist.data.subset import read_index_file
@@ -296,13 +296,8 @@ class Explorer:
         name = check_name(name)
         positions = np.asarray(positions, dtype=np.int64)
         rows = np.sort(positions if self.records.rows is None else np.asarray(self.records.rows)[positions])
-        half_sets = self.records.half_sets
-        if half_sets is None:
-            half_sets = choose_half_sets(open_store(self.store_path), 0, rows)[0]
-        counts = np.bincount(np.asarray(half_sets)[rows], minlength=3)[1:]
-        if counts.min() == 0:
-            raise UserError(f"the {len(rows)} selected particle(s) are all in half-set {counts.argmax() + 1}; select "
-                            "more for a gold-standard reconstruction")
+        half_sets = reconstruction_half_sets(open_store(self.store_path), rows, given=self.records.half_sets,
+                                             what="the selection")[0]
         result = insert_particles(self.store_path, half_sets, rows, self.records.poses,
                                   device=self.model.basis.device, show_progress=False).reconstruct()
         folder = os.path.join(self.out_dir, "reconstructions", name)
