@@ -13,8 +13,14 @@ import torch
 
 from conftest import assert_one_line_error, run_cli
 
-from hetrec_dist.analysis.half_maps import latent_resolution
+from hetrec_dist.analysis.half_maps import (
+    agreement_line,
+    describe_resolution,
+    half_set_agreement,
+    latent_resolution,
+)
 from hetrec_dist.cli.run_files import run_model
+from hetrec_dist.model.hetvae import HetVAE
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
 from hetrec_dist.physics.projector import project, slice_geometry
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
@@ -93,12 +99,20 @@ def noise_run(tmp_path_factory):
     return root / "run"
 
 
-def test_half_maps_of_pure_noise_do_not_correlate_and_identical_halves_do(noise_run):
+def test_half_maps_of_pure_noise_do_not_correlate_but_where_joined_and_identical_halves_do(noise_run):
+    """Past the resolutions the halves share (half_sets_join_A), pure noise gives half-maps that do not correlate,
+    though both halves started from the same random basis; the joined shells are one, and a resolution there
+    is said not to be gold-standard."""
     model = run_model(noise_run, None, "cpu")
     radius = int(model.shape.max_radius * model.shape.box)
+    joined = model.shape.box * model.pixel_size_A / model.half_sets_join_A  # 3.2 voxels
     for latent in np.random.default_rng(0).normal(size=(3, 3)):
-        curve = np.array(latent_resolution(model, latent)["curve"])
-        assert np.abs(curve[3:radius]).mean() < 0.1 and np.abs(curve[3:radius]).max() < 0.35, curve
+        result = latent_resolution(model, latent)
+        curve = np.array(result["curve"])
+        np.testing.assert_allclose(curve[:int(joined + 0.5)], 1, atol=1e-6)  # shells 0-2: every voxel joined
+        past = np.abs(curve[int(np.ceil(joined + 0.5)):radius])
+        assert past.mean() < 0.1 and past.max() < 0.35, curve
+        assert result["at_join"] and "not gold-standard" in describe_resolution(result)
     with torch.no_grad():
         model.set_components(model.components(1), half_set=2)
     same = latent_resolution(model, np.zeros(3))
@@ -267,3 +281,62 @@ def test_explore_shows_the_half_maps_fsc_and_writes_the_half_sets(half_set_run, 
     paths, _ = explorer.save_selection("first", np.arange(40))
     written = starfile.read(paths[2], always_dict=True)["particles"]["rlnRandomSubset"]
     np.testing.assert_array_equal(written, half_sets[:40])
+
+
+def _half_set_model(join_A=40.0):
+    config = build_config(None, {"zdim": 2, "n_basis": 2, "half_sets": True})
+    return HetVAE(config.model_shape(32, 4.0), 4.0, half_sets_join_A=join_A)
+
+
+def test_both_halves_start_alike_and_joining_sets_their_coarse_coefficients_to_the_mean_alone():
+    """Against voxel radii computed here: the coefficients within box x pixel size / half_sets_join_A of the
+    origin become the halves' mean, in both halves; every other coefficient is left as it was."""
+    model = _half_set_model()
+    n_voxels = model.half_ball.n_voxels
+    torch.testing.assert_close(model.basis[:n_voxels], model.basis[n_voxels:])
+    with torch.no_grad():
+        model.basis.normal_(generator=torch.Generator().manual_seed(0))
+    before = model.basis.detach().numpy().copy()
+    model.join_half_sets()
+    after = model.basis.detach().numpy()
+    joined = np.sqrt((model.half_ball.coords.numpy() ** 2).sum(1)) <= 32 * 4.0 / 40.0
+    assert 50 < joined.sum() < 0.1 * n_voxels
+    mean = (before[:n_voxels][joined] + before[n_voxels:][joined]) / 2
+    np.testing.assert_allclose(after[:n_voxels][joined], mean, rtol=1e-6)
+    np.testing.assert_allclose(after[n_voxels:][joined], mean, rtol=1e-6)
+    np.testing.assert_array_equal(after[:n_voxels][~joined], before[:n_voxels][~joined])
+    np.testing.assert_array_equal(after[n_voxels:][~joined], before[n_voxels:][~joined])
+
+
+def test_half_set_agreement_tells_halves_that_move_alike_from_opposite_and_unrelated_ones():
+    """The halves' changes along the latents' first principal direction: the same basis in both halves gives
+    1, components of opposite sign -1 (the failure joining prevents), unrelated random bases about 0."""
+    model, generator = _half_set_model(), torch.Generator().manual_seed(1)
+    z = np.random.default_rng(0).normal(size=(500, 2)) * [3.0, 0.5]
+    n_voxels = model.half_ball.n_voxels
+
+    def random_components():
+        return torch.complex(*torch.randn(2, n_voxels, 3, generator=generator))
+
+    components = random_components()
+    model.set_components(components, 1)
+    model.set_components(components, 2)
+    assert half_set_agreement(model, z) == pytest.approx(1.0, abs=1e-5)
+    model.set_components(components * torch.tensor([1, -1, -1]), 2)
+    assert half_set_agreement(model, z) == pytest.approx(-1.0, abs=1e-5)
+    model.set_components(random_components(), 2)
+    assert abs(half_set_agreement(model, z)) < 0.1
+    assert not agreement_line(-1.0)[0] and "disagree" in agreement_line(-1.0)[1] and agreement_line(0.6)[0]
+
+
+def test_a_half_set_run_trains_its_joined_coefficients_as_one_and_reports_the_halves_agreement(half_set_run):
+    model = run_model(half_set_run, None, "cpu")
+    n_voxels, rows = model.half_ball.n_voxels, model.joined_rows()
+    basis = model.basis.detach()
+    assert model.half_sets_join_A == 40.0 and len(rows) > 0
+    torch.testing.assert_close(basis[rows], basis[rows + n_voxels])
+    own = torch.ones(n_voxels, dtype=torch.bool)
+    own[rows] = False
+    assert (basis[:n_voxels][own] - basis[n_voxels:][own]).abs().amax(1).gt(0).all()  # the rest: each its own
+    with open(half_set_run / "train.log") as f:
+        assert "half-set agreement along the latent's first principal direction" in f.read()

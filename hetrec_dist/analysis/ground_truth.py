@@ -9,7 +9,7 @@ import torch
 from scipy.stats import rankdata, spearmanr
 
 from hetrec_dist.analysis.fsc import fsc_summary
-from hetrec_dist.analysis.half_maps import latent_resolution
+from hetrec_dist.analysis.half_maps import half_set_agreement, latent_resolution
 from hetrec_dist.data.atomic_files import refuse_link, write_text
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.map_files import write_map
@@ -147,6 +147,8 @@ def evaluate(model, z, coordinates, maps, window=0.05, map_dir=None):
               "latent_linear_r2": latent_linear_r2(z[real], coordinates[real])}
     if not real.all():
         result["junk_separation_auc"] = junk_separation_auc(z, ~real)
+    if model.shape.n_half_sets == 2:
+        result["half_set_agreement"] = half_set_agreement(model, z)
     return result
 
 

@@ -85,9 +85,12 @@ def histograms(projected, explained, path, n=4):
     _save(figure, path)
 
 
-def fsc_plot(curves, box, pixel_size_A, path):
-    """FSC curves (label: values per shell) against spatial frequency."""
+def fsc_plot(curves, box, pixel_size_A, path, joined_A=None):
+    """FSC curves (label: values per shell) against spatial frequency; joined_A: half-maps one at resolutions
+    coarser than it (HetVAE.join_half_sets), shaded."""
     figure, axis = plt.subplots(figsize=(6, 4))
+    if joined_A:
+        axis.axvspan(0, 1 / joined_A, color="grey", alpha=0.15, label=f"halves joined (> {joined_A:g} Å)")
     for label, curve in curves.items():
         frequency = np.arange(len(curve)) / (box * pixel_size_A)
         axis.plot(frequency, curve, label=label)

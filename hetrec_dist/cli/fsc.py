@@ -124,7 +124,7 @@ def _run_half_maps(run, z_path, checkpoint, device, plot_path, as_json):
         from hetrec_dist.analysis.plots import fsc_plot
 
         fsc_plot({f"latent {i}": r["curve"] for i, r in enumerate(results)}, model.shape.box, model.pixel_size_A,
-                 plot_path)
+                 plot_path, joined_A=model.half_sets_join_A)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -132,6 +132,7 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
     world.close()
     if world.is_root:
         _report_latent_spread(trainer)
+        _report_half_set_agreement(trainer)
         _report_unequal_noise(trainer)
     if not quiet and world.is_root:
         if config.gt:
@@ -162,6 +163,20 @@ def _report_latent_spread(trainer):
     _, dominant, line = latent_spread(np.load(os.path.join(trainer.run_dir, "z.npy")))
     trainer.log.info(line)
     click.echo(line if dominant else f"Warning: {line}", err=True)
+
+
+def _report_half_set_agreement(trainer):
+    """With half-sets: whether the halves' maps agree along the latent's first direction (analysis.half_maps),
+    in train.log and on the console; a warning where they do not."""
+    if trainer.model.shape.n_half_sets != 2:
+        return
+    import numpy as np
+
+    from hetrec_dist.analysis.half_maps import agreement_line, half_set_agreement
+
+    agree, line = agreement_line(half_set_agreement(trainer.model, np.load(os.path.join(trainer.run_dir, "z.npy"))))
+    trainer.log.info(line)
+    click.echo(line if agree else f"Warning: {line}", err=True)
 
 
 def _report_unequal_noise(trainer):

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, Patch, State, ctx, dcc, html, no_update
 from plotly.subplots import make_subplots
 
+from hetrec_dist.analysis.half_maps import describe_resolution
 from hetrec_dist.analysis.maps import chimerax_level
 from hetrec_dist.errors import UserError
 from hetrec_dist.explore.session import mesh, mesh_step, sections
@@ -119,13 +120,16 @@ def map_figures(explorer, volume, enclosed_percent, smoothing_A=0):
 
 
 def fsc_figure(result, box, pixel_size_A):
-    """The half-maps' FSC curve at a latent against spatial frequency (1/Å), with the 0.143 line
-    (analysis.half_maps.latent_resolution)."""
+    """The half-maps' FSC curve at a latent against spatial frequency (1/Å), with the 0.143 line and the
+    joined resolutions shaded (analysis.half_maps.latent_resolution)."""
     curve = np.asarray(result["curve"])
     frequency = np.arange(len(curve)) / (box * pixel_size_A)
     figure = go.Figure(go.Scatter(x=frequency[1:], y=curve[1:], mode="lines", name="FSC",
                                   customdata=1 / frequency[1:], hovertemplate="%{customdata:.1f} Å: %{y:.3f}"))
     figure.add_hline(y=0.143, line_dash="dot", annotation_text="0.143")
+    if result.get("joined_A"):  # the halves are one there (HetVAE.join_half_sets)
+        figure.add_vrect(x0=0, x1=1 / result["joined_A"], fillcolor="grey", opacity=0.15, line_width=0,
+                         annotation_text="joined", annotation_position="top left")
     figure.update_layout(xaxis_title="spatial frequency (1/Å)", yaxis_title="FSC", yaxis_range=[-0.1, 1.05], height=220,
                          margin={"l": 40, "r": 10, "t": 10, "b": 40})
     return figure
@@ -416,8 +420,7 @@ def _resolution(explorer, particle):
     if particle is None:
         return no_update, no_update
     result = explorer.resolution_at(particle)
-    bound = " (the model's limit: the map may hold more)" if result["at_limit"] else ""
-    line = (f"FSC = 0.143 at {result['resolution_0.143_A']:.2f} Å{bound}; FSC = 0.5 at "
+    line = (f"FSC = 0.143 at {describe_resolution(result)}; FSC = 0.5 at "
             f"{result['resolution_0.5_A']:.2f} Å, of the half-maps at particle {particle}'s latent")
     return fsc_figure(result, explorer.model.shape.box, explorer.model.pixel_size_A), line
 

@@ -37,9 +37,13 @@ class ModelShape:
 
 
 class HetVAE(nn.Module):
-    def __init__(self, shape: ModelShape, pixel_size_A: float, image_std: float = 1.0, init_scale: float = 1e-2):
+    def __init__(self, shape: ModelShape, pixel_size_A: float, image_std: float = 1.0, init_scale: float = 1e-2,
+                 half_sets_join_A: float | None = None):
+        """half_sets_join_A: with half-sets, the resolution (Å) coarser than which the halves' bases are one
+        (join_half_sets; None: never joined, as runs trained before the join was added)."""
         super().__init__()
         self.shape, self.pixel_size_A, self.image_std = shape, pixel_size_A, image_std
+        self.half_sets_join_A = half_sets_join_A if shape.n_half_sets == 2 else None
         radius = min(shape.max_radius * shape.box, shape.box / 2 - 1)
         self.half_ball = HalfBall.build(radius)
         self.disk = HalfDisk.build(shape.box, radius)
@@ -48,9 +52,11 @@ class HetVAE(nn.Module):
         self.encoder = ResidualMLPEncoder(2 * int(self.encoder_points.sum()), shape.zdim, shape.encoder_hidden,
                                           shape.encoder_blocks)
         self.decoder = nn.Linear(shape.zdim, shape.n_basis)
-        # small random volumes, so that the weights get a gradient from the first step (torch's global RNG)
-        n_rows = self.half_ball.n_voxels * shape.n_half_sets
-        self.basis = nn.Parameter(torch.randn(n_rows, 2 * (shape.n_basis + 1)) * init_scale)
+        # small random volumes, so that the weights get a gradient from the first step (torch's global RNG); the
+        # same for both half-sets, as RELION starts both halves from one reference, so that they break the
+        # symmetry alike (see join_half_sets): what they learn after comes from each half's own particles
+        start = torch.randn(self.half_ball.n_voxels, 2 * (shape.n_basis + 1)) * init_scale
+        self.basis = nn.Parameter(start.repeat(shape.n_half_sets, 1))
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) moves the grids too
         super()._apply(fn, *args, **kwargs)
@@ -182,6 +188,32 @@ class HetVAE(nn.Module):
         if "half_set" not in batch:
             raise ValueError("a half-set model needs each image's half-set (batch['half_set'], 1 or 2)")
         return (batch["half_set"].to(self.basis.device, torch.int32) - 1) * self.half_ball.n_voxels
+
+    def joined_rows(self) -> torch.Tensor:
+        """Rows of the first half-set's basis that join_half_sets joins with the second's (the voxels within
+        box x pixel size / half_sets_join_A of the origin); none for a model with one basis or no join."""
+        if self.shape.n_half_sets == 1 or self.half_sets_join_A is None:
+            return torch.zeros(0, dtype=torch.long, device=self.basis.device)
+        radius = self.shape.box * self.pixel_size_A / self.half_sets_join_A
+        return torch.nonzero((self.half_ball.coords ** 2).sum(1) <= radius ** 2).squeeze(1)
+
+    @torch.no_grad()
+    def join_half_sets(self) -> None:
+        """Set both half-sets' basis coefficients at resolutions coarser than half_sets_join_A (joined_rows) to
+        their mean.
+
+        Each half's basis alone can learn the latent's meaning with any sign or mix of its components (only the
+        shared encoder and decoder tie the halves), and at some seeds it does: one half's maps move along a
+        latent axis as the other's move back, and the latents of the two halves' particles no longer line up
+        (docs/benchmarks.md, issue 32). Joined at low resolution the halves learn one meaning, as RELION joins
+        its half-maps below --low_resol_join_halves (40 Å) so that their orientations cannot diverge. The
+        half-maps' FSC is 1 there by construction: a gold-standard resolution is one finer than
+        half_sets_join_A (analysis.half_maps)."""
+        rows = self.joined_rows()
+        if len(rows):
+            other = rows + self.half_ball.n_voxels
+            joined = (self.basis[rows] + self.basis[other]) / 2
+            self.basis[rows], self.basis[other] = joined, joined
 
     def support_projector(self, mask_diameter_A: float | None = None,
                           envelope_threshold: float = EnvelopeMask.threshold) -> SupportProjector:

@@ -51,6 +51,7 @@ class TrainConfig:
     #                             optics group, estimated from the residuals each epoch or from the particle-free
     #                             corners of the images once
     half_sets: bool = False    # a basis per half-set of the particles (gold-standard half-maps; data.half_sets)
+    half_sets_join_A: float = 40.0  # half_sets: the halves' bases are one at resolutions coarser than this (Å)
     refine_poses: bool = False  # refine each particle's pose as it trains (train.pose_refinement)
     refine_rotations: bool = True  # refine_poses: the rotations and the shifts (False: the shifts only)
     pose_warmup_epochs: int = 3    # refine_poses: epochs on the given poses first
@@ -124,6 +125,7 @@ _VALID = {  # setting: (test of a valid value, what a valid value is); None pass
     "basis_reduction": (lambda v: v in REDUCTIONS, f"one of {', '.join(REDUCTIONS)}"),
     "collective_timeout_s": (lambda v: v >= 1, "a timeout of at least 1 s"),
     "noise_model": (lambda v: v in NOISE_MODELS, f"one of {', '.join(NOISE_MODELS)}"),
+    "half_sets_join_A": (_positive, "a positive resolution in Å"),
     "pose_warmup_epochs": (lambda v: v >= 0, "a number of epochs"),
     "pose_max_step_deg": (lambda v: _positive(v) and v <= 30, "an angle above 0 and at most 30 degrees"),
     "pose_max_step_A": (_positive, "a positive length in Å"),

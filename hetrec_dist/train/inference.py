@@ -35,7 +35,8 @@ def resolve_device(name, local_rank=0):
 def load_model(checkpoint, device="cpu"):
     """The model of a checkpoint (train.checkpoint.load_checkpoint's dict), in eval mode."""
     try:
-        model = HetVAE(ModelShape(**checkpoint["model_shape"]), checkpoint["pixel_size_A"], checkpoint["image_std"])
+        model = HetVAE(ModelShape(**checkpoint["model_shape"]), checkpoint["pixel_size_A"], checkpoint["image_std"],
+                       half_sets_join_A=checkpoint.get("config", {}).get("half_sets_join_A"))
     except (TypeError, ValueError, KeyError) as err:  # a shape hetrec did not write
         raise _not_this_model(err) from None
     load_weights(model, checkpoint["model"])

@@ -115,7 +115,8 @@ class Trainer:
         self.n_store_particles = store.n_particles
         # the run's own id, kept on resume; rank 0's for all (saved is the same on every rank: all or none call)
         self.run_id = (saved or {}).get("run_id") or self.world.broadcast_object(uuid.uuid4().hex)
-        self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"]).to(self.device)
+        self.model = HetVAE(shape, store.pixel_size_A, store.attrs["normalization"]["std"],
+                            half_sets_join_A=config.half_sets_join_A).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
                                   config.basis_reduction, config.collective_timeout_s, self.model.half_ball,
@@ -244,6 +245,7 @@ class Trainer:
         self.ranks.step()
         self.basis_optimizer.step()
         self.basis_optimizer.zero_grad(set_to_none=True)
+        self.model.join_half_sets()
         self._synchronize()
         timings = {"forward_s": forward_done - started, "poses_s": poses_done - forward_done,
                    "backward_s": backward_done - poses_done,
