@@ -193,6 +193,10 @@ def _page(summary, out_dir, evaluation=""):
     spread = html.escape(summary["latent_spread"])
     spread_note = (f'<p>{spread}: one direction dominates, so PC1 and its traversal show the main motion.</p>'
                    if summary["one_direction_dominates"] else f'<p style="color:#a00"><b>{spread}</b></p>')
+    if summary.get("focus_mask"):
+        spread_note = (f'<p><b>Focused run</b>: the latent space describes what varies inside '
+                       f'{html.escape(summary["focus_mask"])} only; outside it every map is the mean.</p>'
+                       + spread_note)
     landscape = "".join(figure(p) for p in plots_shown if p.startswith(("pca_clusters", "umap", "pc_hist")))
     confounders = "".join(figure(p) for p in plots_shown if p.startswith("pca_by_") or p == "pca_ground_truth.png")
     traversals = "".join(figure(p) for p in plots_shown
@@ -424,6 +428,9 @@ def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles,
                "maps": maps, "plots": names, "chimerax_level": level, "latents": latents_record}
     if resolutions:
         summary["half_map_resolution_0.143_A"] = resolutions
+    focus = os.path.join(run_dir, "focus_mask.mrc")  # train.focus_mask.FOCUS_MASK_FILE (train is above analysis)
+    if os.path.exists(focus):
+        summary["focus_mask"] = os.path.abspath(focus)
     if reconstruct_clusters is not None:
         summary["reconstructions"] = reconstructions
     if signal is not None:

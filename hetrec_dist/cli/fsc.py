@@ -8,28 +8,6 @@ import click
 from hetrec_dist.cli.command_line import plot_file
 
 
-def _read_map(path):
-    import mrcfile
-    import numpy as np
-
-    from hetrec_dist.errors import UserError
-
-    try:
-        with mrcfile.open(path, permissive=True) as mrc:
-            data, pixel = mrc.data, float(mrc.voxel_size.x)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable MRC map ({err})") from None
-    if data is None or data.ndim != 3 or len(set(data.shape)) != 1:
-        raise UserError(f"{path}: not a cubic 3-D map (shape {None if data is None else data.shape})")
-    data = data.astype("float64")
-    if not np.isfinite(data).all():
-        raise UserError(f"{path}: holds {int((~np.isfinite(data)).sum())} values that are not numbers (NaN or "
-                        "infinite); an FSC of it means nothing")
-    if not data.any():
-        raise UserError(f"{path}: an empty map (every value 0)")
-    return data, pixel
-
-
 @click.command("fsc")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="MAP_A MAP_B | RUN")
 @click.option("--z", "z_path", type=click.Path(dir_okay=False, exists=True),
@@ -64,15 +42,16 @@ def command(inputs, z_path, checkpoint, device, mask, plot_path, as_json):
 
 def _two_maps(map_a, map_b, mask, plot_path, as_json):
     from hetrec_dist.analysis.fsc import fsc_summary, soft_sphere
+    from hetrec_dist.data.map_files import read_user_map
     from hetrec_dist.errors import UserError
 
-    a, pixel_a = _read_map(map_a)
-    b, pixel_b = _read_map(map_b)
+    a, pixel_a = read_user_map(map_a)
+    b, pixel_b = read_user_map(map_b)
     (a, pixel_a), (b, pixel_b) = _same_box((a, pixel_a, map_a), (b, pixel_b, map_b))
     if abs(pixel_a - pixel_b) > 1e-3 * max(pixel_a, pixel_b):
         raise UserError(f"the maps have different pixel sizes: {pixel_a:.4f} and {pixel_b:.4f} Å")
     if mask:
-        weights = soft_sphere(a.shape[0]) if mask == "sphere" else _read_map(mask)[0]
+        weights = soft_sphere(a.shape[0]) if mask == "sphere" else read_user_map(mask)[0]
         if weights.shape != a.shape:
             raise UserError(f"{mask}: mask box {weights.shape[0]} differs from the maps' {a.shape[0]}")
         if not (weights > 0).any():

@@ -45,6 +45,10 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
 @click.option("--half-sets/--no-half-sets", default=None,
               help="Train a basis per half-set of the particles, for half-maps and a gold-standard resolution "
                    "at each latent (`hetrec fsc RUN --z`); about 1.2x the time.")
+@click.option("--focus-mask", type=click.Path(exists=True, dir_okay=False),
+              help="Focused heterogeneity: an MRC mask (0 to 1, the particles' box and pixel size, as "
+                   "relion_mask_create writes) to which the basis volumes are confined; the latent space describes "
+                   "what varies inside it, everything outside is the mean. RUN/focus_mask.mrc keeps it.")
 @click.option("--refine-poses/--no-refine-poses", default=None,
               help="Refine each particle's rotation and shift as it trains, after --pose-warmup epochs; the refined "
                    "poses go to RUN/poses.npz (`hetrec export` writes them as STAR, .cs or poses.pkl).")
@@ -105,8 +109,9 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
         for option, name in (("--pose-warmup", "pose_warmup_epochs"), ("--rotations-too", "refine_rotations")):
             if overrides.get(name) is not None:
                 warn_input(f"{option} has no effect without --refine-poses")
-    if overrides.get("gt"):
-        overrides["gt"] = os.path.abspath(overrides["gt"])
+    for name in ("gt", "focus_mask"):
+        if overrides.get(name):
+            overrides[name] = os.path.abspath(overrides[name])
     saved = os.path.join(out, "config.yaml")
     config = build_config(preset, overrides, saved if resume and os.path.isfile(saved) else None)
     if config.gt:

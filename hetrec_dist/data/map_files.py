@@ -6,6 +6,7 @@ import mrcfile
 import numpy as np
 
 from hetrec_dist.data.atomic_files import write_atomically
+from hetrec_dist.errors import UserError
 
 
 def write_map(path, volume, pixel_size_A):
@@ -24,3 +25,22 @@ def write_map(path, volume, pixel_size_A):
 def read_map(path):
     """The data of an MRC map written by write_map (z, y, x; float32)."""
     return mrcfile.read(path)
+
+
+def read_user_map(path):
+    """(data [z, y, x] float64, pixel size in Å from the header, 0 where unset) of a map a user gives, or a
+    one-line UserError: unreadable, not a cube, values that are not numbers, or every value 0."""
+    try:
+        with mrcfile.open(path, permissive=True) as mrc:
+            data, pixel = mrc.data, float(mrc.voxel_size.x)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable MRC map ({err})") from None
+    if data is None or data.ndim != 3 or len(set(data.shape)) != 1:
+        raise UserError(f"{path}: not a cubic 3-D map (shape {None if data is None else data.shape})")
+    data = data.astype("float64")
+    if not np.isfinite(data).all():
+        raise UserError(f"{path}: holds {int((~np.isfinite(data)).sum())} values that are not numbers (NaN or "
+                        "infinite)")
+    if not data.any():
+        raise UserError(f"{path}: an empty map (every value 0)")
+    return data, pixel

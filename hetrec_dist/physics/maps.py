@@ -81,6 +81,7 @@ class SupportProjector:
         self.samples_per_A = self.n / (box * pixel_size_A)
         self.sphere = soft_sphere_mask(self.n, radius_px * self.n / box, edge_px * self.n / box)
         self.mask, self.envelope = self.sphere, envelope
+        self.box, self.focus = box, None
         resolution_A = box * pixel_size_A / half_ball.coords.double().norm(dim=1)  # of each voxel
         self.lowpass = torch.exp(-torch.log(torch.tensor(2.0)) * (envelope.lowpass_A / resolution_A) ** 2)
 
@@ -91,17 +92,32 @@ class SupportProjector:
         spectrum[self.index.to(coefficients.device)] = coefficients
         return torch.fft.irfftn(spectrum.view(n, n, n // 2 + 1), s=(n, n, n))
 
+    def set_focus(self, focus: torch.Tensor) -> None:
+        """Confine every volume but the first (the mean) to `focus` as well: a box^3 map [z, y, x] of values in
+        [0, 1] on the images' grid, centred at box // 2, sampled (trilinear) at this projector's finer grid of
+        the same extent."""
+        n, box = self.n, self.box
+        wrapped = torch.fft.fftfreq(n, dtype=torch.float64) * n  # grid index i as a coordinate: i, or i - n
+        # grid_sample's coordinates: -1 and 1 are the centres of the first and last of box samples
+        along = (box // 2 + wrapped * box / n) * 2 / (box - 1) - 1
+        z, y, x = torch.meshgrid(along, along, along, indexing="ij")
+        points = torch.stack([x, y, z], dim=-1)[None]  # grid_sample takes (x, y, z) for a [z, y, x] volume
+        sampled = torch.nn.functional.grid_sample(focus.to(torch.float64)[None, None], points, mode="bilinear",
+                                                  padding_mode="zeros", align_corners=True)
+        self.focus = sampled[0, 0].to(self.sphere.dtype)
+
     def __call__(self, coefficients, directions=None):
         """coefficients: V x C complex (C volumes) -> the same, confined. directions (C x M): if given, the
         mask first becomes the sphere times the envelope of the maps sum_c directions[c, m] volume_c, m = 1..M
-        (see envelope_mask), and stays so for the calls without. One map at a time: at box 256 a map is
-        70 MB."""
+        (see envelope_mask), and stays so for the calls without. With a focus (set_focus), volumes 2..C are
+        confined to the mask times the focus. One map at a time: at box 256 a map is 70 MB."""
         if directions is not None:
             self.mask = self.sphere.to(coefficients.device) * self.envelope_mask(coefficients, directions)
         index = self.index.to(coefficients.device)
         mask = self.mask.to(coefficients.device, coefficients.real.dtype)
-        return torch.stack([torch.fft.rfftn(self._map(volume) * mask).reshape(-1)[index]
-                            for volume in coefficients.T], dim=1)
+        focused = mask if self.focus is None else mask * self.focus.to(mask.device, mask.dtype)
+        return torch.stack([torch.fft.rfftn(self._map(volume) * (mask if c == 0 else focused)).reshape(-1)[index]
+                            for c, volume in enumerate(coefficients.T)], dim=1)
 
     def mask_map(self, box: int) -> torch.Tensor:
         """The current mask on the images' grid (box^3, centred at box // 2, as maps are), for display."""

@@ -52,6 +52,7 @@ class TrainConfig:
     #                             corners of the images once
     half_sets: bool = False    # a basis per half-set of the particles (gold-standard half-maps; data.half_sets)
     half_sets_join_A: float = 40.0  # half_sets: the halves' bases are one at resolutions coarser than this (Å)
+    focus_mask: str = ""       # an MRC mask: the basis volumes confined to it, the mean free (train.focus_mask)
     refine_poses: bool = False  # refine each particle's pose as it trains (train.pose_refinement)
     refine_rotations: bool = True  # refine_poses: the rotations and the shifts (False: the shifts only)
     pose_warmup_epochs: int = 3    # refine_poses: epochs on the given poses first

@@ -47,6 +47,7 @@ from hetrec_dist.errors import UserError, is_out_of_memory
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
 from hetrec_dist.model.noise import NoiseSpectrum
 from hetrec_dist.physics.fourier_grid import squared_magnitude
+from hetrec_dist.train import focus_mask
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.inference import embed, load_weights, resolve_device, save_latents
@@ -123,6 +124,11 @@ class Trainer:
                                   self.model.disk.coords)
         self.basis_optimizer = RowSparseAdam([self.model.basis], lr=config.lr_basis)
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
+        self.focus = self.world.run_everywhere(
+            lambda: focus_mask.load(config.focus_mask, run_dir, store.box, store.pixel_size_A, saved))
+        if self.focus is not None:
+            self.mask.set_focus(torch.from_numpy(self.focus.values))
+            self.model.confine_basis(self.mask)  # the start too: nothing varies outside the focus
         groups = store.group["optics_group"][:]
         groups = torch.from_numpy(np.unique(groups if self.rows is None else groups[self.rows]))
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
@@ -177,6 +183,8 @@ class Trainer:
         """On rank 0: config.yaml, TensorBoard and train.log; what killed writes left behind goes first."""
         left = remove_temporaries(self.run_dir) + self.checkpointer.remove_temporaries()
         save_config(self.config, os.path.join(self.run_dir, "config.yaml"), store_path, command)
+        if self.focus is not None:
+            focus_mask.write(self.run_dir, self.focus, self.model.pixel_size_A)
         self.metrics = TensorBoardLogger(os.path.join(self.run_dir, "tb"))
         self.log = file_logger(os.path.join(self.run_dir, "train.log"))
         if left:
@@ -200,6 +208,7 @@ class Trainer:
                 "noise_spectrum": self.noise.state_dict(),
                 **({} if self.half_sets is None else {"half_sets": self.half_sets.clone()}),
                 **({} if self.poses is None else {"pose_corrections": self.poses.state_dict()}),
+                **({} if self.focus is None else {"focus_mask_sha256": self.focus.sha256}),
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config),
                 "run_id": self.run_id, "store_sha256": self.store_sha256,
                 **({} if self.rows is None else {"particles": subset_record(self.rows)})}
@@ -430,6 +439,8 @@ class Trainer:
             if min(counts) < 0.5 * max(counts):
                 self._hint(f"the half-sets are unequal ({counts[0]} and {counts[1]} particles): the smaller one's "
                            "maps are noisier, and the half-map resolution reads worse than the full map's")
+        if self.focus is not None:
+            self._tell(self.focus.describe())
         for hint in self.ranks.hints():
             self._hint(hint)
         if self.config.refine_poses and self.config.pose_warmup_epochs >= self.config.epochs:
