@@ -63,8 +63,9 @@ def test_a_binary_mask_gets_a_soft_edge_and_another_box_of_the_same_extent_is_re
     assert (mask[ball(32, (0, 0, 0), 8 + 1.6 + 1e-6) == 0] == 0).all()
     with pytest.warns(UserWarning, match="resampled"):
         fine = read_focus_mask(write_mask(tmp_path / "fine.mrc", ball(64, (0, 0, 0), 16), 2.0), 32, 4.0).values
-    assert fine.shape == (32,) * 3
-    np.testing.assert_allclose((fine > 0.5).mean(), (mask > 0.5).mean(), rtol=0.15)
+    assert fine.shape == (32,) * 3  # softened on its own grid (to 16 + 1.6 px at 2 Å), then resampled: 8.8 px
+    np.testing.assert_allclose((fine > 0.5).mean(), ball(32, (0, 0, 0), 8.8).mean(), rtol=0.1)
+    assert fine[16, 16, 16] == 1 and fine[16, 16, 16 + 10] == 0  # centred as the particles are
 
 
 @pytest.mark.parametrize("values, pixel_size_A, fragment", [
@@ -74,6 +75,7 @@ def test_a_binary_mask_gets_a_soft_edge_and_another_box_of_the_same_extent_is_re
     (ball(32, (0, 0, 0), 8) * 0.3, 4.0, "keeps nothing"),        # nothing above 0.5
     (np.where(ball(32, (0, 0, 0), 8) > 0, np.nan, 0), 4.0, "not numbers"),
     (np.zeros((32, 32, 16)), 4.0, "not a cubic"),
+    (ball(32, (13, 13, 13), 3), 4.0, "inside the sphere the model covers"),  # in a corner, where nothing is
 ])
 def test_a_mask_that_cannot_be_a_focus_is_refused_in_one_line(sim_store, tmp_path, values, pixel_size_A, fragment):
     store = open_store(sim_store).attrs.asdict()
@@ -95,8 +97,9 @@ def test_a_focused_run_keeps_its_mask_and_resumes_only_with_it(sim_store, tmp_pa
     np.testing.assert_array_equal(kept, read_focus_mask(focus, 32, 4.0).values)
     assert_one_line_error(run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 2, "--focus-mask", other,
                                   *TINY, expect_ok=False), "not the focus mask", "was trained with")
-    (tmp_path / "focus.mrc").unlink()  # the run's own copy stands in
-    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 2, *TINY)
+    write_mask(tmp_path / "focus.mrc", ball(32, (6, 0, 0), 6), 4.0)  # the path now holds another mask:
+    run_cli("train", sim_store, "-o", run, "--resume", "--epochs", 2, *TINY)  # the run's own copy stands in
+    np.testing.assert_array_equal(mrcfile.read(run / "focus_mask.mrc"), kept)
     plain = tmp_path / "plain"
     run_cli("train", sim_store, "-o", plain, "--epochs", 1, *TINY)
     assert_one_line_error(run_cli("train", sim_store, "-o", plain, "--resume", "--epochs", 2, "--focus-mask", other,
@@ -104,3 +107,35 @@ def test_a_focused_run_keeps_its_mask_and_resumes_only_with_it(sim_store, tmp_pa
     run_cli("analyze", run, "--k", 3, "--no-umap", "--device", "cpu")
     page = (run / "analyze.3" / "index.html").read_text()
     assert "Focused run" in page and "focus_mask.mrc" in page
+
+
+def test_every_checkpoint_is_confined_whatever_the_steps_and_overwrite_checks_the_mask_first(sim_store, tmp_path):
+    """5 steps an epoch, 3 epochs: the last step is not one of the every-10-steps confinements, yet the saved
+    basis volumes vanish outside the focus (the epoch's end confines them). A bad mask with --overwrite leaves
+    the earlier run whole."""
+    from hetrec_dist.cli.run_files import run_model
+
+    focus = write_mask(tmp_path / "focus.mrc", ball(32, (0, 0, 6), 6), 4.0)
+    run = tmp_path / "run"
+    run_cli("train", sim_store, "-o", run, "--epochs", 3, "--focus-mask", focus, *TINY)
+    model = run_model(run, None, "cpu")
+    assert model.shape.n_basis == 3
+    outside = (ball(32, (0, 0, 6), 6 + 1.6 + 2) == 0) & (ball(32, (0, 0, 0), 12) > 0)
+    inside = ball(32, (0, 0, 6), 6) > 0
+    for c in range(1, 4):
+        volume = half_ball_to_map(model.components()[:, c].detach(), model.half_ball, 32, 4.0).numpy()
+        assert np.abs(volume[outside]).mean() < 0.03 * np.abs(volume[inside]).mean()
+    before = sorted(p.name for p in run.iterdir())
+    density = write_mask(tmp_path / "density.mrc", ball(32, (0, 0, 0), 8) * 3, 4.0)
+    assert_one_line_error(run_cli("train", sim_store, "-o", run, "--overwrite", "--epochs", 1, "--focus-mask",
+                                  density, *TINY, expect_ok=False), "from 0 to 1")
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_config_files_focus_mask_must_be_a_path(sim_store, tmp_path):
+    (tmp_path / "c.yaml").write_text("focus_mask: 5\n")
+    assert_one_line_error(run_cli("train", sim_store, "-o", tmp_path / "run", "--config", tmp_path / "c.yaml",
+                                  *TINY, expect_ok=False), "focus_mask", "not a string")
+    (tmp_path / "c.yaml").write_text("focus_mask:\n")  # left empty: no mask
+    run_cli("train", sim_store, "-o", tmp_path / "run", "--config", tmp_path / "c.yaml", "--epochs", 1, *TINY)
+    assert not (tmp_path / "run" / "focus_mask.mrc").exists()

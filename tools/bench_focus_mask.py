@@ -7,8 +7,8 @@ One dataset (`hetrec simulate --seed 0`: the demo's at the defaults). Two masks 
 maps, as a user would draw them around what moves and what does not:
 - moving: where the true maps differ between states (their standard deviation above 20% of its maximum),
   dilated by 4 Å;
-- static: where the mean true map holds density (above 10% of its maximum), dilated by 4 Å, less the moving
-  mask.
+- static: where the mean true map holds density (above 10% of its maximum), dilated by 4 Å, less wherever
+  the maps move at all (their standard deviation above 5% of its maximum, dilated by 4 Å).
 Both are binary (hetrec gives them a soft edge). The dataset is trained without a mask and with each (seed 0,
 one after the other), and `hetrec eval` scores each run: latent PC1 |Spearman| and linear R² against the true
 motion, and the mean FSC of the maps against the truth. Runs already finished in --workdir are read, not rerun.
@@ -43,7 +43,8 @@ def make_masks(truth, out_dir):
     spread = maps.std(axis=0)
     moving = ndimage.binary_dilation(spread > 0.2 * spread.max(), dilation, iterations=steps)
     mean = maps.mean(axis=0)
-    static = ndimage.binary_dilation(mean > 0.1 * mean.max(), dilation, iterations=steps) & ~moving
+    still = ~ndimage.binary_dilation(spread > 0.05 * spread.max(), dilation, iterations=steps)
+    static = ndimage.binary_dilation(mean > 0.1 * mean.max(), dilation, iterations=steps) & still
     paths = {}
     for name, mask in (("moving", moving), ("static", static)):
         paths[name] = os.path.join(out_dir, f"mask_{name}.mrc")

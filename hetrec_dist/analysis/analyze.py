@@ -299,7 +299,8 @@ def path_end(text, n_particles, k):
 
 
 def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, particles=None,
-                with_umap=True, path_ends=None, latents_record=None, reconstruct_clusters=None, signal=None):
+                with_umap=True, path_ends=None, latents_record=None, reconstruct_clusters=None, signal=None,
+                focus_mask=None):
     """PCA, k-means, maps and their pictures, plots and the page (module doc). truth: (label, values N, kind) of
     a simulation's truth to colour by (analysis.ground_truth.truth_colouring), or None. particles: {label: (N,) array}
     to colour the latents by (cli.run_files.particle_metadata), or None. with_umap: also a UMAP of a
@@ -307,7 +308,8 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
     data between them (latent.graph_path). latents_record: what made z (RUN/z.json), kept in summary.json
     so that `select` can tell clusters of older latents. reconstruct_clusters: a function of the clusters'
     labels (N) that returns each cluster's model-free reconstruction (analysis.reconstruct.Reconstruction, or
-    None), or None for none. signal: each particle's signal score (N; train.inference.signal_scores) or None."""
+    None), or None for none. signal: each particle's signal score (N; train.inference.signal_scores) or None.
+    focus_mask: for a focused run (`train --focus-mask`), the path of the mask it keeps, which the page names."""
     if k < 1 or k > len(z):
         raise UserError(f"--k {k}: need between 1 and {len(z)} clusters")
     ends = [path_end(end, len(z), k) for end in path_ends or ()]
@@ -321,7 +323,7 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
     save_pickle(os.path.join(run_dir, "z.pkl"), z)
     try:
         summary = _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap,
-                           reconstruct_clusters, signal, ends, path_ends, latents_record)
+                           reconstruct_clusters, signal, ends, path_ends, latents_record, focus_mask)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -333,8 +335,7 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
 
 
 def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap, reconstruct_clusters,
-             signal, ends, path_ends,
-             latents_record):
+             signal, ends, path_ends, latents_record, focus_mask):
     """analyze_run's work, written into out_dir; returns the summary."""
     fitted = pca(z)
     _, dominant, spread_line = latent_spread(z)
@@ -428,9 +429,8 @@ def _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles,
                "maps": maps, "plots": names, "chimerax_level": level, "latents": latents_record}
     if resolutions:
         summary["half_map_resolution_0.143_A"] = resolutions
-    focus = os.path.join(run_dir, "focus_mask.mrc")  # train.focus_mask.FOCUS_MASK_FILE (train is above analysis)
-    if os.path.exists(focus):
-        summary["focus_mask"] = os.path.abspath(focus)
+    if focus_mask:
+        summary["focus_mask"] = focus_mask
     if reconstruct_clusters is not None:
         summary["reconstructions"] = reconstructions
     if signal is not None:

@@ -18,8 +18,8 @@ from hetrec_dist.errors import UserError
 
 GOLD_STANDARD_THRESHOLD = 0.143
 # Below this half_set_agreement the halves are taken to disagree on the latent's meaning. Measured on the
-# box-48 and box-64 hinges (docs/benchmarks.md, issue 32): 0.85-1.00 in runs that kept the motion, -0.97 in one
-# whose halves learned it with opposite signs.
+# hinge at box 48 to 128 (docs/benchmarks.md, issue 32): 0.58-1.00 in runs whose halves agreed (the lowest
+# joined at 20 Å, at SNR 0.01), -0.97 in one whose halves learned the motion with opposite signs.
 LEAST_AGREEMENT = 0.3
 
 

@@ -41,6 +41,7 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
     )
     from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
     from hetrec_dist.errors import UserError
+    from hetrec_dist.train.focus_mask import FOCUS_MASK_FILE
 
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
@@ -68,7 +69,9 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
                                                                                      model.basis.device)
                                        if reconstruct else None,
                                        signal=None if particles is None else _signal_scores(run, state, model, store,
-                                                                                            rows))
+                                                                                            rows),
+                                       focus_mask=os.path.join(os.path.abspath(run), FOCUS_MASK_FILE)
+                                       if state.get("focus_mask_sha256") else None)
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "
                         f"({error.filename or 'a file'})") from None

@@ -1,6 +1,7 @@
 """hetrec train: learn a latent space and a structural basis from a particle store."""
 
 import contextlib
+import dataclasses
 import os
 
 import click
@@ -46,9 +47,10 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
               help="Train a basis per half-set of the particles, for half-maps and a gold-standard resolution "
                    "at each latent (`hetrec fsc RUN --z`); about 1.2x the time.")
 @click.option("--focus-mask", type=click.Path(exists=True, dir_okay=False),
-              help="Focused heterogeneity: an MRC mask (0 to 1, the particles' box and pixel size, as "
-                   "relion_mask_create writes) to which the basis volumes are confined; the latent space describes "
-                   "what varies inside it, everything outside is the mean. RUN/focus_mask.mrc keeps it.")
+              help="Focused heterogeneity: an MRC mask (0 to 1, as relion_mask_create writes; the particles' box "
+                   "and pixel size, or another box of the same extent, resampled; a binary mask gets a soft edge) "
+                   "to which the basis volumes are confined: the latent space describes what varies inside it, "
+                   "outside it every map is the mean. RUN/focus_mask.mrc keeps it, and --resume uses that copy.")
 @click.option("--refine-poses/--no-refine-poses", default=None,
               help="Refine each particle's rotation and shift as it trains, after --pose-warmup epochs; the refined "
                    "poses go to RUN/poses.npz (`hetrec export` writes them as STAR, .cs or poses.pkl).")
@@ -114,6 +116,8 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
             overrides[name] = os.path.abspath(overrides[name])
     saved = os.path.join(out, "config.yaml")
     config = build_config(preset, overrides, saved if resume and os.path.isfile(saved) else None)
+    if config.focus_mask:  # a --config file's path too is taken from the current folder, and kept absolute
+        config = dataclasses.replace(config, focus_mask=os.path.abspath(config.focus_mask))
     if config.gt:
         from hetrec_dist.analysis.ground_truth import check_ground_truth_belongs, check_ground_truth_extent
         from hetrec_dist.data.store import open_store

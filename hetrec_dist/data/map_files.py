@@ -27,14 +27,18 @@ def read_map(path):
     return mrcfile.read(path)
 
 
-def read_user_map(path):
-    """(data [z, y, x] float64, pixel size in Å from the header, 0 where unset) of a map a user gives, or a
-    one-line UserError: unreadable, not a cube, values that are not numbers, or every value 0."""
+def read_user_map(path, volume=False):
+    """(data [z, y, x] float64, pixel size in Å from the header: 0, or not finite, where unset) of a map a
+    user gives, or a one-line UserError: unreadable, not a cube, values that are not numbers, or every value
+    0; volume: an image stack (MRC space group 0, .mrcs) is refused too."""
     try:
-        with mrcfile.open(path, permissive=True) as mrc:
+        with mrcfile.open(path, permissive=True) as mrc, np.errstate(divide="ignore", invalid="ignore"):
             data, pixel = mrc.data, float(mrc.voxel_size.x)
+            stack = mrc.header is not None and mrc.is_image_stack()
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable MRC map ({err})") from None
+    if volume and stack:
+        raise UserError(f"{path}: an image stack, not a 3-D map")
     if data is None or data.ndim != 3 or len(set(data.shape)) != 1:
         raise UserError(f"{path}: not a cubic 3-D map (shape {None if data is None else data.shape})")
     data = data.astype("float64")

@@ -256,10 +256,12 @@ class HetVAE(nn.Module):
     def confine_basis(self, projector: SupportProjector, follow_envelope: bool = False) -> None:
         """Replace every basis volume by its projection `projector` (a support_projector()); follow_envelope:
         first shrink the projector's mask to the envelope of the model's maps (see SupportProjector). Each
-        half-set's basis is confined on its own (the envelope of its own maps), so no half sees the other."""
+        half-set's basis is confined on its own (the envelope of its own maps), so no half sees the other; then
+        their coarse coefficients are joined again (join_half_sets)."""
         directions = self.density_directions() if follow_envelope else None
         for half_set in range(1, self.shape.n_half_sets + 1):
             self.set_components(projector(self.components(half_set), directions), half_set)
+        self.join_half_sets()  # confined apart, the halves' coarse coefficients differ a little again
 
     def volume(self, z: torch.Tensor, half_set: int | None = None) -> torch.Tensor:
         """The map [z, y, x] (D^3, in the images' original units) for one latent z (zdim,); half_set (1 or 2):

@@ -216,6 +216,10 @@ def _typed(field, value):
         if not isinstance(value, bool):
             raise UserError(f"setting {field.name}: {value!r} is not true or false")
         return value
+    if kind_type is str:  # YAML's bare `key:` is null: the setting left empty
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"setting {field.name}: {value!r} is not a string")
+        return value or ""
     try:
         typed = None if isinstance(value, bool) else kind_type(value)  # YAML's true is no number
     except (TypeError, ValueError):

@@ -8,8 +8,8 @@ is the mean over the particles. A motion that crosses the mask's edge is seen on
 The mask is an MRC map in the particles' frame (as RELION's relion_mask_create, cryoSPARC and ChimeraX write
 one): values from 0 to 1, the store's box and pixel size (another box of the same extent is resampled, with a
 warning). A binary mask gets a soft edge (a raised cosine over SOFT_EDGE_FRACTION of the box outside it). The
-run keeps the mask as trained, RUN/focus_mask.mrc, and its checksum in every checkpoint; a resumed run must be
-given the same mask (or none: it takes its own copy).
+run keeps the mask as trained, RUN/focus_mask.mrc, and its checksum in every checkpoint; a resumed run takes
+its own copy, and a mask given again must be the same.
 """
 
 import dataclasses
@@ -45,9 +45,9 @@ class FocusMask:
 def read_focus_mask(path, box, pixel_size_A) -> FocusMask:
     """The focus mask at `path` for a store of `box` pixels of `pixel_size_A`, checked and made soft (see the
     module). Raises UserError for a map that is not a mask, or whose extent is not the store's."""
-    data, mask_pixel_A = read_user_map(path)
+    data, mask_pixel_A = read_user_map(path, volume=True)
     mask_box = data.shape[0]
-    if mask_pixel_A <= 0:  # an unset header: only a mask of the store's box can be placed
+    if not mask_pixel_A > 0:  # an unset (or broken) header: only a mask of the store's box can be placed
         if mask_box != box:
             raise UserError(f"{path}: box {mask_box} without a pixel size in its header; the particles are box "
                             f"{box} of {pixel_size_A:g} Å: give a mask of box {box}, or one with its pixel size")
@@ -62,12 +62,12 @@ def read_focus_mask(path, box, pixel_size_A) -> FocusMask:
         raise UserError(f"{path}: values from {low:.3g} to {high:.3g}; a mask holds values from 0 to 1 (a map of "
                         "density is no mask: make one with relion_mask_create or ChimeraX's volume mask)")
     data = np.clip(data, 0, 1)
+    if ((data < 1e-6) | (data > 1 - 1e-6)).all():  # binary: soft-edged on its own grid, before any resampling
+        data = soft_edge(np.round(data), SOFT_EDGE_FRACTION * mask_box)
     if mask_box != box:
         warn_input(f"{path}: box {mask_box} of {mask_pixel_A:g} Å resampled to the particles' box {box} of "
                    f"{pixel_size_A:g} Å")
         data = resample_centred(data, box)
-    if np.isin(data, (0.0, 1.0)).all():
-        data = soft_edge(data, SOFT_EDGE_FRACTION * box)
     covered = float((data > 0.5).mean())
     if covered == 0:
         raise UserError(f"{path}: the mask keeps nothing (no value above 0.5)")
@@ -92,27 +92,58 @@ def soft_edge(binary, width_px):
     return np.where(distance <= 0, 1.0, 0.5 * (1 + np.cos(np.pi * np.clip(distance / width_px, 0, 1))))
 
 
-def load(config_path, run_dir, box, pixel_size_A, saved) -> FocusMask | None:
-    """The run's focus mask: config_path's (the --focus-mask or config.yaml's setting) for a new run; for a
-    resumed one (`saved`: its checkpoint), the one it trained with, which a mask given again must equal.
-    Raises UserError where they differ, or where one has a mask and the other none."""
-    trained_sha = None if saved is None else saved.get("focus_mask_sha256")
-    if saved is None:
-        return read_focus_mask(config_path, box, pixel_size_A) if config_path else None
+def for_new_run(config_path, box, pixel_size_A) -> FocusMask | None:
+    """A new run's focus mask (None without one), read before its folder is made or emptied."""
+    return read_focus_mask(config_path, box, pixel_size_A) if config_path else None
+
+
+def for_resumed_run(config_path, run_dir, box, pixel_size_A, saved) -> FocusMask | None:
+    """The focus mask a resumed run (`saved`: its checkpoint) trained with: its own copy, RUN/focus_mask.mrc,
+    unless another mask is given (config_path other than the path it was trained with), which must then be the
+    same mask. Where the copy is gone or changed, the mask at the trained path, if it is still the same.
+    Raises UserError where masks differ, or where one has a mask and the other none."""
+    trained_sha = saved.get("focus_mask_sha256")
+    trained_path = saved.get("config", {}).get("focus_mask") or ""
     if trained_sha is None:
         if config_path:
             raise UserError(f"{run_dir} was trained without a focus mask; resume it without --focus-mask")
         return None
+    if not config_path:
+        raise UserError(f"{run_dir} was trained with a focus mask ({trained_path}); resume it with that mask")
     own = os.path.join(run_dir, FOCUS_MASK_FILE)
-    given = config_path if config_path and os.path.exists(config_path) else own
-    if not os.path.exists(given):
-        raise UserError(f"{run_dir} was trained with a focus mask, but {own} is gone; give it again with "
-                        "--focus-mask")
-    mask = read_focus_mask(given, box, pixel_size_A)
-    if mask.sha256 != trained_sha:
-        raise UserError(f"{given}: not the focus mask {run_dir} was trained with ({own}); resume with that one, "
-                        "or train a new run with this mask")
-    return mask
+    given = config_path != trained_path
+    for path in ([config_path] if given else [own, trained_path]):
+        mask = _read_if_there(path, box, pixel_size_A, reraise=given)
+        if mask is not None and mask.sha256 == trained_sha:
+            return mask
+        if given:
+            raise UserError(f"{config_path}: not the focus mask {run_dir} was trained with ({own}); resume "
+                            "without --focus-mask to keep that one, or train a new run with this mask")
+    raise UserError(f"{own} is gone or changed, and {trained_path} is not the mask {run_dir} was trained with "
+                    "either: put the run's mask back, or train a new run")
+
+
+def _read_if_there(path, box, pixel_size_A, reraise):
+    try:
+        return read_focus_mask(path, box, pixel_size_A)
+    except UserError:
+        if reraise:
+            raise
+        return None
+
+
+def check_inside(projector, mask: FocusMask) -> None:
+    """Refuse a focus mask that lies mostly outside the sphere the basis is confined to (--mask-diameter),
+    where nothing is modelled; warn where a part of it does. projector: the run's SupportProjector, its
+    focus set."""
+    focus, sphere = projector.focus, projector.sphere
+    inside = float((focus * sphere).sum() / focus.sum().clamp_min(1e-12))
+    if inside < 0.5:
+        raise UserError(f"{mask.source}: {100 * inside:.0f}% of the focus mask lies inside the sphere the model "
+                        "covers (--mask-diameter, default 90% of the box); focus on a part of the particle")
+    if inside < 0.95:
+        warn_input(f"{mask.source}: {100 * (1 - inside):.0f}% of the focus mask lies outside the sphere the model "
+                   "covers (--mask-diameter), where nothing is modelled")
 
 
 def write(run_dir, mask: FocusMask, pixel_size_A):

@@ -102,6 +102,9 @@ class Trainer:
         self.show_progress = show_progress and self.world.is_root
         return_freed_memory_to_os()
         store, self.device = self.world.run_everywhere(lambda: self._open_inputs(store_path))
+        # a new run's mask is checked before its folder is made or an earlier run's emptied
+        self.focus = None if resume else self.world.run_everywhere(
+            lambda: focus_mask.for_new_run(config.focus_mask, store.box, store.pixel_size_A))
         self.run_lock = None  # rank 0's lock on the run folder, held as long as this Trainer lives
         self.world.run_on_root(lambda: setattr(self, "run_lock", prepare_run_dir(run_dir, resume, overwrite)))
         torch.manual_seed(config.seed)
@@ -124,10 +127,12 @@ class Trainer:
                                   self.model.disk.coords)
         self.basis_optimizer = RowSparseAdam([self.model.basis], lr=config.lr_basis)
         self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
-        self.focus = self.world.run_everywhere(
-            lambda: focus_mask.load(config.focus_mask, run_dir, store.box, store.pixel_size_A, saved))
+        if resume:
+            self.focus = self.world.run_everywhere(lambda: focus_mask.for_resumed_run(
+                config.focus_mask, run_dir, store.box, store.pixel_size_A, saved))
         if self.focus is not None:
             self.mask.set_focus(torch.from_numpy(self.focus.values))
+            self.world.run_everywhere(lambda: focus_mask.check_inside(self.mask, self.focus))
             self.model.confine_basis(self.mask)  # the start too: nothing varies outside the focus
         groups = store.group["optics_group"][:]
         groups = torch.from_numpy(np.unique(groups if self.rows is None else groups[self.rows]))
@@ -291,8 +296,7 @@ class Trainer:
             out, timings, reduction = self.train_step(batch, noise, share)
             n_images += share.size
             if (self.step + 1) % self.config.mask_every == 0:
-                self.model.confine_basis(self.mask, follow_envelope=self.config.mask == "envelope"
-                                         and self.epoch >= self.config.mask_warmup_epochs)
+                self._confine_basis()
             for key in totals:
                 totals[key] += out[key].item() * share.size
             self.step += 1
@@ -300,6 +304,12 @@ class Trainer:
             progress.set_postfix(loss=f"{out['loss'].item():.4f}", refresh=False)
             if self.step % self.config.log_every == 0:
                 self._log_step(out, data_s + sum(timings.values()), share, data_s, timings, reduction)
+
+    def _confine_basis(self):
+        """The basis confined to the mask (HetVAE.confine_basis): every mask_every steps, and at each epoch's end,
+        so that the maps a checkpoint holds are confined whatever the number of steps."""
+        self.model.confine_basis(self.mask, follow_envelope=self.config.mask == "envelope"
+                                 and self.epoch >= self.config.mask_warmup_epochs)
 
     def train_epoch(self):
         self.model.train()
@@ -316,6 +326,8 @@ class Trainer:
             if isinstance(batches, ReadAhead):
                 batches.close()
             progress.close()  # cleared, so that an error is not printed on the bar's line
+        if self.step % self.config.mask_every:  # not confined after the epoch's last step yet
+            self._confine_basis()
         self.epoch += 1
         self._show_examples(out)
         self._estimate_noise()
