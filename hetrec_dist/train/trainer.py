@@ -1,8 +1,9 @@
 """The training loop of `hetrec train`: one process, or data-parallel ranks (distributed.data_parallel).
 
 RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint), mask.mrc (the
-basis' current real-space mask) and z.npy (latent means of the run's particles: every particle of the store,
-or the subset RUN/particles.npy names, data.subset; store order); rank 0 writes them all. Each rank reads its
+basis' current real-space mask), focus_mask.mrc (a focused run's mask, train.focus_mask) and z.npy
+(latent means of the run's particles: every particle of the store, or the subset RUN/particles.npy names,
+data.subset; store order); rank 0 writes them all. Each rank reads its
 own shard of the store (data.reader) with batch_size images a step; a step's global batch is the union of the
 ranks' batches, and its gradients are those of the mean loss over the global batch. An epoch ends at the first
 step some rank has no batch for.
