@@ -107,6 +107,12 @@ def test_a_focused_run_keeps_its_mask_and_resumes_only_with_it(sim_store, tmp_pa
     run_cli("analyze", run, "--k", 3, "--no-umap", "--device", "cpu")
     page = (run / "analyze.3" / "index.html").read_text()
     assert "Focused run" in page and "focus_mask.mrc" in page
+    from hetrec_dist.cli.explore import load_explorer
+
+    header = load_explorer(str(run), out_dir=str(tmp_path / "explore"), device="cpu", with_umap=False).header
+    assert any(line.startswith("Focused run") and "focus_mask.mrc" in line for line in header)
+    plain_header = load_explorer(str(plain), out_dir=str(tmp_path / "explore2"), device="cpu", with_umap=False).header
+    assert not any("Focused" in line for line in plain_header)
 
 
 def test_every_checkpoint_is_confined_whatever_the_steps_and_overwrite_checks_the_mask_first(sim_store, tmp_path):

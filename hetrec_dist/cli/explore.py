@@ -132,6 +132,9 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
               f"{len(z):,} particles, latent dimension {z.shape[1]}, model of epoch {state['epoch']}"
               f"{', half-sets' if model.shape.n_half_sets == 2 else ''}; box {model.shape.box}, "
               f"{model.pixel_size_A:.3g} Å/px. {latents_note}"]
+    if state.get("focus_mask_sha256"):  # train.focus_mask
+        header.append(f"Focused run: the latent space describes what varies inside "
+                      f"{os.path.join(os.path.abspath(run), 'focus_mask.mrc')} only; outside it every map is the mean.")
     if training:
         header.append(f"The run is still training ({training}): this is its last complete checkpoint, of epoch "
                       f"{state['epoch']}; start explore again for later epochs.")
