@@ -331,7 +331,7 @@ def test_half_set_agreement_tells_halves_that_move_alike_from_opposite_and_unrel
 
 def test_a_half_set_run_trains_its_joined_coefficients_as_one_and_reports_the_halves_agreement(half_set_run):
     model = run_model(half_set_run, None, "cpu")
-    n_voxels, rows = model.half_ball.n_voxels, model.joined_rows()
+    n_voxels, rows = model.half_ball.n_voxels, model.joined_rows
     basis = model.basis.detach()
     assert model.half_sets_join_A == 40.0 and len(rows) > 0
     torch.testing.assert_close(basis[rows], basis[rows + n_voxels])

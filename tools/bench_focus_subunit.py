@@ -14,7 +14,6 @@ together; the last row). Runs already finished in --workdir are read, not rerun.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,10 @@ from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_score
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from hetrec_dist.analysis.ground_truth import read_composition  # noqa: E402
 
 
 def hetrec(*args):
@@ -46,11 +49,10 @@ def subunit_mask(truth, subunit, out_dir):
 
 def presence(truth):
     """{subunit letter: (N,) bool, whether each particle's state has it}."""
-    with open(os.path.join(truth, "ground_truth.json")) as f:
-        record = json.load(f)
-    states = np.load(os.path.join(truth, record["states_file"]))
-    codes = [s["subunits"] for s in record["states"]]
-    return {chr(ord("A") + j): np.array([codes[s][j] == "1" for s in states]) for j in range(len(codes[0]))}
+    composition = read_composition(truth)
+    codes = [record["subunits"] for record, _ in composition["state_maps"]]
+    return {chr(ord("A") + j): np.array([codes[s][j] == "1" for s in composition["states"]])
+            for j in range(len(codes[0]))}
 
 
 def main():

@@ -13,13 +13,13 @@ import json
 import os
 import sys
 
-import mrcfile
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from hetrec_dist.analysis.composition import occupancies  # noqa: E402
 from hetrec_dist.analysis.fsc import fsc_summary  # noqa: E402
+from hetrec_dist.analysis.ground_truth import read_composition  # noqa: E402
 from hetrec_dist.analysis.reconstruct import insert_groups  # noqa: E402
 from hetrec_dist.data.half_sets import choose_half_sets  # noqa: E402
 from hetrec_dist.data.store import open_store  # noqa: E402
@@ -33,14 +33,12 @@ def main():
     parser.add_argument("--k", type=int, default=20)
     args = parser.parse_args()
     with open(os.path.join(args.gt, "ground_truth.json")) as f:
-        truth = json.load(f)
-    read = lambda name: mrcfile.read(os.path.join(args.gt, name))  # noqa: E731
-    core, subunits = read(truth["core_map"]), [read(name) for name in truth["subunit_maps"]]
-    states = np.load(os.path.join(args.gt, truth["states_file"]))
-    pixel_size_A = truth["pixel_size_A"]
+        pixel_size_A = json.load(f)["pixel_size_A"]
+    truth = read_composition(args.gt)
+    core, subunits, states = truth["core"], truth["subunits"], truth["states"]
+    records = [record for record, _ in truth["state_maps"]]
     half_sets = choose_half_sets(open_store(args.store), 0)[0]
-    groups = {f"state {s} ({record['subunits']})": np.flatnonzero(states == s)
-              for s, record in enumerate(truth["states"])}
+    groups = {f"state {s} ({record['subunits']})": np.flatnonzero(states == s) for s, record in enumerate(records)}
     results = insert_groups(args.store, list(groups.values()), half_sets, show_progress=False)
     if args.run:  # the clusters apart: insert_groups takes disjoint groups
         labels = np.load(os.path.join(args.run, f"analyze.{args.k}", "kmeans_labels.npy"))
@@ -53,13 +51,13 @@ def main():
                                                                                         pixel_size_A)))
         line = f"{name}: {len(rows)} particles, half-maps FSC=0.143 at {result.fsc['resolution_0.143_A']:.1f} Å"
         if name.startswith("state"):
-            true_map = read(truth["states"][int(name.split()[1])]["file"])
+            true_map = truth["state_maps"][int(name.split()[1])][1]
             against = fsc_summary(result.map, true_map, pixel_size_A)["resolution_0.5_A"]
             line += f", FSC=0.5 against its true map at {against:.1f} Å"
         else:
-            shares = np.bincount(states[rows] + 1, minlength=len(truth["states"]) + 1) / len(rows)
+            shares = np.bincount(states[rows] + 1, minlength=len(records) + 1) / len(rows)
             top = np.argsort(shares)[::-1][:2]
-            line += ", true: " + ", ".join(f"{'junk' if t == 0 else truth['states'][t - 1]['subunits']} "
+            line += ", true: " + ", ".join(f"{'junk' if t == 0 else records[t - 1]['subunits']} "
                                             f"{shares[t]:.0%}" for t in top if shares[t] > 0)
         print(f"{line}; occupancy {occupancy}")
 

@@ -49,11 +49,11 @@ def latent_resolution(model, latent):
     joined) and at_join: whether the FSC falls below 0.143 within a shell past the joined resolutions, where
     the halves' agreement is not independent evidence."""
     summary = fsc_summary(*half_maps(model, latent), model.pixel_size_A)
-    limit, joined_A = model_limit_A(model), model.half_sets_join_A
+    limit, radius = model_limit_A(model), model.join_radius
     box_A = model.shape.box * model.pixel_size_A
-    at_join = joined_A is not None and summary["resolution_0.143_A"] >= box_A / (box_A / joined_A + 1) * (1 - 1e-6)
+    at_join = radius is not None and summary["resolution_0.143_A"] >= box_A / (radius + 1) * (1 - 1e-6)
     return {**summary, "limit_A": limit, "at_limit": bool(summary["resolution_0.143_A"] <= limit * (1 + 1e-6)),
-            "joined_A": joined_A, "at_join": bool(at_join)}
+            "joined_A": model.half_sets_join_A, "at_join": bool(at_join)}
 
 
 def describe_resolution(result):
@@ -80,7 +80,7 @@ def half_set_agreement(model, z):
     fitted = pca(np.asarray(z, dtype=np.float64))
     step = fitted.components[0] * np.sqrt(max(fitted.explained_variance[0], 0.0))
     weights = model.decoder.weight @ torch.as_tensor(step, dtype=model.basis.dtype, device=model.basis.device)
-    joined = model.shape.box * model.pixel_size_A / (model.half_sets_join_A or 40.0)  # Fourier radius, voxels
+    joined = model.join_radius or model.shape.box * model.pixel_size_A / 40.0  # Fourier radius, voxels
     radii = model.half_ball.coords.to(model.basis.dtype).norm(dim=1)
     band = (radii > joined) & (radii <= 2 * joined)
     first, second = (model.components(half_set)[band, 1:] @ weights.to(torch.complex64) for half_set in (1, 2))

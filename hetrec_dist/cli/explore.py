@@ -120,6 +120,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     )
     from hetrec_dist.data.folder_lock import writer_of
     from hetrec_dist.explore.session import Colouring, Explorer, RunRecords
+    from hetrec_dist.train.focus_mask import FOCUS_MASK_FILE
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
     training = writer_of(run)  # before run_checkpoint holds the run for reading (folder_lock.writer_of)
@@ -132,9 +133,9 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
               f"{len(z):,} particles, latent dimension {z.shape[1]}, model of epoch {state['epoch']}"
               f"{', half-sets' if model.shape.n_half_sets == 2 else ''}; box {model.shape.box}, "
               f"{model.pixel_size_A:.3g} Å/px. {latents_note}"]
-    if state.get("focus_mask_sha256"):  # train.focus_mask
+    if state.get("focus_mask_sha256"):
         header.append(f"Focused run: the latent space describes what varies inside "
-                      f"{os.path.join(os.path.abspath(run), 'focus_mask.mrc')} only; outside it every map is the mean.")
+                      f"{os.path.join(os.path.abspath(run), FOCUS_MASK_FILE)} only; outside it every map is the mean.")
     if training:
         header.append(f"The run is still training ({training}): this is its last complete checkpoint, of epoch "
                       f"{state['epoch']}; start explore again for later epochs.")

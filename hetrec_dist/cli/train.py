@@ -140,8 +140,11 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
         raise
     world.close()
     if world.is_root:
-        _report_latent_spread(trainer)
-        _report_half_set_agreement(trainer)
+        import numpy as np
+
+        z = np.load(os.path.join(trainer.run_dir, "z.npy"))
+        _report_latent_spread(trainer, z)
+        _report_half_set_agreement(trainer, z)
         _report_unequal_noise(trainer)
     if not quiet and world.is_root:
         if config.gt:
@@ -161,29 +164,25 @@ def _echo_evaluation(run):
                "(RUN/eval.json)", err=True)
 
 
-def _report_latent_spread(trainer):
-    """How the latent variance spreads over directions, in train.log and on the console (--quiet hides progress
-    bars, not results); a run whose latents no single direction dominates is a warning (PCA and k-means may hide
-    its motion)."""
-    import numpy as np
-
+def _report_latent_spread(trainer, z):
+    """How the latent variance spreads over directions of z (the run's latents), in train.log and on the console
+    (--quiet hides progress bars, not results); a run whose latents no single direction dominates is a warning
+    (PCA and k-means may hide its motion)."""
     from hetrec_dist.analysis.latent import latent_spread
 
-    _, dominant, line = latent_spread(np.load(os.path.join(trainer.run_dir, "z.npy")))
+    _, dominant, line = latent_spread(z)
     trainer.log.info(line)
     click.echo(line if dominant else f"Warning: {line}", err=True)
 
 
-def _report_half_set_agreement(trainer):
-    """With half-sets: whether the halves' maps agree along the latent's first direction (analysis.half_maps),
-    in train.log and on the console; a warning where they do not."""
+def _report_half_set_agreement(trainer, z):
+    """With half-sets: whether the halves' maps agree along the first direction of z (the run's latents;
+    analysis.half_maps), in train.log and on the console; a warning where they do not."""
     if trainer.model.shape.n_half_sets != 2:
         return
-    import numpy as np
-
     from hetrec_dist.analysis.half_maps import agreement_line, half_set_agreement
 
-    agree, line = agreement_line(half_set_agreement(trainer.model, np.load(os.path.join(trainer.run_dir, "z.npy"))))
+    agree, line = agreement_line(half_set_agreement(trainer.model, z))
     trainer.log.info(line)
     click.echo(line if agree else f"Warning: {line}", err=True)
 

@@ -49,6 +49,11 @@ class HetVAE(nn.Module):
         self.disk = HalfDisk.build(shape.box, radius)
         self.register_buffer("encoder_points", self.disk.coords.norm(dim=1) <= shape.encoder_radius * shape.box,
                              persistent=False)
+        # rows of the first half-set's basis that join_half_sets joins with the second's: the voxels within
+        # join_radius of the origin (none for a model with one basis or no join)
+        joined = (torch.zeros(0, dtype=torch.long) if self.join_radius is None else
+                  torch.nonzero((self.half_ball.coords ** 2).sum(1) <= self.join_radius ** 2).squeeze(1))
+        self.register_buffer("joined_rows", joined, persistent=False)
         self.encoder = ResidualMLPEncoder(2 * int(self.encoder_points.sum()), shape.zdim, shape.encoder_hidden,
                                           shape.encoder_blocks)
         self.decoder = nn.Linear(shape.zdim, shape.n_basis)
@@ -189,13 +194,13 @@ class HetVAE(nn.Module):
             raise ValueError("a half-set model needs each image's half-set (batch['half_set'], 1 or 2)")
         return (batch["half_set"].to(self.basis.device, torch.int32) - 1) * self.half_ball.n_voxels
 
-    def joined_rows(self) -> torch.Tensor:
-        """Rows of the first half-set's basis that join_half_sets joins with the second's (the voxels within
-        box x pixel size / half_sets_join_A of the origin); none for a model with one basis or no join."""
-        if self.shape.n_half_sets == 1 or self.half_sets_join_A is None:
-            return torch.zeros(0, dtype=torch.long, device=self.basis.device)
-        radius = self.shape.box * self.pixel_size_A / self.half_sets_join_A
-        return torch.nonzero((self.half_ball.coords ** 2).sum(1) <= radius ** 2).squeeze(1)
+    @property
+    def join_radius(self) -> float | None:
+        """The Fourier radius (voxels) within which the half-sets' bases are one, box x pixel size /
+        half_sets_join_A (join_half_sets); None for a model with one basis or never joined."""
+        if self.half_sets_join_A is None:
+            return None
+        return self.shape.box * self.pixel_size_A / self.half_sets_join_A
 
     @torch.no_grad()
     def join_half_sets(self) -> None:
@@ -209,7 +214,7 @@ class HetVAE(nn.Module):
         its half-maps below --low_resol_join_halves (40 Å) so that their orientations cannot diverge. The
         half-maps' FSC is 1 there by construction: a gold-standard resolution is one finer than
         half_sets_join_A (analysis.half_maps)."""
-        rows = self.joined_rows()
+        rows = self.joined_rows
         if len(rows):
             other = rows + self.half_ball.n_voxels
             joined = (self.basis[rows] + self.basis[other]) / 2

@@ -66,6 +66,19 @@ class EnvelopeMask:
     edge_A: float = 4.0
 
 
+def sample_centred(volume: torch.Tensor, offsets: torch.Tensor, spacing: float) -> torch.Tensor:
+    """Trilinear samples (float64, 0 beyond the edge) of a map [z, y, x] centred at D // 2 at the points
+    D // 2 + offsets x spacing (pixels of the map) along each axis: a len(offsets)^3 map. E.g. offsets
+    arange(B) - B // 2 and spacing D / B resample the map to box B of the same extent, centred at B // 2."""
+    size = volume.shape[0]
+    # grid_sample's coordinates: -1 and 1 are the centres of the first and last samples
+    along = (size // 2 + torch.as_tensor(offsets, dtype=torch.float64) * spacing) * 2 / (size - 1) - 1
+    z, y, x = torch.meshgrid(along, along, along, indexing="ij")
+    points = torch.stack([x, y, z], dim=-1)[None]  # grid_sample takes (x, y, z) for a [z, y, x] volume
+    return torch.nn.functional.grid_sample(torch.as_tensor(volume, dtype=torch.float64)[None, None], points,
+                                           mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+
+
 class SupportProjector:
     """Confine half-ball volumes to a soft mask in real space: to maps, times the mask, back.
 
@@ -95,16 +108,9 @@ class SupportProjector:
     def set_focus(self, focus: torch.Tensor) -> None:
         """Confine every volume but the first (the mean) to `focus` as well: a box^3 map [z, y, x] of values in
         [0, 1] on the images' grid, centred at box // 2, sampled (trilinear) at this projector's finer grid of
-        the same extent."""
-        n, box = self.n, self.box
-        wrapped = torch.fft.fftfreq(n, dtype=torch.float64) * n  # grid index i as a coordinate: i, or i - n
-        # grid_sample's coordinates: -1 and 1 are the centres of the first and last of box samples
-        along = (box // 2 + wrapped * box / n) * 2 / (box - 1) - 1
-        z, y, x = torch.meshgrid(along, along, along, indexing="ij")
-        points = torch.stack([x, y, z], dim=-1)[None]  # grid_sample takes (x, y, z) for a [z, y, x] volume
-        sampled = torch.nn.functional.grid_sample(focus.to(torch.float64)[None, None], points, mode="bilinear",
-                                                  padding_mode="zeros", align_corners=True)
-        self.focus = sampled[0, 0].to(self.sphere.dtype)
+        the same extent (whose index i is the coordinate i, or i - n past the middle)."""
+        wrapped = torch.fft.fftfreq(self.n, dtype=torch.float64) * self.n
+        self.focus = sample_centred(focus, wrapped, self.box / self.n).to(self.sphere.dtype)
 
     def __call__(self, coefficients, directions=None):
         """coefficients: V x C complex (C volumes) -> the same, confined. directions (C x M): if given, the

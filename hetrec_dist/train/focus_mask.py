@@ -17,10 +17,12 @@ import hashlib
 import os
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from hetrec_dist.data.map_files import read_user_map, write_map
 from hetrec_dist.errors import UserError, warn_input
+from hetrec_dist.physics.maps import sample_centred
 
 FOCUS_MASK_FILE = "focus_mask.mrc"
 SOFT_EDGE_FRACTION = 0.05  # of the box: the soft edge a binary mask gets (the basis sphere's edge too)
@@ -67,7 +69,7 @@ def read_focus_mask(path, box, pixel_size_A) -> FocusMask:
     if mask_box != box:
         warn_input(f"{path}: box {mask_box} of {mask_pixel_A:g} Å resampled to the particles' box {box} of "
                    f"{pixel_size_A:g} Å")
-        data = resample_centred(data, box)
+        data = sample_centred(torch.from_numpy(data), torch.arange(box) - box // 2, mask_box / box).numpy()
     covered = float((data > 0.5).mean())
     if covered == 0:
         raise UserError(f"{path}: the mask keeps nothing (no value above 0.5)")
@@ -75,14 +77,6 @@ def read_focus_mask(path, box, pixel_size_A) -> FocusMask:
         raise UserError(f"{path}: the mask covers {100 * covered:.0f}% of the box, so it focuses on nothing; train "
                         "without --focus-mask for the whole particle")
     return FocusMask(data.astype(np.float32), os.path.abspath(path))
-
-
-def resample_centred(volume, box):
-    """A map [z, y, x] centred at D // 2, resampled (trilinear) to box^3 centred at box // 2, same extent."""
-    size = volume.shape[0]
-    positions = size // 2 + (np.arange(box) - box // 2) * size / box
-    grid = np.meshgrid(positions, positions, positions, indexing="ij")
-    return ndimage.map_coordinates(volume, grid, order=1, mode="constant", cval=0.0)
 
 
 def soft_edge(binary, width_px):
