@@ -53,14 +53,17 @@ def batches_of(store_path, rank=None):
 def tiny_config(batch_size, strategy="auto", half_sets=False, refine_poses=False):
     return build_config(None, {"batch_size": batch_size, "zdim": 2, "n_basis": 3, "device": "cpu",
                                "basis_reduction": strategy, "collective_timeout_s": 120, "half_sets": half_sets,
-                               "refine_poses": refine_poses, "pose_warmup_epochs": 0})
+                               "refine_poses": refine_poses, "pose_warmup_epochs": 0,
+                               "refine_ctf": refine_poses and half_sets, "refine_astigmatism": refine_poses,
+                               "ctf_warmup_epochs": 0})
 
 
-# (strategy, half-sets, pose refinement): every strategy with one basis; with a basis per half-set, the strategy
-# that rebuilds the other ranks' geometry (and so their images' half-sets) and one that sums gradients; and
-# pose refinement, whose corrections each rank keeps for its own particles
+# (strategy, half-sets, pose and CTF refinement): every strategy with one basis; with a basis per half-set, the
+# strategy that rebuilds the other ranks' geometry (and so their images' half-sets) and one that sums gradients;
+# and pose refinement, and CTF refinement (which needs half-sets) with it, whose corrections each rank keeps for its
+# own particles
 RANK_RUNS = ([(strategy, False, False) for strategy in STRATEGIES + ("auto",)]
-             + [("factors", True, False), ("union", True, False), ("factors", False, True)])
+             + [("factors", True, False), ("union", True, False), ("factors", False, True), ("factors", True, True)])
 
 
 def shared_memory_buffers(port, rank="*"):
@@ -93,10 +96,10 @@ def _rank_worker(rank, port, store_path, run_root):
 
 
 def _trained(trainer):
-    """The model's parameters, and the pose corrections where it refines poses."""
+    """The model's parameters, and the pose and CTF corrections where it refines them."""
     trained = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    if trainer.poses is not None:
-        trained["pose_corrections"] = trainer.poses.table.clone()
+    for refinement in trainer.refinements:
+        trained[refinement.checkpoint_key] = refinement.table.clone()
     return trained
 
 
@@ -112,7 +115,7 @@ def two_rank_parameters(sim_store, tmp_path_factory):
 def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(sim_store, two_rank_parameters, tmp_path):
     """Per-rank batch 16 on 2 ranks = batch 32 on 1 rank, over the same particles (3 steps, the last one
     partial: 16 + 4 images), for every way of reducing the basis gradient, with a basis per half-set too, and
-    with pose refinement (each rank's corrections, added up at the epoch's end, are one rank's)."""
+    with pose and CTF refinement (each rank's corrections, added up at the epoch's end, are one rank's)."""
     from hetrec_dist.train.trainer import Trainer
 
     one_rank = {}

@@ -163,22 +163,23 @@ def _wiener_regulariser(halves, weights, shells, n_shells):
 
 
 def insert_particles(store_path, half_sets, rows=None, poses=None, batch_size=256, device="cpu", rank=0,
-                     world_size=1, show_progress=True) -> Insertion:
+                     world_size=1, show_progress=True, ctf=None) -> Insertion:
     """This rank's share of the particles of a store (rows: sorted store rows, data.subset; None: all) inserted.
     half_sets (N, 1 or 2, store order); poses: (rotations N x 3 x 3, shifts N x 2 pixels) in store order to use
-    instead of the store's (a run's refined poses), or None."""
+    instead of the store's (a run's refined poses), or None; ctf: the CTFs (N x 9, the store's columns) to use
+    instead of the store's (a run's refined CTFs), or None."""
     data = ChunkShuffledParticles(store_path, batch_size=batch_size, rank=rank, world_size=world_size,
                                   shuffle=False, rows=rows)
     store = ParticleStore(store_path)
     insertion = Insertion(store.box, store.pixel_size_A, device)
-    _insert_all(data, [insertion], np.zeros(store.n_particles, np.int64), half_sets, poses, show_progress)
+    _insert_all(data, [insertion], np.zeros(store.n_particles, np.int64), half_sets, poses, ctf, show_progress)
     return insertion
 
 
 def insert_groups(store_path, groups, half_sets, poses=None, batch_size=256, device="cpu", show_progress=True,
-                  budget_bytes=MEMORY_BUDGET_BYTES) -> list[Insertion]:
+                  budget_bytes=MEMORY_BUDGET_BYTES, ctf=None) -> list[Insertion]:
     """One Insertion for each group of particles (groups: sorted store rows each, disjoint), the store read once
-    for as many groups as budget_bytes of sums hold at a time (half_sets, poses: as insert_particles)."""
+    for as many groups as budget_bytes of sums hold at a time (half_sets, poses, ctf: as insert_particles)."""
     store = ParticleStore(store_path)
     size = Insertion(store.box, store.pixel_size_A, "meta").nbytes()
     per_pass = max(1, int(budget_bytes // size))
@@ -193,24 +194,26 @@ def insert_groups(store_path, groups, half_sets, poses=None, batch_size=256, dev
         data = ChunkShuffledParticles(store_path, batch_size=batch_size, shuffle=False,
                                       rows=np.flatnonzero(group_of >= 0))
         batch_insertions = [Insertion(store.box, store.pixel_size_A, device) for _ in chosen]
-        _insert_all(data, batch_insertions, group_of, half_sets, poses, show_progress)
+        _insert_all(data, batch_insertions, group_of, half_sets, poses, ctf, show_progress)
         insertions += batch_insertions
     return insertions
 
 
-def _insert_all(data, insertions, group_of, half_sets, poses, show_progress):
+def _insert_all(data, insertions, group_of, half_sets, poses, ctf, show_progress):
     """Every batch of `data` inserted into insertions[group_of[its store row]]."""
     half_sets, group_of = torch.as_tensor(np.asarray(half_sets, np.int64)), torch.as_tensor(group_of)
     with tqdm(total=data.rank_particles(), unit="img", desc="reconstruct", disable=not show_progress,
               dynamic_ncols=True) as progress:
         for batch in data:
             index = batch["index"].long()
-            rotations, shifts = batch["rotations"], batch["shifts"]
+            rotations, shifts, ctfs = batch["rotations"], batch["shifts"], batch["ctf"]
             if poses is not None:
                 rotations, shifts = (torch.as_tensor(pose[index.numpy()]) for pose in poses)
+            if ctf is not None:
+                ctfs = torch.as_tensor(ctf[index.numpy()])
             groups, envelope = group_of[index], batch.get("ctf_envelope")
             for group in torch.unique(groups).tolist():
                 mine = groups == group
-                insertions[group].insert(batch["images"][mine], rotations[mine], shifts[mine], batch["ctf"][mine],
+                insertions[group].insert(batch["images"][mine], rotations[mine], shifts[mine], ctfs[mine],
                                          half_sets[index[mine]], None if envelope is None else envelope[mine])
             progress.update(len(index))

@@ -35,7 +35,7 @@ def _source_metadata(store_attrs):
     return paths
 
 
-def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=None):
+def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=None, ctf=None):
     """Write the particles at store `indices` to `out` (.star, .cs or .pkl). source_rows (N): each stored
     particle's row in the metadata file (store.source_row). A .star or .cs subset keeps every field of the
     input; a .cs made from a particles .cs and its passthrough .cs holds the fields of both. A .pkl holds
@@ -44,7 +44,9 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
     particle's half-set goes into rlnRandomSubset (.star) or alignments3D/split (.cs, 0 or 1), replacing the
     input's, so that a refinement of the subset keeps the run's halves apart. poses (rotations N x 3 x 3 in the
     store's convention, shifts N x 2 in pixels at the store's box; a run that refined its poses): written
-    into the pose fields, in the input's units (_star_poses, _cs_poses)."""
+    into the pose fields, in the input's units (_star_poses, _cs_poses). ctf (N x 9, the store's ctf columns;
+    a run that refined its CTFs): the defoci written into rlnDefocusU/V/Angle or ctf/df1_A, df2_A,
+    df_angle_rad."""
     extension = os.path.splitext(out)[1].lower()
     if extension == ".pkl":
         save_pickle(out, np.asarray(source_rows, dtype=np.int64)[indices])
@@ -59,6 +61,7 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
     rows = np.asarray(source_rows)[indices]
     halves = None if half_sets is None else np.asarray(half_sets)[indices]
     chosen = None if poses is None else (np.asarray(poses[0])[indices], np.asarray(poses[1])[indices])
+    defoci = None if ctf is None else np.asarray(ctf, np.float64)[indices, 2:5]
     if extension == ".star":
         blocks, name = read_star_blocks(sources[0])
         blocks[name] = blocks[name].iloc[rows].reset_index(drop=True)
@@ -66,6 +69,9 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
             blocks[name]["rlnRandomSubset"] = halves.astype(int)
         if chosen is not None:
             _star_poses(blocks[name], *chosen, store_attrs)
+        if defoci is not None:
+            for column, values in zip(("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"), defoci.T):
+                blocks[name][column] = values
         write_atomically(out, lambda temporary: starfile.write(blocks, temporary))
     elif extension == ".cs":
         records, _ = read_cs_records(sources[0], sources[1] if len(sources) > 1 else None)
@@ -78,6 +84,9 @@ def write_subset(indices, store_attrs, source_rows, out, half_sets=None, poses=N
                 records = numpy.lib.recfunctions.append_fields(records, HALF_SET_FIELD, split, usemask=False)
         if chosen is not None:
             _cs_poses(records, *chosen, store_attrs)
+        if defoci is not None:
+            records["ctf/df1_A"], records["ctf/df2_A"] = defoci[:, 0], defoci[:, 1]
+            records["ctf/df_angle_rad"] = np.radians(defoci[:, 2])
         write_atomically(out, lambda temporary: _save_records(temporary, records))
     else:
         raise UserError(f"{out}: write .star, .cs or .pkl")
@@ -112,6 +121,14 @@ def _cs_poses(records, rotations, shifts_px, store_attrs):
     shift_pixel_A = (records["alignments3D/psize_A"].astype(np.float64)[:, None]
                      if "alignments3D/psize_A" in records.dtype.names else store_attrs["original_pixel_size_A"])
     records["alignments3D/shift"] = _shifts_A(shifts_px, store_attrs) / shift_pixel_A
+
+
+def write_cryodrgn_ctf(out, ctf, store_attrs):
+    """cryoDRGN's ctf.pkl (N x 9 float32, physics.ctf.CTF_COLUMNS) of the store's ctf columns (N x 9), its
+    box and pixel size those of the input's images, as cryoDRGN's parse_ctf_star writes them."""
+    table = np.array(ctf, np.float64)
+    table[:, 0], table[:, 1] = store_attrs["original_box"], store_attrs["original_pixel_size_A"]
+    save_pickle(out, table.astype(np.float32))
 
 
 def write_cryodrgn_poses(out, rotations, shifts_px, box):

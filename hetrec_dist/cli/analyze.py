@@ -82,19 +82,20 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
 def _cluster_reconstructions(run, state, store_path, rows, seed, device):
     """A function of the clusters' labels (one per particle of z.npy) that reconstructs each cluster from its
     particles (analysis.reconstruct), with the run's half-sets (else the store's, else a random split of each
-    cluster, as `hetrec reconstruct --clusters` makes one) and its refined poses; None for a cluster with a
+    cluster, as `hetrec reconstruct --clusters` makes one) and its refined poses and CTFs; None for a cluster with a
     half-set empty. UserError where the run's store is not readable."""
     import numpy as np
 
     from hetrec_dist.analysis.reconstruct import insert_groups
     from hetrec_dist.cli.run_files import run_particle_records, run_store
     from hetrec_dist.data.half_sets import choose_half_sets, store_half_sets
+    from hetrec_dist.train.ctf_refinement import checkpoint_ctf
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
     group = run_store(run, state, store_path)  # the same particles, or a one-line error
     given = run_particle_records(run, state, group)[1]
     given = store_half_sets(group) if given is None else given
-    poses = checkpoint_poses(state, group)
+    poses, ctf = checkpoint_poses(state, group), checkpoint_ctf(state, group)
     store_rows = np.arange(group["images"].shape[0]) if rows is None else rows
 
     def reconstruct(labels):
@@ -105,7 +106,7 @@ def _cluster_reconstructions(run, state, store_path, rows, seed, device):
             for members in groups:
                 if len(members):
                     half_sets[members] = choose_half_sets(group, seed, members)[0][members]
-        insertions = insert_groups(store_path, groups, half_sets, poses, device=device)
+        insertions = insert_groups(store_path, groups, half_sets, poses, device=device, ctf=ctf)
         return [insertion.reconstruct() if min(insertion.particles) > 0 else None for insertion in insertions]
 
     return reconstruct

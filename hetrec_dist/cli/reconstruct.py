@@ -22,7 +22,7 @@ OUTPUTS = ("half1.mrc", "half2.mrc", "map.mrc", "fsc.png", "reconstruct.json")
 @click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
               help="With --clusters: which `hetrec analyze --k`.")
 @click.option("--given-poses", is_flag=True,
-              help="SOURCE a run that refined its poses: use the store's poses, not the refined ones.")
+              help="SOURCE a run that refined its poses or CTFs: use the store's, not the refined ones.")
 @click.option("--store", type=click.Path(exists=True, file_okay=False),
               help="SOURCE a run: its particle store where it was moved or copied (the same particles, checked).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -60,7 +60,8 @@ def command(source, out, ind, exclude, clusters, k, given_poses, store, seed, ba
 
 def _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, seed):
     """What to reconstruct, as a dict: store (path), rows (sorted store rows or None: all), half_sets (N, store
-    order), where they came from (words), poses (refined rotations and shifts, or None) and a description."""
+    order), where they came from (words), poses (refined rotations and shifts, or None), ctf (refined CTFs, or
+    None) and a description."""
     from hetrec_dist.data.half_sets import reconstruction_half_sets
     from hetrec_dist.data.store import open_store
     from hetrec_dist.data.subset import subset_rows
@@ -76,7 +77,7 @@ def _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, see
         what = "every particle" if rows is None else "the particles --ind/--exclude chose"
         half_sets, where = reconstruction_half_sets(group, rows, seed, what=what)
         return {"store": source, "rows": rows, "half_sets": half_sets, "half_sets_from": where, "poses": None,
-                "what": what}
+                "ctf": None, "what": what}
     return _run_particles(source, ind, exclude, clusters, k, given_poses, store, seed)
 
 
@@ -88,6 +89,7 @@ def _run_particles(run, ind, exclude, clusters, k, given_poses, store_path, seed
     from hetrec_dist.data.half_sets import reconstruction_half_sets
     from hetrec_dist.data.subset import subset_rows
     from hetrec_dist.errors import UserError
+    from hetrec_dist.train.ctf_refinement import checkpoint_ctf
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
     state = run_checkpoint(run)
@@ -107,10 +109,11 @@ def _run_particles(run, ind, exclude, clusters, k, given_poses, store_path, seed
     if rows is not None and not len(rows):
         raise UserError(f"no particles left: {what} are none")
     half_sets, where = reconstruction_half_sets(store, rows, seed, run_particle_records(run, state, store)[1], what)
-    poses = None if given_poses else checkpoint_poses(state, store)
+    poses, ctf = (None, None) if given_poses else (checkpoint_poses(state, store), checkpoint_ctf(state, store))
+    refined = " and ".join(name for name, values in (("poses", poses), ("CTFs", ctf)) if values is not None)
     return {"store": store_path or run_store_path(run), "rows": rows, "half_sets": half_sets,
-            "half_sets_from": where, "poses": poses,
-            "what": what + (", with the run's refined poses" if poses is not None else "")}
+            "half_sets_from": where, "poses": poses, "ctf": ctf,
+            "what": what + (f", with the run's refined {refined}" if refined else "")}
 
 
 def _earlier_outputs(out, overwrite):
@@ -138,7 +141,7 @@ def _insert(chosen, batch_size, device, world, quiet):
 
     insertion = insert_particles(chosen["store"], chosen["half_sets"], chosen["rows"], chosen["poses"],
                                  batch_size=batch_size, device=device, rank=world.rank, world_size=world.size,
-                                 show_progress=not quiet and world.is_root)
+                                 show_progress=not quiet and world.is_root, ctf=chosen["ctf"])
     insertion.sum_over(world)
     return insertion
 

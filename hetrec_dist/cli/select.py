@@ -24,11 +24,12 @@ def command(run, clusters, signal_below, k, out, store, overwrite):
     """Write the particles of the chosen clusters of RUN/analyze.K (or those whose signal score there is below
     --signal-below: junk) as a STAR or .cs file like the input
     (all columns and optics kept), or as a cryoDRGN-style index .pkl. A run trained with --half-sets writes
-    its half-sets into rlnRandomSubset or alignments3D/split; a run trained with --refine-poses writes its
-    refined poses (`hetrec export` writes every particle's)."""
+    its half-sets into rlnRandomSubset or alignments3D/split; a run trained with --refine-poses or --refine-ctf
+    writes its refined poses or defoci (`hetrec export` writes every particle's)."""
     from hetrec_dist.analysis.select import write_subset
     from hetrec_dist.cli.run_files import check_new_file, run_checkpoint, run_particle_records, run_store
     from hetrec_dist.errors import UserError
+    from hetrec_dist.train.ctf_refinement import checkpoint_ctf
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
     if (clusters is None) == (signal_below is None):
@@ -43,12 +44,16 @@ def command(run, clusters, signal_below, k, out, store, overwrite):
     else:
         indices, which = signal_rows(run, k, signal_below, state, store), f"with a signal score below {signal_below:g}"
     source_rows, half_sets = run_particle_records(run, state, store)
-    poses = checkpoint_poses(state, store) if not out.lower().endswith(".pkl") else None
-    write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses)
+    indices_only = out.lower().endswith(".pkl")
+    poses, ctf = (None, None) if indices_only else (checkpoint_poses(state, store), checkpoint_ctf(state, store))
+    write_subset(indices, store.attrs.asdict(), source_rows, out, half_sets, poses, ctf)
     click.echo(f"wrote {len(indices)} particles {which} to {out}", err=True)
-    if "pose_corrections" in state and out.lower().endswith(".pkl"):
-        click.echo(f"the run refined its poses: `hetrec export {run} -o poses.pkl` writes them for cryoDRGN",
-                   err=True)
+    if indices_only:
+        for key, what, command in (("pose_corrections", "poses", "-o poses.pkl"),
+                                   ("ctf_corrections", "CTFs", "-o ctf.pkl --ctf")):
+            if key in state:
+                click.echo(f"the run refined its {what}: `hetrec export {run} {command}` writes them for cryoDRGN",
+                           err=True)
 
 
 def _labels_path(run, k):

@@ -58,6 +58,18 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
               help="Refine the shifts only (implies --refine-poses).")
 @click.option("--pose-warmup", "pose_warmup_epochs", type=click.IntRange(min=0),
               help="With --refine-poses: epochs on the given poses before refining them (default 3).")
+@click.option("--refine-ctf/--no-refine-ctf", default=None,
+              help="Refine each particle's defocus as it trains, after --ctf-warmup epochs, against the resolutions "
+                   "the half-maps' FSC says the map knows (so it needs --half-sets); the refined CTFs go to "
+                   "RUN/ctf.npz (`hetrec export` writes them as STAR, .cs or ctf.pkl).")
+@click.option("--refine-astigmatism", is_flag=True, default=None,
+              help="With --refine-ctf: refine each particle's astigmatism too (default: its mean defocus only).")
+@click.option("--ctf-warmup", "ctf_warmup_epochs", type=click.IntRange(min=0),
+              help="With --refine-ctf: epochs on the given defoci before refining them (default 3).")
+@click.option("--defocus-prior", "defocus_prior_A", type=click.FloatRange(min=0, min_open=True),
+              callback=finite_floats,
+              help="With --refine-ctf: the given defoci's RMS error thought likely, in Å (default 500); a "
+                   "particle's defocus moves further from its given value only where its image says so.")
 @click.option("--ind", type=click.Path(dir_okay=False),
               help="Train on these particles only: an index file (cryoDRGN's .pkl, .npy or text) of rows of the "
                    "store's input, as `hetrec select -o indices.pkl` writes and cryoDRGN's --ind takes. Nothing is "
@@ -111,6 +123,11 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
         for option, name in (("--pose-warmup", "pose_warmup_epochs"), ("--rotations-too", "refine_rotations")):
             if overrides.get(name) is not None:
                 warn_input(f"{option} has no effect without --refine-poses")
+    if not (overrides["refine_ctf"] or resume):
+        for option, name in (("--refine-astigmatism", "refine_astigmatism"), ("--ctf-warmup", "ctf_warmup_epochs"),
+                             ("--defocus-prior", "defocus_prior_A")):
+            if overrides.get(name) is not None:
+                raise UserError(f"{option} sets how the CTF is refined: give --refine-ctf too")
     for name in ("gt", "focus_mask"):
         if overrides.get(name):
             overrides[name] = os.path.abspath(overrides[name])

@@ -129,14 +129,15 @@ def refined_shift_corrections(state, store, run_store):
     run refined (by content, whatever its path); None for a run without them or another store's particles.
     Raises UserError where the run's own store no longer gives them."""
     from hetrec_dist.data.store import open_store
-    from hetrec_dist.train.pose_refinement import check_given_poses, given_poses_sha256
+    from hetrec_dist.train.particle_corrections import check_given, given_fingerprint
+    from hetrec_dist.train.pose_refinement import given_poses_sha256
 
     corrections = state.get("pose_corrections")
     if corrections is None:
         return None
     fingerprint = given_poses_sha256(open_store(store))
     if os.path.realpath(store) == os.path.realpath(run_store):
-        check_given_poses(corrections, fingerprint)
-    elif corrections.get("given_poses_sha256") != fingerprint:
+        check_given(corrections, fingerprint, "poses")
+    elif given_fingerprint(corrections) != fingerprint:
         return None
     return corrections["table"][:, 3:]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hetrec_dist.model.encoder import ResidualMLPEncoder
-from hetrec_dist.physics.ctf import particle_ctfs
+from hetrec_dist.physics.ctf import particle_ctfs, particle_defocus_jacobians
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk, squared_magnitude
 from hetrec_dist.physics.maps import EnvelopeMask, SupportProjector, half_ball_to_map, soft_sphere_mask
 from hetrec_dist.physics.pose_derivatives import rotation_jacobian, slice_spatial_gradient
@@ -109,7 +109,8 @@ class HetVAE(nn.Module):
                 basis_factors: bool = False, noise_weights: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor | float | SliceFactors]:
         """Loss terms and what the logger shows: dict of loss, data, kl, touched_fraction, the residual power
-        |data - model|² of every half-disk point (B x P, detached), predictions, and the slices' geometry.
+        |data - model|² of every half-disk point (B x P, detached), predictions (CTF x slice), the slices
+        (detached) and their geometry.
         noise (B x zdim): the reparametrisation's standard normal draws (training mode; drawn here if None).
         basis_factors: leave the basis out of autograd and return out["factors"] (see project_with_factors).
         noise_weights (B x P): the likelihood weight of each point (model.noise.NoiseSpectrum); None: white noise."""
@@ -126,7 +127,8 @@ class HetVAE(nn.Module):
             slices, out["factors"] = project_with_factors(self.basis, self.basis_weights(z), geometry, rotations)
         else:
             slices = project(self.basis, self.basis_weights(z), geometry)
-        predicted = self.ctf(batch) * torch.view_as_complex(slices)
+        slices = torch.view_as_complex(slices)
+        predicted = self.ctf(batch) * slices
         weights = self.disk.weights
         residual_power = squared_magnitude(observed - predicted)
         weighted = residual_power if noise_weights is None else residual_power * noise_weights
@@ -136,7 +138,7 @@ class HetVAE(nn.Module):
         return {**out, "loss": (data + beta * kl).mean() / norm, "data": data.mean() / norm, "kl": kl.mean(),
                 "touched_fraction": len(geometry.touched_rows) / geometry.n_rows,
                 "residual_power": residual_power.detach(), "mu": mu, "observed": observed, "predicted": predicted,
-                "geometry": geometry}
+                "slices": slices.detach(), "geometry": geometry}
 
     @torch.no_grad()
     def pose_normal_equations(self, batch: dict[str, torch.Tensor], out: dict,
@@ -183,6 +185,32 @@ class HetVAE(nn.Module):
         gradient[:, 5:] += beta * mu
         hessian[:, 5:, 5:] += beta * torch.eye(self.shape.zdim, dtype=hessian.dtype, device=hessian.device)
         return gradient, hessian
+
+    @torch.no_grad()
+    def defocus_normal_equations(self, batch: dict[str, torch.Tensor], out: dict,
+                                 noise_weights: torch.Tensor | None = None, astigmatism: bool = False
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gradient g, B x n; Gauss-Newton matrix H, B x n x n), n = m + 2, of each image's data term
+        0.5 sum_p c_p n_p |data_p - CTF_p S_p (1 + a + b r_p²)|² with respect to a change of its defocus (Å; m = 1:
+        its mean, m = 3 with astigmatism: physics.ctf.particle_defocus_jacobians) and to a scale of its slice,
+        a + b r² (r: the point's radius over the half-disk's), at a = b = 0, the batch's CTF and the slices S of out
+        (this batch's forward(): its latent held, as a defocus changes the CTF's rings and not the
+        conformation; solving for the latent too moved the defoci alike, docs/benchmarks.md). The scale is what
+        RELION refines per particle as rlnCtfScalefactor and rlnCtfBfactor: solved for with the defocus, it
+        takes up what a model's amplitudes lack at high resolution, which alone biased the defoci by a
+        shared ~90 Å (a smaller slice fits best where the CTF is larger, docs/benchmarks.md).
+        noise_weights: n_p as forward took them (None: 1)."""
+        along_defocus = particle_defocus_jacobians(batch["ctf"].to(self.basis.dtype), self.disk.coords,
+                                                   self.shape.box, self.pixel_size_A, batch.get("ctf_envelope"),
+                                                   astigmatism)
+        radius_squared = (self.disk.coords.to(self.basis.dtype) ** 2).sum(1) / self.disk.radius ** 2
+        along_scale = out["predicted"].detach()[..., None] * torch.stack([torch.ones_like(radius_squared),
+                                                                          radius_squared], -1)
+        jacobian = -torch.cat([along_defocus * out["slices"][..., None], along_scale], -1)
+        weight = self.disk.weights if noise_weights is None else self.disk.weights * noise_weights
+        weighted = weight[..., None] * jacobian
+        gradient = ((out["observed"] - out["predicted"]).detach().conj()[..., None] * weighted).real.sum(1)
+        return gradient, torch.einsum("bpi,bpj->bij", weighted.conj(), jacobian).real
 
     def _row_offsets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Where each image's half-set basis starts (B,), from batch["half_set"] (1 or 2, RELION's
@@ -236,6 +264,29 @@ class HetVAE(nn.Module):
         mean = torch.cat([self.basis.new_ones(1), self.decoder.bias])
         axes = torch.cat([self.basis.new_zeros(1, self.shape.zdim), self.decoder.weight])
         return torch.cat([mean[:, None], axes], dim=1).detach()
+
+    @torch.no_grad()
+    def half_set_fsc(self) -> torch.Tensor:
+        """The FSC of the two half-sets' mean maps (the maps at the latent prior's mean) in each Fourier shell
+        (float64, shells 0 .. the half-ball's largest; a voxel's shell is round(|k|), as analysis.fsc bins a
+        map's): what each resolution of a half's map can be trusted to. Voxels of x > 0 count twice, for their
+        Friedel mates, so that the FSC is that of the full maps. Raises ValueError for a model without
+        half-sets."""
+        if self.shape.n_half_sets != 2:
+            raise ValueError("the half-maps' FSC needs a model with half-sets")
+        weights = self.density_directions()[:, 0].to(torch.complex128)
+        first, second = (self.components(h).to(torch.complex128) @ weights for h in (1, 2))
+        coords = self.half_ball.coords.to(self.basis.device)
+        shells = coords.double().norm(dim=1).round().long()
+        friedel = torch.where(coords[:, 0] > 0, 2.0, 1.0).to(torch.float64)
+
+        def shell_sums(values):
+            return torch.zeros(int(shells.max()) + 1, dtype=torch.float64, device=shells.device).index_add_(
+                0, shells, friedel * values)
+
+        products = shell_sums((first * second.conj()).real)
+        powers = shell_sums(first.abs() ** 2) * shell_sums(second.abs() ** 2)
+        return (products / powers.sqrt().clamp_min(1e-300)).cpu()
 
     def _half_rows(self, half_set: int) -> slice:
         if half_set not in range(1, self.shape.n_half_sets + 1):

@@ -56,19 +56,31 @@ def ctf_2d(freq_x: _ArrayOrScalar, freq_y: _ArrayOrScalar, defocus_u_A: _ArrayOr
     RELION's envelope scale * exp(-B s^2 / 4) (module doc). Parameters broadcast against the grid. Works on
     numpy arrays and on torch tensors (all arguments of one kind)."""
     xp = _array_module(freq_x)
+    chi = _phase(xp, freq_x, freq_y, defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kv, cs_mm,
+                 amplitude_contrast, phase_shift_deg)
+    return -xp.sin(chi) * _envelope(xp, freq_x, freq_y, scale, bfactor_A2)
+
+
+def _phase(xp, freq_x, freq_y, defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kv, cs_mm, amplitude_contrast,
+           phase_shift_deg):
+    """chi of the module doc."""
     wavelength = electron_wavelength_A(voltage_kv)
     s2 = freq_x ** 2 + freq_y ** 2
     direction = xp.arctan2(freq_y, freq_x)
     defocus = 0.5 * (defocus_u_A + defocus_v_A) + 0.5 * (defocus_u_A - defocus_v_A) * xp.cos(
         2.0 * (direction - defocus_angle_deg * (np.pi / 180)))
     w = amplitude_contrast
-    chi = (-np.pi * wavelength * defocus * s2 + 0.5 * np.pi * cs_mm * 1e7 * wavelength ** 3 * s2 ** 2
-           - phase_shift_deg * (np.pi / 180) - xp.arctan(w / (1.0 - w ** 2) ** 0.5))
+    return (-np.pi * wavelength * defocus * s2 + 0.5 * np.pi * cs_mm * 1e7 * wavelength ** 3 * s2 ** 2
+            - phase_shift_deg * (np.pi / 180) - xp.arctan(w / (1.0 - w ** 2) ** 0.5))
+
+
+def _envelope(xp, freq_x, freq_y, scale, bfactor_A2):
+    """RELION's envelope scale * exp(-B s^2 / 4); 1 where neither is given."""
     if scale is None and bfactor_A2 is None:
-        return -xp.sin(chi)
+        return 1.0
     scale = 1.0 if scale is None else scale
     bfactor_A2 = 0.0 if bfactor_A2 is None else bfactor_A2
-    return -xp.sin(chi) * scale * xp.exp(-0.25 * bfactor_A2 * s2)
+    return scale * xp.exp(-0.25 * bfactor_A2 * (freq_x ** 2 + freq_y ** 2))
 
 
 def particle_ctfs(ctf: "torch.Tensor", points_2d: "torch.Tensor", box: int, pixel_size_A: float,
@@ -81,3 +93,42 @@ def particle_ctfs(ctf: "torch.Tensor", points_2d: "torch.Tensor", box: int, pixe
         envelope = envelope.to(ctf.dtype)
         p += [envelope[:, 0, None], envelope[:, 1, None]]
     return ctf_2d(frequency[:, 0], frequency[:, 1], *p)
+
+
+def particle_defocus_jacobians(ctf: "torch.Tensor", points_2d: "torch.Tensor", box: int, pixel_size_A: float,
+                               envelope: "torch.Tensor | None" = None, astigmatism: bool = False) -> "torch.Tensor":
+    """dCTF/dδ (B x P x n) at the points of particle_ctfs, for a change δ (Å) of each particle's defocus: its
+    mean (n = 1), and with astigmatism also the components (c, s) of its astigmatism (n = 3), so that the
+    defocus along direction a becomes df(a) + δ_0 + δ_1 cos 2a + δ_2 sin 2a (linear in δ; U, V and the angle
+    of a corrected defocus: corrected_defocus). From the module doc's chi:
+        dCTF/d df = -cos(chi) dchi/d df * envelope = pi lambda s^2 cos(chi) * envelope."""
+    import torch
+
+    frequency = points_2d.to(ctf.dtype) / (box * pixel_size_A)
+    freq_x, freq_y = frequency[:, 0], frequency[:, 1]
+    chi = _phase(torch, freq_x, freq_y, *[ctf[:, i, None] for i in range(2, 9)])
+    scale, bfactor = (None, None) if envelope is None else (envelope[:, 0, None].to(ctf.dtype),
+                                                            envelope[:, 1, None].to(ctf.dtype))
+    along_defocus = (torch.pi * electron_wavelength_A(ctf[:, 5, None]) * (freq_x ** 2 + freq_y ** 2)
+                     * torch.cos(chi) * _envelope(torch, freq_x, freq_y, scale, bfactor))
+    if not astigmatism:
+        return along_defocus[..., None]
+    direction = torch.atan2(freq_y, freq_x)
+    return along_defocus[..., None] * torch.stack([torch.ones_like(direction), torch.cos(2 * direction),
+                                                   torch.sin(2 * direction)], -1)
+
+
+def corrected_defocus(defocus_u_A: np.ndarray, defocus_v_A: np.ndarray, defocus_angle_deg: np.ndarray,
+                      correction_A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U, V, angle in degrees) of a defocus after the change δ (... x 3, Å: mean, astigmatism's cos 2a and
+    sin 2a components; particle_defocus_jacobians), with U >= V and the angle in [0, 180) as RELION writes them.
+    numpy arrays."""
+    correction_A = np.asarray(correction_A, np.float64)
+    mean = 0.5 * (defocus_u_A + defocus_v_A) + correction_A[..., 0]
+    half_difference = 0.5 * (np.asarray(defocus_u_A, np.float64) - defocus_v_A)
+    angle = np.radians(defocus_angle_deg)
+    astigmatism_c = half_difference * np.cos(2 * angle) + correction_A[..., 1]
+    astigmatism_s = half_difference * np.sin(2 * angle) + correction_A[..., 2]
+    magnitude = np.hypot(astigmatism_c, astigmatism_s)
+    angle_deg = np.degrees(0.5 * np.arctan2(astigmatism_s, astigmatism_c)) % 180.0
+    return mean + magnitude, mean - magnitude, angle_deg

@@ -7,9 +7,10 @@ by about a factor of ten from low frequencies to 5 Å and below, from the detect
 low-frequency excess; RELION's per-group noise spectra (sigma2) of real data fall alike).
 
 What a consensus refinement gets wrong is simulated too: poses written with errors (a rotation about a
-random axis by |N(0, pose_error_deg)|, shifts with N(0, shift_error_px) added), and junk (particles of a
-compact object unrelated to the model). ground_truth/ keeps the truth: the coordinate of every particle
-(NaN for junk), junk.npy, poses.npz (the true rotations and shifts in pixels, store convention).
+random axis by |N(0, pose_error_deg)|, shifts with N(0, shift_error_px) added), defoci written with
+N(0, defocus_error_A) added, and junk (particles of a compact object unrelated to the model). ground_truth/
+keeps the truth: the coordinate of every particle (NaN for junk), junk.npy, poses.npz (the true rotations
+and shifts in pixels, store convention), ctf.npz (the true defocus U, V in Å and angle in degrees).
 """
 
 import dataclasses
@@ -51,6 +52,7 @@ class SimulationSettings:
     noise_spectrum: str = "white"
     pose_error_deg: float = 0.0
     shift_error_px: float = 0.0
+    defocus_error_A: float = 0.0
     junk_fraction: float = 0.0
     defocus_min_A: float = 10000.0
     defocus_max_A: float = 25000.0
@@ -166,6 +168,16 @@ def perturbed_poses(particles, pose_error_deg, shift_error_px, rng):
     return particles.assign(rot=rot, tilt=tilt, psi=psi, shift_x_px=shifts[:, 0], shift_y_px=shifts[:, 1])
 
 
+def perturbed_defocus(ctf, defocus_error_A, rng):
+    """The CTF columns as an estimate with this error would report them: N(0, defocus_error_A) added to each
+    particle's defocus U and V alike (its mean defocus; the astigmatism stays true)."""
+    if defocus_error_A == 0:
+        return ctf
+    reported = ctf.copy()
+    reported[:, 2:4] += rng.normal(0.0, defocus_error_A, len(ctf))[:, None]
+    return reported
+
+
 def _star_tables(particles, ctf, stack_names, pixel_size_A, box, groups):
     numbers = np.unique(groups)
     optics = pd.DataFrame({
@@ -190,14 +202,17 @@ def _write_map(directory, name, positions, weights, sigma_A, settings):
         mrc.voxel_size = settings.pixel_size_A
 
 
-def _write_ground_truth(directory, model, particles, settings, particles_sha256):
+def _write_ground_truth(directory, model, particles, ctf, settings, particles_sha256):
     os.makedirs(directory)
     np.save(os.path.join(directory, "coordinates.npy"), particles["coordinate"].to_numpy())
     np.save(os.path.join(directory, "junk.npy"), particles["junk"].to_numpy())
     np.savez(os.path.join(directory, "poses.npz"),
              rotations=matrices_from_relion_euler(particles["rot"], particles["tilt"], particles["psi"]),
              shifts=particles[["shift_x_px", "shift_y_px"]].to_numpy())
+    np.savez(os.path.join(directory, "ctf.npz"), defocus_u_A=ctf[:, 2], defocus_v_A=ctf[:, 3],
+             defocus_angle_deg=ctf[:, 4])
     record = {"coordinates_file": "coordinates.npy", "junk_file": "junk.npy", "poses_file": "poses.npz",
+              "ctf_file": "ctf.npz",
               "box": settings.box, "pixel_size_A": settings.pixel_size_A, "particles_star": "../particles.star",
               "particles_star_sha256": particles_sha256, "settings": dataclasses.asdict(settings)}
     if isinstance(model, Assembly):
@@ -273,9 +288,10 @@ def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=T
                     progress.update(rows.stop - rows.start)
     reported = perturbed_poses(particles, settings.pose_error_deg, settings.shift_error_px,
                                np.random.default_rng([settings.seed, n, 1]))
-    starfile.write(_star_tables(reported, ctf, stack_names, pixel_size_A, box, settings.optics_groups()),
+    reported_ctf = perturbed_defocus(ctf, settings.defocus_error_A, np.random.default_rng([settings.seed, n, 2]))
+    starfile.write(_star_tables(reported, reported_ctf, stack_names, pixel_size_A, box, settings.optics_groups()),
                    os.path.join(partial, "particles.star"))
-    _write_ground_truth(os.path.join(partial, "ground_truth"), model, particles, settings,
+    _write_ground_truth(os.path.join(partial, "ground_truth"), model, particles, ctf, settings,
                         sha256_file(os.path.join(partial, "particles.star")))
     if os.path.exists(out):
         shutil.rmtree(out)

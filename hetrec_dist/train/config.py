@@ -12,6 +12,7 @@ from hetrec_dist.distributed.sparse_reducer import STRATEGIES as REDUCTION_STRAT
 from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.model.hetvae import ModelShape
 from hetrec_dist.physics.maps import EnvelopeMask
+from hetrec_dist.train.ctf_refinement import CtfRefinementSettings
 from hetrec_dist.train.pose_refinement import RefinementSettings
 
 REDUCTIONS = ("auto",) + REDUCTION_STRATEGIES
@@ -60,6 +61,11 @@ class TrainConfig:
     pose_max_step_A: float = 1.0    # refine_poses: the most a shift moves in one step (Å)
     pose_prior_deg: float = 3.0     # refine_poses: the given rotations' RMS error thought likely (degrees)
     pose_prior_A: float = 1.0       # refine_poses: the given shifts' RMS error thought likely (Å)
+    refine_ctf: bool = False  # refine each particle's defocus as it trains (train.ctf_refinement)
+    refine_astigmatism: bool = False  # refine_ctf: the astigmatism too (False: the mean defocus only)
+    ctf_warmup_epochs: int = 3        # refine_ctf: epochs on the given defoci first
+    defocus_max_step_A: float = 200.0  # refine_ctf: the most a defocus moves in one step (Å)
+    defocus_prior_A: float = 500.0     # refine_ctf: the given defoci's RMS error thought likely (Å)
 
     def pose_refinement(self, pixel_size_A):
         """The refine_* and pose_* settings as train.pose_refinement takes them, shifts in pixels of
@@ -68,12 +74,20 @@ class TrainConfig:
                                   self.pose_max_step_deg, self.pose_max_step_A / pixel_size_A, self.pose_prior_deg,
                                   self.pose_prior_A / pixel_size_A)
 
+    def ctf_refinement(self):
+        """The refine_ctf, refine_astigmatism and defocus_* settings as train.ctf_refinement takes them."""
+        return CtfRefinementSettings(self.refine_ctf, self.refine_astigmatism, self.ctf_warmup_epochs,
+                                     self.defocus_max_step_A, self.defocus_prior_A)
+
     def __post_init__(self):
         """Every setting checked, whether it came from the command line, a YAML file or a run's config.yaml."""
         for name, (valid, what) in _VALID.items():
             value = getattr(self, name)
             if value is not None and not valid(value):
                 raise UserError(f"setting {name}: {value!r} is not {what}")
+        if self.refine_ctf and not self.half_sets:
+            raise UserError("refine_ctf weighs each resolution by the half-maps' FSC, as relion_ctf_refine does: "
+                            "give --half-sets too")
 
     def model_shape(self, box, pixel_size_A):
         """The model's shape for images of `box` pixels of `pixel_size_A`: the resolutions in Å become Fourier
@@ -132,6 +146,9 @@ _VALID = {  # setting: (test of a valid value, what a valid value is); None pass
     "pose_max_step_A": (_positive, "a positive length in Å"),
     "pose_prior_deg": (_positive, "a positive angle in degrees"),
     "pose_prior_A": (_positive, "a positive length in Å"),
+    "ctf_warmup_epochs": (lambda v: v >= 0, "a number of epochs"),
+    "defocus_max_step_A": (_positive, "a positive defocus in Å"),
+    "defocus_prior_A": (_positive, "a positive defocus in Å"),
 }
 
 

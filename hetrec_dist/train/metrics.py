@@ -17,6 +17,9 @@ class MetricsLogger:
     def images(self, tag, images, step):
         pass
 
+    def histogram(self, tag, values, step):
+        pass
+
     def close(self):
         pass
 
@@ -36,6 +39,10 @@ class TensorBoardLogger(MetricsLogger):
         low = images.min(axis=(1, 2), keepdims=True)
         span = np.maximum(images.max(axis=(1, 2), keepdims=True) - low, 1e-12)
         self.writer.add_images(tag, ((images - low) / span)[:, None], step, dataformats="NCHW")
+
+    def histogram(self, tag, values, step):
+        """values: a 1-D array, shown as its distribution at `step`."""
+        self.writer.add_histogram(tag, np.asarray(values), step)
 
     def close(self):
         self.writer.close()

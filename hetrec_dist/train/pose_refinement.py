@@ -1,39 +1,29 @@
 """Per-particle pose refinement during training (`hetrec train --refine-poses`).
 
 Each particle has a correction: an axis-angle rotation d (radians) composed on the right of its given pose,
-R @ Exp(d), and a shift s added to its given shift (pixels). All start at zero. After the warm-up epochs,
-each time a particle is in a batch its correction takes one damped Gauss-Newton (Levenberg-Marquardt) step
-on its own data term plus a Gaussian prior on the correction, at the model of that step
-(HetVAE.pose_normal_equations gives the data term's gradient g and Gauss-Newton matrix H, over the pose
-and the particle's latent):
-    step = -(A + damping diag(A))^-1 (g + P c),   A = H + P,
-with c = (d, s, 0) the correction so far and P = diag(3/prior_deg², x3, 2/prior_px², x2, 0...) (radians,
-pixels): prior_deg and prior_px are the RMS errors the given poses are thought to have (the rotation's
-angle, the shift's length), spread evenly over the axes. Where one image says little about its pose (low
-SNR, few shells) the prior keeps the correction near zero, so that poses do not wander with the noise. The
-latent's part of the step is dropped (the encoder places the particle); solving for it with the pose leaves
-to the latent what a change of conformation explains. The step is bounded to max_step_deg and max_step_px,
-and composed with the correction so far. A particle's correction is read and written only when the particle
-is in a batch, as the basis' rows are.
-
-Several ranks: every rank holds the whole table (N x 5) and writes only its own batches' rows; at the end
-of each epoch the ranks add up what each changed (each particle is in one rank's batch an epoch), so every
-rank, and the checkpoint, holds the same table whatever the number of ranks.
+R @ Exp(d), and a shift s added to its given shift (pixels). After the warm-up epochs, each time a particle is
+in a batch its correction takes one damped Gauss-Newton step (train.particle_corrections) on its own data term
+(HetVAE.pose_normal_equations) plus a Gaussian prior of precision
+    P = diag(3/prior_deg², x3, 2/prior_px², x2)  (radians, pixels):
+prior_deg and prior_px are the RMS errors the given poses are thought to have (the rotation's angle, the
+shift's length), spread evenly over the axes. The step is bounded to max_step_deg and max_step_px, and
+composed with the correction so far. Several ranks: as train.particle_corrections.
 """
 
 import dataclasses
 import hashlib
 import math
+import os
 
 import numpy as np
 import torch
 
 from hetrec_dist.data.atomic_files import write_atomically
-from hetrec_dist.errors import UserError
 from hetrec_dist.physics.pose_derivatives import compose_axis_angle, matrices_from_axis_angle
+from hetrec_dist.train.particle_corrections import ParticleCorrections, bounded, check_given, damped_step
 
 POSES_FILE = "poses.npz"
-DAMPING = 0.1  # Levenberg-Marquardt: the share of H's diagonal added to it
+CHECKPOINT_KEY = "pose_corrections"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +39,16 @@ class RefinementSettings:
     prior_px: float       # the given shifts' RMS error thought likely (length, pixels)
 
 
-class PoseCorrections:
+class PoseCorrections(ParticleCorrections):
     """The corrections of n_particles (store order): rotation (N x 3, axis-angle, radians) and shift (N x 2,
     pixels at the store's box), float64 on the CPU."""
 
+    given_what = "poses"
+    checkpoint_key = CHECKPOINT_KEY
+
     def __init__(self, n_particles: int, settings: RefinementSettings, given_poses_sha256: str):
-        self.settings, self.given_poses_sha256 = settings, given_poses_sha256
-        self.table = torch.zeros(n_particles, 5, dtype=torch.float64)
-        self._synchronized = self.table.clone()
+        super().__init__(n_particles, 5, given_poses_sha256)
+        self.settings = settings
         self._precision_sums = torch.zeros(3, dtype=torch.float64)  # this epoch: rotation, shift, particles
 
     def corrected(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -68,33 +60,25 @@ class PoseCorrections:
     def refines(self, epoch: int) -> bool:
         return self.settings.refine and epoch >= self.settings.warmup_epochs
 
+    def step_at(self, model, batch, out, noise_weights, beta) -> None:
+        """One step for the batch's particles at the model that made `out` (its forward)."""
+        self.step(batch["index"], *model.pose_normal_equations(batch, out, noise_weights, beta,
+                                                                rotations=self.settings.rotations))
+
     def step(self, index: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor) -> None:
         """One bounded Levenberg-Marquardt step for the particles at store `index` (B) from their data terms'
         gradient (B x n) and Gauss-Newton matrix (B x n x n) over the pose correction (5 columns) and the
-        latent (the rest; HetVAE.pose_normal_equations). The step is solved for both, so that the pose takes
-        only what the latent does not explain; the latent's part is dropped."""
+        latent (the rest; HetVAE.pose_normal_equations)."""
         rows = index.cpu().long()
         current = self.table[rows]
-        gradient, hessian = gradient.detach().double().cpu(), hessian.detach().double().cpu()
         per_axis = ([math.radians(self.settings.prior_deg) / math.sqrt(3)] * 3
                     + [self.settings.prior_px / math.sqrt(2)] * 2)
         prior = torch.tensor(per_axis, dtype=torch.float64) ** -2
-        gradient[:, :5] += prior * current
-        hessian[:, range(5), range(5)] += prior
-        free = list(range(0 if self.settings.rotations else 3, gradient.shape[1]))
-        gradient, hessian = gradient[:, free], hessian[:, free][:, :, free]
-        diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
-        # a latent the decoder ignores (beta 0, zdim > K) leaves H singular: a ridge far below each column's
-        hessian = hessian + torch.diag_embed(1e-9 * diagonal + torch.finfo(torch.float64).tiny)
-        self._add_precision(hessian, n_rotation_columns=5 - free[0] - 2)
-        damped = hessian + torch.diag_embed(DAMPING * diagonal)
-        solved, failed = torch.linalg.solve_ex(damped, -gradient[..., None])
-        change = torch.zeros(len(index), 5, dtype=torch.float64)
-        change[:, free[0]:5] = solved[:, :5 - free[0], 0]  # the latent's part is the encoder's to take
-        change[failed != 0] = 0.0
-        change = torch.nan_to_num(change, nan=0.0, posinf=0.0, neginf=0.0)
-        change[:, :3] = _bounded(change[:, :3], math.radians(self.settings.max_step_deg))
-        change[:, 3:] = _bounded(change[:, 3:], self.settings.max_step_px)
+        first = 0 if self.settings.rotations else 3
+        change, hessian = damped_step(gradient, hessian, prior, current, list(range(first, gradient.shape[1])))
+        self._add_precision(hessian, n_rotation_columns=3 - first)
+        change[:, :3] = bounded(change[:, :3], math.radians(self.settings.max_step_deg))
+        change[:, 3:] = bounded(change[:, 3:], self.settings.max_step_px)
         self.table[rows, :3] = compose_axis_angle(current[:, :3], change[:, :3])
         self.table[rows, 3:] = current[:, 3:] + change[:, 3:]
 
@@ -113,10 +97,7 @@ class PoseCorrections:
         """Every rank's changes since the last call, added up on every rank (world: a TrainingWorld); returns
         the mean posterior RMS error of the rotations (degrees) and shifts (pixels) the epoch's steps left,
         empty where no step was taken: how well each image determines its pose."""
-        changed = self.table - self._synchronized
-        world.all_sum_(changed)
-        self.table = self._synchronized + changed
-        self._synchronized = self.table.clone()
+        self.synchronize_table(world)
         sums = self._precision_sums.clone()
         world.all_sum_(sums)
         self._precision_sums.zero_()
@@ -126,6 +107,18 @@ class PoseCorrections:
         if self.settings.rotations:
             precision["rotation_precision_deg"] = float(sums[0] / sums[2])
         return precision
+
+    def end_epoch(self, world, metrics, epoch) -> str | None:
+        """Synchronize the ranks' tables, show the corrections in TensorBoard; a line for train.log."""
+        precision = self.synchronize(world)
+        metrics.scalars({f"poses/{k}": v for k, v in {**self.sizes(), **precision}.items()}, epoch)
+        if not precision:
+            return None
+        rotation = precision.get("rotation_precision_deg")
+        return ("pose refinement: the images' posterior RMS error, "
+                + ("" if rotation is None else f"rotation {rotation:.3g}°, ")
+                + f"shift {precision['shift_precision_px']:.3g} px (against the model: the model's own errors are "
+                "not counted)")
 
     def sizes(self) -> dict[str, float]:
         """The corrections' sizes: mean and percentiles of the rotation angle (degrees) and shift (pixels)."""
@@ -137,20 +130,14 @@ class PoseCorrections:
             sizes.update({f"{name}_p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)})
         return sizes
 
-    def state_dict(self) -> dict:
-        return {"table": self.table.clone(), "given_poses_sha256": self.given_poses_sha256}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Raises UserError where the state corrects the poses of another store (given_poses_sha256)."""
-        check_given_poses(state, self.given_poses_sha256)
-        self.table = state["table"].double().clone()
-        self._synchronized = self.table.clone()
-
-
-def _bounded(vectors, largest):
-    """vectors (B x n) scaled down to a length of at most `largest`."""
-    length = vectors.norm(dim=1, keepdim=True)
-    return vectors * torch.clamp(largest / length.clamp_min(1e-300), max=1.0)
+    def write(self, run_dir: str, store_group) -> str:
+        """RUN/poses.npz (write_poses); a line for train.log."""
+        write_poses(os.path.join(run_dir, POSES_FILE), store_group["rotations"][:], store_group["shifts"][:],
+                    self.table)
+        sizes = self.sizes()
+        return (f"pose corrections: rotation median {sizes['rotation_deg_p50']:.3g}°, 90% "
+                f"{sizes['rotation_deg_p90']:.3g}°; shift median {sizes['shift_px_p50']:.3g} px, 90% "
+                f"{sizes['shift_px_p90']:.3g} px (RUN/{POSES_FILE})")
 
 
 def corrected_poses(rotations, shifts_px, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,21 +172,13 @@ def given_poses_sha256(store_group) -> str:
     return digest.hexdigest()
 
 
-def check_given_poses(corrections: dict, sha256: str) -> None:
-    """Raises UserError where `corrections` (a checkpoint's pose_corrections) were made for other poses than
-    those fingerprinted as `sha256` (given_poses_sha256)."""
-    if corrections.get("given_poses_sha256", sha256) != sha256:
-        raise UserError("the run refined the poses of another store (its poses, particles or box differ from "
-                        "those the run trained on); give the store the run was trained on")
-
-
 def checkpoint_poses(checkpoint: dict, store_group) -> tuple[np.ndarray, np.ndarray] | None:
     """The refined poses (corrected_poses) of a run's checkpoint and its store (a zarr group), or None where
     the run did not refine its poses. Raises UserError where the store is not the one whose poses the run
     refined."""
     if "pose_corrections" not in checkpoint:
         return None
-    check_given_poses(checkpoint["pose_corrections"], given_poses_sha256(store_group))
+    check_given(checkpoint["pose_corrections"], given_poses_sha256(store_group), "poses")
     rotations, shifts_px = corrected_poses(store_group["rotations"][:], store_group["shifts"][:],
                                            checkpoint["pose_corrections"]["table"])
     return rotations.numpy(), shifts_px.numpy()

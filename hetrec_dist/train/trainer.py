@@ -1,7 +1,8 @@
 """The training loop of `hetrec train`: one process, or data-parallel ranks (distributed.data_parallel).
 
 RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint), mask.mrc (the
-basis' current real-space mask), focus_mask.mrc (a focused run's mask, train.focus_mask) and z.npy
+basis' current real-space mask), focus_mask.mrc (a focused run's mask, train.focus_mask), poses.npz and ctf.npz
+(a run's refined poses and CTFs, train.pose_refinement and train.ctf_refinement) and z.npy
 (latent means of the run's particles: every particle of the store, or the subset RUN/particles.npy names,
 data.subset; store order); rank 0 writes them all. Each rank reads its
 own shard of the store (data.reader) with batch_size images a step; a step's global batch is the union of the
@@ -51,10 +52,11 @@ from hetrec_dist.physics.fourier_grid import squared_magnitude
 from hetrec_dist.train import focus_mask
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
+from hetrec_dist.train.ctf_refinement import CtfCorrections, given_ctf_sha256
 from hetrec_dist.train.inference import embed, load_weights, resolve_device, save_latents
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
-from hetrec_dist.train.pose_refinement import POSES_FILE, PoseCorrections, given_poses_sha256, write_poses
+from hetrec_dist.train.pose_refinement import PoseCorrections, given_poses_sha256
 from hetrec_dist.train.row_adam import RowSparseAdam
 
 MIN_BOX, MAX_BOX = 16, 1024
@@ -139,10 +141,7 @@ class Trainer:
         groups = torch.from_numpy(np.unique(groups if self.rows is None else groups[self.rows]))
         self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
         self.half_sets, self.half_sets_source = self._half_sets(store, saved) if shape.n_half_sets == 2 else (None, "")
-        has_corrections = saved is not None and "pose_corrections" in saved
-        self.poses = (PoseCorrections(store.n_particles, config.pose_refinement(store.pixel_size_A),
-                                      given_poses_sha256(store.group))
-                      if config.refine_poses or has_corrections else None)
+        self.poses, self.ctfs = self._refinements(store, saved)
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed, rows=self.rows)
         self.epoch, self.step = 0, 0
@@ -156,6 +155,21 @@ class Trainer:
             self._noise_from_background()  # a new run, or one resumed from another noise model
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
+
+    def _refinements(self, store, saved):
+        """(PoseCorrections, CtfCorrections), each None where the run neither refines nor has refined them."""
+        saved = saved or {}
+        poses = (PoseCorrections(store.n_particles, self.config.pose_refinement(store.pixel_size_A),
+                                 given_poses_sha256(store.group))
+                 if self.config.refine_poses or PoseCorrections.checkpoint_key in saved else None)
+        ctfs = (CtfCorrections(store.n_particles, self.config.ctf_refinement(), given_ctf_sha256(store.group))
+                if self.config.refine_ctf or CtfCorrections.checkpoint_key in saved else None)
+        return poses, ctfs
+
+    @property
+    def refinements(self):
+        """The per-particle refinements this run keeps (train.particle_corrections)."""
+        return [r for r in (self.poses, self.ctfs) if r is not None]
 
     def _particles(self, store, saved, ind, exclude):
         """The store rows this run trains on (data.subset; None for every particle): a resumed run's own, else
@@ -213,7 +227,7 @@ class Trainer:
                 "basis_optimizer": self.basis_optimizer.state_dict(),
                 "noise_spectrum": self.noise.state_dict(),
                 **({} if self.half_sets is None else {"half_sets": self.half_sets.clone()}),
-                **({} if self.poses is None else {"pose_corrections": self.poses.state_dict()}),
+                **{r.checkpoint_key: r.state_dict() for r in self.refinements},
                 **({} if self.focus is None else {"focus_mask_sha256": self.focus.sha256}),
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config),
                 "run_id": self.run_id, "store_sha256": self.store_sha256,
@@ -228,8 +242,9 @@ class Trainer:
         self.basis_optimizer.load_state_dict(state["basis_optimizer"])
         if "noise_spectrum" in state:  # checkpoints of hetrec 0.1 have none: white noise so far
             self.noise.load_state_dict(state["noise_spectrum"])
-        if "pose_corrections" in state:
-            self.poses.load_state_dict(state["pose_corrections"])
+        for refinement in self.refinements:
+            if refinement.checkpoint_key in state:
+                refinement.load_state_dict(state[refinement.checkpoint_key])
         self.epoch, self.step = state["epoch"], state["step"]
 
     def _synchronize(self):
@@ -247,11 +262,11 @@ class Trainer:
             self.noise.accumulate(out["residual_power"], squared_magnitude(out["observed"]), batch["optics_group"])
         self._synchronize()
         forward_done = time.perf_counter()
-        if self.poses is not None and self.poses.refines(self.epoch):  # at the model that made this forward
-            self.poses.step(batch["index"], *self.model.pose_normal_equations(
-                batch, out, noise_weights, self.config.beta, rotations=self.poses.settings.rotations))
-            self._synchronize()
-        poses_done = time.perf_counter()
+        for refinement in self.refinements:
+            if refinement.refines(self.epoch):  # at the model that made this forward
+                refinement.step_at(self.model, batch, out, noise_weights, self.config.beta)
+        self._synchronize()
+        refinements_done = time.perf_counter()
         self.ranks.backward(out["loss"], share)
         self._synchronize()
         backward_done = time.perf_counter()
@@ -262,8 +277,8 @@ class Trainer:
         self.basis_optimizer.zero_grad(set_to_none=True)
         self.model.join_half_sets()
         self._synchronize()
-        timings = {"forward_s": forward_done - started, "poses_s": poses_done - forward_done,
-                   "backward_s": backward_done - poses_done,
+        timings = {"forward_s": forward_done - started, "refinements_s": refinements_done - forward_done,
+                   "backward_s": backward_done - refinements_done,
                    "reduce_s": reduce_done - backward_done, "optimizer_s": time.perf_counter() - reduce_done}
         return out, timings, reduction
 
@@ -289,8 +304,8 @@ class Trainer:
                 return n_images, out
             if self.half_sets is not None:
                 batch["half_set"] = self.half_sets[batch["index"]]
-            if self.poses is not None:
-                batch = self.poses.corrected(batch)
+            for refinement in self.refinements:
+                batch = refinement.corrected(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             data_s = time.perf_counter() - data_started
             noise = share.own(torch.randn(share.n_global, self.config.zdim, generator=generator, device=self.device))
@@ -332,16 +347,10 @@ class Trainer:
         self.epoch += 1
         self._show_examples(out)
         self._estimate_noise()
-        if self.poses is not None:
-            precision = self.poses.synchronize(self.world)
-            self.metrics.scalars({f"poses/{k}": v for k, v in {**self.poses.sizes(), **precision}.items()},
-                                 self.epoch)
-            if precision:
-                rotation = precision.get("rotation_precision_deg")
-                self.log.info("pose refinement: the images' posterior RMS error, "
-                              + ("" if rotation is None else f"rotation {rotation:.3g}°, ")
-                              + f"shift {precision['shift_precision_px']:.3g} px (against the model: the model's "
-                              "own errors are not counted)")
+        for refinement in self.refinements:
+            line = refinement.end_epoch(self.world, self.metrics, self.epoch)
+            if line:
+                self.log.info(line)
         *sums, n_images = self.world.all_sum(list(totals.values()) + [n_images])
         summary = {k: v / max(n_images, 1) for k, v in zip(totals, sums)}
         summary["images_per_s"] = n_images / (time.perf_counter() - epoch_started)
@@ -459,6 +468,9 @@ class Trainer:
         if self.config.refine_poses and self.config.pose_warmup_epochs >= self.config.epochs:
             self._hint(f"no pose will be refined: the warm-up ({self.config.pose_warmup_epochs} epochs, "
                        f"--pose-warmup) lasts to the last epoch ({self.config.epochs})")
+        if self.config.refine_ctf and self.config.ctf_warmup_epochs >= self.config.epochs:
+            self._hint(f"no defocus will be refined: the warm-up ({self.config.ctf_warmup_epochs} epochs, "
+                       f"--ctf-warmup) lasts to the last epoch ({self.config.epochs})")
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
             if not math.isfinite(summary["loss"]):  # summed over ranks: every rank stops here together
@@ -473,7 +485,7 @@ class Trainer:
             if self.world.is_root:
                 write_map(os.path.join(self.run_dir, "mask.mrc"), self.mask.mask_map(self.model.shape.box),
                           self.model.pixel_size_A)
-                self._write_poses()
+                self._write_refinements()
             every = self.config.eval_every
             if self.evaluate_callback and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
                 self.evaluate(self.gather_latents())
@@ -481,18 +493,13 @@ class Trainer:
         if self.evaluate_callback:
             self.evaluate(z)
 
-    def _write_poses(self):
-        """On rank 0: RUN/poses.npz, the refined poses (train.pose_refinement.write_poses), and the corrections'
-        sizes in train.log."""
-        if self.poses is None:
-            return
-        store = ParticleStore(self.store_path).group
-        write_poses(os.path.join(self.run_dir, POSES_FILE), store["rotations"][:], store["shifts"][:],
-                    self.poses.table)
-        sizes = self.poses.sizes()
-        self.log.info(f"pose corrections: rotation median {sizes['rotation_deg_p50']:.3g}°, 90% "
-                      f"{sizes['rotation_deg_p90']:.3g}°; shift median {sizes['shift_px_p50']:.3g} px, 90% "
-                      f"{sizes['shift_px_p90']:.3g} px (RUN/{POSES_FILE})")
+    def _write_refinements(self):
+        """On rank 0: each refinement's file in RUN (the refined poses, RUN/poses.npz; the refined CTFs,
+        RUN/ctf.npz), and the corrections' sizes in train.log."""
+        if self.refinements:
+            store = ParticleStore(self.store_path).group
+            for refinement in self.refinements:
+                self.log.info(refinement.write(self.run_dir, store))
 
     def _hint(self, line):
         self._tell(f"hint: {line}")
