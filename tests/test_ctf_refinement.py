@@ -214,6 +214,17 @@ def test_export_writes_the_refined_defoci_that_convert_reads_back(sim_dir, refin
     subset = starfile.read(tmp_path / "subset.star", always_dict=True)["particles"]
     np.testing.assert_allclose(subset["rlnDefocusV"], written["rlnDefocusV"][labels == 1])
 
+    from hetrec_dist.cli.explore import load_explorer
+
+    explorer = load_explorer(str(refined_run), out_dir=str(tmp_path / "explore"), device="cpu", with_umap=False)
+    given_ctf = open_store(str(tmp_path / "refined.zarr"))  # converted from the export: the refined values
+    np.testing.assert_allclose(explorer.colourings["defocus correction (Å)"].values,
+                               refined[:, 2:4].mean(1) - given.loc[:, ["rlnDefocusU", "rlnDefocusV"]].mean(1),
+                               atol=1e-2)
+    paths, _ = explorer.save_selection("some", np.arange(0, 300, 7))
+    np.testing.assert_allclose(starfile.read(paths[2], always_dict=True)["particles"]["rlnDefocusU"],
+                               given_ctf["ctf"][:][np.arange(0, 300, 7), 2], rtol=1e-6)
+
     write_cryosparc(sim_dir, tmp_path / "particles.cs")
     run_cli("convert", tmp_path / "particles.cs", "-o", tmp_path / "cs.zarr", "--datadir", sim_dir, "-q")
     run_cli("train", tmp_path / "cs.zarr", "-o", tmp_path / "cs_run", "--epochs", 2, "--refine-ctf",

@@ -120,6 +120,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     )
     from hetrec_dist.data.folder_lock import writer_of
     from hetrec_dist.explore.session import Colouring, Explorer, RunRecords
+    from hetrec_dist.train.ctf_refinement import checkpoint_ctf
     from hetrec_dist.train.focus_mask import FOCUS_MASK_FILE
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
@@ -156,7 +157,8 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
         k = min(KMEANS_WITHOUT_ANALYSIS, len(z))
         colourings[f"k-means cluster (k = {k})"] = Colouring(kmeans(z, k)[1].astype(float), "categorical")
     source_rows, half_sets = run_particle_records(run, state, group)
-    records = RunRecords(group.attrs.asdict(), source_rows, half_sets, checkpoint_poses(state, group), rows)
+    records = RunRecords(group.attrs.asdict(), source_rows, half_sets, checkpoint_poses(state, group), rows,
+                         checkpoint_ctf(state, group))
     colourings.update(_particle_colourings(group, records, gt_dir))
     return Explorer(model, z, views, colourings, records, out_dir or os.path.join(run, "explore"), header,
                     store_path=store or run_store_path(run))
@@ -248,6 +250,9 @@ def _particle_colourings(group, records, gt_dir):
         cosine = (np.einsum("nij,nij->n", given, poses[0]) - 1) / 2  # trace(R_given^T R) = 1 + 2 cos(angle)
         colourings["pose correction (°)"] = Colouring(take(np.degrees(np.arccos(np.clip(cosine, -1, 1)))))
         colourings["shift correction (px)"] = Colouring(take(np.linalg.norm(poses[1] - group["shifts"][:], axis=1)))
+    if records.ctf is not None:
+        mean_defocus_A = records.ctf[:, 2:4].mean(1) - group["ctf"][:, 2:4].mean(1)
+        colourings["defocus correction (Å)"] = Colouring(take(mean_defocus_A))
     if gt_dir:
         label, values, kind = truth_colouring(gt_dir, group.attrs.asdict(), rows)
         colourings[label] = Colouring(values, kind)

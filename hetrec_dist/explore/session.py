@@ -45,13 +45,15 @@ class Colouring:
 @dataclasses.dataclass
 class RunRecords:
     """What a subset file needs of a run (cli.run_files.run_particle_records): the store's attributes, each
-    stored particle's row in the input's metadata (store N), half-sets (store N or None) and refined poses
-    ((rotations, shifts_px), store N, or None); rows: the store rows of the run's particles (None: all)."""
+    stored particle's row in the input's metadata (store N), half-sets (store N or None), refined poses
+    ((rotations, shifts_px), store N, or None) and refined CTFs (store N x 9, or None); rows: the store rows of
+    the run's particles (None: all)."""
     store_attrs: dict
     source_rows: np.ndarray
     half_sets: np.ndarray | None = None
     poses: tuple | None = None
     rows: np.ndarray | None = None
+    ctf: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -160,8 +162,8 @@ def check_name(name):
 def write_selection(folder, name, positions, records, overwrite=False):
     """Write the run's particles at `positions` (indices into the run's latents, z.npy order) as
     folder/NAME.pkl and NAME.txt (their 0-based rows in the input: cryoDRGN's --ind, `hetrec train --ind`) and
-    as NAME.star or NAME.cs like the input (analysis.select.write_subset: all columns, the run's half-sets and
-    refined poses). Returns (written paths, a note or None where the STAR/.cs could not be written)."""
+    as NAME.star or NAME.cs like the input (analysis.select.write_subset: all columns, the run's half-sets,
+    refined poses and CTFs). Returns (written paths, a note or None where the STAR/.cs could not be written)."""
     name = check_name(name)
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) == 0:
@@ -182,7 +184,7 @@ def write_selection(folder, name, positions, records, overwrite=False):
     if subset_path:
         try:
             write_subset(store_rows, records.store_attrs, records.source_rows, subset_path, records.half_sets,
-                         records.poses)
+                         records.poses, records.ctf)
             paths.append(subset_path)
         except UserError as error:
             note = f"no {extension} subset: {error}"
@@ -291,15 +293,16 @@ class Explorer:
 
     def reconstruct_selection(self, name, positions):
         """The particles at `positions` (z.npy order) reconstructed without the model (analysis.reconstruct),
-        with the run's half-sets (else the store's, else a random split) and refined poses: OUT/reconstructions/
-        NAME/map.mrc, half1.mrc, half2.mrc. Returns (the map's path, the Reconstruction)."""
+        with the run's half-sets (else the store's, else a random split), refined poses and CTFs:
+        OUT/reconstructions/NAME/map.mrc, half1.mrc, half2.mrc. Returns (the map's path, the Reconstruction)."""
         name = check_name(name)
         positions = np.asarray(positions, dtype=np.int64)
         rows = np.sort(positions if self.records.rows is None else np.asarray(self.records.rows)[positions])
         half_sets = reconstruction_half_sets(open_store(self.store_path), rows, given=self.records.half_sets,
                                              what="the selection")[0]
         result = insert_particles(self.store_path, half_sets, rows, self.records.poses,
-                                  device=self.model.basis.device, show_progress=False).reconstruct()
+                                  device=self.model.basis.device, show_progress=False,
+                                  ctf=self.records.ctf).reconstruct()
         folder = os.path.join(self.out_dir, "reconstructions", name)
         with cannot_write_as_user_error(self.out_dir):
             make_folder(folder, 3)  # OUT/reconstructions/NAME
