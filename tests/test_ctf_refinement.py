@@ -256,3 +256,10 @@ def test_options_and_exports_that_need_a_refined_ctf_are_refused(sim_store, refi
     assert "no defocus will be refined" in result.output
     assert_one_line_error(run_cli("export", tmp_path / "warm", "-o", tmp_path / "w.star", expect_ok=False),
                           "has refined no CTF yet")
+    result = run_cli("reconstruct", tmp_path / "warm", "-o", tmp_path / "map", "-q")
+    assert "refined" not in result.output  # the store's CTFs, as nothing was refined yet
+    (tmp_path / "tiny.yaml").write_text("defocus_prior_A: 1.0e-200\n")  # a precision beyond float range
+    result = run_cli("train", sim_store, "-o", tmp_path / "tiny", "--config", tmp_path / "tiny.yaml",
+                     "--refine-ctf", "--half-sets", *TINY, expect_ok=False)
+    assert_one_line_error(result, "defocus_prior_A", "at least 1 Å")
+    assert not (tmp_path / "tiny").exists()

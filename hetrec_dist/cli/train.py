@@ -66,7 +66,7 @@ from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducib
               help="With --refine-ctf: refine each particle's astigmatism too (default: its mean defocus only).")
 @click.option("--ctf-warmup", "ctf_warmup_epochs", type=click.IntRange(min=0),
               help="With --refine-ctf: epochs on the given defoci before refining them (default 3).")
-@click.option("--defocus-prior", "defocus_prior_A", type=click.FloatRange(min=0, min_open=True),
+@click.option("--defocus-prior", "defocus_prior_A", type=click.FloatRange(min=1),
               callback=finite_floats,
               help="With --refine-ctf: the given defoci's RMS error thought likely, in Å (default 500); a "
                    "particle's defocus moves further from its given value only where its image says so.")

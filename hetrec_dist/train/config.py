@@ -147,8 +147,8 @@ _VALID = {  # setting: (test of a valid value, what a valid value is); None pass
     "pose_prior_deg": (_positive, "a positive angle in degrees"),
     "pose_prior_A": (_positive, "a positive length in Å"),
     "ctf_warmup_epochs": (lambda v: v >= 0, "a number of epochs"),
-    "defocus_max_step_A": (_positive, "a positive defocus in Å"),
-    "defocus_prior_A": (_positive, "a positive defocus in Å"),
+    "defocus_max_step_A": (lambda v: _positive(v) and v >= 1, "a defocus of at least 1 Å"),
+    "defocus_prior_A": (lambda v: _positive(v) and v >= 1, "a defocus of at least 1 Å"),
 }
 
 

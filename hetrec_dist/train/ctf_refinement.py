@@ -84,7 +84,7 @@ class CtfCorrections(ParticleCorrections):
         rows = index.cpu().long()
         n_own = 3 if self.settings.astigmatism else 1
         current = self.table[rows, :n_own]
-        prior = torch.full((n_own,), self.settings.prior_A ** -2, dtype=torch.float64)
+        prior = torch.full((n_own,), self.settings.prior_A, dtype=torch.float64) ** -2
         change, hessian = damped_step(gradient, hessian, prior, current, list(range(gradient.shape[1])))
         inverse, failed = torch.linalg.inv_ex(hessian)
         error = torch.diagonal(inverse[failed == 0], dim1=1, dim2=2)[:, 0].sqrt()  # the mean defocus'
@@ -166,9 +166,9 @@ def given_ctf_sha256(store_group) -> str:
 
 def checkpoint_ctf(checkpoint: dict, store_group) -> np.ndarray | None:
     """The refined CTFs (N x 9, the store's ctf columns, float64) of a run's checkpoint and its store (a zarr
-    group), or None where the run did not refine its CTFs. Raises UserError where the store is not the one
-    whose CTFs the run refined."""
-    if CHECKPOINT_KEY not in checkpoint:
+    group), or None where the run did not refine its CTFs (or none yet). Raises UserError where the store is
+    not the one whose CTFs the run refined."""
+    if CHECKPOINT_KEY not in checkpoint or not checkpoint[CHECKPOINT_KEY]["table"].any():
         return None
     check_given(checkpoint[CHECKPOINT_KEY], given_ctf_sha256(store_group), "CTF")
     return corrected_ctf(store_group["ctf"][:], checkpoint[CHECKPOINT_KEY]["table"]).numpy()

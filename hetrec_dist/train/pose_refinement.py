@@ -174,9 +174,9 @@ def given_poses_sha256(store_group) -> str:
 
 def checkpoint_poses(checkpoint: dict, store_group) -> tuple[np.ndarray, np.ndarray] | None:
     """The refined poses (corrected_poses) of a run's checkpoint and its store (a zarr group), or None where
-    the run did not refine its poses. Raises UserError where the store is not the one whose poses the run
-    refined."""
-    if "pose_corrections" not in checkpoint:
+    the run did not refine its poses (or none yet). Raises UserError where the store is not the one whose poses
+    the run refined."""
+    if "pose_corrections" not in checkpoint or not checkpoint["pose_corrections"]["table"].any():
         return None
     check_given(checkpoint["pose_corrections"], given_poses_sha256(store_group), "poses")
     rotations, shifts_px = corrected_poses(store_group["rotations"][:], store_group["shifts"][:],
