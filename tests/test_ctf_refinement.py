@@ -263,3 +263,15 @@ def test_options_and_exports_that_need_a_refined_ctf_are_refused(sim_store, refi
                      "--refine-ctf", "--half-sets", *TINY, expect_ok=False)
     assert_one_line_error(result, "defocus_prior_A", "at least 1 Å")
     assert not (tmp_path / "tiny").exists()
+
+
+def test_the_corrections_sizes_describe_the_runs_particles_only():
+    """A run on a subset (--ind): the sizes train.log and TensorBoard show are of its particles', not of the
+    store's others (whose corrections stay 0)."""
+    from hetrec_dist.train.ctf_refinement import CtfCorrections, CtfRefinementSettings
+
+    corrections = CtfCorrections(10, CtfRefinementSettings(True, False, 0, 200.0, 500.0), "given",
+                                 rows=np.array([1, 3, 5]))
+    corrections.table[[1, 3, 5], 0] = torch.tensor([100.0, -200.0, 300.0], dtype=torch.float64)
+    sizes = corrections.sizes()
+    assert sizes["defocus_A_p50"] == 200 and sizes["defocus_A_mean"] == 200

@@ -52,8 +52,8 @@ class CtfCorrections(ParticleCorrections):
     given_what = "CTF"
     checkpoint_key = CHECKPOINT_KEY
 
-    def __init__(self, n_particles: int, settings: CtfRefinementSettings, given_sha256: str):
-        super().__init__(n_particles, 3, given_sha256)
+    def __init__(self, n_particles: int, settings: CtfRefinementSettings, given_sha256: str, rows=None):
+        super().__init__(n_particles, 3, given_sha256, rows)
         self.settings = settings
         self._error_sums = torch.zeros(2, dtype=torch.float64)  # this epoch: posterior RMS errors, particles
         self._shell_weights = None  # this epoch's, from the half-maps' FSC (shell_weights)
@@ -101,7 +101,7 @@ class CtfCorrections(ParticleCorrections):
         world.all_sum_(sums)
         self._error_sums.zero_()
         metrics.scalars({f"ctf/{k}": v for k, v in self.sizes().items()}, epoch)
-        metrics.histogram("ctf/defocus_correction_A", self.table[:, 0].numpy(), epoch)
+        metrics.histogram("ctf/defocus_correction_A", self.run_table()[:, 0].numpy(), epoch)
         if sums[1] == 0:
             return None
         metrics.scalars({"ctf/defocus_precision_A": float(sums[0] / sums[1])}, epoch)
@@ -109,11 +109,11 @@ class CtfCorrections(ParticleCorrections):
                 "Å (against the model: the model's own errors are not counted)")
 
     def sizes(self) -> dict[str, float]:
-        """The corrections' sizes (Å): the mean defocus' |correction| mean and percentiles, and the
-        astigmatism's."""
-        sizes = {}
-        for name, values in (("defocus_A", self.table[:, 0].abs().numpy()),
-                             ("astigmatism_A", self.table[:, 1:].norm(dim=1).numpy())):
+        """The corrections' sizes over the run's particles (Å): the mean defocus' |correction| mean and
+        percentiles, and the astigmatism's."""
+        sizes, table = {}, self.run_table()
+        for name, values in (("defocus_A", table[:, 0].abs().numpy()),
+                             ("astigmatism_A", table[:, 1:].norm(dim=1).numpy())):
             if name == "astigmatism_A" and not self.settings.astigmatism:
                 continue
             sizes[f"{name}_mean"] = float(values.mean())

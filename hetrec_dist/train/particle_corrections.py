@@ -25,14 +25,19 @@ DAMPING = 0.1  # Levenberg-Marquardt: the share of H's diagonal added to it
 
 class ParticleCorrections:
     """A table of n_particles x n_columns corrections (store order, float64, CPU), for the given values that
-    `given_sha256` fingerprints (what the store says; `given_what` names them in errors)."""
+    `given_sha256` fingerprints (what the store says; `given_what` names them in errors); rows: the store rows
+    of the run's particles (a run on a subset, data.subset; None: all), which alone its sizes describe."""
 
     given_what = "values"
 
-    def __init__(self, n_particles: int, n_columns: int, given_sha256: str):
-        self.given_sha256 = given_sha256
+    def __init__(self, n_particles: int, n_columns: int, given_sha256: str, rows=None):
+        self.given_sha256, self.rows = given_sha256, rows
         self.table = torch.zeros(n_particles, n_columns, dtype=torch.float64)
         self._synchronized = self.table.clone()
+
+    def run_table(self) -> torch.Tensor:
+        """The rows of the table of the run's particles (all rows of a run on every particle)."""
+        return self.table if self.rows is None else self.table[torch.as_tensor(self.rows, dtype=torch.long)]
 
     def synchronize_table(self, world) -> None:
         """Every rank's changes since the last call, added up on every rank (world: a TrainingWorld)."""

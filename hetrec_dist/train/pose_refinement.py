@@ -46,8 +46,8 @@ class PoseCorrections(ParticleCorrections):
     given_what = "poses"
     checkpoint_key = CHECKPOINT_KEY
 
-    def __init__(self, n_particles: int, settings: RefinementSettings, given_poses_sha256: str):
-        super().__init__(n_particles, 5, given_poses_sha256)
+    def __init__(self, n_particles: int, settings: RefinementSettings, given_poses_sha256: str, rows=None):
+        super().__init__(n_particles, 5, given_poses_sha256, rows)
         self.settings = settings
         self._precision_sums = torch.zeros(3, dtype=torch.float64)  # this epoch: rotation, shift, particles
 
@@ -121,9 +121,11 @@ class PoseCorrections(ParticleCorrections):
                 "not counted)")
 
     def sizes(self) -> dict[str, float]:
-        """The corrections' sizes: mean and percentiles of the rotation angle (degrees) and shift (pixels)."""
-        angles = np.degrees(self.table[:, :3].norm(dim=1).numpy())
-        shifts = self.table[:, 3:].norm(dim=1).numpy()
+        """The corrections' sizes over the run's particles: mean and percentiles of the rotation angle (degrees)
+        and shift (pixels)."""
+        table = self.run_table()
+        angles = np.degrees(table[:, :3].norm(dim=1).numpy())
+        shifts = table[:, 3:].norm(dim=1).numpy()
         sizes = {}
         for name, values in (("rotation_deg", angles), ("shift_px", shifts)):
             sizes[f"{name}_mean"] = float(values.mean())

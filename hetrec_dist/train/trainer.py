@@ -160,9 +160,10 @@ class Trainer:
         """(PoseCorrections, CtfCorrections), each None where the run neither refines nor has refined them."""
         saved = saved or {}
         poses = (PoseCorrections(store.n_particles, self.config.pose_refinement(store.pixel_size_A),
-                                 given_poses_sha256(store.group))
+                                 given_poses_sha256(store.group), self.rows)
                  if self.config.refine_poses or PoseCorrections.checkpoint_key in saved else None)
-        ctfs = (CtfCorrections(store.n_particles, self.config.ctf_refinement(), given_ctf_sha256(store.group))
+        ctfs = (CtfCorrections(store.n_particles, self.config.ctf_refinement(), given_ctf_sha256(store.group),
+                               self.rows)
                 if self.config.refine_ctf or CtfCorrections.checkpoint_key in saved else None)
         return poses, ctfs
 
