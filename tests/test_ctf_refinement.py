@@ -275,3 +275,25 @@ def test_the_corrections_sizes_describe_the_runs_particles_only():
     corrections.table[[1, 3, 5], 0] = torch.tensor([100.0, -200.0, 300.0], dtype=torch.float64)
     sizes = corrections.sizes()
     assert sizes["defocus_A_p50"] == 200 and sizes["defocus_A_mean"] == 200
+
+
+def test_simulated_defocus_errors_are_the_ones_asked_for(tmp_path):
+    """`hetrec simulate --defocus-error-A --astigmatism-error-A`: the STAR's defoci differ from
+    ground_truth/ctf.npz by N(0, σ) in the mean defocus and in each astigmatism component, as RELION writes
+    them (U >= V, the angle in [0, 180))."""
+    simulate_dataset(str(tmp_path / "sim"), hinge_model(), n=2000, box=16, snr=1.0, seed=1, show_progress=False,
+                     defocus_error_A=300.0, astigmatism_error_A=100.0)
+    written = starfile.read(tmp_path / "sim" / "particles.star", always_dict=True)["particles"]
+    truth = np.load(tmp_path / "sim" / "ground_truth" / "ctf.npz")
+
+    def mean_and_astigmatism(u, v, angle_deg):
+        half, angle = 0.5 * (np.asarray(u) - v), np.radians(angle_deg)
+        return 0.5 * (np.asarray(u) + v), half * np.cos(2 * angle), half * np.sin(2 * angle)
+
+    given = mean_and_astigmatism(written["rlnDefocusU"], written["rlnDefocusV"], written["rlnDefocusAngle"])
+    true = mean_and_astigmatism(truth["defocus_u_A"], truth["defocus_v_A"], truth["defocus_angle_deg"])
+    for component, sigma in zip(range(3), (300, 100, 100)):
+        errors = np.asarray(given[component]) - true[component]
+        assert abs(errors.std() - sigma) < 0.05 * sigma and abs(errors.mean()) < 0.1 * sigma
+    assert np.all(written["rlnDefocusU"] >= written["rlnDefocusV"])
+    assert np.all((written["rlnDefocusAngle"] >= 0) & (written["rlnDefocusAngle"] < 180))

@@ -29,6 +29,17 @@ def mean_defocus_errors(ctf, truth):
     return 0.5 * (ctf[:, 2] + ctf[:, 3]) - 0.5 * (truth["defocus_u_A"] + truth["defocus_v_A"])
 
 
+def astigmatism_errors(ctf, truth):
+    """The length (Å) of each particle's astigmatism vector (the half-difference of U and V along cos 2a and
+    sin 2a) minus the true one."""
+    def vectors(u, v, angle_deg):
+        half, angle = 0.5 * (np.asarray(u, np.float64) - v), np.radians(angle_deg)
+        return np.stack([half * np.cos(2 * angle), half * np.sin(2 * angle)], 1)
+
+    return np.linalg.norm(vectors(ctf[:, 2], ctf[:, 3], ctf[:, 4])
+                          - vectors(truth["defocus_u_A"], truth["defocus_v_A"], truth["defocus_angle_deg"]), axis=1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
@@ -37,6 +48,7 @@ def main():
     parser.add_argument("--snr", type=float, default=0.05)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--defocus-error-A", type=float, default=400.0)
+    parser.add_argument("--astigmatism-error-A", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-args", default="", help="more `hetrec train` options for every run")
     parser.add_argument("--refine-args", default="", help="more `hetrec train` options for the refined run")
@@ -44,7 +56,8 @@ def main():
     work = args.workdir
     os.makedirs(work, exist_ok=True)
     common = ["--n", args.n, "--box", args.box, "--snr", args.snr, "--seed", args.seed, "-q", "--overwrite"]
-    for name, errors in (("exact", []), ("errors", ["--defocus-error-A", args.defocus_error_A])):
+    for name, errors in (("exact", []), ("errors", ["--defocus-error-A", args.defocus_error_A,
+                                                    "--astigmatism-error-A", args.astigmatism_error_A])):
         if not os.path.isdir(os.path.join(work, f"{name}.zarr")):
             hetrec("simulate", "-o", os.path.join(work, f"sim_{name}"), *common, *errors)
             hetrec("convert", os.path.join(work, f"sim_{name}", "particles.star"), "-o",
@@ -66,15 +79,18 @@ def main():
         errors = mean_defocus_errors(ctf, truth)
         rows[name] = {"mean_fsc": scores["mean_fsc"], "fsc05_A": scores["mean_resolution_0.5_A"],
                       "pc1": scores["latent_pc1_spearman"], "median_error_A": float(np.median(np.abs(errors))),
-                      "rms_error_A": float(np.sqrt(np.mean(errors ** 2))), "images_per_s": images_per_s(run)}
+                      "rms_error_A": float(np.sqrt(np.mean(errors ** 2))), "images_per_s": images_per_s(run),
+                      "astigmatism_A": float(np.median(astigmatism_errors(ctf, truth)))}
     print(f"box {args.box}, {args.n} particles, SNR {args.snr:g}, {args.epochs} epochs, defocus errors "
-          f"N(0, {args.defocus_error_A:g} Å); half-sets; refined with {' '.join(refine)} {args.train_args}")
+          f"N(0, {args.defocus_error_A:g} Å), astigmatism N(0, {args.astigmatism_error_A:g} Å) a component; "
+          f"half-sets; refined with {' '.join(refine)} {args.train_args}")
     print("| defoci | masked mean FSC | FSC = 0.5 (Å) | PC1 abs Spearman | median defocus error (Å) | "
-          "RMS defocus error (Å) | images/s |")
-    print("|---|---|---|---|---|---|---|")
+          "RMS defocus error (Å) | median astigmatism error (Å) | images/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {row['mean_fsc']:.3f} | {row['fsc05_A']:.2f} | {row['pc1']:.3f} | "
-              f"{row['median_error_A']:.0f} | {row['rms_error_A']:.0f} | {row['images_per_s']:.0f} |")
+              f"{row['median_error_A']:.0f} | {row['rms_error_A']:.0f} | {row['astigmatism_A']:.0f} | "
+              f"{row['images_per_s']:.0f} |")
     exact, erroneous = rows["exact defoci"], rows["erroneous defoci"]
     refined = rows["erroneous, refined"]
     for key, unit, better in (("fsc05_A", "Å", -1), ("mean_fsc", "", 1)):

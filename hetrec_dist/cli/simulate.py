@@ -31,6 +31,10 @@ from hetrec_dist.simulate.atom_models import ASSEMBLY_STATES
               callback=finite_floats,
               help="Write each particle's defocus (U and V alike) with N(0, this) Å added (the truth stays in "
                    "ground_truth/ctf.npz).")
+@click.option("--astigmatism-error-A", "astigmatism_error_A", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, callback=finite_floats,
+              help="Write each particle's astigmatism (the half-difference of U and V, along each of two axes "
+                   "45° apart) with N(0, this) Å added.")
 @click.option("--junk-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
               show_default=True, help="Share of particles showing an unrelated compact object (ground_truth/junk.npy).")
 @click.option("--defocus-min-A", "defocus_min_A", type=click.FloatRange(min=0, min_open=True), default=10000.0,

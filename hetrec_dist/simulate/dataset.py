@@ -8,9 +8,10 @@ low-frequency excess; RELION's per-group noise spectra (sigma2) of real data fal
 
 What a consensus refinement gets wrong is simulated too: poses written with errors (a rotation about a
 random axis by |N(0, pose_error_deg)|, shifts with N(0, shift_error_px) added), defoci written with
-N(0, defocus_error_A) added, and junk (particles of a compact object unrelated to the model). ground_truth/
-keeps the truth: the coordinate of every particle (NaN for junk), junk.npy, poses.npz (the true rotations
-and shifts in pixels, store convention), ctf.npz (the true defocus U, V in Å and angle in degrees).
+N(0, defocus_error_A) added (and each component of the astigmatism with N(0, astigmatism_error_A)), and junk
+(particles of a compact object unrelated to the model). ground_truth/ keeps the truth: the coordinate of
+every particle (NaN for junk), junk.npy, poses.npz (the true rotations and shifts in pixels, store
+convention), ctf.npz (the true defocus U, V in Å and angle in degrees).
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.errors import UserError
+from hetrec_dist.physics.ctf import corrected_defocus
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler, relion_euler_from_matrices
 from hetrec_dist.simulate.atom_models import Assembly, AtomModel
 from hetrec_dist.simulate.render import apply_ctf, project_atoms, render_map
@@ -53,6 +55,7 @@ class SimulationSettings:
     pose_error_deg: float = 0.0
     shift_error_px: float = 0.0
     defocus_error_A: float = 0.0
+    astigmatism_error_A: float = 0.0
     junk_fraction: float = 0.0
     defocus_min_A: float = 10000.0
     defocus_max_A: float = 25000.0
@@ -168,13 +171,17 @@ def perturbed_poses(particles, pose_error_deg, shift_error_px, rng):
     return particles.assign(rot=rot, tilt=tilt, psi=psi, shift_x_px=shifts[:, 0], shift_y_px=shifts[:, 1])
 
 
-def perturbed_defocus(ctf, defocus_error_A, rng):
-    """The CTF columns as an estimate with this error would report them: N(0, defocus_error_A) added to each
-    particle's defocus U and V alike (its mean defocus; the astigmatism stays true)."""
-    if defocus_error_A == 0:
-        return ctf
+def perturbed_defocus(ctf, defocus_error_A, rng, astigmatism_error_A=0.0):
+    """The CTF columns as an estimate with these errors would report them: N(0, defocus_error_A) added to each
+    particle's mean defocus, and N(0, astigmatism_error_A) to each of its astigmatism's components (the
+    half-difference of U and V along cos 2a and sin 2a, physics.ctf.corrected_defocus)."""
     reported = ctf.copy()
-    reported[:, 2:4] += rng.normal(0.0, defocus_error_A, len(ctf))[:, None]
+    if defocus_error_A:
+        reported[:, 2:4] += rng.normal(0.0, defocus_error_A, len(ctf))[:, None]
+    if astigmatism_error_A:
+        errors = np.zeros((len(ctf), 3))
+        errors[:, 1:] = rng.normal(0.0, astigmatism_error_A, (len(ctf), 2))
+        reported[:, 2], reported[:, 3], reported[:, 4] = corrected_defocus(*reported[:, 2:5].T, errors)
     return reported
 
 
@@ -288,7 +295,8 @@ def simulate_dataset(out, model, settings=None, overwrite=False, show_progress=T
                     progress.update(rows.stop - rows.start)
     reported = perturbed_poses(particles, settings.pose_error_deg, settings.shift_error_px,
                                np.random.default_rng([settings.seed, n, 1]))
-    reported_ctf = perturbed_defocus(ctf, settings.defocus_error_A, np.random.default_rng([settings.seed, n, 2]))
+    reported_ctf = perturbed_defocus(ctf, settings.defocus_error_A, np.random.default_rng([settings.seed, n, 2]),
+                                     settings.astigmatism_error_A)
     starfile.write(_star_tables(reported, reported_ctf, stack_names, pixel_size_A, box, settings.optics_groups()),
                    os.path.join(partial, "particles.star"))
     _write_ground_truth(os.path.join(partial, "ground_truth"), model, particles, ctf, settings,
