@@ -10,18 +10,11 @@ Prints one table row per run and the share of the FSC = 0.5 loss that refinement
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import zarr
-from bench_pose_refinement import images_per_s  # tools/ is the script's folder
-
-
-def hetrec(*args):
-    subprocess.run([sys.executable, "-m", "hetrec_dist.cli", *map(str, args)], check=True)
+from bench_pose_refinement import exact_and_erroneous, images_per_s, trained_run  # tools/ is the script's folder
 
 
 def mean_defocus_errors(ctf, truth):
@@ -55,26 +48,15 @@ def main():
     args = parser.parse_args()
     work = args.workdir
     os.makedirs(work, exist_ok=True)
-    common = ["--n", args.n, "--box", args.box, "--snr", args.snr, "--seed", args.seed, "-q", "--overwrite"]
-    for name, errors in (("exact", []), ("errors", ["--defocus-error-A", args.defocus_error_A,
-                                                    "--astigmatism-error-A", args.astigmatism_error_A])):
-        if not os.path.isdir(os.path.join(work, f"{name}.zarr")):
-            hetrec("simulate", "-o", os.path.join(work, f"sim_{name}"), *common, *errors)
-            hetrec("convert", os.path.join(work, f"sim_{name}", "particles.star"), "-o",
-                   os.path.join(work, f"{name}.zarr"), "-q")
+    exact_and_erroneous(work, args, ["--defocus-error-A", args.defocus_error_A, "--astigmatism-error-A",
+                                     args.astigmatism_error_A])
     truth = dict(np.load(os.path.join(work, "sim_exact", "ground_truth", "ctf.npz")))
     rows = {}
     refine = ["--refine-ctf", *args.refine_args.split()]
     for name, data, extra in (("exact defoci", "exact", []), ("erroneous defoci", "errors", []),
                               ("erroneous, refined", "errors", refine)):
-        run = os.path.join(work, "run_" + name.replace(" ", "_").replace(",", ""))
+        run, scores = trained_run(work, name, data, args.epochs, ["--half-sets", *extra, *args.train_args.split()])
         store = os.path.join(work, f"{data}.zarr")
-        if not os.path.isfile(os.path.join(run, "eval.json")):  # a run done before is kept
-            hetrec("train", store, "-o", run, "--epochs", args.epochs, "--half-sets", "--gt",
-                   os.path.join(work, f"sim_{data}", "ground_truth"), "-q", "--overwrite", *extra,
-                   *args.train_args.split())
-        with open(os.path.join(run, "eval.json")) as f:
-            scores = json.load(f)
         ctf = np.load(os.path.join(run, "ctf.npz"))["ctf"] if extra else zarr.open_group(store, mode="r")["ctf"][:]
         errors = mean_defocus_errors(ctf, truth)
         rows[name] = {"mean_fsc": scores["mean_fsc"], "fsc05_A": scores["mean_resolution_0.5_A"],

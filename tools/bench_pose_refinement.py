@@ -32,6 +32,29 @@ def pose_errors(rotations, shifts, truth):
     return angles, np.linalg.norm(np.asarray(shifts, np.float64) - truth["shifts"], axis=1)
 
 
+def exact_and_erroneous(work, args, errors):
+    """work/sim_exact and work/sim_errors (`hetrec simulate` of the same particles, args' n, box, SNR and seed;
+    the second with the simulate options `errors`) converted to work/exact.zarr and work/errors.zarr; stores
+    made before are kept."""
+    common = ["--n", args.n, "--box", args.box, "--snr", args.snr, "--seed", args.seed, "-q", "--overwrite"]
+    for name, options in (("exact", []), ("errors", errors)):
+        if not os.path.isdir(os.path.join(work, f"{name}.zarr")):
+            hetrec("simulate", "-o", os.path.join(work, f"sim_{name}"), *common, *options)
+            hetrec("convert", os.path.join(work, f"sim_{name}", "particles.star"), "-o",
+                   os.path.join(work, f"{name}.zarr"), "-q")
+
+
+def trained_run(work, name, data, epochs, options):
+    """(the run folder, its eval.json scores) of the run `name` on work/{data}.zarr, trained for `epochs` with
+    `options` and evaluated against its ground truth; a run done before is kept."""
+    run = os.path.join(work, "run_" + name.replace(" ", "_").replace(",", ""))
+    if not os.path.isfile(os.path.join(run, "eval.json")):
+        hetrec("train", os.path.join(work, f"{data}.zarr"), "-o", run, "--epochs", epochs, "--gt",
+               os.path.join(work, f"sim_{data}", "ground_truth"), "-q", "--overwrite", *options)
+    with open(os.path.join(run, "eval.json")) as f:
+        return run, json.load(f)
+
+
 def images_per_s(run):
     """The mean of the epochs' images/s in train.log, the first epoch left out (start-up)."""
     with open(os.path.join(run, "train.log")) as f:
@@ -53,27 +76,15 @@ def main():
     args = parser.parse_args()
     work = args.workdir
     os.makedirs(work, exist_ok=True)
-    common = ["--n", args.n, "--box", args.box, "--snr", args.snr, "--seed", args.seed, "-q", "--overwrite"]
-    for name, errors in (("exact", []), ("errors", ["--pose-error-deg", args.pose_error_deg,
-                                                    "--shift-error-px", args.shift_error_px])):
-        if not os.path.isdir(os.path.join(work, f"{name}.zarr")):
-            hetrec("simulate", "-o", os.path.join(work, f"sim_{name}"), *common, *errors)
-            hetrec("convert", os.path.join(work, f"sim_{name}", "particles.star"), "-o",
-                   os.path.join(work, f"{name}.zarr"), "-q")
+    exact_and_erroneous(work, args, ["--pose-error-deg", args.pose_error_deg, "--shift-error-px",
+                                     args.shift_error_px])
     truth = dict(np.load(os.path.join(work, "sim_exact", "ground_truth", "poses.npz")))
     rows = {}
     for name, data, extra in (("exact poses", "exact", []), ("erroneous poses", "errors", []),
                               ("erroneous, refined", "errors", ["--refine-poses"]),
                               ("erroneous, shifts refined", "errors", ["--refine-poses", "--shifts-only"])):
-        run = os.path.join(work, "run_" + name.replace(" ", "_").replace(",", ""))
-        store = os.path.join(work, f"{data}.zarr")
-        if not os.path.isfile(os.path.join(run, "eval.json")):  # a run done before is kept
-            hetrec("train", store, "-o", run, "--epochs", args.epochs, "--gt",
-                   os.path.join(work, f"sim_{data}", "ground_truth"), "-q", "--overwrite", *extra,
-                   *args.train_args.split())
-        with open(os.path.join(run, "eval.json")) as f:
-            scores = json.load(f)
-        group = zarr.open_group(store, mode="r")
+        run, scores = trained_run(work, name, data, args.epochs, [*extra, *args.train_args.split()])
+        group = zarr.open_group(os.path.join(work, f"{data}.zarr"), mode="r")
         rotations, shifts = group["rotations"][:], group["shifts"][:]
         if extra:
             poses = np.load(os.path.join(run, "poses.npz"))
