@@ -18,7 +18,7 @@ import torch
 from hetrec_dist.data.reader import ParticleStore, _to_torch
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig
-from hetrec_dist.train.ctf_refinement import CtfCorrections, given_ctf_sha256, shell_weights
+from hetrec_dist.train.ctf_refinement import CtfCorrections, fsc_weights, given_ctf_sha256
 from hetrec_dist.train.inference import load_model
 
 
@@ -39,8 +39,7 @@ def main():
     batch["half_set"] = halves if args.half == "own" else 3 - halves
     weights = None
     if args.weights == "fsc":
-        shells = model.disk.coords.norm(dim=1).round().long()
-        weights = shell_weights(model.half_set_fsc())[shells].float()[None].expand(args.n, -1)
+        weights = fsc_weights(model)
     truth = np.load(f"{args.ground_truth}/ctf.npz")
     true_mean = 0.5 * (truth["defocus_u_A"] + truth["defocus_v_A"])[batch["index"].numpy()]
     settings = TrainConfig(refine_ctf=True, half_sets=True, ctf_warmup_epochs=0).ctf_refinement()

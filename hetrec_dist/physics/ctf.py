@@ -83,16 +83,22 @@ def _envelope(xp, freq_x, freq_y, scale, bfactor_A2):
     return scale * xp.exp(-0.25 * bfactor_A2 * (freq_x ** 2 + freq_y ** 2))
 
 
+def _particle_arguments(ctf, points_2d, box, pixel_size_A, envelope):
+    """ctf_2d's arguments for each particle (B rows) at the integer Fourier points (P x 2, (kx, ky)): the points'
+    frequencies (P each, 1/A), the 7 CTF parameters (B x 1 each), the envelope's scale and B (B x 1, or None)."""
+    frequency = points_2d.to(ctf.dtype) / (box * pixel_size_A)
+    parameters = [ctf[:, i, None] for i in range(2, 9)]
+    scale, bfactor_A2 = (None, None) if envelope is None else (envelope[:, 0, None].to(ctf.dtype),
+                                                               envelope[:, 1, None].to(ctf.dtype))
+    return frequency[:, 0], frequency[:, 1], parameters, scale, bfactor_A2
+
+
 def particle_ctfs(ctf: "torch.Tensor", points_2d: "torch.Tensor", box: int, pixel_size_A: float,
                   envelope: "torch.Tensor | None" = None) -> "torch.Tensor":
     """Each particle's CTF (B x P) at the integer Fourier points (P x 2, (kx, ky)) of a box-D image: ctf is the
     store's ctf array (B x 9, CTF_COLUMNS), envelope its ctf_envelope (B x 2: scale, B in A^2) or None."""
-    frequency = points_2d.to(ctf.dtype) / (box * pixel_size_A)
-    p = [ctf[:, i, None] for i in range(2, 9)]
-    if envelope is not None:
-        envelope = envelope.to(ctf.dtype)
-        p += [envelope[:, 0, None], envelope[:, 1, None]]
-    return ctf_2d(frequency[:, 0], frequency[:, 1], *p)
+    freq_x, freq_y, parameters, scale, bfactor_A2 = _particle_arguments(ctf, points_2d, box, pixel_size_A, envelope)
+    return ctf_2d(freq_x, freq_y, *parameters, scale, bfactor_A2)
 
 
 def particle_defocus_jacobians(ctf: "torch.Tensor", points_2d: "torch.Tensor", box: int, pixel_size_A: float,
@@ -104,13 +110,10 @@ def particle_defocus_jacobians(ctf: "torch.Tensor", points_2d: "torch.Tensor", b
         dCTF/d df = -cos(chi) dchi/d df * envelope = pi lambda s^2 cos(chi) * envelope."""
     import torch
 
-    frequency = points_2d.to(ctf.dtype) / (box * pixel_size_A)
-    freq_x, freq_y = frequency[:, 0], frequency[:, 1]
-    chi = _phase(torch, freq_x, freq_y, *[ctf[:, i, None] for i in range(2, 9)])
-    scale, bfactor = (None, None) if envelope is None else (envelope[:, 0, None].to(ctf.dtype),
-                                                            envelope[:, 1, None].to(ctf.dtype))
+    freq_x, freq_y, parameters, scale, bfactor_A2 = _particle_arguments(ctf, points_2d, box, pixel_size_A, envelope)
+    chi = _phase(torch, freq_x, freq_y, *parameters)
     along_defocus = (torch.pi * electron_wavelength_A(ctf[:, 5, None]) * (freq_x ** 2 + freq_y ** 2)
-                     * torch.cos(chi) * _envelope(torch, freq_x, freq_y, scale, bfactor))
+                     * torch.cos(chi) * _envelope(torch, freq_x, freq_y, scale, bfactor_A2))
     if not astigmatism:
         return along_defocus[..., None]
     direction = torch.atan2(freq_y, freq_x)

@@ -56,7 +56,7 @@ class CtfCorrections(ParticleCorrections):
         super().__init__(n_particles, 3, given_sha256, rows)
         self.settings = settings
         self._error_sums = torch.zeros(2, dtype=torch.float64)  # this epoch: posterior RMS errors, particles
-        self._shell_weights = None  # this epoch's, from the half-maps' FSC (shell_weights)
+        self._point_weights = None  # this epoch's, from the half-maps' FSC (fsc_weights)
 
     def corrected(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch with each image's defocus corrected (batch["index"]: store indices)."""
@@ -69,11 +69,9 @@ class CtfCorrections(ParticleCorrections):
     def step_at(self, model, batch, out, noise_weights, beta) -> None:
         """One step for the batch's particles at the model that made `out` (its forward), its data term weighed
         by the half-maps' FSC (module doc)."""
-        if self._shell_weights is None:
-            self._shell_weights = shell_weights(model.half_set_fsc())
-        shells = model.disk.coords.norm(dim=1).round().long().cpu()
-        weights = self._shell_weights[shells].to(out["observed"].device, out["observed"].real.dtype)
-        weights = weights if noise_weights is None else noise_weights * weights
+        if self._point_weights is None:
+            self._point_weights = fsc_weights(model)
+        weights = self._point_weights if noise_weights is None else noise_weights * self._point_weights
         self.step(batch["index"], *model.defocus_normal_equations(batch, out, weights, self.settings.astigmatism))
 
     def step(self, index: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor) -> None:
@@ -96,7 +94,7 @@ class CtfCorrections(ParticleCorrections):
         """Synchronize the ranks' tables; TensorBoard: the corrections' sizes and distribution; a line for
         train.log with the posterior RMS error of the mean defocus the epoch's steps left."""
         self.synchronize_table(world)
-        self._shell_weights = None
+        self._point_weights = None  # the map has changed
         sums = self._error_sums.clone()
         world.all_sum_(sums)
         self._error_sums.zero_()
@@ -128,10 +126,13 @@ class CtfCorrections(ParticleCorrections):
                 f"(RUN/{CTF_FILE})")
 
 
-def shell_weights(fsc: torch.Tensor) -> torch.Tensor:
-    """Each Fourier shell's weight (module doc), 2 FSC / (1 + FSC) clamped to [0, 1], of the half-maps' FSC."""
-    fsc = fsc.clamp(0.0, 1.0)
-    return 2 * fsc / (1 + fsc)
+def fsc_weights(model) -> torch.Tensor:
+    """The weight (module doc) of each point of a half-set model's half-disk (P, on the model's device and in
+    its dtype): 2 FSC / (1 + FSC) of the half-maps' FSC (HetVAE.half_set_fsc) in the point's shell, clamped to
+    [0, 1]."""
+    fsc = model.half_set_fsc().clamp(0.0, 1.0)
+    shells = model.disk.coords.norm(dim=1).round().long().cpu()
+    return (2 * fsc / (1 + fsc))[shells].to(model.basis.device, model.basis.dtype)
 
 
 def corrected_ctf(ctf, table: torch.Tensor) -> torch.Tensor:
