@@ -1,11 +1,11 @@
 """Every use of DeepSpeed's and torch's private names, in one place, checked against DeepSpeed 0.19.8.
 
 All of it serves CPU ranks on one machine: where every rank runs on this machine, DeepSpeed's shared-memory
-kernel sums CPU float32 tensors (10.5 MB in about 2 ms against gloo's 8 ms over loopback TCP, with the same
-bits; tools/bench_allreduce.py). The switch is TrainConfig.shared_memory_sums (on by default; it takes effect
-only for CPU ranks that all share one machine and a /dev/shm large enough). The kernel waits for a dead rank
-forever, so a watchdog ends this process after a timeout. Elsewhere (NCCL, several nodes, other dtypes, the
-switch off) sums go through the process group, which times out by itself.
+kernel sums CPU float32 tensors several times faster than gloo over loopback TCP, with the same bits
+(tools/bench_allreduce.py; docs/benchmarks.md). The switch is TrainConfig.shared_memory_sums (on by default;
+it takes effect only for CPU ranks that all share one machine and a /dev/shm large enough). The kernel waits
+for a dead rank forever, so a watchdog ends this process after a timeout. Elsewhere (NCCL, several nodes,
+other dtypes, the switch off) sums go through the process group, which times out by itself.
 
 What is private here, and what it is for:
 - LOCAL_SIZE: DeepSpeed's init builds the kernel's buffers only where this variable (which only its own

@@ -18,9 +18,9 @@ What the weighting does (docs/benchmarks.md). The basis' optimizer (Adam) scales
 by their own size, so weights equal for all images of a shell change the basis little: the gain is in the
 ratios between optics groups, where the images of a noisy group stop counting as much as clean ones (maps
 much closer to the truth). Across shells, with simulated falling noise, the weighted runs' latents lost the
-motion (PC1 |Spearman| 0.08-0.11 against 0.80 unweighted), their variance spread evenly over all directions
-as when they fit noise, for a mean FSC only 0.011 higher. Hence white by default, and a warning when the
-groups' noise differs (unequal_groups_line).
+motion, their variance spread evenly over all directions as when they fit noise, for maps hardly better
+("Noise models" in docs/benchmarks.md). Hence white by default, and a warning when the groups' noise differs
+(unequal_groups_line).
 """
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """The projector's inner loops compiled on the fly (slice_kernels.c), for CPU tensors; None where they cannot be.
+The same library holds the basis optimizer's step (train.row_adam) and backprojection's (analysis.reconstruct).
 
 Why: in PyTorch's operations the transposed interpolation needs T^T as a CSR matrix, and building it means
 sorting the batch's 8 x B x P entries, which was most of a CPU training step (docs/benchmarks.md). The loops

@@ -1,7 +1,9 @@
-/* The projector's inner loops on the CPU, in float32 (float64 takes PyTorch's path). physics.compiled builds this
- * file with the system's C compiler (with OpenMP where it has it: then PyTorch's own OpenMP threads run the
- * loops, as its operations' do) and calls it through ctypes. physics.projector holds the same computations in
- * PyTorch's operations (the path on GPUs, or without a compiler); the tests hold the two equal.
+/* The CPU inner loops, in float32 (float64 takes PyTorch's path), in three sections: the projector's (training's
+ * forward and backward), the basis optimizer's step (train.row_adam) and backprojection (analysis.reconstruct).
+ * physics.compiled builds this file with the system's C compiler (with OpenMP where it has it: then PyTorch's
+ * own OpenMP threads run the loops, as its operations' do) and calls it through ctypes. physics.projector (and
+ * train.row_adam, analysis.reconstruct) hold the same computations in PyTorch's operations (the path on GPUs, or
+ * without a compiler); the tests hold the two equal.
  *
  * A batch is n_images images of points_per_image half-disk points; point n = image * points_per_image + p.
  * Its 8 interpolation corners (i, j, k), i slowest, are rows[8n + c] of the basis, with weights
@@ -66,6 +68,8 @@ static inline void thread_share(int64_t n, int64_t *first, int64_t *last) {
     *first = n * thread / n_threads;
     *last = n * (thread + 1) / n_threads;
 }
+
+/* ======== The projector (physics.projector) ======== */
 
 /* Where points k3 (3 per point, voxels) fall in a half-ball (physics.fourier_grid.HalfBall's lookup and
  * extent): flipped (x < 0: the point is negated, Friedel) and the trilinear weights of its corners; marks
@@ -293,6 +297,8 @@ void interpolate(const float *basis, int64_t n_columns, int64_t n_points, const 
     }
 }
 
+/* ======== The basis optimizer's step (train.row_adam.RowSparseAdam) ======== */
+
 /* torch.optim.SparseAdam's update of the touched rows of a parameter (n_columns values a row) and of its two
  * moments, with the same float operations in the same order, so the same bits: for gradient row g of row r,
  * m' = (g - m) one_minus_beta1 + m; v' = (g g - v) one_minus_beta2 + v; p' = p + (m' / (sqrt(v') + eps))
@@ -312,6 +318,8 @@ void adam_rows(float *param, float *exp_avg, float *exp_avg_sq, const int64_t *r
         }
     }
 }
+
+/* ======== Backprojection (analysis.reconstruct) ======== */
 
 /* Backprojection (analysis.reconstruct): for every point k3 (3 per point, voxels) of every image, its values
  * (n_values a point; where the point is Friedel-flipped, those at odd places, the imaginary parts, negated)
