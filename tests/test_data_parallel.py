@@ -19,6 +19,7 @@ from hetrec_dist.data.reader import ParticleStore, _to_torch
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import build_config
+from hetrec_dist.train.particle_corrections import ParticleCorrections
 
 GLOBAL_BATCHES = [range(0, 32), range(100, 132), range(200, 220)]  # the last one is partial
 RANK_BATCH = 16
@@ -98,8 +99,9 @@ def _rank_worker(rank, port, store_path, run_root):
 def _trained(trainer):
     """The model's parameters, and the pose and CTF corrections where it refines them."""
     trained = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    for refinement in trainer.refinements:
-        trained[refinement.checkpoint_key] = refinement.table.clone()
+    for refinement in trainer.components:
+        if isinstance(refinement, ParticleCorrections):
+            trained[refinement.checkpoint_key] = refinement.table.clone()
     return trained
 
 
@@ -310,11 +312,10 @@ def test_launch_bad_inputs(tmp_path):
 def test_cpu_ranks_that_share_memory_are_told_that_union_is_faster_than_auto():
     from hetrec_dist.distributed.data_parallel import DataParallel
     from hetrec_dist.distributed.training_world import TrainingWorld
-    from hetrec_dist.physics.fourier_grid import HalfBall
 
     def ranks(shared_memory, reduction):
         return DataParallel(TrainingWorld(shared_memory=shared_memory), torch.nn.Linear(2, 2), 1e-3, 8, reduction,
-                            60, HalfBall.build(4), torch.zeros(1, 2))
+                            60)
 
     assert any("--basis-reduction union is faster here" in hint for hint in ranks(True, "auto").hints())
     assert ranks(True, "union").hints() == [] and ranks(False, "auto").hints() == []

@@ -21,7 +21,7 @@ from hetrec_dist.distributed.sparse_reducer import (
     reduce_basis_gradient,
 )
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
-from hetrec_dist.physics.projector import SliceFactors, project, slice_geometry
+from hetrec_dist.physics.projector import SliceFactors, factor_columns, project, slice_geometry
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
 
 BOX, N_COMPONENTS = 16, 4
@@ -73,12 +73,11 @@ def autograd_basis_gradient(ranks, n_stacked=1):
 def _worker(rank, world_size, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    half_ball, disk = grids()
     results = {}
     try:
         for strategy in STRATEGIES + ("auto",):
             for n_stacked in (1, 2):
-                total, stats = reduce_basis_gradient(rank_factors(rank, n_stacked), strategy, half_ball, disk.coords)
+                total, stats = reduce_basis_gradient(rank_factors(rank, n_stacked), strategy)
                 results[strategy, n_stacked] = (total.indices().clone(), total.values().clone(), stats)
     finally:
         dist.destroy_process_group()
@@ -111,7 +110,8 @@ def test_bytes_are_counted_for_ring_collectives_and_auto_takes_the_cheapest(two_
     n_rows, n_points = half_ball.n_voxels, disk.coords.shape[0]
     touched = [len(rank_factors(r).geometry.touched_rows) for r in range(2)]
     union = autograd_basis_gradient([0, 1]).values().shape[0]
-    payload = payload_bytes(n_rows, N_COMPONENTS, n_points, max(touched), 8, union, world_size=2, value_bytes=8)
+    payload = payload_bytes(n_rows, N_COMPONENTS, factor_columns(N_COMPONENTS, n_points), max(touched), 8, union,
+                            world_size=2, value_bytes=8)
     row_bytes = 2 * N_COMPONENTS * 8
     assert payload["dense"] == n_rows * row_bytes  # 2 (W-1)/W = 1 for two ranks
     assert payload["gather"] == max(touched) * (row_bytes + 8)

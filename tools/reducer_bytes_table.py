@@ -16,6 +16,7 @@ import torch
 
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES, bytes_sent, payload_bytes
 from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
+from hetrec_dist.physics.projector import factor_columns
 from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
 
 N_COMPONENTS = 17  # K = 16 and the mean
@@ -39,7 +40,8 @@ def table_row(box, batch, ranks, rng):
     union = torch.stack(masks).any(0)
     max_nnz = max(int(m.sum()) for m in masks)
     n_rows, n_points = half_ball.n_voxels, disk.coords.shape[0]
-    payload = payload_bytes(n_rows, N_COMPONENTS, n_points, max_nnz, -(-batch // ranks), int(union.sum()), ranks)
+    payload = payload_bytes(n_rows, N_COMPONENTS, factor_columns(N_COMPONENTS, n_points), max_nnz, -(-batch // ranks),
+                            int(union.sum()), ranks)
     sent = {s: bytes_sent(s, payload, n_rows, ranks) for s in STRATEGIES + ("auto",)}
     return {"union_density": float(union.float().mean()), "plain dense": payload["dense"],
             "auto picks": min(payload, key=payload.get), **sent}

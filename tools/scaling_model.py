@@ -77,6 +77,7 @@ def reduction_bytes(box, batch, ranks, rng):
 
     from hetrec_dist.distributed.sparse_reducer import STRATEGIES, bytes_sent, payload_bytes
     from hetrec_dist.physics.fourier_grid import HalfBall, HalfDisk
+    from hetrec_dist.physics.projector import factor_columns
     from hetrec_dist.physics.rotations import matrices_from_relion_euler, random_relion_euler
 
     half_ball, disk = HalfBall.build(box / 2 - 1), HalfDisk.build(box, box / 2 - 1)
@@ -84,7 +85,8 @@ def reduction_bytes(box, batch, ranks, rng):
     masks = [touched(r, disk, half_ball) for r in rotations.chunk(ranks)]
     union = int(torch.stack(masks).any(0).sum())
     max_nnz = max(int(m.sum()) for m in masks)
-    payload = payload_bytes(half_ball.n_voxels, N_COMPONENTS, disk.coords.shape[0], max_nnz, batch, union, ranks)
+    payload = payload_bytes(half_ball.n_voxels, N_COMPONENTS, factor_columns(N_COMPONENTS, disk.coords.shape[0]),
+                            max_nnz, batch, union, ranks)
     sent = {s: bytes_sent(s, payload, half_ball.n_voxels, ranks) for s in STRATEGIES}
     sent["auto"] = bytes_sent("auto", payload, half_ball.n_voxels, ranks)
     auto_pick = min(payload, key=payload.get)

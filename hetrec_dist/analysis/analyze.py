@@ -33,6 +33,7 @@ from hetrec_dist.analysis.latent import (
 from hetrec_dist.analysis.maps import chimerax_level, write_latent_maps
 from hetrec_dist.data.atomic_files import TEMPORARY_MARK, save_pickle
 from hetrec_dist.data.map_files import read_map
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.errors import UserError
 
 SIGNAL_FILE = "signal_score.npy"
@@ -125,7 +126,7 @@ def _write_reconstructions(out_dir, results, model_pictures, pixel_size_A):
 def evaluation_section(run, epoch):
     """The page's section on the run's eval.json (`hetrec eval --gt`) where it is of `epoch`, else ''."""
     try:
-        with open(os.path.join(run, "eval.json")) as f:
+        with open(RunFolder(run).evaluation) as f:
             result = json.load(f)
     except (OSError, ValueError):
         return ""
@@ -253,7 +254,7 @@ def training_epochs(run_dir):
     pattern = re.compile(rf"epoch (\d+): loss {number}, data {number}, kl {number}")
     found = {}
     try:
-        with open(os.path.join(run_dir, "train.log"), encoding="utf-8", errors="replace") as f:
+        with open(RunFolder(run_dir).log, encoding="utf-8", errors="replace") as f:
             for line in f:
                 match = pattern.search(line)
                 if match:
@@ -320,7 +321,7 @@ def analyze_run(run_dir, model, z, k=20, truth=None, seed=0, n_traversal=10, par
     out_dir = tempfile.mkdtemp(prefix=f"analyze.{k}{TEMPORARY_MARK}", dir=run_dir)
     for sub in ("plots", "maps"):
         os.makedirs(os.path.join(out_dir, sub))
-    save_pickle(os.path.join(run_dir, "z.pkl"), z)
+    save_pickle(RunFolder(run_dir).latents_pkl, z)
     try:
         summary = _analyze(out_dir, run_dir, model, z, k, truth, seed, n_traversal, particles, with_umap,
                            reconstruct_clusters, signal, ends, path_ends, latents_record, focus_mask)

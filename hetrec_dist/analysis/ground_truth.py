@@ -13,6 +13,7 @@ from hetrec_dist.analysis.half_maps import half_set_agreement, latent_resolution
 from hetrec_dist.data.atomic_files import refuse_link, write_text
 from hetrec_dist.data.checksums import sha256_file
 from hetrec_dist.data.map_files import write_map
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.errors import UserError
 from hetrec_dist.physics.fourier import fourier_crop
 
@@ -239,8 +240,8 @@ def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None, rows=None)
     """evaluate() for a run: RUN/eval.json, decoded maps in RUN/eval_maps/, and eval/* scalars on `metrics`
     (a train.metrics logger) at `epoch`. rows: the store rows of z's particles (a run on a subset)."""
     check_ground_truth_extent(gt_dir, model.shape.box, model.pixel_size_A)
-    refuse_link(os.path.join(run_dir, "eval_maps"))
-    map_dir = os.path.join(run_dir, "eval_maps")
+    map_dir = RunFolder(run_dir).evaluation_maps
+    refuse_link(map_dir)
     if is_composition(gt_dir):
         truth, box = read_composition(gt_dir, rows), model.shape.box
         truth.update(state_maps=[(record, map_at_box(volume, box)) for record, volume in truth["state_maps"]],
@@ -253,7 +254,7 @@ def evaluate_run(run_dir, model, z, gt_dir, metrics=None, epoch=None, rows=None)
         result = evaluate(model, z, coordinates, maps_at_box(maps, model.shape.box), map_dir=map_dir)
         scores = ("mean_fsc", "mean_resolution_0.5_A", "latent_pc1_spearman", "latent_linear_r2")
     result["epoch"] = epoch
-    write_text(os.path.join(run_dir, "eval.json"), json.dumps(result, indent=2))
+    write_text(RunFolder(run_dir).evaluation, json.dumps(result, indent=2))
     if metrics is not None:
         metrics.scalars({f"eval/{name}": result[name] for name in scores if result.get(name) is not None}, epoch)
     return result

@@ -39,9 +39,9 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
         run_rows,
         run_store_path,
     )
+    from hetrec_dist.data.run_folder import RunFolder
     from hetrec_dist.data.store import check_same_particles, content_sha256, open_store
     from hetrec_dist.errors import UserError
-    from hetrec_dist.train.focus_mask import FOCUS_MASK_FILE
 
     state = run_checkpoint(run, checkpoint)
     model = run_model(run, checkpoint, device, state)
@@ -70,7 +70,7 @@ def command(run, k, gt_dir, checkpoint, store, device, seed, with_umap, path_end
                                        if reconstruct else None,
                                        signal=None if particles is None else _signal_scores(run, state, model, store,
                                                                                             rows),
-                                       focus_mask=os.path.join(os.path.abspath(run), FOCUS_MASK_FILE)
+                                       focus_mask=RunFolder(os.path.abspath(run)).focus_mask
                                        if state.get("focus_mask_sha256") else None)
     except OSError as error:  # a folder that cannot be written, a folder where a file should be
         raise UserError(f"cannot write the analysis in {run}: {error.strerror or error} "

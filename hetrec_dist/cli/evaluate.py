@@ -1,10 +1,10 @@
 """hetrec eval: a trained run against the ground truth of a simulated dataset."""
 
-import os
 
 import click
 
 from hetrec_dist.cli.command_line import moved_store_option
+from hetrec_dist.data.run_folder import RunFolder
 
 
 @click.command("eval")
@@ -33,7 +33,7 @@ def command(run, gt_dir, checkpoint, store, device):
     check_ground_truth_belongs(gt_dir, group.attrs.asdict())
     model = run_model(run, checkpoint, device, state)
     z = run_latents(run, state)[0]
-    metrics = TensorBoardLogger(os.path.join(run, "tb"))
+    metrics = TensorBoardLogger(RunFolder(run).tensorboard)
     result = evaluate_run(run, model, z, gt_dir, metrics, state["epoch"], run_rows(run, state, group))
     metrics.close()
     if result.get("kind") == "composition":

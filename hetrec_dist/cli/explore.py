@@ -119,9 +119,9 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
         run_store_path,
     )
     from hetrec_dist.data.folder_lock import writer_of
+    from hetrec_dist.data.run_folder import RunFolder
     from hetrec_dist.explore.session import Colouring, Explorer, RunRecords
     from hetrec_dist.train.ctf_refinement import checkpoint_ctf
-    from hetrec_dist.train.focus_mask import FOCUS_MASK_FILE
     from hetrec_dist.train.pose_refinement import checkpoint_poses
 
     training = writer_of(run)  # before run_checkpoint holds the run for reading (folder_lock.writer_of)
@@ -136,7 +136,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
               f"{model.pixel_size_A:.3g} Å/px. {latents_note}"]
     if state.get("focus_mask_sha256"):
         header.append(f"Focused run: the latent space describes what varies inside "
-                      f"{os.path.join(os.path.abspath(run), FOCUS_MASK_FILE)} only; outside it every map is the mean.")
+                      f"{RunFolder(os.path.abspath(run)).focus_mask} only; outside it every map is the mean.")
     if training:
         header.append(f"The run is still training ({training}): this is its last complete checkpoint, of epoch "
                       f"{state['epoch']}; start explore again for later epochs.")
@@ -160,7 +160,7 @@ def load_explorer(run, checkpoint=None, store=None, gt_dir=None, device="auto", 
     records = RunRecords(group.attrs.asdict(), source_rows, half_sets, checkpoint_poses(state, group), rows,
                          checkpoint_ctf(state, group))
     colourings.update(_particle_colourings(group, records, gt_dir))
-    return Explorer(model, z, views, colourings, records, out_dir or os.path.join(run, "explore"), header,
+    return Explorer(model, z, views, colourings, records, out_dir or RunFolder(run).explorer, header,
                     store_path=store or run_store_path(run))
 
 

@@ -13,6 +13,7 @@ import time
 import click
 
 from hetrec_dist.data.atomic_files import open_log
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.distributed.launch_command import LAUNCHERS, LaunchPlan, build_command
 from hetrec_dist.distributed.process_tree import launcher_environment, stop_tree
 from hetrec_dist.errors import UserError
@@ -118,7 +119,7 @@ def _say_where_to_continue(train_args, what):
     line = f"{what}; continue from the last checkpoint in {where} with `hetrec launch … -- train … --resume`"
     click.echo(f"Error: {line}", err=True)
     if run and os.path.isdir(run):
-        with contextlib.suppress(OSError), open_log(os.path.join(run, "train.log")) as log:
+        with contextlib.suppress(OSError), open_log(RunFolder(run).log) as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
 
 

@@ -5,6 +5,7 @@ import os
 import click
 
 from hetrec_dist.cli.command_line import refuse_empty
+from hetrec_dist.data.run_folder import RunFolder
 
 OUTPUTS = ("half1.mrc", "half2.mrc", "map.mrc", "fsc.png", "reconstruct.json")
 
@@ -67,7 +68,7 @@ def _chosen_particles(source, ind, exclude, clusters, k, given_poses, store, see
     from hetrec_dist.data.subset import subset_rows
     from hetrec_dist.errors import UserError
 
-    is_run = os.path.isdir(os.path.join(source, "checkpoints"))
+    is_run = os.path.isdir(RunFolder(source).checkpoints)
     if not is_run:
         for option, value in (("--clusters", clusters), ("--given-poses", given_poses), ("--store", store)):
             if value:

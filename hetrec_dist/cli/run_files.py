@@ -2,6 +2,8 @@
 
 import os
 
+from hetrec_dist.data.run_folder import RunFolder
+
 
 def run_checkpoint(run, checkpoint=None):
     """The loaded checkpoint of a run: --checkpoint, or the run's newest."""
@@ -29,7 +31,7 @@ def run_latents(run, state):
     from hetrec_dist.errors import UserError
     from hetrec_dist.train.inference import read_run_latents
 
-    path = os.path.join(run, "z.npy")
+    path = RunFolder(run).latents
     if not os.path.isfile(path):
         raise UserError(f"{run}: no z.npy; run `hetrec embed {run}` first")
     return read_run_latents(path, state)
@@ -42,7 +44,7 @@ def run_store_path(run):
     from hetrec_dist.errors import UserError
 
     try:
-        with open(os.path.join(run, "config.yaml")) as f:
+        with open(RunFolder(run).config) as f:
             return yaml.safe_load(f)["store"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         raise UserError(f"{run}: no readable config.yaml naming its store; is it a `hetrec train` run?") from None

@@ -7,6 +7,7 @@ import os
 import click
 
 from hetrec_dist.cli.command_line import finite_floats, refuse_empty, reproducible_command
+from hetrec_dist.data.run_folder import RunFolder
 
 
 @click.command("train")
@@ -109,7 +110,7 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
     if resume_checkpoint and not resume:
         raise UserError("--checkpoint names where a resumed run continues from: give --resume too")
     if resume_checkpoint and os.path.dirname(os.path.realpath(resume_checkpoint)) != os.path.realpath(
-            os.path.join(out, "checkpoints")):
+            RunFolder(out).checkpoints):
         raise UserError(f"--checkpoint {resume_checkpoint}: not one of {out}/checkpoints; a run continues from its "
                         "own checkpoints")
     shifts_only = overrides.pop("shifts_only")
@@ -131,7 +132,7 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
     for name in ("gt", "focus_mask"):
         if overrides.get(name):
             overrides[name] = os.path.abspath(overrides[name])
-    saved = os.path.join(out, "config.yaml")
+    saved = RunFolder(out).config
     config = build_config(preset, overrides, saved if resume and os.path.isfile(saved) else None)
     if config.focus_mask:  # a --config file's path too is taken from the current folder, and kept absolute
         config = dataclasses.replace(config, focus_mask=os.path.abspath(config.focus_mask))
@@ -159,7 +160,7 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
     if world.is_root:
         import numpy as np
 
-        z = np.load(os.path.join(trainer.run_dir, "z.npy"))
+        z = np.load(trainer.run.latents)
         _report_latent_spread(trainer, z)
         _report_half_set_agreement(trainer, z)
         _report_unequal_noise(trainer)
@@ -175,7 +176,7 @@ def _echo_evaluation(run):
 
     from hetrec_dist.analysis.ground_truth import summary_line
 
-    with open(os.path.join(run, "eval.json")) as f:
+    with open(RunFolder(run).evaluation) as f:
         scores = json.load(f)
     click.echo(f"against the ground truth: {summary_line(scores)}; FSC=0.5 at {scores['mean_resolution_0.5_A']:.2f} Å "
                "(RUN/eval.json)", err=True)
@@ -207,8 +208,10 @@ def _report_half_set_agreement(trainer, z):
 def _report_unequal_noise(trainer):
     """A warning, in train.log and on the console, when an unweighted run's optics groups differ in noise."""
     from hetrec_dist.model.noise import unequal_groups_line
+    from hetrec_dist.train.noise_model import NoiseModel
 
-    line = unequal_groups_line(trainer.noise) if trainer.config.noise_model == "white" else None
+    noise = trainer.component(NoiseModel)
+    line = unequal_groups_line(noise.spectrum) if noise.kind == "white" else None
     if line:
         trainer.log.info(line)
         click.echo(f"Warning: {line}", err=True)
@@ -231,7 +234,7 @@ def _stop_with_the_launcher(world, run_dir):
                     f"{run_dir}/checkpoints with --resume")
             os.write(2, f"\nError: {line}\n".encode())
             with contextlib.suppress(OSError):
-                with open_log(os.path.join(run_dir, "train.log")) as log:
+                with open_log(RunFolder(run_dir).log) as log:
                     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
         os._exit(1)
 

@@ -6,6 +6,7 @@ import click
 
 from hetrec_dist.cli.command_line import refuse_empty
 from hetrec_dist.cli.run_files import run_model, run_store_path
+from hetrec_dist.data.run_folder import RunFolder
 
 
 def read_latents(path, zdim):
@@ -96,8 +97,8 @@ def embed_command(run, store, checkpoint, out, device, ind, exclude, overwrite):
     store = store or run_store_path(run)
     group = open_store(store)
     store_sha256 = content_sha256(group)
-    out = out or os.path.join(run, "z.npy")
-    own = os.path.realpath(out) == os.path.realpath(os.path.join(run, "z.npy"))
+    out = out or RunFolder(run).latents
+    own = os.path.realpath(out) == os.path.realpath(RunFolder(run).latents)
     if not own:  # RUN/z.npy is the run's own, recomputed; another file is the user's
         if not out.lower().endswith(".npy"):
             raise UserError(f"-o {out}: name a .npy file (numpy's format; its record goes beside it as "

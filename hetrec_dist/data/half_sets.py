@@ -14,10 +14,9 @@ import os
 import numpy as np
 
 from hetrec_dist.data.atomic_files import save_array
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.data.store import source_rows
 from hetrec_dist.errors import UserError
-
-HALF_SETS_FILE = "half_sets.npy"
 
 
 def store_half_sets(group) -> np.ndarray | None:
@@ -81,7 +80,7 @@ def choose_half_sets(group, seed: int, rows=None) -> tuple[np.ndarray, str]:
 
 def read_run_half_sets(run_dir: str, n_particles: int) -> np.ndarray:
     """RUN/half_sets.npy, checked to hold a half-set for each of n_particles; UserError otherwise."""
-    path = os.path.join(run_dir, HALF_SETS_FILE)
+    path = RunFolder(run_dir).half_sets
     try:
         values = np.load(path)
     except (OSError, ValueError) as err:
@@ -119,15 +118,15 @@ def checkpoint_half_sets(checkpoint: dict, run: str, n_particles: int) -> np.nda
 def check_run_half_sets(run: str, values: np.ndarray) -> None:
     """RUN/half_sets.npy holds `values` (the checkpoint's); a missing copy is written again, another split is
     a UserError: training or selecting with it would mix the halves."""
-    path = os.path.join(run, HALF_SETS_FILE)
+    path = RunFolder(run).half_sets
     if not os.path.exists(path):
         write_run_half_sets(run, values)
         return
     if not np.array_equal(read_run_half_sets(run, len(values)), values):
         raise UserError(f"{path} is not the split this run trained on (its checkpoint holds that one); "
-                        f"delete {HALF_SETS_FILE} to write it again from the checkpoint")
+                        f"delete {os.path.basename(path)} to write it again from the checkpoint")
 
 
 def write_run_half_sets(run: str, values: np.ndarray) -> None:
     """RUN/half_sets.npy, the user's copy of the split (the checkpoints hold the record)."""
-    save_array(os.path.join(run, HALF_SETS_FILE), values)
+    save_array(RunFolder(run).half_sets, values)

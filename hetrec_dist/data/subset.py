@@ -20,10 +20,9 @@ import numpy as np
 
 from hetrec_dist.data import safe_pickle
 from hetrec_dist.data.atomic_files import save_array
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.data.store import part_of_input, source_rows
 from hetrec_dist.errors import UserError
-
-PARTICLES_FILE = "particles.npy"
 
 
 def _as_indices(values, path):
@@ -131,7 +130,7 @@ def subset_record(rows):
 
 def write_run_particles(run_dir, rows):
     """RUN/particles.npy: the store rows a run on a subset trains on."""
-    save_array(os.path.join(run_dir, PARTICLES_FILE), np.asarray(rows, np.int64))
+    save_array(RunFolder(run_dir).particles, np.asarray(rows, np.int64))
 
 
 def run_rows(run_dir, checkpoint, n_store=None):
@@ -141,7 +140,7 @@ def run_rows(run_dir, checkpoint, n_store=None):
     record = checkpoint.get("particles")
     if record is None:
         return None
-    path = os.path.join(run_dir, PARTICLES_FILE)
+    path = RunFolder(run_dir).particles
     try:
         rows = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):

@@ -14,11 +14,9 @@ import torch
 import torch.distributed as dist
 
 from hetrec_dist.distributed.dense_engine import dense_optimizer
-from hetrec_dist.distributed.sparse_reducer import ReductionStats, reduce_basis_gradient
+from hetrec_dist.distributed.sparse_reducer import GradientFactors, ReductionStats, reduce_basis_gradient
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError
-from hetrec_dist.physics.fourier_grid import HalfBall
-from hetrec_dist.physics.projector import SliceFactors
 
 
 class RankLost(UserError):
@@ -47,14 +45,12 @@ class DataParallel:
     """The ranks of `world` (a TrainingWorld) training one model together.
 
     dense_module: the parameters with ordinary gradients (encoder, decoder), optimised by Adam at `lr`;
-    half_ball, points_2d: the model's Fourier grids, with which the `factors` reduction rebuilds the other
-    ranks' basis gradients; basis_reduction: a sparse_reducer strategy or "auto".
+    basis_reduction: a sparse_reducer strategy or "auto".
     """
 
     def __init__(self, world: TrainingWorld, dense_module: torch.nn.Module, lr: float, batch_size: int,
-                 basis_reduction: str, timeout_s: float, half_ball: HalfBall, points_2d: torch.Tensor):
+                 basis_reduction: str, timeout_s: float):
         self.world, self.basis_reduction, self.timeout_s = world, basis_reduction, timeout_s
-        self.half_ball, self.points_2d = half_ball, points_2d
         self.dense = dense_optimizer(world, dense_module, lr, batch_size, timeout_s)
 
     def describe(self) -> str:
@@ -82,12 +78,12 @@ class DataParallel:
         """Dense gradients of the global batch's mean loss, from this rank's mean loss."""
         self.dense.backward(loss * share.loss_scale)
 
-    def basis_gradient(self, factors: SliceFactors) -> tuple[torch.Tensor, ReductionStats | None]:
+    def basis_gradient(self, factors: GradientFactors) -> tuple[torch.Tensor, ReductionStats | None]:
         """(the basis gradient of the global batch's mean loss, ReductionStats or None in one process)."""
         if self.world.size == 1:
             return factors.basis_gradient(), None
-        total, stats = reduce_basis_gradient(factors, self.basis_reduction, self.half_ball, self.points_2d,
-                                             self.world.group, self.timeout_s, self.world.shared_memory)
+        total, stats = reduce_basis_gradient(factors, self.basis_reduction, self.world.group, self.timeout_s,
+                                             self.world.shared_memory)
         mean = torch.sparse_coo_tensor(total.indices(), total.values() / self.world.size, total.shape,
                                        is_coalesced=True, check_invariants=False)
         return mean, stats

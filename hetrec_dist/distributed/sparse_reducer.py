@@ -1,7 +1,8 @@
 """Summing the sparse basis gradient over data-parallel ranks, touching only what some rank touched.
 
-Every rank holds its batch's SliceFactors (poses, basis weights, slice gradients; see physics.projector);
-its own basis gradient is a coalesced sparse V x C tensor (C = 2(K+1) real values a row) built from them.
+Every rank holds its batch's factors of the basis gradient (GradientFactors; physics.projector.SliceFactors:
+poses, basis weights, slice gradients); its own basis gradient is a coalesced sparse V x C tensor (C = 2(K+1)
+real values a row) built from them.
 Every strategy returns the same thing on every rank: the sum over ranks, as a coalesced sparse tensor whose
 rows are the union of the rows any rank touched (what one process with the whole global batch would have),
 and the exact number of bytes this rank sent, counted for ring collectives (all-reduce of n bytes:
@@ -11,9 +12,10 @@ Strategies (only collectives that gloo and NCCL both have: all_reduce SUM/MAX, a
     dense    all-reduce the V x C gradient, and a uint8 touched mask (MAX) for the union;
     gather   all-gather every rank's (row, values), padded to the largest count, and add them up;
     union    all-reduce the touched mask (MAX), then all-reduce values on the union rows only;
-    factors  all-gather each image's pose, basis weights and slice gradient, (9 + K+1 + 2P) numbers an image
-             instead of up to 8 x 2(K+1) per slice point, and let every rank rebuild the other ranks'
-             gradients (touched sets included) and sum them with its own: fewest bytes, most compute;
+    factors  all-gather each image's packed factors (pose, half-set offset, basis weights, slice gradient:
+             10 + K+1 + 2P numbers an image) instead of up to 8 x 2(K+1) per slice point, and let every rank
+             rebuild the other ranks' gradients (touched sets included) and sum them with its own: fewest
+             bytes, most compute;
     auto     reduce the mask, then whichever of the four sends the fewest bytes.
 All of them first all-gather two counts a rank (touched rows, images). Where the world sums in shared memory
 (CPU ranks of one machine), the sums (dense, union, the mask as float32) go through it (see
@@ -22,18 +24,35 @@ distributed.deepspeed_internals).
 
 import dataclasses
 import time
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
 from hetrec_dist.distributed.deepspeed_internals import sum_over_ranks, sums_in_shared_memory
-from hetrec_dist.physics.fourier_grid import HalfBall
-from hetrec_dist.physics.projector import SliceFactors, basis_gradient, slice_geometry
 
 STRATEGIES = ("dense", "gather", "union", "factors")
 MASK_FIRST = ("dense", "union", "auto")  # the strategies that all-reduce the touched mask
 INDEX_BYTES = 8
 COUNTS_BYTES = 2 * INDEX_BYTES  # touched rows and images, one int64 each
+
+
+class GradientFactors(Protocol):
+    """What the reducer asks of a rank's batch: the sizes of its basis gradient (n_rows x 2 n_components, on
+    touched_rows), the gradient itself, and its factors packed as n_images x packed_width numbers of
+    value_bytes each, from which any rank rebuilds that gradient (physics.projector.SliceFactors)."""
+    n_rows: int
+    touched_rows: torch.Tensor
+    n_images: int
+    n_components: int
+    packed_width: int
+    value_bytes: int
+
+    def basis_gradient(self) -> torch.Tensor: ...
+
+    def pack(self) -> torch.Tensor: ...
+
+    def gradient_of_packed(self, packed: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclasses.dataclass
@@ -53,22 +72,16 @@ def allgather_bytes(n_bytes_per_rank: int, world_size: int) -> int:
     return (world_size - 1) * n_bytes_per_rank
 
 
-def factor_columns(n_components: int, n_points: int) -> int:
-    """Numbers an image sends under `factors`: its pose, its basis rows' offset, its basis weights and its
-    slice gradient."""
-    return 10 + n_components + 2 * n_points
-
-
-def payload_bytes(n_rows: int, n_components: int, n_points: int, max_nnz: int, max_images: int, union_rows: int,
-                  world_size: int, value_bytes: int = 4) -> dict[str, int]:
+def payload_bytes(n_rows: int, n_components: int, packed_width: int, max_nnz: int, max_images: int,
+                  union_rows: int, world_size: int, value_bytes: int = 4) -> dict[str, int]:
     """Bytes one rank sends for the gradient itself under each strategy (besides the counts and, for dense,
-    union and auto, the touched-mask all-reduce of n_rows bytes)."""
+    union and auto, the touched-mask all-reduce of n_rows bytes); packed_width: the numbers an image's factors
+    take (GradientFactors.packed_width; physics.projector.factor_columns)."""
     row_bytes = 2 * n_components * value_bytes
     return {"dense": allreduce_bytes(n_rows * row_bytes, world_size),
             "gather": allgather_bytes(max_nnz * (row_bytes + INDEX_BYTES), world_size),
             "union": allreduce_bytes(union_rows * row_bytes, world_size),
-            "factors": allgather_bytes(max_images * factor_columns(n_components, n_points) * value_bytes,
-                                       world_size)}
+            "factors": allgather_bytes(max_images * packed_width * value_bytes, world_size)}
 
 
 def bytes_sent(strategy: str, payload: dict[str, int], n_rows: int, world_size: int,
@@ -145,38 +158,24 @@ def _sum_in_rank_order(parts, shape):
     return _sparse(touched.nonzero().squeeze(1), values, shape)
 
 
-def _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_size):
+def _reduce_factors(factors, image_counts, group, world_size):
     """Every rank's gradient, the other ranks' rebuilt here from their gathered factors, summed in rank
     order (a rank's own gradient is the one it would rebuild: same inputs, same shapes, same bits)."""
-    n_images, n_components = factors.weights.shape
-    geometry = factors.geometry
-    n_stacked = geometry.n_rows // half_ball.n_voxels
-    offsets = geometry.row_offsets if geometry.row_offsets is not None else torch.zeros(n_images)
-    # a half-set's row offset (below 2^24) is exact in float32
-    packed = torch.cat([factors.rotations.reshape(n_images, 9).to(factors.weights.dtype),
-                        offsets.to(factors.weights)[:, None], factors.weights,
-                        factors.grad_slices.reshape(n_images, -1)], dim=1)
+    packed = factors.pack()
     padded = packed.new_zeros(max(image_counts), packed.shape[1])
-    padded[:n_images] = packed
+    padded[:len(packed)] = packed
     gathered = _all_gather(padded, group, world_size)
     own, parts = dist.get_rank(group), []
     for rank, (rank_packed, count) in enumerate(zip(gathered, image_counts)):
         if rank == own:
             parts.append(factors.basis_gradient())
         elif count > 0:
-            rank_packed = rank_packed[:count]
-            rotations = rank_packed[:, :9].reshape(-1, 3, 3).to(factors.rotations.dtype).contiguous()
-            rank_offsets = rank_packed[:, 9].round().int()
-            weights = rank_packed[:, 10:10 + n_components].contiguous()
-            grads = rank_packed[:, 10 + n_components:].reshape(count, -1, 2).contiguous()
-            rebuilt = slice_geometry(rotations, points_2d, half_ball, rank_offsets, n_stacked)
-            parts.append(basis_gradient(rebuilt, grads, weights))
-    return _sum_in_rank_order(parts, (geometry.n_rows, 2 * n_components))
+            parts.append(factors.gradient_of_packed(rank_packed[:count]))
+    return _sum_in_rank_order(parts, (factors.n_rows, 2 * factors.n_components))
 
 
-def reduce_basis_gradient(factors: SliceFactors, strategy: str, half_ball: HalfBall, points_2d: torch.Tensor,
-                          group: dist.ProcessGroup | None = None, timeout_s: float = 600,
-                          shared_memory: bool = False) -> tuple[torch.Tensor, ReductionStats]:
+def reduce_basis_gradient(factors: GradientFactors, strategy: str, group: dist.ProcessGroup | None = None,
+                          timeout_s: float = 600, shared_memory: bool = False) -> tuple[torch.Tensor, ReductionStats]:
     """The basis gradient summed over the ranks of `group`, from each rank's factors (after backward).
     Returns (sum as coalesced sparse tensor, ReductionStats). timeout_s: how long to wait for the other ranks
     where no process-group timeout applies; shared_memory: the world's switch (TrainingWorld.shared_memory)."""
@@ -184,23 +183,22 @@ def reduce_basis_gradient(factors: SliceFactors, strategy: str, half_ball: HalfB
         raise ValueError(f"unknown reduction strategy {strategy!r} (one of {', '.join(STRATEGIES)}, auto)")
     started = time.perf_counter()
     world_size = dist.get_world_size(group)
-    n_rows = factors.geometry.n_rows
-    n_images, n_components = factors.weights.shape
-    touched = factors.geometry.touched_rows
-    counts = torch.tensor([len(touched), n_images], dtype=torch.long, device=touched.device)
+    n_rows, n_components = factors.n_rows, factors.n_components
+    touched = factors.touched_rows
+    counts = torch.tensor([len(touched), factors.n_images], dtype=torch.long, device=touched.device)
     counts = torch.stack(_all_gather(counts, group, world_size)).tolist()
     max_nnz, image_counts = max(c[0] for c in counts), [c[1] for c in counts]
     mask_in_shared_memory = shared_memory and sums_in_shared_memory(touched.device, torch.float32)
     union = (_touched_mask(touched, n_rows, group, timeout_s, mask_in_shared_memory)
              if strategy in MASK_FIRST else None)
     union_rows = int(union.sum()) if union is not None else 0
-    payload = payload_bytes(n_rows, n_components, len(points_2d), max_nnz, max(image_counts), union_rows,
-                            world_size, factors.weights.element_size())
+    payload = payload_bytes(n_rows, n_components, factors.packed_width, max_nnz, max(image_counts), union_rows,
+                            world_size, factors.value_bytes)
     sent = bytes_sent(strategy, payload, n_rows, world_size, mask_row_bytes=4 if mask_in_shared_memory else 1)
     if strategy == "auto":
         strategy = min(payload, key=payload.get)
     if strategy == "factors":
-        total = _reduce_factors(factors, half_ball, points_2d, image_counts, group, world_size)
+        total = _reduce_factors(factors, image_counts, group, world_size)
     else:
         grad = factors.basis_gradient()
         if strategy == "dense":

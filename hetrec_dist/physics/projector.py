@@ -39,7 +39,8 @@ class SliceGeometry:
     among touched_rows (n_rows, int32; -1 where untouched); n_rows: the basis' rows; positions: the points
     (B x P x 3, voxels, unflipped); row_offsets: each image's first row (B, int32) where the basis stacks
     several half-balls, else None; corner_rows: the neighbours' rows (B x P x 8, int32) as PyTorch's path
-    finds them (None on the compiled path, which lists image_rows instead: each image's distinct rows).
+    finds them (None on the compiled path, which lists image_rows instead: each image's distinct rows);
+    half_ball, points_2d: the grids it was built on, from which another batch's geometry is rebuilt.
     rows and fractions (where each flipped point lies in its voxel cell, B x P x 3, x y z in [0, 1), from which
     the interpolation's spatial derivative follows: physics.pose_derivatives) are derived on first use.
     """
@@ -52,6 +53,8 @@ class SliceGeometry:
     row_offsets: torch.Tensor | None = None
     corner_rows: torch.Tensor | None = None
     image_rows: ImageRows | None = None
+    half_ball: HalfBall | None = None
+    points_2d: torch.Tensor | None = None
 
     @functools.cached_property
     def rows(self) -> torch.Tensor:
@@ -144,7 +147,8 @@ def slice_geometry(rotations: torch.Tensor, points_2d: torch.Tensor, half_ball: 
         (flipped, rows, trilinear, touched), image_rows = _corners(k3, half_ball, row_offsets, n_rows), None
     touched_rows = touched.nonzero().squeeze(1)
     column_of_row = torch.cumsum(touched, 0, dtype=torch.int32) - 1
-    return SliceGeometry(trilinear, flipped, touched_rows, column_of_row, n_rows, k3, row_offsets, rows, image_rows)
+    return SliceGeometry(trilinear, flipped, touched_rows, column_of_row, n_rows, k3, row_offsets, rows, image_rows,
+                         half_ball, points_2d)
 
 
 def _conjugate_where(values, flipped):
@@ -239,6 +243,59 @@ class SliceFactors:
 
     def basis_gradient(self) -> torch.Tensor:
         return basis_gradient(self.geometry, self.grad_slices, self.weights)
+
+    # What distributed.sparse_reducer asks of a batch's factors (its GradientFactors): sizes, and the factors
+    # packed into one tensor to send, from which a process holding the same grids rebuilds the gradient.
+    @property
+    def n_rows(self) -> int:
+        return self.geometry.n_rows
+
+    @property
+    def touched_rows(self) -> torch.Tensor:
+        return self.geometry.touched_rows
+
+    @property
+    def n_images(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def n_components(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def value_bytes(self) -> int:
+        return self.weights.element_size()
+
+    @property
+    def packed_width(self) -> int:
+        return factor_columns(self.n_components, len(self.geometry.points_2d))
+
+    def pack(self) -> torch.Tensor:
+        """B x packed_width numbers in the weights' dtype: each image's pose (9), its basis rows' offset, its
+        basis weights and its slice gradient (after backward)."""
+        n_images = self.n_images
+        offsets = self.geometry.row_offsets if self.geometry.row_offsets is not None else torch.zeros(n_images)
+        # a half-set's row offset (below 2^24) is exact in float32
+        return torch.cat([self.rotations.reshape(n_images, 9).to(self.weights.dtype),
+                          offsets.to(self.weights)[:, None], self.weights, self.grad_slices.reshape(n_images, -1)],
+                         dim=1)
+
+    def gradient_of_packed(self, packed: torch.Tensor) -> torch.Tensor:
+        """The basis gradient (as basis_gradient() gives it) of a batch whose factors pack() gave as `packed`
+        (B' x packed_width), rebuilt on this batch's grids; the same bits as that batch's own."""
+        n_components, geometry = self.n_components, self.geometry
+        rotations = packed[:, :9].reshape(-1, 3, 3).to(self.rotations.dtype).contiguous()
+        offsets = packed[:, 9].round().int()
+        weights = packed[:, 10:10 + n_components].contiguous()
+        grads = packed[:, 10 + n_components:].reshape(len(packed), -1, 2).contiguous()
+        rebuilt = slice_geometry(rotations, geometry.points_2d, geometry.half_ball, offsets,
+                                 geometry.n_rows // geometry.half_ball.n_voxels)
+        return basis_gradient(rebuilt, grads, weights)
+
+
+def factor_columns(n_components: int, n_points: int) -> int:
+    """The numbers SliceFactors.pack gives an image of n_points slice points and n_components basis weights."""
+    return 10 + n_components + 2 * n_points
 
 
 def project_with_factors(basis: torch.Tensor, weights: torch.Tensor, geometry: SliceGeometry,

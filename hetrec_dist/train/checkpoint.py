@@ -17,6 +17,7 @@ import os
 import torch
 
 from hetrec_dist.data.atomic_files import remove_temporaries, write_atomically
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.data.safe_pickle import refusal
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import ModelShape
@@ -32,7 +33,7 @@ class Checkpointer:
     """Writes a run's checkpoints: on rank 0 of `world` only, then every rank waits for it to finish."""
 
     def __init__(self, run_dir, world):
-        self.directory, self.world = os.path.join(run_dir, "checkpoints"), world
+        self.directory, self.world = RunFolder(run_dir).checkpoints, world
 
     def remove_temporaries(self) -> list:
         """What killed writes left in checkpoints/ (call it on rank 0, holding the run's lock)."""
@@ -59,7 +60,7 @@ LEGACY_HETREC_STATE = "hetrec"
 def last_checkpoint(run_dir):
     """The newest complete checkpoint of a run: last.pt, or the folder a hetrec 0.1 several-rank run's
     `latest` names; None if there is neither."""
-    directory = os.path.join(run_dir, "checkpoints")
+    directory = RunFolder(run_dir).checkpoints
     if os.path.isfile(os.path.join(directory, LAST)):
         return os.path.join(directory, LAST)
     latest = os.path.join(directory, LEGACY_LATEST)

@@ -21,16 +21,15 @@ weights follow the map as it trains (once an epoch, at its first step).
 
 import dataclasses
 import hashlib
-import os
 
 import numpy as np
 import torch
 
 from hetrec_dist.data.atomic_files import write_atomically
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.physics.ctf import corrected_defocus
 from hetrec_dist.train.particle_corrections import ParticleCorrections, bounded, check_given, damped_step
 
-CTF_FILE = "ctf.npz"
 CHECKPOINT_KEY = "ctf_corrections"
 DEFOCUS_COLUMNS = slice(2, 5)  # of the store's ctf array: defocus U, V (Å), angle (degrees)
 
@@ -51,6 +50,7 @@ class CtfCorrections(ParticleCorrections):
 
     given_what = "CTF"
     checkpoint_key = CHECKPOINT_KEY
+    refined_what, warmup_option = "defocus", "--ctf-warmup"
 
     def __init__(self, n_particles: int, settings: CtfRefinementSettings, given_sha256: str, rows=None):
         super().__init__(n_particles, 3, given_sha256, rows)
@@ -58,13 +58,17 @@ class CtfCorrections(ParticleCorrections):
         self._error_sums = torch.zeros(2, dtype=torch.float64)  # this epoch: posterior RMS errors, particles
         self._point_weights = None  # this epoch's, from the half-maps' FSC (fsc_weights)
 
+    @classmethod
+    def for_run(cls, trainer, store, saved):
+        """The run's corrections; None where it neither refines its CTFs nor has refined them."""
+        if not (trainer.config.refine_ctf or cls.checkpoint_key in (saved or {})):
+            return None
+        return cls(store.n_particles, trainer.config.ctf_refinement(), given_ctf_sha256(store.group), trainer.rows)
+
     def corrected(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch with each image's defocus corrected (batch["index"]: store indices)."""
         ctf = batch["ctf"]
         return {**batch, "ctf": corrected_ctf(ctf, self.table[batch["index"].cpu().long()]).to(ctf.dtype)}
-
-    def refines(self, epoch: int) -> bool:
-        return self.settings.refine and epoch >= self.settings.warmup_epochs
 
     def step_at(self, model, batch, out, noise_weights, beta) -> None:
         """One step for the batch's particles at the model that made `out` (its forward), its data term weighed
@@ -90,7 +94,7 @@ class CtfCorrections(ParticleCorrections):
         self._error_sums += torch.stack([error.sum(), torch.tensor(float(len(error)), dtype=torch.float64)])
         self.table[rows, :n_own] = current + bounded(change, self.settings.max_step_A)
 
-    def end_epoch(self, world, metrics, epoch) -> str | None:
+    def epoch_summary(self, world, metrics, epoch) -> str | None:
         """Synchronize the ranks' tables; TensorBoard: the corrections' sizes and distribution; a line for
         train.log with the posterior RMS error of the mean defocus the epoch's steps left."""
         self.synchronize_table(world)
@@ -120,10 +124,11 @@ class CtfCorrections(ParticleCorrections):
 
     def write(self, run_dir: str, store_group) -> str:
         """RUN/ctf.npz (write_ctf); a line for train.log."""
-        write_ctf(os.path.join(run_dir, CTF_FILE), store_group["ctf"][:], self.table)
+        path = RunFolder(run_dir).ctf
+        write_ctf(path, store_group["ctf"][:], self.table)
         sizes = self.sizes()
         return (f"defocus corrections: median {sizes['defocus_A_p50']:.3g} Å, 90% {sizes['defocus_A_p90']:.3g} Å "
-                f"(RUN/{CTF_FILE})")
+                f"({RunFolder.name(path)})")
 
 
 def fsc_weights(model) -> torch.Tensor:

@@ -21,10 +21,10 @@ import torch
 from scipy import ndimage
 
 from hetrec_dist.data.map_files import read_user_map, write_map
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.errors import UserError, warn_input
 from hetrec_dist.physics.maps import sample_centred
 
-FOCUS_MASK_FILE = "focus_mask.mrc"
 SOFT_EDGE_FRACTION = 0.05  # of the box: the soft edge a binary mask gets (the basis sphere's edge too)
 MOST_COVERED = 0.95        # of the box above 0.5: a mask covering more is no focus
 SAME_EXTENT = 5e-3         # relative: a mask's box x pixel size this close to the store's is the same extent
@@ -104,7 +104,7 @@ def for_resumed_run(config_path, run_dir, box, pixel_size_A, saved) -> FocusMask
         return None
     if not config_path:
         raise UserError(f"{run_dir} was trained with a focus mask ({trained_path}); resume it with that mask")
-    own = os.path.join(run_dir, FOCUS_MASK_FILE)
+    own = RunFolder(run_dir).focus_mask
     given = config_path != trained_path
     for path in ([config_path] if given else [own, trained_path]):
         mask = _read_if_there(path, box, pixel_size_A, reraise=given)
@@ -142,4 +142,4 @@ def check_inside(projector, mask: FocusMask) -> None:
 
 def write(run_dir, mask: FocusMask, pixel_size_A):
     """RUN/focus_mask.mrc: the mask as the run trains with it (soft, on the particles' box)."""
-    write_map(os.path.join(run_dir, FOCUS_MASK_FILE), mask.values, pixel_size_A)
+    write_map(RunFolder(run_dir).focus_mask, mask.values, pixel_size_A)

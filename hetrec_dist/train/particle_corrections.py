@@ -19,21 +19,61 @@ the checkpoint, holds the same table whatever the number of ranks.
 import torch
 
 from hetrec_dist.errors import UserError
+from hetrec_dist.train.components import Component
 
 DAMPING = 0.1  # Levenberg-Marquardt: the share of H's diagonal added to it
 
 
-class ParticleCorrections:
+class ParticleCorrections(Component):
     """A table of n_particles x n_columns corrections (store order, float64, CPU), for the given values that
     `given_sha256` fingerprints (what the store says; `given_what` names them in errors); rows: the store rows
-    of the run's particles (a run on a subset, data.subset; None: all), which alone its sizes describe."""
+    of the run's particles (a run on a subset, data.subset; None: all), which alone its sizes describe.
+
+    As a component of the training loop (train.components) it corrects each batch, steps after each forward
+    once `refines(epoch)`, adds up the ranks' tables at each epoch's end (`epoch_summary`, a line for
+    train.log) and writes its file in RUN after each checkpoint (`write`). A subclass sets `settings` (with
+    refine and warmup_epochs) and defines corrected, step_at, epoch_summary and write."""
 
     given_what = "values"
+    checkpoint_key = ""
+    refined_what, warmup_option = "value", ""  # for the hint that the warm-up lasts the whole run
 
     def __init__(self, n_particles: int, n_columns: int, given_sha256: str, rows=None):
         self.given_sha256, self.rows = given_sha256, rows
         self.table = torch.zeros(n_particles, n_columns, dtype=torch.float64)
         self._synchronized = self.table.clone()
+
+    def refines(self, epoch: int) -> bool:
+        return self.settings.refine and epoch >= self.settings.warmup_epochs
+
+    def start(self, trainer):
+        warmup, epochs = self.settings.warmup_epochs, trainer.config.epochs
+        if self.settings.refine and warmup >= epochs:
+            trainer.hint(f"no {self.refined_what} will be refined: the warm-up ({warmup} epochs, "
+                         f"{self.warmup_option}) lasts to the last epoch ({epochs})")
+
+    def on_batch(self, trainer, batch):
+        return self.corrected(batch)
+
+    def after_forward(self, trainer, batch, out):
+        if self.refines(trainer.epoch):  # at the model that made this forward
+            self.step_at(trainer.model, batch, out, batch.get("noise_weights"), trainer.config.beta)
+
+    def end_epoch(self, trainer):
+        line = self.epoch_summary(trainer.world, trainer.metrics, trainer.epoch)
+        if line:
+            trainer.log.info(line)
+
+    def on_checkpoint(self, trainer):
+        if trainer.world.is_root:
+            trainer.log.info(self.write(trainer.run_dir, trainer.store.group))
+
+    def checkpoint_entries(self):
+        return {self.checkpoint_key: self.state_dict()}
+
+    def load_checkpoint(self, checkpoint):
+        if self.checkpoint_key in checkpoint:
+            self.load_state_dict(checkpoint[self.checkpoint_key])
 
     def run_table(self) -> torch.Tensor:
         """The rows of the table of the run's particles (all rows of a run on every particle)."""

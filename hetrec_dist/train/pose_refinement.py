@@ -13,16 +13,15 @@ composed with the correction so far. Several ranks: as train.particle_correction
 import dataclasses
 import hashlib
 import math
-import os
 
 import numpy as np
 import torch
 
 from hetrec_dist.data.atomic_files import write_atomically
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.physics.pose_derivatives import compose_axis_angle, matrices_from_axis_angle
 from hetrec_dist.train.particle_corrections import ParticleCorrections, bounded, check_given, damped_step
 
-POSES_FILE = "poses.npz"
 CHECKPOINT_KEY = "pose_corrections"
 
 
@@ -45,20 +44,26 @@ class PoseCorrections(ParticleCorrections):
 
     given_what = "poses"
     checkpoint_key = CHECKPOINT_KEY
+    refined_what, warmup_option = "pose", "--pose-warmup"
 
     def __init__(self, n_particles: int, settings: RefinementSettings, given_poses_sha256: str, rows=None):
         super().__init__(n_particles, 5, given_poses_sha256, rows)
         self.settings = settings
         self._precision_sums = torch.zeros(3, dtype=torch.float64)  # this epoch: rotation, shift, particles
 
+    @classmethod
+    def for_run(cls, trainer, store, saved):
+        """The run's corrections; None where it neither refines its poses nor has refined them."""
+        if not (trainer.config.refine_poses or cls.checkpoint_key in (saved or {})):
+            return None
+        return cls(store.n_particles, trainer.config.pose_refinement(store.pixel_size_A),
+                   given_poses_sha256(store.group), trainer.rows)
+
     def corrected(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch with each image's rotations and shifts corrected (batch["index"]: store indices)."""
         given_rotations, given_shifts = batch["rotations"], batch["shifts"]
         rotations, shifts = corrected_poses(given_rotations, given_shifts, self.table[batch["index"].cpu().long()])
         return {**batch, "rotations": rotations.to(given_rotations.dtype), "shifts": shifts.to(given_shifts.dtype)}
-
-    def refines(self, epoch: int) -> bool:
-        return self.settings.refine and epoch >= self.settings.warmup_epochs
 
     def step_at(self, model, batch, out, noise_weights, beta) -> None:
         """One step for the batch's particles at the model that made `out` (its forward)."""
@@ -108,7 +113,7 @@ class PoseCorrections(ParticleCorrections):
             precision["rotation_precision_deg"] = float(sums[0] / sums[2])
         return precision
 
-    def end_epoch(self, world, metrics, epoch) -> str | None:
+    def epoch_summary(self, world, metrics, epoch) -> str | None:
         """Synchronize the ranks' tables, show the corrections in TensorBoard; a line for train.log."""
         precision = self.synchronize(world)
         metrics.scalars({f"poses/{k}": v for k, v in {**self.sizes(), **precision}.items()}, epoch)
@@ -134,12 +139,13 @@ class PoseCorrections(ParticleCorrections):
 
     def write(self, run_dir: str, store_group) -> str:
         """RUN/poses.npz (write_poses); a line for train.log."""
-        write_poses(os.path.join(run_dir, POSES_FILE), store_group["rotations"][:], store_group["shifts"][:],
+        path = RunFolder(run_dir).poses
+        write_poses(path, store_group["rotations"][:], store_group["shifts"][:],
                     self.table)
         sizes = self.sizes()
         return (f"pose corrections: rotation median {sizes['rotation_deg_p50']:.3g}°, 90% "
                 f"{sizes['rotation_deg_p90']:.3g}°; shift median {sizes['shift_px_p50']:.3g} px, 90% "
-                f"{sizes['shift_px_p90']:.3g} px (RUN/{POSES_FILE})")
+                f"{sizes['shift_px_p90']:.3g} px ({RunFolder.name(path)})")
 
 
 def corrected_poses(rotations, shifts_px, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

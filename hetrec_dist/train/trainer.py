@@ -17,7 +17,6 @@ uninterrupted one; checkpoints do not depend on the number of ranks.
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -28,17 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hetrec_dist.data.atomic_files import remove_temporaries, write_text
+from hetrec_dist.data.atomic_files import remove_temporaries
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
-from hetrec_dist.data.half_sets import (
-    HALF_SETS_FILE,
-    check_run_half_sets,
-    checkpoint_half_sets,
-    choose_half_sets,
-    write_run_half_sets,
-)
-from hetrec_dist.data.map_files import write_map
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore, ReadAhead
+from hetrec_dist.data.run_folder import RunFolder
 from hetrec_dist.data.store import check_same_particles, content_sha256
 from hetrec_dist.data.subset import check_resumed_subset, run_rows, subset_record, subset_rows, write_run_particles
 from hetrec_dist.distributed.data_parallel import DataParallel
@@ -47,22 +39,22 @@ from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError, is_out_of_memory
 from hetrec_dist.model.hetvae import HetVAE, ModelShape
-from hetrec_dist.model.noise import NoiseSpectrum
-from hetrec_dist.physics.fourier_grid import squared_magnitude
 from hetrec_dist.train import focus_mask
 from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
 from hetrec_dist.train.config import TrainConfig, save_config
-from hetrec_dist.train.ctf_refinement import CtfCorrections, given_ctf_sha256
+from hetrec_dist.train.confinement import BasisConfinement
+from hetrec_dist.train.ctf_refinement import CtfCorrections
+from hetrec_dist.train.evaluation import Evaluation
+from hetrec_dist.train.half_sets import HalfSets
 from hetrec_dist.train.inference import embed, load_weights, resolve_device, save_latents
 from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
-from hetrec_dist.train.pose_refinement import PoseCorrections, given_poses_sha256
+from hetrec_dist.train.noise_model import NoiseModel
+from hetrec_dist.train.pose_refinement import PoseCorrections
 from hetrec_dist.train.row_adam import RowSparseAdam
 
 MIN_BOX, MAX_BOX = 16, 1024
 MIN_PARTICLES = 10
-BACKGROUND_IMAGES = 2000  # images a rank takes the noise power from (noise_model background)
-MIN_BACKGROUND_FRACTION = 0.01  # of the box: less outside the mask is no estimate of the noise
 
 
 def check_box(box):
@@ -80,7 +72,7 @@ def prepare_run_dir(run_dir, resume, overwrite):
     if entries and not resume:
         if not overwrite:
             raise UserError(f"{run_dir} already exists; use --resume to continue it or --overwrite to replace it")
-        if "config.yaml" not in entries:
+        if os.path.basename(RunFolder(run_dir).config) not in entries:
             raise UserError(f"{run_dir} is not a training run; refusing to overwrite it")
     lock = FolderLock(run_dir, "training run").acquire()
     if entries and overwrite:
@@ -100,13 +92,14 @@ class Trainer:
         data: where this rank's batches come from (default: its shard of the store, data.reader); it has
         set_epoch(epoch), rank_particles() and iterates over batches."""
         self.store_path, self.run_dir, self.config = store_path, run_dir, config
-        self.evaluate_callback = evaluate
+        self.run = RunFolder(run_dir)  # its files' names
         self.world = world or TrainingWorld()
         self.show_progress = show_progress and self.world.is_root
         return_freed_memory_to_os()
-        store, self.device = self.world.run_everywhere(lambda: self._open_inputs(store_path))
-        # a new run's mask is checked before its folder is made or an earlier run's emptied
-        self.focus = None if resume else self.world.run_everywhere(
+        self.store, self.device = self.world.run_everywhere(lambda: self._open_inputs(store_path))
+        store = self.store
+        # a new run's focus mask is checked before its folder is made or an earlier run's emptied
+        focus = None if resume else self.world.run_everywhere(
             lambda: focus_mask.for_new_run(config.focus_mask, store.box, store.pixel_size_A))
         self.run_lock = None  # rank 0's lock on the run folder, held as long as this Trainer lives
         self.world.run_on_root(lambda: setattr(self, "run_lock", prepare_run_dir(run_dir, resume, overwrite)))
@@ -126,22 +119,9 @@ class Trainer:
                             half_sets_join_A=config.half_sets_join_A).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
-                                  config.basis_reduction, config.collective_timeout_s, self.model.half_ball,
-                                  self.model.disk.coords)
+                                  config.basis_reduction, config.collective_timeout_s)
         self.basis_optimizer = RowSparseAdam([self.model.basis], lr=config.lr_basis)
-        self.mask = self.model.support_projector(config.mask_diameter_A, config.mask_threshold)
-        if resume:
-            self.focus = self.world.run_everywhere(lambda: focus_mask.for_resumed_run(
-                config.focus_mask, run_dir, store.box, store.pixel_size_A, saved))
-        if self.focus is not None:
-            self.mask.set_focus(torch.from_numpy(self.focus.values))
-            self.world.run_everywhere(lambda: focus_mask.check_inside(self.mask, self.focus))
-            self.model.confine_basis(self.mask)  # the start too: nothing varies outside the focus
-        groups = store.group["optics_group"][:]
-        groups = torch.from_numpy(np.unique(groups if self.rows is None else groups[self.rows]))
-        self.noise = NoiseSpectrum.for_disk(groups, self.model.disk.coords.cpu())
-        self.half_sets, self.half_sets_source = self._half_sets(store, saved) if shape.n_half_sets == 2 else (None, "")
-        self.poses, self.ctfs = self._refinements(store, saved)
+        self.components = self._components(store, saved, focus, evaluate)
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed, rows=self.rows)
         self.epoch, self.step = 0, 0
@@ -151,26 +131,22 @@ class Trainer:
             if self.epoch >= config.epochs:
                 raise UserError(f"{run_dir} has trained {self.epoch} epochs already; give --epochs above "
                                 f"{self.epoch} to train on (`hetrec embed` recomputes its latents)")
-        if config.noise_model == "background" and (saved or {}).get("config", {}).get("noise_model") != "background":
-            self._noise_from_background()  # a new run, or one resumed from another noise model
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
 
-    def _refinements(self, store, saved):
-        """(PoseCorrections, CtfCorrections), each None where the run neither refines nor has refined them."""
-        saved = saved or {}
-        poses = (PoseCorrections(store.n_particles, self.config.pose_refinement(store.pixel_size_A),
-                                 given_poses_sha256(store.group), self.rows)
-                 if self.config.refine_poses or PoseCorrections.checkpoint_key in saved else None)
-        ctfs = (CtfCorrections(store.n_particles, self.config.ctf_refinement(), given_ctf_sha256(store.group),
-                               self.rows)
-                if self.config.refine_ctf or CtfCorrections.checkpoint_key in saved else None)
-        return poses, ctfs
+    def _components(self, store, saved, focus, evaluate):
+        """The run's features (train.components), in the order the loop calls them: one line each."""
+        components = [HalfSets.for_run(self, store, saved),
+                      BasisConfinement.for_run(self, store, saved, focus),
+                      NoiseModel.for_run(self, store, saved),
+                      PoseCorrections.for_run(self, store, saved),
+                      CtfCorrections.for_run(self, store, saved),
+                      Evaluation(evaluate, self.config.eval_every) if evaluate else None]
+        return [component for component in components if component is not None]
 
-    @property
-    def refinements(self):
-        """The per-particle refinements this run keeps (train.particle_corrections)."""
-        return [r for r in (self.poses, self.ctfs) if r is not None]
+    def component(self, kind):
+        """The run's component of class `kind` (train.components), or None."""
+        return next((component for component in self.components if isinstance(component, kind)), None)
 
     def _particles(self, store, saved, ind, exclude):
         """The store rows this run trains on (data.subset; None for every particle): a resumed run's own, else
@@ -187,27 +163,12 @@ class Trainer:
             self.world.run_on_root(lambda: write_run_particles(self.run_dir, rows))
         return rows
 
-    def _half_sets(self, store, saved):
-        """(each particle's half-set, N int8 tensor, and where they came from in words): a resumed run's, from
-        its checkpoint (RUN/half_sets.npy must hold the same), else chosen here (data.half_sets; the same on
-        every rank); rank 0 writes RUN/half_sets.npy."""
-        if saved is not None:
-            values = self.world.run_everywhere(lambda: checkpoint_half_sets(saved, self.run_dir, store.n_particles))
-            self.world.run_on_root(lambda: check_run_half_sets(self.run_dir, values))
-            return torch.from_numpy(values), "as the run recorded them"
-        values, source = self.world.run_everywhere(lambda: choose_half_sets(store.group, self.config.seed,
-                                                                            self.rows))
-        self.world.run_on_root(lambda: write_run_half_sets(self.run_dir, values))
-        return torch.from_numpy(values), source
-
     def _open_run_files(self, store_path, command):
         """On rank 0: config.yaml, TensorBoard and train.log; what killed writes left behind goes first."""
         left = remove_temporaries(self.run_dir) + self.checkpointer.remove_temporaries()
-        save_config(self.config, os.path.join(self.run_dir, "config.yaml"), store_path, command)
-        if self.focus is not None:
-            focus_mask.write(self.run_dir, self.focus, self.model.pixel_size_A)
-        self.metrics = TensorBoardLogger(os.path.join(self.run_dir, "tb"))
-        self.log = file_logger(os.path.join(self.run_dir, "train.log"))
+        save_config(self.config, self.run.config, store_path, command)
+        self.metrics = TensorBoardLogger(self.run.tensorboard)
+        self.log = file_logger(self.run.log)
         if left:
             self.log.info(f"removed {len(left)} unfinished file(s) a stopped run left: {', '.join(left)}")
 
@@ -226,10 +187,7 @@ class Trainer:
                 "pixel_size_A": self.model.pixel_size_A, "image_std": self.model.image_std,
                 "dense_optimizer": self.ranks.state_dict(),
                 "basis_optimizer": self.basis_optimizer.state_dict(),
-                "noise_spectrum": self.noise.state_dict(),
-                **({} if self.half_sets is None else {"half_sets": self.half_sets.clone()}),
-                **{r.checkpoint_key: r.state_dict() for r in self.refinements},
-                **({} if self.focus is None else {"focus_mask_sha256": self.focus.sha256}),
+                **{k: v for component in self.components for k, v in component.checkpoint_entries().items()},
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config),
                 "run_id": self.run_id, "store_sha256": self.store_sha256,
                 **({} if self.rows is None else {"particles": subset_record(self.rows)})}
@@ -241,11 +199,8 @@ class Trainer:
         load_weights(self.model, state["model"])
         self.ranks.load_state_dict(state["dense_optimizer"])
         self.basis_optimizer.load_state_dict(state["basis_optimizer"])
-        if "noise_spectrum" in state:  # checkpoints of hetrec 0.1 have none: white noise so far
-            self.noise.load_state_dict(state["noise_spectrum"])
-        for refinement in self.refinements:
-            if refinement.checkpoint_key in state:
-                refinement.load_state_dict(state[refinement.checkpoint_key])
+        for component in self.components:
+            component.load_checkpoint(state)
         self.epoch, self.step = state["epoch"], state["step"]
 
     def _synchronize(self):
@@ -256,18 +211,14 @@ class Trainer:
         """One optimisation step on this rank's `share` of the global batch; returns the loss terms, the
         step-time split (seconds) and the reducer's stats (None in one process)."""
         started = time.perf_counter()
-        weighted = self.config.noise_model != "white"
-        noise_weights = self.noise.weights(batch["optics_group"]) if weighted else None
-        out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True, noise_weights=noise_weights)
-        if self.config.noise_model != "background":
-            self.noise.accumulate(out["residual_power"], squared_magnitude(out["observed"]), batch["optics_group"])
+        out = self.model(batch, beta=self.config.beta, noise=noise, basis_factors=True,
+                         noise_weights=batch.get("noise_weights"))
         self._synchronize()
         forward_done = time.perf_counter()
-        for refinement in self.refinements:
-            if refinement.refines(self.epoch):  # at the model that made this forward
-                refinement.step_at(self.model, batch, out, noise_weights, self.config.beta)
+        for component in self.components:
+            component.after_forward(self, batch, out)
         self._synchronize()
-        refinements_done = time.perf_counter()
+        components_done = time.perf_counter()
         self.ranks.backward(out["loss"], share)
         self._synchronize()
         backward_done = time.perf_counter()
@@ -276,10 +227,9 @@ class Trainer:
         self.ranks.step()
         self.basis_optimizer.step()
         self.basis_optimizer.zero_grad(set_to_none=True)
-        self.model.join_half_sets()
         self._synchronize()
-        timings = {"forward_s": forward_done - started, "refinements_s": refinements_done - forward_done,
-                   "backward_s": backward_done - refinements_done,
+        timings = {"forward_s": forward_done - started, "components_s": components_done - forward_done,
+                   "backward_s": backward_done - components_done,
                    "reduce_s": reduce_done - backward_done, "optimizer_s": time.perf_counter() - reduce_done}
         return out, timings, reduction
 
@@ -303,30 +253,22 @@ class Trainer:
             share = self.ranks.share(0 if batch is None else len(batch["index"]))
             if share is None:
                 return n_images, out
-            if self.half_sets is not None:
-                batch["half_set"] = self.half_sets[batch["index"]]
-            for refinement in self.refinements:
-                batch = refinement.corrected(batch)
+            for component in self.components:
+                batch = component.on_batch(self, batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             data_s = time.perf_counter() - data_started
             noise = share.own(torch.randn(share.n_global, self.config.zdim, generator=generator, device=self.device))
             out, timings, reduction = self.train_step(batch, noise, share)
+            self.step += 1
+            for component in self.components:
+                component.after_step(self)
             n_images += share.size
-            if (self.step + 1) % self.config.mask_every == 0:
-                self._confine_basis()
             for key in totals:
                 totals[key] += out[key].item() * share.size
-            self.step += 1
             progress.update(share.n_global)
             progress.set_postfix(loss=f"{out['loss'].item():.4f}", refresh=False)
             if self.step % self.config.log_every == 0:
                 self._log_step(out, data_s + sum(timings.values()), share, data_s, timings, reduction)
-
-    def _confine_basis(self):
-        """The basis confined to the mask (HetVAE.confine_basis): every mask_every steps, and at each epoch's end,
-        so that the maps a checkpoint holds are confined whatever the number of steps."""
-        self.model.confine_basis(self.mask, follow_envelope=self.config.mask == "envelope"
-                                 and self.epoch >= self.config.mask_warmup_epochs)
 
     def train_epoch(self):
         self.model.train()
@@ -343,65 +285,24 @@ class Trainer:
             if isinstance(batches, ReadAhead):
                 batches.close()
             progress.close()  # cleared, so that an error is not printed on the bar's line
-        if self.step % self.config.mask_every:  # not confined after the epoch's last step yet
-            self._confine_basis()
         self.epoch += 1
         self._show_examples(out)
-        self._estimate_noise()
-        for refinement in self.refinements:
-            line = refinement.end_epoch(self.world, self.metrics, self.epoch)
-            if line:
-                self.log.info(line)
+        for component in self.components:
+            component.end_epoch(self)
         *sums, n_images = self.world.all_sum(list(totals.values()) + [n_images])
         summary = {k: v / max(n_images, 1) for k, v in zip(totals, sums)}
         summary["images_per_s"] = n_images / (time.perf_counter() - epoch_started)
         self.metrics.scalars({f"epoch/{k}": v for k, v in summary.items()}, self.epoch)
         return summary
 
-    @torch.no_grad()
-    def _noise_from_background(self, n_images=BACKGROUND_IMAGES):
-        """The noise power from the particle-free corners of up to n_images of each rank's images, once."""
-        seen = 0
-        for batch in self.data:
-            images = {"images": batch["images"].to(self.device), "shifts": batch["shifts"].to(self.device)}
-            spectra, kept = self.model.background_spectra(images, self.config.mask_diameter_A)
-            if kept < MIN_BACKGROUND_FRACTION:
-                raise UserError(f"noise_model background: a mask of {self.config.mask_diameter_A} Å leaves no "
-                                "particle-free pixels in the box to take the noise from; give a smaller "
-                                "--mask-diameter, or noise_model residuals")
-            self.noise.accumulate_background(spectra, kept, self.model.observed_spectra(images),
-                                             batch["optics_group"])
-            seen += len(batch["images"])
-            if seen >= n_images:
-                break
-        self.noise.update(self.world.all_sum)
-
-    def _estimate_noise(self):
-        """The noise power per shell: from the epoch's residuals (all ranks'), unless it was taken from the
-        images' background once (noise_model background). TensorBoard shows it at a few resolutions,
-        RUN/noise_spectrum.json holds all of it."""
-        if self.config.noise_model != "background":
-            self.noise.update(self.world.all_sum)
-        if not self.world.is_root:
-            return
-        box_A = self.model.shape.box * self.model.pixel_size_A
-        power = self.noise.power
-        self.metrics.scalars({f"noise/power_{resolution}A": float(power[0, round(box_A / resolution)])
-                              for resolution in (30, 15, 8, 5) if round(box_A / resolution) < power.shape[1]},
-                             self.epoch)
-        record = {"shell_resolution_A": [box_A / shell if shell else None for shell in range(power.shape[1])],
-                  "optics_groups": self.noise.group_values.tolist(), "power": power.tolist(),
-                  "weight_scale": self.noise.scale,
-                  "noise_model": self.config.noise_model, "epoch": self.epoch}
-        write_text(os.path.join(self.run_dir, "noise_spectrum.json"), json.dumps(record, indent=1))
-
     def _log_step(self, out, step_s, share, data_s, timings, reduction):
         values = {"train/loss": out["loss"].item(), "train/data": out["data"].item(), "train/kl": out["kl"].item(),
                   "perf/images_per_s": share.n_global / step_s, "perf/images_per_s_per_rank": share.size / step_s,
                   "perf/touched_fraction": out["touched_fraction"],
                   "perf/peak_memory_MiB": peak_memory_mib(self.device), "time/data_s": data_s,
-                  "mask/volume_fraction": float(self.mask.mask.mean()),
                   **{f"time/{k}": v for k, v in timings.items()}}
+        for component in self.components:
+            values.update(component.step_metrics())
         if reduction is not None:
             values.update({"reduce/bytes_sent": reduction.bytes_sent, "reduce/dense_bytes": reduction.dense_bytes,
                            "reduce/union_density": reduction.union_rows / self.model.basis.shape[0],
@@ -446,32 +347,18 @@ class Trainer:
         self.log.info(f"training {self.store_path} on {self.device} x {self.ranks.describe()}, batch "
                       f"{self.config.batch_size} a rank, from epoch {self.epoch}")
         if self.rows is not None:
-            self._tell(f"training on {len(self.rows)} of the store's {self.n_store_particles} particles "
-                       "(RUN/particles.npy)")
+            self.tell(f"training on {len(self.rows)} of the store's {self.n_store_particles} particles "
+                      "(RUN/particles.npy)")
         self.metrics.scalars({"ranks/size": self.world.size, "ranks/shared_memory": float(self.world.shared_memory)},
                              self.step)
         shape, pixel_size_A = self.model.shape, self.model.pixel_size_A
-        self._tell(f"the model compares images to {pixel_size_A / shape.max_radius:.3g} Å "
-                   f"({round(shape.max_radius * shape.box)} Fourier shells), its encoder reads them to "
-                   f"{pixel_size_A / shape.encoder_radius:.3g} Å; noise_model {self.config.noise_model}")
-        if self.half_sets is not None:
-            trained = self.half_sets if self.rows is None else self.half_sets[torch.from_numpy(self.rows)]
-            counts = torch.bincount(trained.long(), minlength=3)[1:].tolist()
-            self._tell(f"half-sets: {counts[0]} and {counts[1]} particles, {self.half_sets_source}, in "
-                       f"RUN/{HALF_SETS_FILE}; each trains its own basis")
-            if min(counts) < 0.5 * max(counts):
-                self._hint(f"the half-sets are unequal ({counts[0]} and {counts[1]} particles): the smaller one's "
-                           "maps are noisier, and the half-map resolution reads worse than the full map's")
-        if self.focus is not None:
-            self._tell(self.focus.describe())
+        self.tell(f"the model compares images to {pixel_size_A / shape.max_radius:.3g} Å "
+                  f"({round(shape.max_radius * shape.box)} Fourier shells), its encoder reads them to "
+                  f"{pixel_size_A / shape.encoder_radius:.3g} Å; noise_model {self.config.noise_model}")
         for hint in self.ranks.hints():
-            self._hint(hint)
-        if self.config.refine_poses and self.config.pose_warmup_epochs >= self.config.epochs:
-            self._hint(f"no pose will be refined: the warm-up ({self.config.pose_warmup_epochs} epochs, "
-                       f"--pose-warmup) lasts to the last epoch ({self.config.epochs})")
-        if self.config.refine_ctf and self.config.ctf_warmup_epochs >= self.config.epochs:
-            self._hint(f"no defocus will be refined: the warm-up ({self.config.ctf_warmup_epochs} epochs, "
-                       f"--ctf-warmup) lasts to the last epoch ({self.config.epochs})")
+            self.hint(hint)
+        for component in self.components:
+            component.start(self)
         while self.epoch < self.config.epochs:
             summary = self.train_epoch()
             if not math.isfinite(summary["loss"]):  # summed over ranks: every rank stops here together
@@ -483,29 +370,16 @@ class Trainer:
                 tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: {line}")
             keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
             self.checkpointer.save(self.state_dict, self.epoch, keep)
-            if self.world.is_root:
-                write_map(os.path.join(self.run_dir, "mask.mrc"), self.mask.mask_map(self.model.shape.box),
-                          self.model.pixel_size_A)
-                self._write_refinements()
-            every = self.config.eval_every
-            if self.evaluate_callback and every and self.epoch % every == 0 and self.epoch < self.config.epochs:
-                self.evaluate(self.gather_latents())
+            for component in self.components:
+                component.on_checkpoint(self)
         z = self.write_latents()
-        if self.evaluate_callback:
-            self.evaluate(z)
+        for component in self.components:
+            component.finish(self, z)
 
-    def _write_refinements(self):
-        """On rank 0: each refinement's file in RUN (the refined poses, RUN/poses.npz; the refined CTFs,
-        RUN/ctf.npz), and the corrections' sizes in train.log."""
-        if self.refinements:
-            store = ParticleStore(self.store_path).group
-            for refinement in self.refinements:
-                self.log.info(refinement.write(self.run_dir, store))
+    def hint(self, line):
+        self.tell(f"hint: {line}")
 
-    def _hint(self, line):
-        self._tell(f"hint: {line}")
-
-    def _tell(self, line):
+    def tell(self, line):
         """A line in train.log, and on the console unless --quiet."""
         self.log.info(line)
         if self.show_progress:
@@ -514,7 +388,8 @@ class Trainer:
     def gather_latents(self):
         """Latent means of the run's particles, in store order, on rank 0 (None on the others)."""
         self.model.eval()
-        shift_corrections = None if self.poses is None else self.poses.table[:, 3:]
+        poses = self.component(PoseCorrections)
+        shift_corrections = None if poses is None else poses.table[:, 3:]
         parts = self.world.gather_object(embed(self.model, self.store_path, rank=self.world.rank,
                                                world_size=self.world.size, shift_corrections=shift_corrections,
                                                rows=self.rows))
@@ -523,16 +398,10 @@ class Trainer:
     def write_latents(self):
         z = self.gather_latents()
         if self.world.is_root:
-            save_latents(os.path.join(self.run_dir, "z.npy"), z, {"epoch": self.epoch, "step": self.step,
+            save_latents(self.run.latents, z, {"epoch": self.epoch, "step": self.step,
                                                                  "run_id": self.run_id}, self.store_sha256, self.rows)
             self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
         return z
-
-    def evaluate(self, z):
-        """The evaluation callback, on rank 0, with its line in train.log."""
-        if self.world.is_root:
-            line = self.evaluate_callback(self.model, z, self.epoch, self.metrics, self.rows)
-            self.log.info(f"epoch {self.epoch} eval: {line}")
 
 
 def _resumed_shape(checkpoint, config, store):
