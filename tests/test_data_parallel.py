@@ -314,8 +314,9 @@ def test_cpu_ranks_that_share_memory_are_told_that_union_is_faster_than_auto():
     from hetrec_dist.distributed.training_world import TrainingWorld
 
     def ranks(shared_memory, reduction):
-        return DataParallel(TrainingWorld(shared_memory=shared_memory), torch.nn.Linear(2, 2), 1e-3, 8, reduction,
-                            60)
+        basis = torch.nn.Parameter(torch.zeros(4, 2))
+        return DataParallel(TrainingWorld(shared_memory=shared_memory), torch.nn.Linear(2, 2), 1e-3, 8,
+                            torch.optim.SparseAdam([basis]), reduction, 60)
 
     assert any("--basis-reduction union is faster here" in hint for hint in ranks(True, "auto").hints())
     assert ranks(True, "union").hints() == [] and ranks(False, "auto").hints() == []

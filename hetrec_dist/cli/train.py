@@ -97,10 +97,7 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
     STORE with --batch-size images a step; rank 0 writes OUT.
     """
     from hetrec_dist.analysis.ground_truth import run_evaluator
-    from hetrec_dist.distributed.data_parallel import RankLost
-    from hetrec_dist.distributed.mpi_world import RankFailed
-    from hetrec_dist.distributed.process_tree import LAUNCH_PID
-    from hetrec_dist.distributed.training_world import init_training_world
+    from hetrec_dist.distributed.training_ranks import training_ranks
     from hetrec_dist.errors import UserError, warn_input
     from hetrec_dist.train.config import build_config
     from hetrec_dist.train.trainer import Trainer
@@ -143,20 +140,11 @@ def command(store, out, preset, ind, exclude, resume, resume_checkpoint, overwri
         attrs = open_store(store).attrs.asdict()
         check_ground_truth_belongs(config.gt, attrs)
         check_ground_truth_extent(config.gt, attrs["box"], attrs["pixel_size_A"])
-    world = init_training_world(config.collective_timeout_s, config.shared_memory_sums)
-    if world.size > 1 or LAUNCH_PID in os.environ:
-        _stop_with_the_launcher(world, out)
-    try:
+    with training_ranks(config.collective_timeout_s, config.shared_memory_sums, _stopped_line(out)) as world:
         trainer = Trainer(store, out, config, world, resume=resume, resume_checkpoint=resume_checkpoint,
                           overwrite=overwrite, show_progress=not quiet, ind=ind, exclude=exclude,
                           command=reproducible_command(), evaluate=run_evaluator(out, config.gt) if config.gt else None)
         trainer.train()
-    except RankLost:
-        raise  # the other ranks are gone: there is no one to leave the process group with
-    except (UserError, RankFailed):
-        world.close()  # a user error reaches every rank together (rank 0 raises it, the others RankFailed)
-        raise
-    world.close()
     if world.is_root:
         import numpy as np
 
@@ -217,29 +205,18 @@ def _report_unequal_noise(trainer):
         click.echo(f"Warning: {line}", err=True)
 
 
-def _stop_with_the_launcher(world, run_dir):
-    """Launchers stop the other ranks when one dies (the deepspeed launcher with SIGTERM), and `hetrec launch`
-    stops them all when it is stopped; a rank whose launcher was killed outright (kill -9) sees it gone
-    (distributed.process_tree.watch_launcher). Either way rank 0 says where to continue from, on the console
-    and in train.log, before it goes; the last complete checkpoint stays."""
-    import signal
+def _stopped_line(run_dir):
+    """What rank 0 says, on the console and in train.log, when its launcher stops it or goes
+    (distributed.training_ranks): where to continue from."""
     import time
 
     from hetrec_dist.data.atomic_files import open_log
-    from hetrec_dist.distributed.process_tree import watch_launcher
 
-    def stop(why):
-        if world.is_root:
-            line = (f"rank {world.rank} of {world.size} {why}; continue from the last checkpoint in "
-                    f"{run_dir}/checkpoints with --resume")
-            os.write(2, f"\nError: {line}\n".encode())
-            with contextlib.suppress(OSError):
-                with open_log(RunFolder(run_dir).log) as log:
-                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
-        os._exit(1)
+    def tell(why):
+        line = f"{why}; continue from the last checkpoint in {run_dir}/checkpoints with --resume"
+        os.write(2, f"\nError: {line}\n".encode())
+        with contextlib.suppress(OSError):
+            with open_log(RunFolder(run_dir).log) as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {line}\n")
 
-    if world.is_root:  # the others end at once (SIGTERM's default): a Python handler runs only once the main
-        # thread leaves C, which a collective waiting on a rank that has gone may not do for long
-        signal.signal(signal.SIGTERM, lambda signum, frame: stop(
-            "was stopped by its launcher (another rank failed or was killed, or the job was stopped)"))
-    watch_launcher(lambda what: stop(f"stopped because the {what} is gone"))
+    return tell

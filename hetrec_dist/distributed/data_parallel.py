@@ -3,7 +3,8 @@
 A step's global batch is the union of the ranks' batches; its gradients are those of the mean loss over the
 global batch: the dense ones averaged over ranks by the dense optimizer (distributed.dense_engine), the
 basis one summed from every rank's slice factors (distributed.sparse_reducer) and divided by the number of
-ranks. In one process every call is the plain single-process operation.
+ranks. Both optimizers' steps and state are here. In one process every call is the plain single-process
+operation.
 """
 
 import contextlib
@@ -45,13 +46,16 @@ class DataParallel:
     """The ranks of `world` (a TrainingWorld) training one model together.
 
     dense_module: the parameters with ordinary gradients (encoder, decoder), optimised by Adam at `lr`;
+    basis_optimizer: the optimizer of the basis (one parameter, whose gradient is sparse: train.row_adam);
     basis_reduction: a sparse_reducer strategy or "auto".
     """
 
     def __init__(self, world: TrainingWorld, dense_module: torch.nn.Module, lr: float, batch_size: int,
-                 basis_reduction: str, timeout_s: float):
+                 basis_optimizer: torch.optim.Optimizer, basis_reduction: str, timeout_s: float):
         self.world, self.basis_reduction, self.timeout_s = world, basis_reduction, timeout_s
         self.dense = dense_optimizer(world, dense_module, lr, batch_size, timeout_s)
+        self.basis_optimizer = basis_optimizer
+        (self.basis,) = (p for group in basis_optimizer.param_groups for p in group["params"])
 
     def describe(self) -> str:
         return f"{self.world.size} rank(s)" + (" (ranks sum gradients through shared memory)"
@@ -78,25 +82,31 @@ class DataParallel:
         """Dense gradients of the global batch's mean loss, from this rank's mean loss."""
         self.dense.backward(loss * share.loss_scale)
 
-    def basis_gradient(self, factors: GradientFactors) -> tuple[torch.Tensor, ReductionStats | None]:
-        """(the basis gradient of the global batch's mean loss, ReductionStats or None in one process)."""
+    def basis_gradient(self, factors: GradientFactors) -> ReductionStats | None:
+        """Set the basis' gradient to that of the global batch's mean loss (sparse, from every rank's `factors`);
+        returns the ReductionStats, None in one process."""
         if self.world.size == 1:
-            return factors.basis_gradient(), None
+            self.basis.grad = factors.basis_gradient()
+            return None
         total, stats = reduce_basis_gradient(factors, self.basis_reduction, self.world.group, self.timeout_s,
                                              self.world.shared_memory)
-        mean = torch.sparse_coo_tensor(total.indices(), total.values() / self.world.size, total.shape,
-                                       is_coalesced=True, check_invariants=False)
-        return mean, stats
+        self.basis.grad = torch.sparse_coo_tensor(total.indices(), total.values() / self.world.size, total.shape,
+                                                  is_coalesced=True, check_invariants=False)
+        return stats
 
     def step(self) -> None:
-        """The dense optimizer's step (the basis has its own optimizer)."""
+        """Both optimizers' steps: the dense parameters' and the basis'."""
         self.dense.step()
+        self.basis_optimizer.step()
+        self.basis_optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
-        return self.dense.state_dict()
+        """Both optimizers' state, as the checkpoint's dense_optimizer and basis_optimizer."""
+        return {"dense_optimizer": self.dense.state_dict(), "basis_optimizer": self.basis_optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.dense.load_state_dict(state)
+        self.dense.load_state_dict(state["dense_optimizer"])
+        self.basis_optimizer.load_state_dict(state["basis_optimizer"])
 
     @contextlib.contextmanager
     def lost_peers_stop_here(self, resume_hint: str) -> Iterator[None]:

@@ -192,7 +192,7 @@ def load_yaml(path):
     return values
 
 
-# Settings that set the Fourier extent of a run's model, which a resumed run keeps (train.trainer._resumed_shape).
+# Settings that set the Fourier extent of a run's model, which a resumed run keeps (train.resume.resumed_shape).
 SHAPE_RESOLUTIONS = ("max_resolution_A", "encoder_resolution_A")
 
 

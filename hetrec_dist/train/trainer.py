@@ -1,13 +1,15 @@
 """The training loop of `hetrec train`: one process, or data-parallel ranks (distributed.data_parallel).
 
-RUN/ holds config.yaml, train.log, tb/ (TensorBoard), checkpoints/ (see train.checkpoint), mask.mrc (the
-basis' current real-space mask), focus_mask.mrc (a focused run's mask, train.focus_mask), poses.npz and ctf.npz
-(a run's refined poses and CTFs, train.pose_refinement and train.ctf_refinement) and z.npy
-(latent means of the run's particles: every particle of the store, or the subset RUN/particles.npy names,
-data.subset; store order); rank 0 writes them all. Each rank reads its
-own shard of the store (data.reader) with batch_size images a step; a step's global batch is the union of the
-ranks' batches, and its gradients are those of the mean loss over the global batch. An epoch ends at the first
-step some rank has no batch for.
+The loop is the algorithm: the model, both optimizers (through the ranks' DataParallel), the data,
+checkpoints and the latents. Every feature around it (half-sets, the basis' confinement, the noise model, pose
+and CTF refinement, an evaluation) is a component the loop calls at its hooks (train.components;
+Trainer._components lists them). A run folder's files are named in data.run_folder; rank 0 writes them all,
+z.npy holding the latent means of the run's particles (every particle of the store, or the subset
+RUN/particles.npy names, data.subset; store order). A resumed run's checkpoint is checked in train.resume.
+
+Each rank reads its own shard of the store (data.reader) with batch_size images a step; a step's global batch
+is the union of the ranks' batches, and its gradients are those of the mean loss over the global batch. An
+epoch ends at the first step some rank has no batch for.
 Randomness is a function of (seed, epoch): data order, and the VAE's sampling noise, drawn for the global
 batch and split by rank, so that 2 ranks with batch B take the steps one rank takes with batch 2B over the
 same particles. A run resumed at an epoch boundary, with the same number of ranks, continues exactly as an
@@ -28,19 +30,18 @@ import torch
 from tqdm import tqdm
 
 from hetrec_dist.data.atomic_files import remove_temporaries
-from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
 from hetrec_dist.data.reader import ChunkShuffledParticles, ParticleStore, ReadAhead
 from hetrec_dist.data.run_folder import RunFolder
-from hetrec_dist.data.store import check_same_particles, content_sha256
+from hetrec_dist.data.store import content_sha256
 from hetrec_dist.data.subset import check_resumed_subset, run_rows, subset_record, subset_rows, write_run_particles
 from hetrec_dist.distributed.data_parallel import DataParallel
 from hetrec_dist.distributed.process_tree import die_with_parent
 from hetrec_dist.distributed.sparse_reducer import STRATEGIES
 from hetrec_dist.distributed.training_world import TrainingWorld
 from hetrec_dist.errors import UserError, is_out_of_memory
-from hetrec_dist.model.hetvae import HetVAE, ModelShape
+from hetrec_dist.model.hetvae import HetVAE
 from hetrec_dist.train import focus_mask
-from hetrec_dist.train.checkpoint import Checkpointer, last_checkpoint, load_checkpoint
+from hetrec_dist.train.checkpoint import Checkpointer
 from hetrec_dist.train.config import TrainConfig, save_config
 from hetrec_dist.train.confinement import BasisConfinement
 from hetrec_dist.train.ctf_refinement import CtfCorrections
@@ -51,6 +52,7 @@ from hetrec_dist.train.memory import peak_memory_mib, return_freed_memory_to_os
 from hetrec_dist.train.metrics import MetricsLogger, TensorBoardLogger, file_logger
 from hetrec_dist.train.noise_model import NoiseModel
 from hetrec_dist.train.pose_refinement import PoseCorrections
+from hetrec_dist.train.resume import prepare_run_dir, resumed_checkpoint
 from hetrec_dist.train.row_adam import RowSparseAdam
 
 MIN_BOX, MAX_BOX = 16, 1024
@@ -61,24 +63,6 @@ def check_box(box):
     if box % 2 or not MIN_BOX <= box <= MAX_BOX:
         raise UserError(f"box {box} is not supported: training needs an even box from {MIN_BOX} to {MAX_BOX} "
                         "(downsample with `hetrec convert --box`)")
-
-
-def prepare_run_dir(run_dir, resume, overwrite):
-    """Lock RUN for this run (the FolderLock returned: hold it while the run writes) and make it ready: a new
-    folder, a run to resume, or one to replace. A run another process is writing is never touched."""
-    entries = entries_but_the_lock(run_dir)
-    if resume and last_checkpoint(run_dir) is None:
-        raise UserError(f"{run_dir}: nothing to resume (no checkpoint in {run_dir}/checkpoints)")
-    if entries and not resume:
-        if not overwrite:
-            raise UserError(f"{run_dir} already exists; use --resume to continue it or --overwrite to replace it")
-        if os.path.basename(RunFolder(run_dir).config) not in entries:
-            raise UserError(f"{run_dir} is not a training run; refusing to overwrite it")
-    lock = FolderLock(run_dir, "training run").acquire()
-    if entries and overwrite:
-        lock.check_no_readers()
-        empty_folder_but_its_lock(run_dir)
-    return lock
 
 
 class Trainer:
@@ -104,13 +88,10 @@ class Trainer:
         self.run_lock = None  # rank 0's lock on the run folder, held as long as this Trainer lives
         self.world.run_on_root(lambda: setattr(self, "run_lock", prepare_run_dir(run_dir, resume, overwrite)))
         torch.manual_seed(config.seed)
-        saved = self.world.run_everywhere(
-            lambda: load_checkpoint(resume_checkpoint or last_checkpoint(run_dir), self.device)) if resume else None
-        shape = (config.model_shape(store.box, store.pixel_size_A) if saved is None
-                 else _resumed_shape(saved, config, store))
+        saved, shape = (self.world.run_everywhere(lambda: resumed_checkpoint(run_dir, resume_checkpoint, config,
+                                                                             store, self.device)) if resume
+                        else (None, config.model_shape(store.box, store.pixel_size_A)))
         self.store_sha256 = content_sha256(store.group)
-        if saved is not None:
-            check_same_particles(saved, self.store_sha256, store_path, run_dir)
         self.rows = self._particles(store, saved, ind, exclude)
         self.n_store_particles = store.n_particles
         # the run's own id, kept on resume; rank 0's for all (saved is the same on every rank: all or none call)
@@ -119,8 +100,8 @@ class Trainer:
                             half_sets_join_A=config.half_sets_join_A).to(self.device)
         self.world.broadcast_(self.model.basis.data)
         self.ranks = DataParallel(self.world, self.model.dense_modules(), config.lr, config.batch_size,
-                                  config.basis_reduction, config.collective_timeout_s)
-        self.basis_optimizer = RowSparseAdam([self.model.basis], lr=config.lr_basis)
+                                  RowSparseAdam([self.model.basis], lr=config.lr_basis), config.basis_reduction,
+                                  config.collective_timeout_s)
         self.components = self._components(store, saved, focus, evaluate)
         self.data = data or ChunkShuffledParticles(store_path, config.batch_size, rank=self.world.rank,
                                                    world_size=self.world.size, seed=config.seed, rows=self.rows)
@@ -128,9 +109,6 @@ class Trainer:
         self.checkpointer = Checkpointer(run_dir, self.world)
         if resume:
             self.world.run_everywhere(lambda: self.load_state_dict(saved))
-            if self.epoch >= config.epochs:
-                raise UserError(f"{run_dir} has trained {self.epoch} epochs already; give --epochs above "
-                                f"{self.epoch} to train on (`hetrec embed` recomputes its latents)")
         self.metrics, self.log = MetricsLogger(), logging.getLogger("hetrec.other_ranks")
         self.world.run_on_root(lambda: self._open_run_files(os.path.abspath(store_path), command))
 
@@ -185,20 +163,16 @@ class Trainer:
     def state_dict(self):
         return {"model": self.model.state_dict(), "model_shape": dataclasses.asdict(self.model.shape),
                 "pixel_size_A": self.model.pixel_size_A, "image_std": self.model.image_std,
-                "dense_optimizer": self.ranks.state_dict(),
-                "basis_optimizer": self.basis_optimizer.state_dict(),
+                **self.ranks.state_dict(),
                 **{k: v for component in self.components for k, v in component.checkpoint_entries().items()},
                 "epoch": self.epoch, "step": self.step, "config": dataclasses.asdict(self.config),
                 "run_id": self.run_id, "store_sha256": self.store_sha256,
                 **({} if self.rows is None else {"particles": subset_record(self.rows)})}
 
     def load_state_dict(self, state):
-        if ModelShape(**state.get("model_shape", {})) != self.model.shape:
-            raise UserError(f"the checkpoint's model shape {state.get('model_shape')} differs from this run's "
-                            f"{dataclasses.asdict(self.model.shape)}")
+        """A checkpoint of this run's model shape (train.resume.resumed_checkpoint)."""
         load_weights(self.model, state["model"])
-        self.ranks.load_state_dict(state["dense_optimizer"])
-        self.basis_optimizer.load_state_dict(state["basis_optimizer"])
+        self.ranks.load_state_dict(state)
         for component in self.components:
             component.load_checkpoint(state)
         self.epoch, self.step = state["epoch"], state["step"]
@@ -222,11 +196,9 @@ class Trainer:
         self.ranks.backward(out["loss"], share)
         self._synchronize()
         backward_done = time.perf_counter()
-        self.model.basis.grad, reduction = self.ranks.basis_gradient(out["factors"])
+        reduction = self.ranks.basis_gradient(out["factors"])
         reduce_done = time.perf_counter()
         self.ranks.step()
-        self.basis_optimizer.step()
-        self.basis_optimizer.zero_grad(set_to_none=True)
         self._synchronize()
         timings = {"forward_s": forward_done - started, "components_s": components_done - forward_done,
                    "backward_s": backward_done - components_done,
@@ -402,21 +374,3 @@ class Trainer:
                                                                  "run_id": self.run_id}, self.store_sha256, self.rows)
             self.log.info(f"wrote z.npy ({z.shape[0]} x {z.shape[1]})")
         return z
-
-
-def _resumed_shape(checkpoint, config, store):
-    """A resumed run keeps its checkpoint's model shape (its Fourier radii too, whatever today's defaults in
-    Å give); the settings that size the layers, and the store's box, must still agree with it."""
-    shape = ModelShape(**checkpoint["model_shape"])
-    if shape.box != store.box:
-        raise UserError(f"the run was trained on images of box {shape.box}; {store.path} holds box {store.box}")
-    differ = [name for name in ("zdim", "n_basis", "encoder_hidden", "encoder_blocks")
-              if getattr(shape, name) != getattr(config, name)]
-    if (shape.n_half_sets == 2) != config.half_sets:
-        raise UserError(f"the checkpoint's model was trained {'with' if shape.n_half_sets == 2 else 'without'} "
-                        f"half-sets; resume it {'with' if shape.n_half_sets == 2 else 'without'} --half-sets")
-    if differ:
-        raise UserError(f"the checkpoint's model has {', '.join(f'{n} {getattr(shape, n)}' for n in differ)}, "
-                        f"but the settings ask for {', '.join(f'{n} {getattr(config, n)}' for n in differ)}")
-    return shape
-
