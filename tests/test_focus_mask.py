@@ -81,10 +81,11 @@ def test_a_mask_that_cannot_be_a_focus_is_refused_in_one_line(sim_store, tmp_pat
     store = open_store(sim_store).attrs.asdict()
     assert (store["box"], store["pixel_size_A"]) == (32, 4.0)
     path = write_mask(tmp_path / "bad.mrc", values, pixel_size_A)
-    result = run_cli("train", sim_store, "-o", tmp_path / "run", "--epochs", 1, "--focus-mask", path, *TINY,
-                     expect_ok=False)
+    result = run_cli("train", sim_store, "-o", tmp_path / "run", "--epochs", 1, "--focus-mask", path, "--half-sets",
+                     *TINY, expect_ok=False)
     assert_one_line_error(result, fragment)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    # nothing written, so that the same command with a good mask needs no --overwrite
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "half_sets.npy").exists()
 
 
 def test_a_focused_run_keeps_its_mask_and_resumes_only_with_it(sim_store, tmp_path):

@@ -40,10 +40,12 @@ class BasisConfinement(Component):
         model.confine_basis(self.projector, follow_envelope=self.follow_envelope and epoch >= self.warmup_epochs)
 
     def start(self, trainer):
+        """The focus mask described, and kept as trained in RUN/focus_mask.mrc (a failed write stops every rank
+        together)."""
         if self.focus is not None:
             trainer.tell(self.focus.describe())
-        if trainer.world.is_root and self.focus is not None:
-            focus_mask.write(trainer.run_dir, self.focus, trainer.model.pixel_size_A)
+            trainer.world.run_on_root(lambda: focus_mask.write(trainer.run_dir, self.focus,
+                                                               trainer.model.pixel_size_A))
 
     def after_step(self, trainer):
         if trainer.step % self.every == 0:

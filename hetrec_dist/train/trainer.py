@@ -114,8 +114,10 @@ class Trainer:
 
     def _components(self, store, saved, focus, evaluate):
         """The run's features (train.components), in the order the loop calls them: one line each."""
+        # built first: a focus mask it refuses leaves a new run's folder as it was (no half_sets.npy yet)
+        confinement = BasisConfinement.for_run(self, store, saved, focus)
         components = [HalfSets.for_run(self, store, saved),
-                      BasisConfinement.for_run(self, store, saved, focus),
+                      confinement,
                       NoiseModel.for_run(self, store, saved),
                       PoseCorrections.for_run(self, store, saved),
                       CtfCorrections.for_run(self, store, saved),
