@@ -7,6 +7,7 @@ rank calls each (trainer: the train.trainer.Trainer; its world says which rank t
     start(trainer)                 once, before the first epoch this process trains (a resumed run's too):
                                    console lines (trainer.tell, trainer.hint), estimates made once
     on_batch(trainer, batch)       each batch as read, on the CPU, before it goes to the device -> the batch
+                                   (an entry it adds may be on the device already)
     after_forward(trainer, batch, out)  after each step's forward (HetVAE.forward's out), before its backward
     after_step(trainer)            after each step's optimizer steps
     step_metrics()                 -> scalars for TensorBoard with each logged step (train.log_every)

@@ -47,9 +47,11 @@ class NoiseModel(Component):
             self.from_background = False
 
     def on_batch(self, trainer, batch):
+        """The batch's noise_weights (B x P), made on the training device from its optics groups (B), as a
+        B x P copy would cost a transfer every step."""
         if self.kind == "white":
             return batch
-        return {**batch, "noise_weights": self.spectrum.weights(batch["optics_group"])}
+        return {**batch, "noise_weights": self.spectrum.weights(batch["optics_group"].to(trainer.device))}
 
     def after_forward(self, trainer, batch, out):
         if self.kind != "background":

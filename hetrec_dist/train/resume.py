@@ -6,7 +6,7 @@ import os
 
 from hetrec_dist.data.folder_lock import FolderLock, empty_folder_but_its_lock, entries_but_the_lock
 from hetrec_dist.data.run_folder import RunFolder
-from hetrec_dist.data.store import check_same_particles, content_sha256
+from hetrec_dist.data.store import check_same_particles
 from hetrec_dist.errors import UserError
 from hetrec_dist.model.hetvae import ModelShape
 from hetrec_dist.train.checkpoint import last_checkpoint, load_checkpoint
@@ -30,14 +30,14 @@ def prepare_run_dir(run_dir, resume, overwrite):
     return lock
 
 
-def resumed_checkpoint(run_dir, checkpoint_path, config, store, device):
+def resumed_checkpoint(run_dir, checkpoint_path, config, store, store_sha256, device):
     """(the checkpoint a resumed run continues from, its ModelShape): checkpoint_path, or the run's last, loaded
     to `device`. Refused where the store's box, the settings that size the model or the half-sets differ from
-    the checkpoint's model, where the store holds other particles than the run trained on, or where the run
-    has trained config.epochs already."""
+    the checkpoint's model, where the store (identity store_sha256, data.store.content_sha256) holds other
+    particles than the run trained on, or where the run has trained config.epochs already."""
     saved = load_checkpoint(checkpoint_path or last_checkpoint(run_dir), device)
     shape = resumed_shape(saved, config, store)
-    check_same_particles(saved, content_sha256(store.group), store.path, run_dir)
+    check_same_particles(saved, store_sha256, store.path, run_dir)
     if saved["epoch"] >= config.epochs:
         raise UserError(f"{run_dir} has trained {saved['epoch']} epochs already; give --epochs above "
                         f"{saved['epoch']} to train on (`hetrec embed` recomputes its latents)")

@@ -88,10 +88,12 @@ class Trainer:
         self.run_lock = None  # rank 0's lock on the run folder, held as long as this Trainer lives
         self.world.run_on_root(lambda: setattr(self, "run_lock", prepare_run_dir(run_dir, resume, overwrite)))
         torch.manual_seed(config.seed)
-        saved, shape = (self.world.run_everywhere(lambda: resumed_checkpoint(run_dir, resume_checkpoint, config,
-                                                                             store, self.device)) if resume
-                        else (None, config.model_shape(store.box, store.pixel_size_A)))
         self.store_sha256 = content_sha256(store.group)
+        if resume:
+            saved, shape = self.world.run_everywhere(lambda: resumed_checkpoint(
+                run_dir, resume_checkpoint, config, store, self.store_sha256, self.device))
+        else:
+            saved, shape = None, config.model_shape(store.box, store.pixel_size_A)
         self.rows = self._particles(store, saved, ind, exclude)
         self.n_store_particles = store.n_particles
         # the run's own id, kept on resume; rank 0's for all (saved is the same on every rank: all or none call)
